@@ -1,0 +1,294 @@
+"""The stage registry and the chain that runs stages over event batches.
+
+A :class:`Stage` names the collections it needs and adds, its config dataclass, and one
+implementation per backend: ``fn(batch, cfg) -> {name: Collection}``, called with the batch
+already on that backend, returning collections on the same backend.  :func:`run_batch` runs a
+chain on one batch and keeps everything on the device between stages; :func:`run_files` reads
+ROOT files in batches, runs the chain, writes the products and returns a
+:class:`~hltemu.profiling.RunReport`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from hltemu.backends import Backend, get_backend
+from hltemu.batch import Collection, EventBatch
+from hltemu.profiling import RunReport, StageTimer
+
+StageFn = Callable[[EventBatch, Any], Mapping[str, Collection]]
+
+#: The HLT chain in its natural order; stages not yet registered are skipped.
+CHAIN_ORDER: tuple[str, ...] = (
+    "doublets",
+    "doublet_cnn",
+    "topocluster",
+    "antikt",
+    "genjets",
+    "rho",
+    "jec",
+    "trigger",
+)
+
+#: Stage modules imported to fill the registry (each calls :func:`register` on import).
+STAGE_MODULES: tuple[str, ...] = ("hltemu.stages",)
+
+
+class PipelineError(ValueError):
+    """A chain that cannot run: unknown stage, missing input collection, no implementation."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the chain.
+
+    Attributes
+    ----------
+    name:
+        Stage name used on the command line, in TOML tables and in the report.
+    needs:
+        Collections the stage reads (from the input file or from earlier stages).
+    adds:
+        Collections the stage returns.
+    config_type:
+        Frozen dataclass (in :mod:`hltemu.config`) holding the stage's settings.
+    implementations:
+        Backend name (``reference``, ``cpu``, ``cuda``) -> implementation.
+    doc:
+        One line for ``hltemu info``.
+    """
+
+    name: str
+    needs: tuple[str, ...]
+    adds: tuple[str, ...]
+    config_type: type
+    implementations: Mapping[str, StageFn] = field(default_factory=dict)
+    doc: str = ""
+
+    def __call__(self, batch: EventBatch, cfg: Any = None) -> dict[str, Collection]:
+        """Run on ``batch`` (on its backend) and return the added collections."""
+        be = batch.backend.name
+        try:
+            fn = self.implementations[be]
+        except KeyError:
+            raise PipelineError(
+                f"stage {self.name!r} has no {be!r} implementation; it has "
+                f"{', '.join(sorted(self.implementations))}"
+            ) from None
+        missing = [n for n in self.needs if n not in batch]
+        if missing:
+            raise PipelineError(
+                f"stage {self.name!r} needs collection(s) {missing}; the batch has {sorted(batch)}"
+            )
+        out = dict(fn(batch, cfg if cfg is not None else self.config_type()))
+        if set(out) != set(self.adds):
+            raise PipelineError(
+                f"stage {self.name!r} returned {sorted(out)}, declared {sorted(self.adds)}"
+            )
+        return out
+
+
+_REGISTRY: dict[str, Stage] = {}
+_LOADED = False
+
+
+def register(stage: Stage) -> Stage:
+    """Add ``stage`` to the registry (replacing a stage of the same name)."""
+    _REGISTRY[stage.name] = stage
+    return stage
+
+
+def registered_stages() -> dict[str, Stage]:
+    """All registered stages, in chain order."""
+    global _LOADED
+    if not _LOADED:
+        for mod in STAGE_MODULES:
+            importlib.import_module(mod)
+        _LOADED = True
+    order = {n: i for i, n in enumerate(CHAIN_ORDER)}
+    return dict(sorted(_REGISTRY.items(), key=lambda kv: order.get(kv[0], len(order))))
+
+
+def get_stage(name: str) -> Stage:
+    stages = registered_stages()
+    try:
+        return stages[name]
+    except KeyError:
+        raise PipelineError(
+            f"unknown stage {name!r}; registered stages: {', '.join(stages) or '(none)'}"
+        ) from None
+
+
+def plan_chain(
+    requested: Sequence[str] | None, available: Iterable[str]
+) -> tuple[list[Stage], list[str]]:
+    """Order and check a chain; return the stages and the input collections they need.
+
+    ``requested=None`` means every registered stage that can run on ``available`` input
+    collections (in chain order).  An explicit list keeps its order and must be runnable:
+    every need comes from the input or from an earlier stage, else :class:`PipelineError`
+    names the stage, the missing collection and the stages that would add it.
+    """
+    stages = registered_stages()
+    available = set(available)
+    if requested is None:
+        chain, have = [], set(available)
+        for st in stages.values():
+            if all(n in have for n in st.needs):
+                chain.append(st)
+                have |= set(st.adds)
+    else:
+        chain = [get_stage(n) for n in requested]
+    have, inputs = set(available), []
+    for st in chain:
+        for need in st.needs:
+            if need in have:
+                if need in available and need not in inputs:
+                    inputs.append(need)
+                continue
+            makers = [s.name for s in stages.values() if need in s.adds]
+            hint = f"; add stage {' or '.join(map(repr, makers))} before it" if makers else ""
+            raise PipelineError(
+                f"stage {st.name!r} needs collection {need!r}, which neither the input "
+                f"(has {sorted(available)}) nor an earlier stage provides{hint}"
+            )
+        have |= set(st.adds)
+    return chain, inputs
+
+
+def run_batch(
+    batch: EventBatch, chain: Sequence[Stage], config: Any = None, timer: StageTimer | None = None
+) -> EventBatch:
+    """Run ``chain`` on ``batch`` in place (products added to it) and return it.
+
+    ``config`` is an :class:`~hltemu.config.HLTConfig` (``None``: every stage's defaults).
+    """
+    for st in chain:
+        cfg = config[st.name] if config is not None else st.config_type()
+        if timer is None:
+            products = st(batch, cfg)
+        else:
+            with timer.stage(st.name, batch.n_events):
+                products = st(batch, cfg)
+        for name, coll in products.items():
+            batch.add(name, coll)
+    return batch
+
+
+def run_files(
+    files: Sequence[str | Path],
+    backend: str | Backend = "auto",
+    stages: Sequence[str] | None = None,
+    config: Any = None,
+    batch_size: int = 100,
+    max_events: int | None = None,
+    output: str | Path | None = None,
+    report_path: str | Path | None = None,
+    progress: bool = False,
+) -> RunReport:
+    """Read ``files`` in batches, run the chain on ``backend``, write products and a report.
+
+    Parameters
+    ----------
+    files:
+        Input ROOT files in the hltemu input schema (or any file with the collections the
+        chain needs, e.g. CMS NanoAOD ``GenPart`` for ``genjets``).
+    stages:
+        Stage names, or ``None`` for every registered stage the input can feed.
+    batch_size, max_events:
+        Events per batch; stop after this many events in total.
+    output:
+        ROOT file for the products (the collections the stages add, plus ``Event``).
+    report_path:
+        JSON file for the throughput report.
+    """
+    import time
+
+    from hltemu import io
+
+    if batch_size < 1:
+        raise PipelineError(f"batch size must be >= 1, got {batch_size}")
+    if max_events is not None and max_events < 0:
+        raise PipelineError(f"max_events must be >= 0, got {max_events}")
+    be = get_backend(backend)
+    files = [str(f) for f in files]
+    if not files:
+        raise PipelineError("no input files given")
+    present = io.common_collections(files)
+    chain, inputs = plan_chain(stages, present)
+    to_read = list(dict.fromkeys([*inputs, *([io.EVENT] if io.EVENT in present else [])]))
+    products = [name for st in chain for name in st.adds]
+    n_total = io.count_events(files)
+    if max_events is not None:
+        n_total = min(n_total, max_events)
+
+    report = RunReport(be.name, be.device, inputs=files)
+    timer = StageTimer(be, report)
+    writer = io.OutputWriter(output) if output is not None else None
+    bar = _progress(progress, n_total)
+    t0 = time.perf_counter()
+    try:
+        batches = io.iterate_batches(
+            files, {n: None for n in to_read}, batch_size=batch_size, max_events=max_events, backend=be
+        )
+        while True:
+            with timer.stage("read", 0):
+                batch = next(batches, None)
+            if batch is None:
+                break
+            report.stages["read"].events += batch.n_events
+            run_batch(batch, chain, config, timer)
+            _count_decisions(batch, report)
+            if writer is not None:
+                with timer.stage("write", batch.n_events):
+                    writer.write(batch, [*([io.EVENT] if io.EVENT in batch else []), *products])
+            report.events += batch.n_events
+            if bar is not None:
+                bar.update(batch.n_events)
+    finally:
+        if writer is not None:
+            writer.close()
+        if bar is not None:
+            bar.close()
+    report.total_seconds = time.perf_counter() - t0
+    if report_path is not None:
+        report.save(report_path)
+    return report
+
+
+def _count_decisions(batch: EventBatch, report: RunReport) -> None:
+    """Accumulate per-path accept counts from a ``trigger`` collection, when there is one."""
+    if "trigger" not in batch:
+        return
+    trig = batch["trigger"]
+    for name, col in trig.columns.items():
+        if col.dtype == bool:
+            report.count("trigger accepts", name, int(batch.backend.to_host(col).sum()))
+
+
+class _Bar:
+    """A rich progress bar over events (a thin wrapper so that the pipeline stays testable)."""
+
+    def __init__(self, total: int) -> None:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self._p = Progress(
+            TextColumn("[bold]events"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
+        )
+        self._p.start()
+        self._task = self._p.add_task("events", total=total)
+
+    def update(self, n: int) -> None:
+        self._p.advance(self._task, n)
+
+    def close(self) -> None:
+        self._p.stop()
+
+
+def _progress(enabled: bool, total: int) -> _Bar | None:
+    return _Bar(total) if enabled else None

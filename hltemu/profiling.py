@@ -1,0 +1,173 @@
+"""Stage timing and NVTX ranges, and the run report.
+
+:func:`stage` wraps one stage call: an NVTX range ``hltemu:<name>`` (seen in Nsight Systems;
+a no-op when the ``nvtx`` package is absent) and a wall-clock timer that synchronizes the backend
+before reading the clock at the start and at the end, so that asynchronous GPU work is charged to
+the stage that queued it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from hltemu.backends import Backend
+
+try:  # optional dependency: pip install 'hltemu[nvtx]'
+    import nvtx as _nvtx
+except ImportError:  # pragma: no cover - exercised where nvtx is not installed
+    _nvtx = None
+
+NVTX_DOMAIN = "hltemu"
+
+
+def nvtx_available() -> bool:
+    return _nvtx is not None
+
+
+@contextlib.contextmanager
+def nvtx_range(name: str) -> Iterator[None]:
+    """An NVTX range ``hltemu:<name>`` (no-op without the ``nvtx`` package)."""
+    if _nvtx is None:
+        yield
+        return
+    with _nvtx.annotate(f"{NVTX_DOMAIN}:{name}", domain=NVTX_DOMAIN):
+        yield
+
+
+@dataclass
+class StageStats:
+    """Accumulated calls, events and seconds of one stage."""
+
+    calls: int = 0
+    events: int = 0
+    seconds: float = 0.0
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else float("nan")
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "calls": self.calls,
+            "events": self.events,
+            "seconds": self.seconds,
+            "events_per_second": self.events_per_second,
+        }
+
+
+@dataclass
+class RunReport:
+    """Per-stage throughput of one run, plus what ran where.
+
+    ``stages`` keeps insertion order (the order of the chain).  ``io`` stages (``read``,
+    ``write``) are timed like the others; ``total_seconds`` is the wall time of the whole run.
+    """
+
+    backend: str
+    device: str
+    stages: dict[str, StageStats] = field(default_factory=dict)
+    events: int = 0
+    total_seconds: float = 0.0
+    counters: dict[str, dict[str, float]] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)
+
+    def record(self, name: str, n_events: int, seconds: float) -> None:
+        s = self.stages.setdefault(name, StageStats())
+        s.calls += 1
+        s.events += n_events
+        s.seconds += seconds
+
+    def count(self, group: str, key: str, value: float) -> None:
+        """Add ``value`` to a named counter (e.g. trigger accepts per path)."""
+        g = self.counters.setdefault(group, {})
+        g[key] = g.get(key, 0) + value
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.total_seconds if self.total_seconds > 0 else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "device": self.device,
+            "inputs": self.inputs,
+            "events": self.events,
+            "total_seconds": self.total_seconds,
+            "events_per_second": self.events_per_second,
+            "stages": {k: v.to_dict() for k, v in self.stages.items()},
+            "counters": self.counters,
+            "versions": versions(),
+        }
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, default=float) + "\n")
+
+    def table(self) -> Any:
+        """A :class:`rich.table.Table` of the per-stage throughput."""
+        from rich.table import Table
+
+        t = Table(title=f"hltemu run: {self.events} events on {self.backend} ({self.device})")
+        t.add_column("stage")
+        t.add_column("calls", justify="right")
+        t.add_column("events", justify="right")
+        t.add_column("seconds", justify="right")
+        t.add_column("events/s", justify="right")
+        t.add_column("share", justify="right")
+        for name, s in self.stages.items():
+            share = s.seconds / self.total_seconds if self.total_seconds > 0 else float("nan")
+            t.add_row(
+                name, str(s.calls), str(s.events), f"{s.seconds:.4f}",
+                f"{s.events_per_second:,.1f}", f"{100 * share:.1f}%",
+            )
+        t.add_row(
+            "total", "", str(self.events), f"{self.total_seconds:.4f}",
+            f"{self.events_per_second:,.1f}", "100.0%", style="bold",
+        )
+        return t
+
+
+class StageTimer:
+    """Times stages into a :class:`RunReport`, synchronizing ``backend`` around each one."""
+
+    def __init__(self, backend: Backend, report: RunReport | None = None) -> None:
+        self.backend = backend
+        self.report = report if report is not None else RunReport(backend.name, backend.device)
+
+    @contextlib.contextmanager
+    def stage(self, name: str, n_events: int) -> Iterator[None]:
+        with nvtx_range(name):
+            self.backend.synchronize()
+            t0 = time.perf_counter()
+            try:
+                yield
+            finally:
+                self.backend.synchronize()
+                self.report.record(name, n_events, time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def stage(name: str, backend: Backend, report: RunReport | None = None, n_events: int = 0) -> Iterator[None]:
+    """NVTX range ``hltemu:<name>`` plus a synchronized timer recorded into ``report``."""
+    timer = StageTimer(backend, report)
+    with timer.stage(name, n_events):
+        yield
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python, hltemu and the packages that matter for results and speed."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("hltemu", "numpy", "numba", "numba-cuda", "awkward", "uproot", "cupy-cuda12x",
+                "cupy-cuda13x", "cupy", "nvtx", "pythia8mc", "fastjet", "correctionlib"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    return out

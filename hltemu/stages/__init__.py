@@ -1,0 +1,5 @@
+"""HLT stages: one module per stage, each registering itself with :mod:`hltemu.pipeline`.
+
+Each module holds the stage's reference implementation (written for reading) and dispatches the
+``cpu`` and ``cuda`` backends to :mod:`hltemu.kernels`.
+"""
