@@ -1,0 +1,203 @@
+"""The ``hltemu`` command line: ``info``, ``run``, ``bench`` (and ``generate`` once installed).
+
+Errors a user can cause (bad file, branch, backend, stage or config) are printed as one line
+naming the culprit and the valid choices, with exit status 1 (2 for bad usage); never a
+traceback from deep inside uproot or a kernel.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import resources
+from pathlib import Path
+
+import click
+
+from hltemu import __version__
+from hltemu.backends import CHOICES, BackendError, get_backend, usable_backends
+from hltemu.config import ConfigError, HLTConfig, describe
+from hltemu.pipeline import PipelineError, registered_stages
+
+#: Errors shown to the user as a one-line message.
+_USER_ERRORS: tuple[type[Exception], ...] = (BackendError, PipelineError, ConfigError)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from hltemu.batch import BatchError
+    from hltemu.io import InputError
+
+    return (*_USER_ERRORS, InputError, BatchError)
+
+
+def builtin_sample() -> Path:
+    """Path of the small ttbar sample shipped with hltemu (``hltemu run`` with no file)."""
+    path = Path(str(resources.files("hltemu") / "data" / "sample.root"))
+    if not path.is_file():
+        raise click.ClickException(
+            f"the built-in sample {path} is not installed; give input files: hltemu run FILE.root"
+        )
+    return path
+
+
+def _parse_stages(value: str | None) -> list[str] | None:
+    if value is None or value.strip().lower() in ("", "all"):
+        return None
+    return [s.strip() for s in value.split(",") if s.strip()]
+
+
+def _load_config(path: str | None) -> HLTConfig:
+    return HLTConfig.load(path) if path else HLTConfig.default()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hltemu")
+def cli() -> None:
+    """hltemu: emulate an HLT reconstruction chain on reference, cpu (Numba) or cuda backends."""
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Show the settings of this TOML config instead of the defaults.")
+def info(config_path: str | None) -> None:
+    """Versions, usable backends (GPU name or why none), stages and their settings."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from hltemu.profiling import nvtx_available, versions
+
+    console = Console()
+    t = Table(title=f"hltemu {__version__}", show_header=False)
+    for k, v in versions().items():
+        t.add_row(k, v)
+    t.add_row("nvtx ranges", "on" if nvtx_available() else "off (pip install 'hltemu[nvtx]')")
+    console.print(t)
+
+    b = Table(title="backends")
+    b.add_column("backend")
+    b.add_column("usable")
+    b.add_column("device / reason")
+    for name, (ok, why) in usable_backends().items():
+        b.add_row(name, "yes" if ok else "no", why)
+    b.add_row("auto", "yes", get_backend("auto").name)
+    console.print(b)
+
+    try:
+        cfg = _load_config(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    s = Table(title="stages (chain order)")
+    for col in ("stage", "needs", "adds", "backends", "setting", "value", "unit"):
+        s.add_column(col)
+    stages = registered_stages()
+    if not stages:
+        s.add_row("(none registered)", "", "", "", "", "", "")
+    for name, st in stages.items():
+        rows = describe(cfg[name]) or [("", "", "", "")]
+        for i, (key, value, unit, _doc) in enumerate(rows):
+            first = i == 0
+            s.add_row(
+                name if first else "", ", ".join(st.needs) if first else "",
+                ", ".join(st.adds) if first else "",
+                ", ".join(sorted(st.implementations)) if first else "",
+                key, str(value), unit,
+            )
+    console.print(s)
+
+
+@cli.command()
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--backend", "-b", type=click.Choice(CHOICES), default="auto", show_default=True,
+              help="Where to run: reference (NumPy oracle), cpu (Numba), cuda (GPU), auto.")
+@click.option("--stages", "-s", default=None,
+              help="Comma-separated stages in order (default: every stage the input can feed).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Events per batch.")
+@click.option("--max-events", "-n", type=click.IntRange(min=0), default=None,
+              help="Stop after this many events.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default="hltemu-output.root",
+              show_default=True, help="ROOT file for the products.")
+@click.option("--report", "-r", "report_path", type=click.Path(dir_okay=False),
+              default="hltemu-report.json", show_default=True,
+              help="JSON file for the per-stage throughput report.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="TOML file with stage settings (see `hltemu info`).")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Show a progress bar over events.")
+def run(files: tuple[str, ...], backend: str, stages: str | None, batch_size: int,
+        max_events: int | None, output: str, report_path: str, config_path: str | None,
+        progress: bool) -> None:
+    """Run the HLT chain over FILES (default: the built-in ttbar sample)."""
+    from rich.console import Console
+
+    from hltemu.pipeline import run_files
+
+    console = Console()
+    inputs = list(files) or [str(builtin_sample())]
+    try:
+        cfg = _load_config(config_path)
+        report = run_files(
+            inputs, backend=backend, stages=_parse_stages(stages), config=cfg,
+            batch_size=batch_size, max_events=max_events, output=output,
+            report_path=report_path, progress=progress,
+        )
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    console.print(report.table())
+    for group, counts in report.counters.items():
+        console.print(f"[bold]{group}[/bold]")
+        for key, value in counts.items():
+            frac = value / report.events if report.events else float("nan")
+            console.print(f"  {key:<32s} {int(value):>8d}  ({100 * frac:.2f}%)")
+    console.print(f"output: {output}\nreport: {report_path}")
+
+
+@cli.command()
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--backends", default="reference,cpu", show_default=True,
+              help="Comma-separated backends to compare (first one is the baseline).")
+@click.option("--stages", "-s", default=None, help="Comma-separated stages (default: all).")
+@click.option("--events", "-n", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Events in the batch.")
+@click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Timed repetitions per backend (after one warm-up).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
+def bench(files: tuple[str, ...], backends: str, stages: str | None, events: int, repeat: int,
+          config_path: str | None) -> None:
+    """Time the chain on several backends over the same batch and print ratios."""
+    from rich.console import Console
+
+    from hltemu.bench import compare_backends
+
+    inputs = list(files) or [str(builtin_sample())]
+    try:
+        table = compare_backends(
+            inputs, [b.strip() for b in backends.split(",") if b.strip()],
+            stages=_parse_stages(stages), n_events=events, repeat=repeat,
+            config=_load_config(config_path),
+        )
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    Console().print(table)
+
+
+def _register_optional_commands() -> None:
+    """Commands that live beside their subsystem (e.g. ``generate`` in hltemu.simulate)."""
+    import importlib.util
+
+    if importlib.util.find_spec("hltemu.simulate") is None:
+        return
+    from hltemu.simulate.command import generate
+
+    cli.add_command(generate)
+
+
+_register_optional_commands()
+
+
+def main() -> None:
+    """Entry point of the ``hltemu`` script."""
+    cli(prog_name="hltemu")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
