@@ -19,10 +19,8 @@ import pytest  # noqa: E402
 
 from hltemu.backends import cuda_status, get_backend  # noqa: E402
 
-#: Real CMS NanoAOD file (2015 ttbar simulation, 200 events) shipped beside the project.
-CMS_NANOAOD = Path(__file__).resolve().parents[2] / "shared" / "data" / "cms-open-data" / (
-    "nanoAOD_2015_CMS_Open_Data_ttbar.root"
-)
+#: Real CMS NanoAOD file (2015 ttbar simulation, 200 events, CMS Open Data), kept in tests/data.
+CMS_NANOAOD = Path(__file__).resolve().parent / "data" / "nanoAOD_2015_CMS_Open_Data_ttbar.root"
 
 
 def cuda_usable() -> bool:
@@ -39,6 +37,5 @@ def backend(request):
 
 @pytest.fixture
 def cms_nanoaod() -> Path:
-    if not CMS_NANOAOD.is_file():
-        pytest.skip(f"CMS open-data file not found at {CMS_NANOAOD}")
+    assert CMS_NANOAOD.is_file(), f"CMS open-data test file missing: {CMS_NANOAOD}"
     return CMS_NANOAOD
