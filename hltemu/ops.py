@@ -1,0 +1,37 @@
+"""Backend-dispatched operations on collections that several stages and metrics share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from hltemu.backends import Backend
+
+#: CUDA threads per block for one-thread-per-event kernels.
+THREADS_PER_BLOCK = 128
+
+
+def segment_sum(values: Any, offsets: Any, backend: Backend) -> Any:
+    """Per-event sums of ``values`` (float64, shape ``(n_events,)``) on ``backend``.
+
+    ``values`` has ``offsets[-1]`` rows; ``offsets`` are CSR offsets of length n_events + 1.
+    """
+    xp = backend.xp
+    n = int(offsets.shape[0]) - 1
+    if backend.name == "reference":
+        values = np.asarray(values, dtype=np.float64)
+        return np.array([values[offsets[i] : offsets[i + 1]].sum() for i in range(n)], dtype=np.float64)
+    out = xp.zeros(n, dtype=xp.float64)
+    vals = xp.asarray(values, dtype=xp.float64)
+    if backend.name == "cpu":
+        from hltemu.kernels.segments import segment_sum_cpu
+
+        segment_sum_cpu(vals, offsets, out)
+        return out
+    from hltemu.kernels.segments import segment_sum_cuda
+
+    if n:
+        blocks = (n + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
+        segment_sum_cuda[blocks, THREADS_PER_BLOCK](vals, offsets, out)
+    return out
