@@ -156,3 +156,141 @@ class HLTConfig:
 # ------------------------------------------------------------------------------------------
 # Stage configurations.  One frozen dataclass per stage, each field declared with param().
 # ------------------------------------------------------------------------------------------
+
+
+# ------------------------------------------------------------------------------------------
+# Event generation (``hltemu generate``): the detector description and the run settings.
+# Not stage tables: read by hltemu.geometry and hltemu.simulate.
+# ------------------------------------------------------------------------------------------
+def _check_lengths(cls_name: str, n: int, **tuples: tuple) -> None:
+    for name, value in tuples.items():
+        if len(value) != n:
+            raise ConfigError(f"{cls_name}.{name} needs {n} entries (one per layer), got {value!r}")
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """The CMS-like toy detector: Phase-1 pixel tracker in a solenoid, ECAL + HCAL cell grids.
+
+    Calorimeter tuples have one entry per calorimeter layer, inner to outer (``calo_names``).
+    Lateral shower widths are Gaussian sigmas in cm at the ECAL front face; the angular width
+    is ``width / r_impact`` in both eta and phi.
+    """
+
+    b_field: float = param(3.8, "T", "solenoid field along +z")
+    # -- pixel tracker (CMS Phase-1) --------------------------------------------------------
+    pixel_pitch_x: float = param(0.0100, "cm", "pixel pitch along module-local x (r-phi)")
+    pixel_pitch_y: float = param(0.0150, "cm", "pixel pitch along module-local y (z or r)")
+    pixel_thickness: float = param(0.0285, "cm", "sensor thickness")
+    barrel_radii: tuple = param((2.9, 6.8, 10.9, 16.0), "cm", "BPix layer radii")
+    barrel_ladders: tuple = param((12, 28, 44, 64), "", "ladders (modules in phi) per BPix layer")
+    barrel_half_length: float = param(26.4, "cm", "BPix half-length in z")
+    barrel_modules_z: int = param(8, "", "modules along z per ladder")
+    disk_z: tuple = param((29.1, 39.6, 51.6), "cm", "|z| of the FPix disks (mirrored at -z)")
+    disk_ring_radii: tuple = param((4.5, 10.5, 16.1), "cm", "FPix ring boundaries in r")
+    disk_ring_modules: tuple = param((22, 34), "", "modules (blades) per FPix ring")
+    hit_efficiency: float = param(0.99, "", "probability that a crossing gives a hit")
+    noise_hits_per_layer: float = param(1.0, "", "mean number of noise hits per layer/disk/event")
+    pixel_threshold: float = param(1000.0, "electrons", "pixel readout threshold")
+    pixel_noise: float = param(100.0, "electrons", "Gaussian electronic noise per pixel")
+    pixel_adc_step: float = param(50.0, "electrons", "digitisation step of pixel charges")
+    charge_mpv_per_cm: float = param(7.5e5, "electrons/cm", "most probable MIP ionisation")
+    landau_width: float = param(0.09, "", "Landau (Moyal) width relative to the MPV")
+    lorentz_tan_barrel: float = param(0.40, "", "tan of the Lorentz angle in BPix (drift along x)")
+    lorentz_tan_disk: float = param(0.10, "", "tan of the effective drift angle in FPix")
+    diffusion_sigma: float = param(0.0008, "cm", "charge diffusion sigma at the pixel plane")
+    tracker_radius: float = param(110.0, "cm", "outer radius of the tracker volume (loopers)")
+    # -- calorimeter ------------------------------------------------------------------------
+    ecal_radius: float = param(129.0, "cm", "ECAL barrel front radius")
+    ecal_endcap_z: float = param(317.0, "cm", "ECAL endcap front |z|")
+    calo_names: tuple = param(("EM1", "EM2", "HAD1", "HAD2", "HAD3"), "", "layer names")
+    calo_sections: tuple = param(("ECAL", "ECAL", "HCAL", "HCAL", "HCAL"), "", "ECAL or HCAL")
+    calo_eta_max: tuple = param((3.0, 3.0, 3.0, 3.0, 3.0), "", "|eta| coverage per layer")
+    calo_n_eta: tuple = param((240, 120, 60, 60, 60), "", "cells in eta per layer")
+    calo_n_phi: tuple = param((256, 128, 64, 64, 64), "", "cells in phi per layer")
+    calo_noise: tuple = param((0.030, 0.050, 0.120, 0.150, 0.200), "GeV",
+                              "electronic noise sigma per cell at eta = 0")
+    calo_noise_eta_slope: float = param(0.5, "", "relative noise increase from eta 0 to eta_max")
+    calo_noise_spread: float = param(0.10, "", "relative cell-to-cell spread of the noise sigma")
+    calo_lsb: tuple = param((2.0**-10, 2.0**-10, 2.0**-8, 2.0**-8, 2.0**-8), "GeV",
+                            "digitisation step of the cell energy")
+    calo_em_fraction: tuple = param((0.78, 0.21, 0.01, 0.0, 0.0), "",
+                                    "share of an EM shower in each layer")
+    calo_had_fraction: tuple = param((0.20, 0.10, 0.35, 0.25, 0.10), "",
+                                     "share of a hadron shower in each layer")
+    calo_mip: tuple = param((0.20, 0.10, 0.70, 0.70, 0.70), "GeV", "muon (MIP) deposit per layer")
+    calo_em_width: tuple = param((1.0, 1.5, 3.0, 3.0, 3.0), "cm", "EM shower lateral sigma")
+    calo_had_width: tuple = param((3.0, 4.0, 8.0, 10.0, 12.0), "cm", "hadron shower lateral sigma")
+    calo_window: tuple = param((2, 1, 1, 1, 1), "cells", "half-width of the shower window")
+    em_stochastic: float = param(0.03, "sqrt(GeV)", "EM energy resolution, stochastic term")
+    em_constant: float = param(0.005, "", "EM energy resolution, constant term")
+    had_stochastic: float = param(1.0, "sqrt(GeV)", "hadron energy resolution, stochastic term")
+    had_constant: float = param(0.05, "", "hadron energy resolution, constant term")
+    had_h_over_e: float = param(0.45, "", "h/e of the non-compensating calorimeter")
+    had_e0: float = param(1.0, "GeV", "Groom's E0: hadronic fraction is (E/E0)^(m-1)")
+    had_m: float = param(0.83, "", "Groom's exponent m")
+
+    def __post_init__(self) -> None:
+        n = len(self.calo_names)
+        _check_lengths(
+            "DetectorConfig", n, calo_sections=self.calo_sections, calo_eta_max=self.calo_eta_max,
+            calo_n_eta=self.calo_n_eta, calo_n_phi=self.calo_n_phi, calo_noise=self.calo_noise,
+            calo_lsb=self.calo_lsb, calo_em_fraction=self.calo_em_fraction,
+            calo_had_fraction=self.calo_had_fraction, calo_mip=self.calo_mip,
+            calo_em_width=self.calo_em_width, calo_had_width=self.calo_had_width,
+            calo_window=self.calo_window,
+        )
+        _check_lengths("DetectorConfig", len(self.barrel_radii), barrel_ladders=self.barrel_ladders)
+        _check_lengths("DetectorConfig", len(self.disk_ring_radii) - 1,
+                       disk_ring_modules=self.disk_ring_modules)
+        for s in self.calo_sections:
+            if s not in ("ECAL", "HCAL"):
+                raise ConfigError(f"DetectorConfig.calo_sections: {s!r} is not 'ECAL' or 'HCAL'")
+        for name in ("calo_em_fraction", "calo_had_fraction"):
+            total = sum(getattr(self, name))
+            if abs(total - 1.0) > 1e-6:
+                raise ConfigError(f"DetectorConfig.{name} must sum to 1, sums to {total}")
+        if not 0.0 < self.hit_efficiency <= 1.0:
+            raise ConfigError(f"DetectorConfig.hit_efficiency must be in (0, 1], got {self.hit_efficiency}")
+        if self.b_field <= 0:
+            raise ConfigError(f"DetectorConfig.b_field must be > 0 T, got {self.b_field}")
+
+
+#: Processes ``hltemu generate`` knows (see hltemu.simulate.pythia for the Pythia settings).
+GENERATE_PROCESSES: tuple[str, ...] = ("ttbar", "qcd", "zbb", "zqq", "minbias")
+
+#: Largest mean pileup ``hltemu generate`` accepts.
+MAX_PILEUP: float = 200.0
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """One ``hltemu generate`` run: what Pythia makes, how much pileup, where the beams meet."""
+
+    events: int = param(10, "", "number of events")
+    process: str = param("ttbar", "", f"hard process: {', '.join(GENERATE_PROCESSES)}")
+    pileup: float = param(0.0, "", "mean number of pileup interactions (Poisson), 0-200")
+    seed: int = param(1, "", "random seed; the same seed gives the same file bit for bit")
+    sqrt_s: float = param(13600.0, "GeV", "centre-of-mass energy")
+    pthat_min: float = param(30.0, "GeV", "minimum pT-hat of the qcd process")
+    beamspot_sigma_z: float = param(4.0, "cm", "luminous region length (Gaussian sigma in z)")
+    beamspot_sigma_xy: float = param(0.0012, "cm", "luminous region width (sigma in x and y)")
+    truth_eta_max: float = param(5.0, "", "final-state particles kept in GenPart up to this |eta|")
+
+    def __post_init__(self) -> None:
+        if self.process not in GENERATE_PROCESSES:
+            raise ConfigError(
+                f"unknown process {self.process!r}; choices: {', '.join(GENERATE_PROCESSES)}"
+            )
+        if not 0.0 <= self.pileup <= MAX_PILEUP:
+            raise ConfigError(f"pileup must be between 0 and {MAX_PILEUP:g}, got {self.pileup}")
+        if self.events < 0:
+            raise ConfigError(f"events must be >= 0, got {self.events}")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed must be between 0 and 2**63 - 1, got {self.seed}")
+        if self.sqrt_s <= 0 or self.pthat_min < 0:
+            raise ConfigError(
+                f"sqrt_s must be > 0 and pthat_min >= 0 GeV, got {self.sqrt_s} and {self.pthat_min}"
+            )
+        if self.beamspot_sigma_z < 0 or self.beamspot_sigma_xy < 0 or self.truth_eta_max <= 0:
+            raise ConfigError("beamspot sigmas must be >= 0 cm and truth_eta_max > 0")
