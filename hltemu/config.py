@@ -212,8 +212,10 @@ class DetectorConfig:
                               "electronic noise sigma per cell at eta = 0")
     calo_noise_eta_slope: float = param(0.5, "", "relative noise increase from eta 0 to eta_max")
     calo_noise_spread: float = param(0.10, "", "relative cell-to-cell spread of the noise sigma")
-    calo_lsb: tuple = param((2.0**-10, 2.0**-10, 2.0**-8, 2.0**-8, 2.0**-8), "GeV",
-                            "digitisation step of the cell energy")
+    calo_lsb: tuple = param((2.0**-8, 2.0**-8, 2.0**-6, 2.0**-6, 2.0**-6), "GeV",
+                            "digitisation step of the cell energy (3.9 MeV ECAL, 15.6 MeV HCAL)")
+    calo_truth_step: float = param(2.0**-17, "GeV",
+                                   "storage step of the cells' true energy (7.6 keV)")
     calo_em_fraction: tuple = param((0.78, 0.21, 0.01, 0.0, 0.0), "",
                                     "share of an EM shower in each layer")
     calo_had_fraction: tuple = param((0.20, 0.10, 0.35, 0.25, 0.10), "",
@@ -251,7 +253,8 @@ class DetectorConfig:
             if abs(total - 1.0) > 1e-6:
                 raise ConfigError(f"DetectorConfig.{name} must sum to 1, sums to {total}")
         if not 0.0 < self.hit_efficiency <= 1.0:
-            raise ConfigError(f"DetectorConfig.hit_efficiency must be in (0, 1], got {self.hit_efficiency}")
+            raise ConfigError(
+                f"DetectorConfig.hit_efficiency must be in (0, 1], got {self.hit_efficiency}")
         if self.b_field <= 0:
             raise ConfigError(f"DetectorConfig.b_field must be > 0 T, got {self.b_field}")
 

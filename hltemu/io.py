@@ -1009,7 +1009,10 @@ class OutputWriter:
     Use as a context manager, or call :meth:`close`.
     """
 
-    def __init__(self, path: str | os.PathLike, tree: str = TREE_NAME) -> None:
+    def __init__(self, path: str | os.PathLike, tree: str = TREE_NAME,
+                 compression: Any = None) -> None:
+        """``compression``: an uproot compression (e.g. ``uproot.LZMA(9)``); ``None`` keeps
+        uproot's default (ZLIB level 1)."""
         self.path = os.fspath(path)
         self.tree_name = tree
         self.n_events = 0
@@ -1017,7 +1020,8 @@ class OutputWriter:
         self._layout: _Layout | None = None
         self._meta_written = False
         try:
-            self._file: Any = uproot.recreate(Path(self.path))
+            kwargs = {} if compression is None else {"compression": compression}
+            self._file: Any = uproot.recreate(Path(self.path), **kwargs)
         except Exception as exc:
             raise OutputError(f"cannot create output file {self.path}: {exc}") from None
 

@@ -1,0 +1,346 @@
+"""Orchestration: Pythia interactions + pileup -> truth, pixel hits, calorimeter cells -> batches.
+
+One event: the hard scatter and ``Poisson(pileup)`` minimum-bias interactions, each at its own
+vertex drawn from the luminous region (Gaussian: ``beamspot_sigma_xy`` in x and y,
+``beamspot_sigma_z`` in z).  The stored final-state particles (``|eta| < truth_eta_max``) of
+all interactions go through the tracker and the calorimeter.
+
+Random numbers: the run's ``seed`` seeds, through :class:`numpy.random.SeedSequence`, the
+hard-scatter Pythia, the pileup Pythia, the beam (pileup counts, vertices) and the detector
+response, each its own stream consumed event after event; so the same seed gives the same
+events bit for bit, whatever the batch size, and the first ``n`` events of a longer run equal a
+run of ``n`` events.
+
+GenPart rows of an event: the hard-process record (status 2: Pythia status 22/23, e.g. t, W, b
+and the W decay products; their charge is rounded to an integer), then the hard scatter's
+final-state particles (status 1), then those of pileup interaction 1, 2, ... (``vertex`` = 0
+for the hard scatter, k for pileup k).  ``PixelHit.sim_index`` is a GenPart row of the event.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hltemu.backends import get_backend
+from hltemu.batch import Collection, EventBatch
+from hltemu.config import DetectorConfig, GenerateConfig
+from hltemu.geometry import Geometry, geometry_for
+from hltemu.io import EVENT, INPUT_SCHEMA
+from hltemu.simulate.calorimeter import simulate_calorimeter
+from hltemu.simulate.pythia import MAX_PYTHIA_SEED, Interaction, PythiaError, PythiaGenerator
+from hltemu.simulate.tracker import simulate_pixels
+
+#: Collections written by ``hltemu generate``, in this order.
+COLLECTIONS: tuple[str, ...] = (EVENT, "GenPart", "PixelHit", "CaloCell")
+
+
+class SimulationError(RuntimeError):
+    """Event generation cannot run (bad settings, Pythia failure, unwritable output)."""
+
+
+@dataclass
+class EventStats:
+    """Per-event figures of a run (one list entry per event)."""
+
+    pixel_hits: list[int] = field(default_factory=list)
+    charged: list[int] = field(default_factory=list)
+    charged_central: list[int] = field(default_factory=list)
+    cells_4sigma: list[int] = field(default_factory=list)
+    pileup: list[int] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+
+@dataclass
+class GenerationStats:
+    """What a run produced and how long it took (seconds include Pythia initialisation)."""
+
+    config: GenerateConfig
+    events: int = 0
+    seconds: float = 0.0
+    init_seconds: float = 0.0
+    per_event: EventStats = field(default_factory=EventStats)
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else float("nan")
+
+    def means(self) -> dict[str, float]:
+        """Mean per event of every figure in :attr:`per_event`."""
+        pe = self.per_event
+        return {
+            "pileup interactions": float(np.mean(pe.pileup)) if pe.pileup else float("nan"),
+            "charged particles (GenPart, |eta| < truth_eta_max)": _mean(pe.charged),
+            "charged particles |eta| < 2.5": _mean(pe.charged_central),
+            "pixel hits": _mean(pe.pixel_hits),
+            "cells |E| > 4 sigma": _mean(pe.cells_4sigma),
+            "generation time per event (s)": _mean(pe.seconds),
+        }
+
+    def summary(self) -> Any:
+        """A rich table of the per-event means."""
+        from rich.table import Table
+
+        c = self.config
+        t = Table(title=f"{c.events} {c.process} events, pileup {c.pileup:g}, seed {c.seed}")
+        t.add_column("per event (mean)")
+        t.add_column("value", justify="right")
+        for k, v in self.means().items():
+            t.add_row(k, f"{v:.3f}" if "time" in k else f"{v:.1f}")
+        t.add_row("Pythia initialisation (s)", f"{self.init_seconds:.2f}")
+        return t
+
+
+def _mean(values: list) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _pythia_seed(ss: np.random.SeedSequence) -> int:
+    return int(ss.generate_state(1, np.uint64)[0] % MAX_PYTHIA_SEED) + 1
+
+
+class EventGenerator:
+    """Generates events of a :class:`GenerateConfig` through the detector of a
+    :class:`DetectorConfig`, one at a time (:meth:`event`) or as batches (:meth:`batches`)."""
+
+    def __init__(self, cfg: GenerateConfig, detector: DetectorConfig | None = None) -> None:
+        if not isinstance(cfg, GenerateConfig):
+            raise SimulationError(f"expected a GenerateConfig, got {type(cfg).__name__}")
+        self.cfg = cfg
+        self.geometry: Geometry = geometry_for(detector or DetectorConfig())
+        hard_ss, pu_ss, beam_ss, det_ss = np.random.SeedSequence(cfg.seed).spawn(4)
+        t0 = time.perf_counter()
+        try:
+            self._hard = PythiaGenerator(cfg.process, cfg.sqrt_s, _pythia_seed(hard_ss),
+                                         pthat_min=cfg.pthat_min)
+            self._pileup = (PythiaGenerator("minbias", cfg.sqrt_s, _pythia_seed(pu_ss),
+                                            keep_hard_process=False)
+                            if cfg.pileup > 0 else None)
+        except PythiaError as exc:
+            raise SimulationError(str(exc)) from None
+        self.init_seconds = time.perf_counter() - t0
+        self._beam = np.random.default_rng(beam_ss)
+        self._det = np.random.default_rng(det_ss)
+        self._next_event = 0
+
+    # -- one event ----------------------------------------------------------------------------
+    def event(self) -> dict[str, dict[str, np.ndarray]]:
+        """The next event: collection name -> column name -> array (schema dtypes)."""
+        cfg = self.cfg
+        n_pu = int(self._beam.poisson(cfg.pileup)) if cfg.pileup > 0 else 0
+        vtx = np.empty((n_pu + 1, 3))
+        vtx[:, :2] = self._beam.normal(0.0, cfg.beamspot_sigma_xy, (n_pu + 1, 2))
+        vtx[:, 2] = self._beam.normal(0.0, cfg.beamspot_sigma_z, n_pu + 1)
+        try:
+            interactions = [self._hard.next()]
+            interactions += [self._pileup.next() for _ in range(n_pu)] if n_pu else []
+        except PythiaError as exc:
+            raise SimulationError(str(exc)) from None
+        gen = _truth(interactions, vtx, cfg.truth_eta_max)
+        final = np.flatnonzero(gen["status"] == 1)
+        g = {k: v[final] for k, v in gen.items()}
+        hits = simulate_pixels(self.geometry, g["px"], g["py"], g["pz"], g["charge"], g["vx"],
+                               g["vy"], g["vz"], self._det)
+        real = hits["sim_index"] >= 0
+        hits["sim_index"][real] = final[hits["sim_index"][real]]
+        cells = simulate_calorimeter(self.geometry, g["px"], g["py"], g["pz"], g["e"],
+                                     g["mass"], g["pdgId"], g["charge"], g["vx"], g["vy"],
+                                     g["vz"], self._det)
+        number = self._next_event
+        self._next_event += 1
+        event = {"event": np.array([number]), "n_pileup": np.array([n_pu]),
+                 "pv_z": np.array([vtx[0, 2]])}
+        out = {EVENT: event, "GenPart": gen, "PixelHit": hits, "CaloCell": cells}
+        return {name: _cast(name, cols) for name, cols in out.items()}
+
+    # -- batches ------------------------------------------------------------------------------
+    def batches(self, n_events: int, batch_size: int = 10,
+                on_event: Callable[[dict[str, dict[str, np.ndarray]], float], None] | None = None,
+                ) -> Iterator[EventBatch]:
+        """``n_events`` events as :class:`EventBatch` es of ``batch_size`` on the reference
+        backend.  ``on_event(event, seconds)`` is called after each event (progress, stats)."""
+        if batch_size < 1:
+            raise SimulationError(f"batch size must be >= 1, got {batch_size}")
+        backend = get_backend("reference")
+        done = 0
+        while done < n_events:
+            n = min(batch_size, n_events - done)
+            events = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                ev = self.event()
+                events.append(ev)
+                if on_event is not None:
+                    on_event(ev, time.perf_counter() - t0)
+            yield _to_batch(events, backend, first_entry=done)
+            done += n
+
+
+def _truth(interactions: list[Interaction], vtx: np.ndarray, eta_max: float
+           ) -> dict[str, np.ndarray]:
+    """GenPart columns (plus px, py, pz, e for the simulation) of all interactions."""
+    pieces = []
+    for k, it in enumerate(interactions):
+        pt = np.hypot(it.px, it.py)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            eta = np.arcsinh(it.pz / pt)
+        keep_final = it.final & (pt > 0) & (np.abs(eta) < eta_max)
+        hard = ~it.final & (pt > 0) if k == 0 else np.zeros(len(it), bool)
+        for mask, status in ((hard, 2), (keep_final, 1)):
+            rows = np.flatnonzero(mask)
+            pieces.append({
+                "px": it.px[rows], "py": it.py[rows], "pz": it.pz[rows], "e": it.e[rows],
+                "pt": pt[rows], "eta": eta[rows], "phi": np.arctan2(it.py[rows], it.px[rows]),
+                "mass": it.mass[rows], "pdgId": it.pdg_id[rows],
+                "charge": np.rint(it.charge[rows]).astype(np.int32),
+                "status": np.full(rows.shape[0], status, np.int32),
+                "vx": vtx[k, 0] + it.vx[rows], "vy": vtx[k, 1] + it.vy[rows],
+                "vz": vtx[k, 2] + it.vz[rows],
+                "vertex": np.full(rows.shape[0], k, np.int32),
+            })
+    return {key: np.concatenate([p[key] for p in pieces]) for key in pieces[0]}
+
+
+def _cast(name: str, cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Exactly the schema's columns of collection ``name``, in its dtypes."""
+    spec = INPUT_SCHEMA[name]
+    return {c: np.ascontiguousarray(cols[c], dtype=s.dtype) for c, s in spec.columns.items()}
+
+
+def _to_batch(events: list[dict[str, dict[str, np.ndarray]]], backend: Any, first_entry: int
+              ) -> EventBatch:
+    colls = {}
+    for name in COLLECTIONS:
+        cols = {c: np.concatenate([ev[name][c] for ev in events]) for c in events[0][name]}
+        if INPUT_SCHEMA[name].per_event:
+            colls[name] = Collection.event_level(cols)
+        else:
+            counts = [ev[name][next(iter(ev[name]))].shape[0] for ev in events]
+            colls[name] = Collection.from_counts(counts, cols)
+    return EventBatch(backend, len(events), colls, source="", first_entry=first_entry)
+
+
+def generate_batches(cfg: GenerateConfig, detector: DetectorConfig | None = None,
+                     batch_size: int = 10) -> Iterator[EventBatch]:
+    """``cfg.events`` events as reference-backend :class:`EventBatch` es with the collections
+    ``Event``, ``GenPart``, ``PixelHit`` and ``CaloCell`` of :data:`hltemu.io.INPUT_SCHEMA`."""
+    return EventGenerator(cfg, detector).batches(cfg.events, batch_size)
+
+
+def _event_stats(stats: EventStats, geom: Geometry, ev: dict[str, dict[str, np.ndarray]],
+                 seconds: float) -> None:
+    gen = ev["GenPart"]
+    charged = (gen["status"] == 1) & (gen["charge"] != 0)
+    stats.pixel_hits.append(int(ev["PixelHit"]["x"].shape[0]))
+    stats.charged.append(int(charged.sum()))
+    stats.charged_central.append(int((charged & (np.abs(gen["eta"]) < 2.5)).sum()))
+    cells = ev["CaloCell"]
+    stats.cells_4sigma.append(int((np.abs(cells["energy"]) > 4.0 * geom.calo.noise_sigma).sum()))
+    stats.pileup.append(int(ev[EVENT]["n_pileup"][0]))
+    stats.seconds.append(seconds)
+
+
+#: ``--compression`` choices: name -> uproot compression (None: uproot's default, ZLIB level 1).
+#: LZMA (Python's own lzma) makes files about 30% smaller than ZLIB, and slower to write.
+COMPRESSIONS: dict[str, Any] = {"zlib": None, "lzma": ("LZMA", 9), "zstd": ("ZSTD", 9)}
+
+
+def _compression(name: str) -> Any:
+    import uproot
+
+    if name not in COMPRESSIONS:
+        raise SimulationError(f"unknown compression {name!r}; choices: {', '.join(COMPRESSIONS)}")
+    spec = COMPRESSIONS[name]
+    return None if spec is None else getattr(uproot, spec[0])(spec[1])
+
+
+def generate_file(path: str | Path, cfg: GenerateConfig, detector: DetectorConfig | None = None,
+                  batch_size: int = 10, progress: bool = False, console: Any = None,
+                  compression: str = "zlib") -> GenerationStats:
+    """Generate ``cfg.events`` events into the ROOT file ``path`` (schema: hltemu.io).
+
+    ``progress`` shows a rich progress bar (on ``console``); ``compression`` is a key of
+    :data:`COMPRESSIONS`.  Returns the run's statistics.
+    """
+    from hltemu.io import OutputWriter
+
+    codec = _compression(compression)
+
+    t_start = time.perf_counter()
+    gen = EventGenerator(cfg, detector)
+    stats = GenerationStats(cfg, init_seconds=gen.init_seconds)
+    bar, task = None, None
+    if progress:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        bar = Progress(TextColumn(f"generating {cfg.process}, pileup {cfg.pileup:g}"),
+                       BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       TimeRemainingColumn(), console=console, transient=False)
+        task = bar.add_task("events", total=cfg.events)
+
+    def on_event(ev: dict[str, dict[str, np.ndarray]], seconds: float) -> None:
+        _event_stats(stats.per_event, gen.geometry, ev, seconds)
+        if bar is not None:
+            bar.advance(task)
+
+    try:
+        writer = OutputWriter(path, compression=codec)
+    except Exception as exc:
+        raise SimulationError(f"cannot write {path}: {exc}") from None
+    try:
+        if bar is not None:
+            bar.start()
+        with writer:
+            for batch in gen.batches(cfg.events, batch_size, on_event):
+                writer.write(batch, list(COLLECTIONS))
+    finally:
+        if bar is not None:
+            bar.stop()
+    stats.events = cfg.events
+    stats.seconds = time.perf_counter() - t_start
+    return stats
+
+
+def run_record(cfg: GenerateConfig, detector: DetectorConfig | None = None,
+               command: str = "") -> dict[str, Any]:
+    """What reproduces a generated file: versions, the command line, the run's settings
+    (table ``generate``) and the detector's (table ``detector``), as a TOML-ready dict."""
+    import dataclasses
+    from importlib.metadata import version
+
+    from hltemu import __version__
+
+    def table(obj: Any) -> dict[str, Any]:
+        return {f.name: list(v) if isinstance(v := getattr(obj, f.name), tuple) else v
+                for f in dataclasses.fields(obj)}
+
+    return {
+        "command": command,
+        "hltemu_version": __version__,
+        "pythia8mc_version": version("pythia8mc"),
+        "generate": table(cfg),
+        "detector": table(detector or DetectorConfig()),
+    }
+
+
+def save_run_record(path: str | Path, cfg: GenerateConfig, detector: DetectorConfig | None = None,
+                    command: str = "") -> None:
+    """Write :func:`run_record` as TOML to ``path``."""
+    import tomli_w
+
+    Path(path).write_text(
+        "# Settings that reproduce a file made by `hltemu generate` (see `command`).\n"
+        + tomli_w.dumps(run_record(cfg, detector, command)))
+
