@@ -314,6 +314,17 @@ def test_same_seed_same_events_other_seed_other_events():
                           np.concatenate([a[0]["PixelHit"]["x"], a[1]["PixelHit"]["x"]]))
 
 
+def test_pythia_is_silent(capfd, monkeypatch, tmp_path):
+    """No banner, no initialisation or per-event printout, also when the minimum-bias MPI
+    tables are computed for the first time (fresh cache directory)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    gen = EventGenerator(GenerateConfig(events=1, process="qcd", pileup=1.0, seed=3))
+    gen.event()
+    assert list((tmp_path / "hltemu").glob("*-mpi.dat"))
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+
+
 def test_event_content_and_truth_links(geom):
     cfg = GenerateConfig(events=2, process="ttbar", pileup=4.0, seed=5)
     for ev in _events(cfg):

@@ -8,8 +8,8 @@ all interactions go through the tracker and the calorimeter.
 Random numbers: the run's ``seed`` seeds, through :class:`numpy.random.SeedSequence`, the
 hard-scatter Pythia, the pileup Pythia, the beam (pileup counts, vertices) and the detector
 response, each its own stream consumed event after event; so the same seed gives the same
-events bit for bit, whatever the batch size, and the first ``n`` events of a longer run equal a
-run of ``n`` events.
+events bit for bit (every branch; only the ROOT file's UUID and timestamps differ), whatever
+the batch size, and the first ``n`` events of a longer run equal a run of ``n`` events.
 
 GenPart rows of an event: the hard-process record (status 2: Pythia status 22/23, e.g. t, W, b
 and the W decay products; their charge is rounded to an integer), then the hard scatter's
