@@ -297,3 +297,53 @@ class GenerateConfig:
             )
         if self.beamspot_sigma_z < 0 or self.beamspot_sigma_xy < 0 or self.truth_eta_max <= 0:
             raise ConfigError("beamspot sigmas must be >= 0 cm and truth_eta_max > 0")
+
+
+@dataclass(frozen=True)
+class RhoConfig:
+    """Stage ``rho``: median pT density of clusters on a fixed eta-phi grid (CMS fixed-grid rho).
+
+    The grid has ``round(2 eta_max / grid_spacing)`` rows in eta and ``round(2 pi /
+    grid_spacing)`` columns in phi, so cells are close to ``grid_spacing`` square; CMS's
+    ``fixedGridRhoFastjetAll`` uses eta_max 5.0 and spacing 0.55 (18 x 11 cells).
+    """
+
+    eta_max: float = param(5.0, "", "the grid covers -eta_max <= eta < eta_max")
+    grid_spacing: float = param(0.55, "", "requested cell size in eta and in phi [rad]")
+
+    def __post_init__(self) -> None:
+        if not (self.eta_max > 0 and self.grid_spacing > 0):
+            raise ConfigError(
+                f"eta_max and grid_spacing must be > 0, got {self.eta_max} and {self.grid_spacing}"
+            )
+
+
+@dataclass(frozen=True)
+class JecConfig:
+    """Stage ``jec``: the factorized jet energy corrections applied to ``jets``, in order.
+
+    Each entry is a CMS JEC text file (plain or gzipped; ``FILE#SECTION`` for one section of a
+    multi-section file), a correctionlib JSON correction ``FILE.json#NAME`` (a compound
+    correction's levels when NAME is one), or ``builtin:NAME`` for a file shipped in
+    ``hltemu/models``.  The default is CMS's Fall17 MC L2Relative for AK4 calorimeter jets (L2
+    and L3 in one level since 2017), shipped until ``derive-jec`` provides the emulator's own;
+    an empty list applies no correction (every factor 1).
+    """
+
+    levels: tuple = param(
+        ("builtin:Fall17_17Nov2017_V32_MC_L2Relative_AK4Calo.txt",), "",
+        "correction levels in the order applied (L1FastJet, L2Relative, L3Absolute, ...)",
+    )
+
+
+@dataclass(frozen=True)
+class TriggerConfig:
+    """Stage ``trigger``: per-event decisions of the paths of a trigger menu (TOML).
+
+    The menu lists paths (single jet pT, HT, n jets above pT, pixel-doublet multiplicity) with
+    thresholds and prescales; see ``hltemu/data/menu.toml``.  ``builtin:NAME`` is a menu shipped
+    in ``hltemu/data``.
+    """
+
+    menu: str = param("builtin:menu.toml", "", "trigger menu TOML file")
+    paths: tuple = param((), "", "names of the menu paths to run (empty: every path)")

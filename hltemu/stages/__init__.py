@@ -3,3 +3,7 @@
 Each module holds the stage's reference implementation (written for reading) and dispatches the
 ``cpu`` and ``cuda`` backends to :mod:`hltemu.kernels`.
 """
+
+import hltemu.stages.jec  # noqa: F401
+import hltemu.stages.rho  # noqa: F401
+import hltemu.stages.trigger  # noqa: F401

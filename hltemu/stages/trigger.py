@@ -1,0 +1,316 @@
+"""Stage ``trigger``: the paths of a trigger menu decide on every event.
+
+A menu is a TOML file of ``[[path]]`` tables (the default, ``hltemu/data/menu.toml``, documents
+the format)::
+
+    [[path]]
+    name = "HLT_CaloJet80"     # a valid branch name, unique in the menu
+    type = "single_jet"        # single_jet | multi_jet | ht | doublets
+    pt_min = 80.0              # GeV
+    eta_max = 5.0
+    prescale = 1               # accept every N-th event the path sees; 0 disables the path
+
+Kinds and their keys (``prescale`` everywhere, default 1):
+
+``single_jet``  ``pt_min`` [GeV], ``eta_max`` (default 5.0): a jet with pT >= pt_min and
+                |eta| <= eta_max
+``multi_jet``   ``n_min``, ``pt_min``, ``eta_max``: at least n_min such jets
+``ht``          ``ht_min`` [GeV], ``jet_pt_min`` [GeV], ``eta_max``: scalar sum of the pT of
+                jets passing jet_pt_min and eta_max >= ht_min
+``doublets``    ``n_min``, ``collection`` (default ``doublets``): at least n_min objects
+                (pixel doublets) in that collection
+
+Jets are ``corrected_jets`` (stage ``jec``).  Needs: ``corrected_jets``; a ``doublets`` path also
+reads its collection, and the stage stops with an error naming the path and the stage that
+makes the collection when it is absent (or leave the path out with ``[trigger] paths``).
+
+Adds ``trigger``: one row per event, one bool column per path, plus ``any_path`` (the OR).
+The pipeline sums the bool columns into the run report ("trigger accepts"), and ``hltemu run``
+prints each path's accept count and fraction.  Decisions are discrete and identical on every
+backend (HT is summed in the same order everywhere).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from hltemu.batch import Collection, EventBatch
+from hltemu.config import ConfigError, TriggerConfig
+from hltemu.ops import THREADS_PER_BLOCK
+from hltemu.pipeline import PipelineError, Stage, register
+
+#: Column of the ``trigger`` collection holding the OR of all paths.
+ANY_PATH = "any_path"
+
+#: Path kind -> (required keys, optional keys with defaults).
+PATH_KINDS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "single_jet": (("pt_min",), {"eta_max": 5.0}),
+    "multi_jet": (("n_min", "pt_min"), {"eta_max": 5.0}),
+    "ht": (("ht_min", "jet_pt_min"), {"eta_max": 5.0}),
+    "doublets": (("n_min",), {"collection": "doublets"}),
+}
+_COMMON_KEYS = {"name": None, "type": None, "prescale": 1}
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+@dataclass(frozen=True)
+class TriggerPath:
+    """One path of a menu.
+
+    ``pt_min`` is the jet threshold [GeV] (for ``ht`` paths, the per-jet threshold
+    ``jet_pt_min``); ``ht_min`` [GeV]; ``n_min`` the jet or object multiplicity; ``collection``
+    the collection a ``doublets`` path counts.
+    """
+
+    name: str
+    kind: str
+    pt_min: float = 0.0
+    eta_max: float = math.inf
+    ht_min: float = 0.0
+    n_min: int = 1
+    prescale: int = 1
+    collection: str = ""
+
+
+def builtin_menu(name: str) -> Path:
+    """A menu shipped in ``hltemu/data``."""
+    root = Path(str(resources.files("hltemu") / "data"))
+    path = root / name
+    if not path.is_file():
+        shipped = sorted(p.name for p in root.glob("*.toml")) if root.is_dir() else []
+        raise ConfigError(f"no built-in menu {name!r}; shipped: {', '.join(shipped) or 'none'}")
+    return path
+
+
+def _menu_path(spec: str) -> Path:
+    return builtin_menu(spec[len("builtin:"):]) if spec.startswith("builtin:") else Path(spec)
+
+
+def load_menu(spec: str) -> tuple[TriggerPath, ...]:
+    """Read a menu (a path, or ``builtin:NAME``); errors name the file, the path and the key."""
+    path = _menu_path(spec)
+    try:
+        stamp = path.stat().st_mtime
+    except FileNotFoundError:
+        raise ConfigError(f"trigger menu {str(path)!r} does not exist") from None
+    return _load_menu_cached(str(path), stamp)
+
+
+@functools.lru_cache(maxsize=16)
+def _load_menu_cached(path: str, stamp: float) -> tuple[TriggerPath, ...]:
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_menu(data, path)
+
+
+def parse_menu(data: Mapping[str, Any], source: str = "<menu>") -> tuple[TriggerPath, ...]:
+    """Paths from a parsed menu (``{"path": [{...}, ...]}``), checked key by key."""
+    extra = sorted(set(data) - {"path"})
+    if extra:
+        raise ConfigError(f"{source}: unknown top-level key(s) {extra}; a menu has [[path]] "
+                          "tables only")
+    tables = data.get("path", [])
+    if not isinstance(tables, list) or not tables:
+        raise ConfigError(f"{source}: no [[path]] tables")
+    paths: list[TriggerPath] = []
+    for i, table in enumerate(tables):
+        where = f"{source}: path #{i + 1}"
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{where}: expected a table, got {table!r}")
+        name = table.get("name")
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ConfigError(f"{where}: 'name' must be a valid identifier (letters, digits, _), "
+                              f"got {name!r}")
+        where = f"{source}: path {name!r}"
+        if name == ANY_PATH or name in (p.name for p in paths):
+            why = "reserved" if name == ANY_PATH else "used twice"
+            raise ConfigError(f"{where}: the name is {why}")
+        kind = table.get("type")
+        if kind not in PATH_KINDS:
+            raise ConfigError(f"{where}: 'type' = {kind!r}; choices: {', '.join(PATH_KINDS)}")
+        required, optional = PATH_KINDS[kind]
+        allowed = {*_COMMON_KEYS, *required, *optional}
+        unknown = sorted(set(table) - allowed)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown} for type {kind!r}; valid keys: "
+                              f"{', '.join(sorted(allowed))}")
+        missing = [k for k in required if k not in table]
+        if missing:
+            raise ConfigError(f"{where}: missing key(s) {missing} for type {kind!r}")
+        values = {**optional, "prescale": 1,
+                  **{k: table[k] for k in table if k not in ("name", "type")}}
+        paths.append(_make_path(name, kind, values, where))
+    return tuple(paths)
+
+
+def _number(values: Mapping[str, Any], key: str, where: str, integer: bool = False) -> Any:
+    v = values[key]
+    ok = isinstance(v, int) if integer else isinstance(v, (int, float))
+    if isinstance(v, bool) or not ok or v < 0:
+        kind = "a non-negative integer" if integer else "a non-negative number"
+        raise ConfigError(f"{where}: {key!r} must be {kind}, got {v!r}")
+    return int(v) if integer else float(v)
+
+
+def _make_path(name: str, kind: str, values: Mapping[str, Any], where: str) -> TriggerPath:
+    prescale = _number(values, "prescale", where, integer=True)
+    if kind == "doublets":
+        coll = values["collection"]
+        if not isinstance(coll, str) or not coll:
+            raise ConfigError(f"{where}: 'collection' must be a collection name, got {coll!r}")
+        return TriggerPath(name, kind, n_min=_number(values, "n_min", where, True),
+                           prescale=prescale, collection=coll)
+    eta_max = _number(values, "eta_max", where)
+    if kind == "ht":
+        return TriggerPath(name, kind, pt_min=_number(values, "jet_pt_min", where),
+                           eta_max=eta_max, ht_min=_number(values, "ht_min", where),
+                           prescale=prescale)
+    n_min = _number(values, "n_min", where, True) if kind == "multi_jet" else 1
+    return TriggerPath(name, kind, pt_min=_number(values, "pt_min", where), eta_max=eta_max,
+                       n_min=n_min, prescale=prescale)
+
+
+def menu_paths(cfg: TriggerConfig) -> tuple[TriggerPath, ...]:
+    """The menu's paths selected by ``cfg.paths`` (all when empty), in menu order."""
+    paths = load_menu(cfg.menu)
+    if not cfg.paths:
+        return paths
+    names = [p.name for p in paths]
+    unknown = [p for p in cfg.paths if p not in names]
+    if unknown:
+        raise ConfigError(f"[trigger] paths: {unknown} not in menu {cfg.menu!r}; it has "
+                          f"{', '.join(names)}")
+    return tuple(p for p in paths if p.name in cfg.paths)
+
+
+def prescaler_pass(entries: np.ndarray, prescale: int) -> np.ndarray:
+    """CMS prescaler with offset 0: event number ``entry + 1`` passes when divisible."""
+    if prescale <= 0:
+        return np.zeros(entries.shape[0], dtype=bool)
+    return (entries + 1) % prescale == 0
+
+
+def decide_reference(pt: np.ndarray, eta: np.ndarray, offsets: np.ndarray,
+                     counts: Mapping[str, np.ndarray], first_entry: int,
+                     paths: Sequence[TriggerPath]) -> dict[str, np.ndarray]:
+    """Decision per path and event (NumPy, written to be read): name -> bool ``(n_events,)``.
+
+    ``counts`` maps a collection name to its objects per event (for ``doublets`` paths).
+    """
+    n = offsets.shape[0] - 1
+    event = np.repeat(np.arange(n), np.diff(offsets))
+    entries = first_entry + np.arange(n, dtype=np.int64)
+    out: dict[str, np.ndarray] = {}
+    for p in paths:
+        if p.kind == "doublets":
+            passed = counts[p.collection] >= p.n_min
+        else:
+            good = (pt >= p.pt_min) & (np.abs(eta) <= p.eta_max)
+            n_good = np.bincount(event[good], minlength=n)
+            ht = np.bincount(event[good], weights=pt[good], minlength=n)
+            if p.kind == "single_jet":
+                passed = n_good >= 1
+            elif p.kind == "multi_jet":
+                passed = n_good >= p.n_min
+            else:
+                passed = ht >= p.ht_min
+        out[p.name] = prescaler_pass(entries, p.prescale) & passed
+    return out
+
+
+def _count_collections(batch: EventBatch, paths: Sequence[TriggerPath]) -> list[str]:
+    needed = list(dict.fromkeys(p.collection for p in paths if p.kind == "doublets"))
+    for name in needed:
+        if name not in batch:
+            users = [p.name for p in paths if p.collection == name]
+            hint = " (stage 'doublets' or 'doublet_cnn' makes it)" if name == "doublets" else ""
+            raise PipelineError(
+                f"trigger path(s) {users} count collection {name!r}, which the batch lacks "
+                f"(it has {sorted(batch)}); run the stage that makes it before 'trigger'{hint}, "
+                "or leave those paths out with [trigger] paths = [...]"
+            )
+    return needed
+
+
+def _trigger(batch: EventBatch, cfg: TriggerConfig) -> dict[str, Collection]:
+    be = batch.backend
+    xp = be.xp
+    paths = menu_paths(cfg)
+    jets = batch["corrected_jets"]
+    n = batch.n_events
+    count_names = _count_collections(batch, paths)
+    pt = xp.asarray(jets["pt"], dtype=xp.float64)
+    eta = xp.asarray(jets["eta"], dtype=xp.float64)
+    if be.name == "reference":
+        counts = {c: np.asarray(batch[c].counts) for c in count_names}
+        decisions = decide_reference(pt, eta, jets.offsets, counts, batch.first_entry, paths)
+        cols = {name: decisions[name] for name in decisions}
+    else:
+        cols = _trigger_kernels(batch, paths, count_names, pt, eta, jets.offsets)
+    any_path = xp.zeros(n, dtype=bool)
+    for name in [p.name for p in paths]:
+        any_path = any_path | cols[name]
+    cols[ANY_PATH] = any_path
+    return {"trigger": Collection.event_level(cols, xp)}
+
+
+def _trigger_kernels(batch: EventBatch, paths: Sequence[TriggerPath], count_names: list[str],
+                     pt: Any, eta: Any, offsets: Any) -> dict[str, Any]:
+    from hltemu.kernels import trigger as K
+
+    be = batch.backend
+    xp = be.xp
+    n = batch.n_events
+    kinds = {"single_jet": K.KIND_SINGLE_JET, "multi_jet": K.KIND_MULTI_JET, "ht": K.KIND_HT,
+             "doublets": K.KIND_COUNT}
+    counts = xp.zeros((n, max(len(count_names), 1)), dtype=xp.int64)
+    for c, name in enumerate(count_names):
+        counts[:, c] = batch[name].counts
+    arrays = [
+        np.array([kinds[p.kind] for p in paths], dtype=np.int64),
+        np.array([p.pt_min for p in paths], dtype=np.float64),
+        np.array([p.eta_max for p in paths], dtype=np.float64),
+        np.array([p.ht_min for p in paths], dtype=np.float64),
+        np.array([p.n_min for p in paths], dtype=np.int64),
+        np.array([p.prescale for p in paths], dtype=np.int64),
+        np.array([count_names.index(p.collection) if p.kind == "doublets" else 0
+                  for p in paths], dtype=np.int64),
+    ]
+    out = xp.zeros((n, len(paths)), dtype=bool)
+    if n and paths:
+        if be.name == "cpu":
+            K.trigger_cpu(pt, eta, offsets, counts, batch.first_entry, *arrays, out)
+        else:
+            blocks = (n + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
+            K.trigger_cuda[blocks, THREADS_PER_BLOCK](
+                pt, eta, offsets, counts, batch.first_entry, *(be.to_device(a) for a in arrays),
+                out,
+            )
+    return {p.name: xp.ascontiguousarray(out[:, i]) for i, p in enumerate(paths)}
+
+
+STAGE = register(Stage(
+    name="trigger",
+    needs=("corrected_jets",),
+    adds=("trigger",),
+    config_type=TriggerConfig,
+    implementations={"reference": _trigger, "cpu": _trigger, "cuda": _trigger},
+    doc="trigger menu: single jet, multi-jet, HT and pixel-doublet paths with prescales",
+))

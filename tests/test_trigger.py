@@ -1,0 +1,295 @@
+"""Stage ``trigger``: menu parsing and its errors, hand-checked decisions and prescales, the three
+backends on random menus and events, the rho -> jec -> trigger chain on Pythia events, and
+``hltemu run`` printing per-path accept counts."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pythia_inputs import sample_clusters, sample_jets
+
+from hltemu.backends import get_backend
+from hltemu.batch import Collection, EventBatch
+from hltemu.config import ConfigError, HLTConfig, TriggerConfig
+from hltemu.pipeline import PipelineError, _count_decisions, get_stage, run_batch
+from hltemu.profiling import RunReport
+from hltemu.stages.trigger import ANY_PATH, TriggerPath, decide_reference, load_menu
+
+
+def write_menu(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "menu.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def run_trigger(backend, jets: Collection, cfg: TriggerConfig, extra=None,
+                first_entry: int = 0) -> dict[str, np.ndarray]:
+    be = get_backend(backend)
+    colls = {"corrected_jets": jets.to(be), **{k: v.to(be) for k, v in (extra or {}).items()}}
+    batch = EventBatch(be, jets.n_events, colls, first_entry=first_entry)
+    out = get_stage("trigger")(batch, cfg)["trigger"]
+    assert out.per_event
+    return {k: be.to_host(v) for k, v in out.columns.items()}
+
+
+def jets_from(events: list[list[tuple[float, float]]]) -> Collection:
+    """Jets from per-event lists of (pt [GeV], eta)."""
+    counts = [len(e) for e in events]
+    flat = [j for e in events for j in e]
+    pt = np.array([j[0] for j in flat], dtype=np.float64)
+    eta = np.array([j[1] for j in flat], dtype=np.float64)
+    return Collection.from_counts(counts, {"pt": pt, "eta": eta, "phi": np.zeros_like(pt)})
+
+
+MENU = """
+[[path]]
+name = "J50"
+type = "single_jet"
+pt_min = 50.0
+eta_max = 2.4
+
+[[path]]
+name = "Quad20"
+type = "multi_jet"
+n_min = 4
+pt_min = 20.0
+
+[[path]]
+name = "HT100"
+type = "ht"
+ht_min = 100.0
+jet_pt_min = 30.0
+eta_max = 3.0
+
+[[path]]
+name = "Doublets5"
+type = "doublets"
+n_min = 5
+
+[[path]]
+name = "J50_PS3"
+type = "single_jet"
+pt_min = 50.0
+prescale = 3
+
+[[path]]
+name = "Off"
+type = "single_jet"
+pt_min = 0.0
+prescale = 0
+"""
+
+
+def test_default_menu_loads():
+    paths = load_menu(TriggerConfig().menu)
+    assert [p.kind for p in paths] == ["single_jet", "single_jet", "single_jet", "multi_jet",
+                                       "ht", "ht"]
+    assert paths[0].prescale == 10 and paths[4].pt_min == 30.0 and paths[4].ht_min == 250.0
+
+
+def test_hand_checked_decisions(tmp_path, backend):
+    menu = write_menu(tmp_path, MENU)
+    events = [
+        [(50.0, 2.4)],  # J50 at both thresholds (inclusive); HT 50 < 100
+        [(49.999, 0.0), (60.0, 3.5)],  # J50 fails (pt, then eta), but J50_PS3 has no eta cut
+        [(30.0, 0.0), (30.0, 1.0), (40.0, -2.9)],  # HT = 100 exactly (jet_pt_min inclusive)
+        [(29.999, 0.0), (35.0, 0.0), (35.0, 0.0), (30.0, 3.1)],  # HT 70; 4 jets >= 20 GeV
+        [(25.0, 4.0), (20.0, -4.9), (21.0, 0.0)],  # three jets >= 20: Quad20 fails
+        [],
+    ]
+    doublets = Collection.from_counts([5, 4, 0, 10, 6, 5], {"x": np.zeros(30)})
+    got = run_trigger(backend, jets_from(events), TriggerConfig(menu=menu),
+                      {"doublets": doublets})
+    expected = {
+        "J50": [True, False, False, False, False, False],
+        "Quad20": [False, False, False, True, False, False],
+        "HT100": [False, False, True, False, False, False],
+        "Doublets5": [True, False, False, True, True, True],
+        # the prescaler passes events 3 and 6 (counting from 1): entries 2 and 5
+        "J50_PS3": [False, False, False, False, False, False],
+        "Off": [False] * 6,
+    }
+    for name, want in expected.items():
+        assert got[name].tolist() == want, name
+    assert got[ANY_PATH].tolist() == [True, False, True, True, True, True]
+    # shifting the first entry moves the prescaler: entry 1 (event 2) now passes J50_PS3
+    shifted = run_trigger(backend, jets_from(events), TriggerConfig(menu=menu),
+                          {"doublets": doublets}, first_entry=1)
+    assert shifted["J50_PS3"].tolist() == [False, True, False, False, False, False]
+
+
+def test_paths_selection_and_missing_doublets(tmp_path):
+    menu = write_menu(tmp_path, MENU)
+    jets = jets_from([[(60.0, 0.0)]])
+    with pytest.raises(PipelineError, match=r"\['Doublets5'\].*'doublets'.*\[trigger\] paths"):
+        run_trigger("cpu", jets, TriggerConfig(menu=menu))
+    got = run_trigger("cpu", jets, TriggerConfig(menu=menu, paths=("HT100", "J50")))
+    assert sorted(got) == ["HT100", "J50", ANY_PATH]  # menu order kept, doublets not needed
+    with pytest.raises(ConfigError, match=r"\['J60'\] not in menu.*J50, Quad20"):
+        run_trigger("cpu", jets, TriggerConfig(menu=menu, paths=("J60",)))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "no \\[\\[path\\]\\] tables"),
+    ("title = 'x'\n", "unknown top-level key"),
+    ("[[path]]\nname = 'A'\ntype = 'jet'\npt_min = 1.0\n", "'type' = 'jet'; choices: single_jet"),
+    ("[[path]]\nname = '9A'\ntype = 'ht'\n", "valid identifier"),
+    ("[[path]]\ntype = 'ht'\n", "path #1: 'name'"),
+    ("[[path]]\nname = 'A'\ntype = 'ht'\nht_min = 1.0\n", "missing key.*jet_pt_min"),
+    ("[[path]]\nname = 'A'\ntype = 'single_jet'\npt_min = 1.0\nn_min = 2\n",
+     "unknown key.*n_min.*valid keys: eta_max, name, prescale, pt_min, type"),
+    ("[[path]]\nname = 'A'\ntype = 'single_jet'\npt_min = -1.0\n", "'pt_min' must be a non-neg"),
+    ("[[path]]\nname = 'A'\ntype = 'single_jet'\npt_min = true\n", "'pt_min' must be"),
+    ("[[path]]\nname = 'A'\ntype = 'multi_jet'\npt_min = 1.0\nn_min = 2.5\n", "'n_min' must be"),
+    ("[[path]]\nname = 'A'\ntype = 'doublets'\nn_min = 2\nprescale = 1.5\n", "'prescale' must"),
+    ("[[path]]\nname = 'A'\ntype = 'doublets'\nn_min = 2\ncollection = ''\n", "'collection'"),
+    ("[[path]]\nname = 'A'\ntype = 'doublets'\nn_min = 2\n[[path]]\nname = 'A'\n"
+     "type = 'doublets'\nn_min = 3\n", "used twice"),
+    ("[[path]]\nname = 'any_path'\ntype = 'doublets'\nn_min = 2\n", "reserved"),
+    ("[[path]\n", "not valid TOML"),
+])
+def test_menu_errors_name_file_path_and_key(tmp_path, text, message):
+    path = write_menu(tmp_path, text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_menu(path)
+    assert path in str(info.value)
+
+
+def test_missing_menu_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_menu("/no/such/menu.toml")
+    with pytest.raises(ConfigError, match="no built-in menu 'nope.toml'; shipped: .*menu.toml"):
+        load_menu("builtin:nope.toml")
+
+
+KINDS = ["single_jet", "multi_jet", "ht", "doublets"]
+
+
+@st.composite
+def menus_and_events(draw):
+    n_paths = draw(st.integers(1, 6))
+    paths = []
+    for i in range(n_paths):
+        kind = draw(st.sampled_from(KINDS))
+        thr = draw(st.sampled_from([0.0, 10.0, 30.0, 55.5, 80.0]))
+        paths.append(TriggerPath(
+            f"P{i}", kind, pt_min=thr, eta_max=draw(st.sampled_from([1.0, 2.5, 5.0])),
+            ht_min=draw(st.sampled_from([0.0, 50.0, 100.0, 200.0])),
+            n_min=draw(st.integers(0, 5)), prescale=draw(st.integers(0, 4)),
+            collection="doublets" if kind == "doublets" else ""))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n_events = draw(st.integers(1, 12))
+    counts = rng.integers(0, 9, n_events)
+    m = int(counts.sum())
+    # thresholds hit exactly now and then: pt drawn from a grid that contains them
+    pt = np.where(rng.random(m) < 0.3, rng.choice([10.0, 30.0, 55.5, 80.0], m),
+                  rng.exponential(40.0, m))
+    eta = np.where(rng.random(m) < 0.2, rng.choice([-2.5, 1.0, 5.0], m), rng.uniform(-5, 5, m))
+    jets = Collection.from_counts(counts, {"pt": pt, "eta": eta, "phi": np.zeros(m)})
+    dcounts = rng.integers(0, 8, n_events)
+    doublets = Collection.from_counts(dcounts, {"x": np.zeros(int(dcounts.sum()))})
+    return tuple(paths), jets, doublets, draw(st.integers(0, 1000))
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(menus_and_events())
+def test_backends_agree_on_random_menus(case):
+    paths, jets, doublets, first_entry = case
+    ref = decide_reference(jets["pt"], jets["eta"], jets.offsets,
+                           {"doublets": doublets.counts}, first_entry, paths)
+    for b in ("cpu", "cuda"):
+        got = _kernel_decisions(b, paths, jets, doublets, first_entry)
+        for p in paths:
+            np.testing.assert_array_equal(got[p.name], ref[p.name], err_msg=f"{b} {p}")
+
+
+def _kernel_decisions(backend, paths, jets, doublets, first_entry):
+    from hltemu.stages import trigger as T
+
+    be = get_backend(backend)
+    batch = EventBatch(be, jets.n_events, {"corrected_jets": jets.to(be),
+                                           "doublets": doublets.to(be)}, first_entry=first_entry)
+    names = T._count_collections(batch, paths)
+    j = batch["corrected_jets"]
+    return T._trigger_kernels(batch, paths, names, j["pt"], j["eta"], j.offsets)
+
+
+def test_reference_against_a_plain_loop():
+    """The reference's vectorised decisions against a per-event loop over jets."""
+    rng = np.random.default_rng(9)
+    jets = sample_jets()
+    paths = load_menu(TriggerConfig().menu)
+    pt = jets["pt"] * rng.uniform(0.8, 2.0, jets.size)  # spread the thresholds' reach
+    ref = decide_reference(pt, jets["eta"], jets.offsets, {}, 0, paths)
+    for i in range(jets.n_events):
+        lo, hi = jets.offsets[i], jets.offsets[i + 1]
+        for p in paths:
+            good = [k for k in range(lo, hi)
+                    if pt[k] >= p.pt_min and abs(jets["eta"][k]) <= p.eta_max]
+            passed = {"single_jet": len(good) >= 1, "multi_jet": len(good) >= p.n_min,
+                      "ht": sum(pt[k] for k in good) >= p.ht_min}[p.kind]
+            passed = passed and p.prescale > 0 and (i + 1) % p.prescale == 0
+            assert ref[p.name][i] == passed, (p.name, i)
+
+
+def test_chain_on_pythia_events(backend, tmp_path):
+    """rho -> jec -> trigger on the sample's particles and FastJet jets, on every backend."""
+    clusters, jets = sample_clusters(), sample_jets()
+    n = jets.n_events
+    if backend.name == "cuda":
+        clusters, jets, n = clusters.select_events(0, 2), jets.select_events(0, 2), 2
+    chain = [get_stage(s) for s in ("rho", "jec", "trigger")]
+    out = {}
+    for b in ("reference", backend.name):
+        be = get_backend(b)
+        batch = EventBatch(be, n, {"clusters": clusters.to(be), "jets": jets.to(be)})
+        run_batch(batch, chain, HLTConfig.default())
+        out[b] = batch
+    ref, got = out["reference"], out[backend.name]
+    np.testing.assert_allclose(got["rho"].to_host()["rho"], ref["rho"]["rho"], rtol=1e-12)
+    np.testing.assert_allclose(got["corrected_jets"].to_host()["pt"], ref["corrected_jets"]["pt"],
+                               rtol=1e-12)
+    for name, col in ref["trigger"].columns.items():
+        np.testing.assert_array_equal(got["trigger"].to_host()[name], col, err_msg=name)
+    report = RunReport(backend.name, backend.device)
+    _count_decisions(got, report)
+    counts = report.counters["trigger accepts"]
+    assert set(counts) == set(ref["trigger"].columns)
+    assert counts[ANY_PATH] == int(ref["trigger"][ANY_PATH].sum()) > 0
+
+
+def test_cli_run_prints_per_path_accept_counts(tmp_path):
+    """`hltemu run` on a file holding clusters and jets prints each path's accepts."""
+    from hltemu import io
+    from hltemu.cli import cli
+
+    clusters, jets = sample_clusters(), sample_jets()
+    path = tmp_path / "jets.root"
+    be = get_backend("reference")
+    with io.OutputWriter(path) as w:
+        w.write(EventBatch(be, jets.n_events, {"clusters": clusters, "jets": jets}),
+                ["clusters", "jets"])
+    out_root, report = tmp_path / "out.root", tmp_path / "report.json"
+    result = CliRunner().invoke(cli, [
+        "run", str(path), "--backend", "cpu", "--stages", "rho,jec,trigger", "--no-progress",
+        "--output", str(out_root), "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    batch = EventBatch(be, jets.n_events, {"clusters": clusters, "jets": jets})
+    run_batch(batch, [get_stage(s) for s in ("rho", "jec", "trigger")])
+    assert "trigger accepts" in result.output
+    for name, col in batch["trigger"].columns.items():
+        k = int(col.sum())
+        line = next(ln for ln in result.output.splitlines() if ln.strip().startswith(name + " "))
+        assert line.split()[1] == str(k), line
+        assert f"({100 * k / jets.n_events:.2f}%)" in line
+    back = io.read_collections(str(out_root), ["trigger", "corrected_jets"])
+    np.testing.assert_array_equal(back["trigger"]["HLT_CaloJet80"],
+                                  batch["trigger"]["HLT_CaloJet80"])
+    assert math.isclose(float(back["corrected_jets"]["pt"][0]),
+                        float(batch["corrected_jets"]["pt"][0]), rel_tol=1e-12)
