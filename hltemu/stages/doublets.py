@@ -1,0 +1,532 @@
+"""Stage ``doublets``: pixel doublets on pairs of Phase-1 pixel layers, Patatrack style.
+
+A doublet is a pair of pixel hits, one on the inner and one on the outer layer of a layer pair
+(:class:`~hltemu.config.DoubletsConfig`), that could come from one track of the luminous
+region.  The combinatorics are cut down as CMS Patatrack (``gpuPixelDoublets``) does, with cuts
+we chose for this detector (all in the config, with units):
+
+* **layer pairs**: the 19 pairs Patatrack uses: adjacent barrel layers, barrel to the first
+  disks, adjacent disks, and jumps over one layer (both z sides);
+* **phi window** per pair (a search bound and a cut), derived from the geometry for tracks
+  above the pT cut;
+* **r-z**: the inner hit in the pair's z window and ``0 < dr <= dr_max`` (Patatrack's
+  ``minz/maxz/maxr``), ``|dz/dr| <= sinh(eta_max)``, and the straight r-z line through both hits
+  meets the beam line at ``|z0| <= z0_max`` (Patatrack's ``z0cutoff``);
+* **minimum pT**: the circle through the beam line and both hits must not curl more than a
+  ``pt_min`` track (Patatrack approximates the same with ``dphi``; we test the exact curvature
+  ``2 |p_i x p_o| / (r_i r_o |p_o - p_i|)``);
+* **cluster size**: the cluster length along local y (z in the barrel, r in the disks) must
+  match the length a track at the doublet's angle leaves in the sensor,
+  ``thickness * |dz/dr| / pitch`` (barrel) or ``thickness * |dr/dz| / pitch`` (disk), within
+  ``[-size_below, +size_above]`` pixels.  Patatrack compares the inner size with this
+  prediction for barrel-to-disk pairs and the two sizes with each other for barrel pairs; the
+  toy simulation's sizes follow the prediction to within 0-2 pixels, so we test the
+  prediction on both hits of every pair (``cluster_cut_inner`` / ``cluster_cut_outer``).
+
+Search structure
+----------------
+Hits are rounded to a 1 um grid (which makes every cut exact integer arithmetic, see
+:mod:`hltemu.kernels.doublets`) and sorted by ``(event, layer, phi bin)`` with CSR
+``bin_offsets``: an inner hit scans only the phi bins that overlap its window on the outer
+layer, widened by 1 urad (far above any last-bit difference of ``atan2`` between NumPy and
+CUDA), so the binning can never lose a pair; which pairs pass is decided by the exact cut
+alone.
+
+Backends
+--------
+``reference`` loops over events, inner hits, pairs, bins and outer hits in plain Python calling
+the plain-Python cut; ``cpu`` runs the same loops compiled with Numba, in parallel over events
+(count, prefix sum, fill); ``cuda`` runs one thread per (inner hit, layer pair) writing through
+an atomic counter into a preallocated buffer; when the counter ends above the buffer's size the
+buffer is grown to the count and the kernel rerun, never truncated.  Every backend sorts its
+doublets by (event, inner hit, outer hit), so all give the same collection.
+
+Output collection ``doublets`` (per event, sorted by inner then outer hit):
+
+============== ======= ==================================================================
+column         unit    meaning
+============== ======= ==================================================================
+inner, outer   \\-      PixelHit row of the inner/outer hit *within its event*
+pair           \\-      layer-pair id (position in ``layer_pairs``)
+inner_layer    \\-      pixel layer id of the inner hit (outer_layer likewise)
+r_inner        cm      transverse radius of the inner hit (z_inner, r_outer, z_outer alike)
+dr, dz         cm      outer minus inner
+dphi           rad     phi_outer - phi_inner in (-pi, pi]
+z0             cm      z where the r-z line through both hits meets r = 0
+curvature      1/cm    signed curvature of the circle through (0, 0) and both hits; its
+                       sign is the sign of dphi (a positive particle bends to dphi < 0 in
+                       B along +z); pT [GeV] = 0.0029979 * B[T] / abs(curvature)
+inner_size_x   pixels  cluster sizes along local x and y of both hits (int32)
+sim_index      \\-      truth: the GenPart row both hits come from, -1 if they differ
+============== ======= ==================================================================
+
+Positions are those of the 1 um grid the cuts see (the hit resolution is 10-30 um).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from hltemu.backends import Backend
+from hltemu.batch import Collection, EventBatch
+from hltemu.config import DoubletsConfig
+from hltemu.geometry import N_PIXEL_LAYERS
+from hltemu.ops import THREADS_PER_BLOCK
+from hltemu.pipeline import PipelineError, Stage, register
+
+#: Grid the hit coordinates are rounded to before the cuts: 1 um, in cm.
+GRID_CM = 1.0e-4
+#: Largest |x|, |y|, |z| of a hit: keeps every sum in the cuts an exact integer in float64.
+MAX_COORDINATE_CM = 1000.0
+#: c in GeV / (T m): pT = C_LIGHT * B * R.
+C_LIGHT = 0.299792458
+#: PixelHit columns the stage reads.
+HIT_COLUMNS: tuple[str, ...] = ("x", "y", "z", "layer", "size_x", "size_y")
+
+#: Output columns: name -> (dtype, unit, meaning).
+DOUBLET_COLUMNS: dict[str, tuple[str, str, str]] = {
+    "inner": ("int32", "", "PixelHit row of the inner hit within its event"),
+    "outer": ("int32", "", "PixelHit row of the outer hit within its event"),
+    "pair": ("int32", "", "layer-pair id: position in DoubletsConfig.layer_pairs"),
+    "inner_layer": ("int32", "", "pixel layer id of the inner hit"),
+    "outer_layer": ("int32", "", "pixel layer id of the outer hit"),
+    "r_inner": ("float32", "cm", "transverse radius of the inner hit"),
+    "z_inner": ("float32", "cm", "z of the inner hit"),
+    "r_outer": ("float32", "cm", "transverse radius of the outer hit"),
+    "z_outer": ("float32", "cm", "z of the outer hit"),
+    "dr": ("float32", "cm", "r_outer - r_inner"),
+    "dz": ("float32", "cm", "z_outer - z_inner"),
+    "dphi": ("float32", "rad", "phi_outer - phi_inner in (-pi, pi]"),
+    "z0": ("float32", "cm", "z of the r-z line through both hits at r = 0"),
+    "curvature": ("float32", "1/cm", "signed curvature of the circle through the beam line "
+                  "and both hits (sign of dphi)"),
+    "inner_size_x": ("int32", "pixels", "inner cluster size along local x"),
+    "inner_size_y": ("int32", "pixels", "inner cluster size along local y"),
+    "outer_size_x": ("int32", "pixels", "outer cluster size along local x"),
+    "outer_size_y": ("int32", "pixels", "outer cluster size along local y"),
+    "sim_index": ("int32", "", "truth: GenPart row of both hits, -1 when they differ or noise"),
+}
+
+
+# -- the cut tables ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PairTable:
+    """The layer pairs and cuts of a config as the kernels take them (NumPy arrays).
+
+    ``inner``/``outer`` (int32, per pair), ``window`` (float64: the phi window plus
+    :data:`~hltemu.kernels.doublets.PHI_MARGIN`, rad, for choosing bins), ``cuts`` (float64
+    ``(n_pairs, N_PAIR_COLUMNS)``), ``global_cuts``
+    (float64 ``(N_CUT_COLUMNS,)``), and pairs grouped by inner layer: ``by_layer`` (int32 pair
+    ids) with CSR ``layer_offsets`` (``N_PIXEL_LAYERS + 1``).
+    """
+
+    inner: np.ndarray
+    outer: np.ndarray
+    window: np.ndarray
+    cuts: np.ndarray
+    global_cuts: np.ndarray
+    by_layer: np.ndarray
+    layer_offsets: np.ndarray
+    n_bins: int
+
+    @property
+    def n_pairs(self) -> int:
+        return int(self.inner.shape[0])
+
+
+def pair_table(cfg: DoubletsConfig) -> PairTable:
+    """Cut tables in the kernels' units (um, tan**2, um**-2) from ``cfg``."""
+    from hltemu.kernels import doublets as K
+
+    um = 1.0 / GRID_CM
+    pairs = np.array([tuple(p) for p in cfg.layer_pairs], dtype=np.int32).reshape(-1, 2)
+    inner, outer = pairs[:, 0].copy(), pairs[:, 1].copy()
+    n = inner.shape[0]
+    window = np.asarray(cfg.phi_window, dtype=np.float64) + K.PHI_MARGIN
+    cuts = np.zeros((n, K.N_PAIR_COLUMNS), dtype=np.float64)
+    cuts[:, K.PAIR_TAN2_DPHI] = np.tan(np.asarray(cfg.phi_window, dtype=np.float64)) ** 2
+    cuts[:, K.PAIR_INNER_Z_MIN] = np.asarray(cfg.inner_z_min, dtype=np.float64) * um
+    cuts[:, K.PAIR_INNER_Z_MAX] = np.asarray(cfg.inner_z_max, dtype=np.float64) * um
+    cuts[:, K.PAIR_DR_MAX] = np.asarray(cfg.dr_max, dtype=np.float64) * um
+    cuts[:, K.PAIR_INNER_BARREL] = inner < 4
+    cuts[:, K.PAIR_OUTER_BARREL] = outer < 4
+    g = np.zeros(K.N_CUT_COLUMNS, dtype=np.float64)
+    g[K.CUT_Z0_MAX] = cfg.z0_max * um
+    r_min_um = 100.0 * cfg.pt_min / (C_LIGHT * cfg.b_field) * um  # helix radius of pt_min
+    g[K.CUT_KAPPA2_MAX] = 1.0 / (r_min_um * r_min_um)
+    g[K.CUT_COT_MAX] = math.sinh(cfg.eta_max)
+    g[K.CUT_PITCH] = round(cfg.pitch_y * um)
+    g[K.CUT_THICKNESS] = round(cfg.sensor_thickness * um)
+    g[K.CUT_SIZE_BELOW] = cfg.size_below
+    g[K.CUT_SIZE_ABOVE] = cfg.size_above
+    g[K.CUT_SIZE_INNER] = float(cfg.cluster_cut_inner)
+    g[K.CUT_SIZE_OUTER] = float(cfg.cluster_cut_outer)
+    by_layer = np.argsort(inner, kind="stable").astype(np.int32)
+    layer_offsets = np.searchsorted(inner[by_layer], np.arange(N_PIXEL_LAYERS + 1)).astype(np.int64)
+    return PairTable(inner, outer, window, cuts, g, by_layer, layer_offsets, int(cfg.n_phi_bins))
+
+
+# -- the search structure ---------------------------------------------------------------------
+@dataclass
+class HitTable:
+    """Pixel hits on the 1 um grid, sorted by ``(event, layer, phi bin)`` (arrays on one backend).
+
+    ``x, y, z`` (float64, integer um), ``r`` (float64, ``sqrt(x**2 + y**2)`` rounded to um),
+    ``phi`` (float64, rad, ``atan2(y, x)``), ``size_y`` (float64, pixels), ``layer``,
+    ``phi_bin``, ``event`` (int32), ``row`` (int64: the
+    hit's row in the PixelHit collection), ``bin_offsets`` (int64, CSR over
+    ``(event * N_PIXEL_LAYERS + layer) * n_bins + phi_bin``).
+    """
+
+    x: Any
+    y: Any
+    z: Any
+    r: Any
+    phi: Any
+    size_y: Any
+    layer: Any
+    phi_bin: Any
+    event: Any
+    row: Any
+    bin_offsets: Any
+    n_events: int
+    n_bins: int
+
+    @property
+    def n_hits(self) -> int:
+        return int(self.x.shape[0])
+
+
+def check_hits(hits: Collection, backend: Backend) -> None:
+    """Raise :class:`PipelineError` for a PixelHit collection the stage cannot use."""
+    missing = [c for c in HIT_COLUMNS if c not in hits]
+    if missing:
+        raise PipelineError(
+            f"stage 'doublets' needs PixelHit column(s) {missing}; the collection has "
+            f"{sorted(hits.columns)}"
+        )
+    if hits.size == 0:
+        return
+    xp = backend.xp
+    layer = hits["layer"]
+    bad = (layer < 0) | (layer >= N_PIXEL_LAYERS)
+    if bool(xp.any(bad)):
+        value = int(backend.to_host(layer[xp.argmax(bad)]))
+        raise PipelineError(
+            f"PixelHit.layer has the value {value}; valid layer ids are 0-{N_PIXEL_LAYERS - 1} "
+            "(0-3 barrel, 4-6 disks +z, 7-9 disks -z)"
+        )
+    for name in ("x", "y", "z"):
+        col = hits[name]
+        bad = ~(xp.abs(col) <= MAX_COORDINATE_CM)  # also catches NaN
+        if bool(xp.any(bad)):
+            value = float(backend.to_host(col[xp.argmax(bad)]))
+            raise PipelineError(
+                f"PixelHit.{name} has the value {value} cm; hit coordinates must be finite and "
+                f"within +-{MAX_COORDINATE_CM:g} cm"
+            )
+
+
+def build_hit_table(hits: Collection, n_bins: int, backend: Backend) -> HitTable:
+    """The search structure of ``hits`` on ``backend`` (same arithmetic on every backend).
+
+    Each step is one correctly rounded IEEE operation (multiply, rint, sqrt), so NumPy and CuPy
+    give the same grid; ``atan2`` (phi bins) may differ in the last bit, which the one-bin
+    margin of the search window absorbs.
+    """
+    check_hits(hits, backend)
+    xp = backend.xp
+    um = 1.0 / GRID_CM
+    x = xp.rint(xp.asarray(hits["x"], dtype=xp.float64) * um)
+    y = xp.rint(xp.asarray(hits["y"], dtype=xp.float64) * um)
+    z = xp.rint(xp.asarray(hits["z"], dtype=xp.float64) * um)
+    r = xp.rint(xp.sqrt(x * x + y * y))
+    phi = xp.arctan2(y, x)
+    phi_bin = xp.clip(xp.floor((phi + math.pi) * (n_bins / (2.0 * math.pi))), 0, n_bins - 1)
+    phi_bin = phi_bin.astype(xp.int32)
+    layer = xp.asarray(hits["layer"], dtype=xp.int32)
+    rows = xp.arange(hits.size, dtype=xp.int64)
+    event = xp.searchsorted(hits.offsets[1:], rows, side="right").astype(xp.int32)
+    key = (event.astype(xp.int64) * N_PIXEL_LAYERS + layer) * n_bins + phi_bin
+    order = xp.argsort(key, kind="stable") if xp is np else xp.argsort(key)
+    n_cells = hits.n_events * N_PIXEL_LAYERS * n_bins
+    bin_offsets = xp.searchsorted(key[order], xp.arange(n_cells + 1, dtype=xp.int64))
+    return HitTable(
+        x=x[order], y=y[order], z=z[order], r=r[order], phi=phi[order],
+        size_y=xp.asarray(hits["size_y"], dtype=xp.float64)[order],
+        layer=layer[order], phi_bin=phi_bin[order], event=event[order],
+        row=order.astype(xp.int64), bin_offsets=bin_offsets.astype(xp.int64),
+        n_events=hits.n_events, n_bins=n_bins,
+    )
+
+
+# -- the three implementations of the search ---------------------------------------------------
+def find_reference(table: HitTable, pairs: PairTable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Doublets by plain loops: ``(inner, outer, pair)`` as sorted-hit indices and pair ids."""
+    from hltemu.kernels.doublets import doublet_passes, phi_bins
+
+    x, y, z, r, s = (a.tolist() for a in (table.x, table.y, table.z, table.r, table.size_y))
+    layer, phi = table.layer.tolist(), table.phi.tolist()
+    bin_offsets = table.bin_offsets.tolist()
+    n_bins = table.n_bins
+    per_event = N_PIXEL_LAYERS * n_bins
+    found_inner, found_outer, found_pair = [], [], []
+    for e in range(table.n_events):
+        for i in range(bin_offsets[e * per_event], bin_offsets[(e + 1) * per_event]):
+            # every layer pair whose inner layer is this hit's layer
+            for k in range(pairs.layer_offsets[layer[i]], pairs.layer_offsets[layer[i] + 1]):
+                p = int(pairs.by_layer[k])
+                outer_cells = (e * N_PIXEL_LAYERS + int(pairs.outer[p])) * n_bins
+                b0, n_scan = phi_bins(phi[i], float(pairs.window[p]), n_bins)
+                for w in range(n_scan):
+                    cell = outer_cells + (b0 + w) % n_bins
+                    for o in range(bin_offsets[cell], bin_offsets[cell + 1]):
+                        if doublet_passes(x[i], y[i], z[i], r[i], s[i], x[o], y[o], z[o], r[o],
+                                          s[o], pairs.cuts, p, pairs.global_cuts):
+                            found_inner.append(i)
+                            found_outer.append(o)
+                            found_pair.append(p)
+    return (np.array(found_inner, dtype=np.int64), np.array(found_outer, dtype=np.int64),
+            np.array(found_pair, dtype=np.int32))
+
+
+def _kernel_args(pairs: PairTable, be: Backend) -> dict[str, Any]:
+    return {
+        "pair_outer": be.to_device(pairs.outer), "pair_window": be.to_device(pairs.window),
+        "pair_cuts": be.to_device(pairs.cuts), "cuts": be.to_device(pairs.global_cuts),
+    }
+
+
+def find_cpu(table: HitTable, pairs: PairTable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Doublets with the Numba CPU kernels (parallel over events): count, prefix sum, fill."""
+    from hltemu.kernels.doublets import count_doublets_cpu, fill_doublets_cpu
+
+    args = (table.x, table.y, table.z, table.r, table.size_y, table.phi, table.layer,
+            table.bin_offsets, N_PIXEL_LAYERS, table.n_bins, pairs.layer_offsets,
+            pairs.by_layer, pairs.outer, pairs.window, pairs.cuts, pairs.global_cuts)
+    counts = np.zeros(table.n_events, dtype=np.int64)
+    count_doublets_cpu(*args, counts)
+    out_offsets = np.zeros(table.n_events + 1, dtype=np.int64)
+    np.cumsum(counts, out=out_offsets[1:])
+    n = int(out_offsets[-1])
+    inner, outer = np.empty(n, dtype=np.int32), np.empty(n, dtype=np.int32)
+    pair = np.empty(n, dtype=np.int32)
+    fill_doublets_cpu(*args, out_offsets, inner, outer, pair)
+    return inner.astype(np.int64), outer.astype(np.int64), pair
+
+
+def work_items(table: HitTable, pairs: PairTable, xp: Any) -> tuple[Any, Any]:
+    """``(item_hit, item_pair)``: one entry per (sorted inner hit, layer pair of its layer).
+
+    Built with ``searchsorted`` rather than ``repeat`` with array counts, which CuPy lacks.
+    """
+    offsets = xp.asarray(pairs.layer_offsets)
+    per_hit = (offsets[1:] - offsets[:-1])[table.layer]
+    ends = xp.cumsum(per_hit)  # one past the last item of each hit
+    n_items = int(ends[-1]) if table.n_hits else 0
+    items = xp.arange(n_items, dtype=xp.int64)
+    item_hit = xp.searchsorted(ends, items, side="right")
+    k = items - (ends - per_hit)[item_hit]  # which of the hit's pairs
+    item_pair = xp.asarray(pairs.by_layer)[offsets[table.layer[item_hit]] + k]
+    return item_hit.astype(xp.int32), item_pair.astype(xp.int32)
+
+
+def find_cuda(table: HitTable, pairs: PairTable, be: Backend, capacity: int = 0
+              ) -> tuple[Any, Any, Any, int]:
+    """Doublets with the CUDA kernel: ``(inner, outer, pair, launches)``.
+
+    The output buffer starts at ``capacity`` doublets (0: 4 per hit + 1024).  The kernel
+    counts every doublet it finds, stored or not; when the count exceeds the buffer, the
+    buffer is reallocated to the count and the kernel rerun (``launches`` says how often it
+    ran), so no doublet is ever dropped.
+    """
+    from hltemu.kernels.doublets import find_doublets_cuda
+
+    xp = be.xp
+    item_hit, item_pair = work_items(table, pairs, xp)
+    n_items = int(item_hit.shape[0])
+    if capacity <= 0:
+        capacity = 4 * table.n_hits + 1024
+    dev = _kernel_args(pairs, be)
+    launches = 0
+    while True:
+        counter = xp.zeros(1, dtype=xp.int64)
+        inner = xp.empty(capacity, dtype=xp.int32)
+        outer = xp.empty(capacity, dtype=xp.int32)
+        pair = xp.empty(capacity, dtype=xp.int32)
+        if n_items:
+            blocks = (n_items + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
+            find_doublets_cuda[blocks, THREADS_PER_BLOCK](
+                item_hit, item_pair, table.x, table.y, table.z, table.r, table.size_y,
+                table.phi, table.event, table.bin_offsets, N_PIXEL_LAYERS, table.n_bins,
+                dev["pair_outer"], dev["pair_window"], dev["pair_cuts"], dev["cuts"], counter,
+                inner, outer, pair)
+        launches += 1
+        found = int(be.to_host(counter)[0])
+        if found <= capacity:
+            break
+        capacity = found  # the rerun finds exactly this many: the buffer now fits
+    return (inner[:found].astype(xp.int64), outer[:found].astype(xp.int64), pair[:found],
+            launches)
+
+
+# -- from found pairs to the output collection -------------------------------------------------
+def doublet_collection(hits: Collection, table: HitTable, pairs: PairTable, inner: Any,
+                       outer: Any, pair: Any, be: Backend) -> Collection:
+    """The ``doublets`` collection from sorted-hit indices (any order): sorted by (event, inner
+    hit, outer hit), with the feature columns of :data:`DOUBLET_COLUMNS`."""
+    xp = be.xp
+    inner, outer = xp.asarray(inner, dtype=xp.int64), xp.asarray(outer, dtype=xp.int64)
+    pair = xp.asarray(pair, dtype=xp.int32)
+    row_i, row_o = table.row[inner], table.row[outer]
+    order = xp.argsort(row_i * max(table.n_hits, 1) + row_o)  # unique keys: (event, inner, outer)
+    inner, outer, pair, row_i, row_o = (a[order] for a in (inner, outer, pair, row_i, row_o))
+    event = table.event[inner].astype(xp.int64)
+    counts = xp.bincount(event, minlength=table.n_events)[: table.n_events]
+    first = hits.offsets[event]
+
+    cm = GRID_CM
+    xi, yi, zi, ri = table.x[inner], table.y[inner], table.z[inner], table.r[inner]
+    xo, yo, zo, ro = table.x[outer], table.y[outer], table.z[outer], table.r[outer]
+    dr = ro - ri  # > 0 um for every doublet (cut 1)
+    cross = xi * yo - yi * xo
+    dot = xi * xo + yi * yo
+    chord = xp.sqrt((xo - xi) ** 2 + (yo - yi) ** 2)
+    curvature = 2.0 * cross / (xp.sqrt(xi * xi + yi * yi) * xp.sqrt(xo * xo + yo * yo) * chord)
+    if "sim_index" in hits:
+        si, so = hits["sim_index"][row_i], hits["sim_index"][row_o]
+        sim = xp.where((si == so) & (si >= 0), si, -1)
+    else:
+        sim = xp.full(inner.shape[0], -1, dtype=xp.int32)
+    cols = {
+        "inner": row_i - first, "outer": row_o - first, "pair": pair,
+        "inner_layer": table.layer[inner], "outer_layer": table.layer[outer],
+        "r_inner": ri * cm, "z_inner": zi * cm, "r_outer": ro * cm, "z_outer": zo * cm,
+        "dr": dr * cm, "dz": (zo - zi) * cm, "dphi": xp.arctan2(cross, dot),
+        "z0": (zi * ro - ri * zo) / dr * cm, "curvature": curvature / cm,
+        "inner_size_x": hits["size_x"][row_i], "inner_size_y": hits["size_y"][row_i],
+        "outer_size_x": hits["size_x"][row_o], "outer_size_y": hits["size_y"][row_o],
+        "sim_index": sim,
+    }
+    cols = {k: xp.asarray(v).astype(DOUBLET_COLUMNS[k][0]) for k, v in cols.items()}
+    from hltemu.batch import counts_to_offsets
+
+    return Collection(counts_to_offsets(counts, xp), cols)
+
+
+def find_doublets(hits: Collection, cfg: DoubletsConfig, be: Backend) -> Collection:
+    """The ``doublets`` collection of ``hits`` (a PixelHit collection on ``be``)."""
+    pairs = pair_table(cfg)
+    table = build_hit_table(hits, cfg.n_phi_bins, be)
+    if be.name == "reference":
+        inner, outer, pair = find_reference(table, pairs)
+    elif be.name == "cpu":
+        inner, outer, pair = find_cpu(table, pairs)
+    elif be.name == "cuda":
+        inner, outer, pair, _ = find_cuda(table, pairs, be, cfg.capacity)
+    else:
+        raise PipelineError(f"stage 'doublets' has no backend {be.name!r}; choose reference, "
+                            "cpu or cuda")
+    return doublet_collection(hits, table, pairs, inner, outer, pair, be)
+
+
+def _doublets(batch: EventBatch, cfg: DoubletsConfig) -> dict[str, Collection]:
+    return {"doublets": find_doublets(batch["PixelHit"], cfg, batch.backend)}
+
+
+STAGE = register(Stage(
+    name="doublets",
+    needs=("PixelHit",),
+    adds=("doublets",),
+    config_type=DoubletsConfig,
+    implementations={"reference": _doublets, "cpu": _doublets, "cuda": _doublets},
+    doc="pixel doublets on 19 Phase-1 layer pairs with Patatrack-style cuts (phi, z0, pT, "
+        "cluster size)",
+))
+
+
+# -- metrics from truth -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class DoubletMetrics:
+    """Doublet-finding figures of a batch.
+
+    ``efficiency``: found true doublets of selected particles / true doublets of selected
+    particles (pT > pt_min, |eta| < eta_max, charged, one hit on each layer of a configured
+    pair), ``None`` without GenPart; ``fake_fraction``: doublets whose hits do not come from
+    one particle / all doublets.  ``per_pair_efficiency`` has one entry per layer pair (NaN
+    where the pair has no true doublet).
+    """
+
+    n_events: int
+    n_doublets: int
+    n_fake: int
+    n_true_selected: int
+    n_found_selected: int
+    per_pair_efficiency: tuple[float, ...]
+
+    @property
+    def doublets_per_event(self) -> float:
+        return self.n_doublets / self.n_events if self.n_events else float("nan")
+
+    @property
+    def fake_fraction(self) -> float:
+        return self.n_fake / self.n_doublets if self.n_doublets else float("nan")
+
+    @property
+    def efficiency(self) -> float | None:
+        if self.n_true_selected < 0:
+            return None
+        if self.n_true_selected == 0:
+            return float("nan")
+        return self.n_found_selected / self.n_true_selected
+
+
+def doublet_metrics(hits: Collection, doublets: Collection, genpart: Collection | None,
+                    cfg: DoubletsConfig | None = None, pt_min: float = 0.9,
+                    eta_max: float = 2.5, max_vertex_rho: float | None = None) -> DoubletMetrics:
+    """Efficiency, fake fraction and doublets per event from truth (host arrays).
+
+    A true doublet is a pair of hits of one particle (``sim_index``, a GenPart row of the
+    event) on the inner and outer layer of one of ``cfg.layer_pairs``.  Selected particles
+    have ``pt > pt_min`` [GeV], ``|eta| < eta_max`` and, when ``max_vertex_rho`` [cm] is given,
+    a production vertex within that transverse distance of the beam line.
+    """
+    cfg = cfg or DoubletsConfig()
+    hits, doublets = hits.to_host(), doublets.to_host()
+    n_pairs = len(cfg.layer_pairs)
+    sim_d = doublets["sim_index"]
+    n_fake = int((sim_d < 0).sum())
+    if genpart is None:
+        return DoubletMetrics(hits.n_events, doublets.size, n_fake, -1, 0,
+                              tuple([float("nan")] * n_pairs))
+    gen = genpart.to_host()
+    # selected particles, as global GenPart rows
+    sel = (gen["pt"] > pt_min) & (np.abs(gen["eta"]) < eta_max) & (gen["charge"] != 0)
+    if max_vertex_rho is not None:
+        sel &= np.hypot(gen["vx"], gen["vy"]) < max_vertex_rho
+    # denominator: per (selected particle, layer) hit counts; pairs multiply
+    sim = hits["sim_index"]
+    ev = hits.event_index()
+    ok = sim >= 0
+    gid = np.where(ok, gen.offsets[ev] + np.where(ok, sim, 0), -1)
+    ok &= sel[np.where(ok, gid, 0)]
+    particles, inverse = np.unique(gid[ok], return_inverse=True)
+    per_layer = np.zeros((particles.shape[0], N_PIXEL_LAYERS), dtype=np.int64)
+    np.add.at(per_layer, (inverse, hits["layer"][ok]), 1)
+    # numerator: found doublets of one selected particle
+    ev_d = doublets.event_index()
+    true_d = sim_d >= 0
+    gid_d = gen.offsets[ev_d] + np.where(true_d, sim_d, 0)
+    found = true_d & sel[gid_d]
+    found_per_pair = np.bincount(doublets["pair"][found], minlength=n_pairs)
+    per_pair, n_true = [], 0
+    for p, (a, b) in enumerate(cfg.layer_pairs):
+        den = int((per_layer[:, a] * per_layer[:, b]).sum())
+        n_true += den
+        per_pair.append(found_per_pair[p] / den if den else float("nan"))
+    return DoubletMetrics(hits.n_events, doublets.size, n_fake, n_true, int(found.sum()),
+                          tuple(float(v) for v in per_pair))
