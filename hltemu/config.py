@@ -437,3 +437,32 @@ class DoubletsConfig:
             raise ConfigError(f"[doublets] n_phi_bins must be 1-4096, got {self.n_phi_bins}")
         if self.capacity < 0:
             raise ConfigError(f"[doublets] capacity must be >= 0, got {self.capacity}")
+
+
+@dataclass(frozen=True)
+class TopoclusterConfig:
+    """Stage ``topocluster``: ATLAS-style 4-2-0 topological clustering of calorimeter cells.
+
+    Thresholds are on the cell significance ``|E| / sigma_noise`` (two-sided, as ATLAS), in
+    units of the cell's electronic noise sigma; a cell passes a threshold when its significance
+    is strictly above it.  Seeds must pass ``seed_threshold``, cells that grow a cluster (and
+    merge clusters) ``grow_threshold``, the perimeter cells added last ``perimeter_threshold``;
+    ``0 <= perimeter_threshold <= grow_threshold <= seed_threshold``.
+    """
+
+    seed_threshold: float = param(4.0, "sigma_noise", "seed cells: |E| / sigma above this")
+    grow_threshold: float = param(2.0, "sigma_noise", "growing cells: |E| / sigma above this")
+    perimeter_threshold: float = param(0.0, "sigma_noise",
+                                       "perimeter cells: |E| / sigma above this")
+
+    def __post_init__(self) -> None:
+        import math
+
+        values = (self.perimeter_threshold, self.grow_threshold, self.seed_threshold)
+        if not all(math.isfinite(v) for v in values) or not (
+                0.0 <= self.perimeter_threshold <= self.grow_threshold <= self.seed_threshold):
+            raise ConfigError(
+                "[topocluster] thresholds must be finite with 0 <= perimeter_threshold <= "
+                f"grow_threshold <= seed_threshold, got perimeter_threshold="
+                f"{self.perimeter_threshold}, grow_threshold={self.grow_threshold}, "
+                f"seed_threshold={self.seed_threshold}")
