@@ -7,4 +7,5 @@ Each module holds the stage's reference implementation (written for reading) and
 import hltemu.stages.doublets  # noqa: F401
 import hltemu.stages.jec  # noqa: F401
 import hltemu.stages.rho  # noqa: F401
+import hltemu.stages.topocluster  # noqa: F401
 import hltemu.stages.trigger  # noqa: F401
