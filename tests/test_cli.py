@@ -1,0 +1,125 @@
+"""The command line end to end: info, run on a small ROOT file written here, errors, bench."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from stage_fixtures import cell_sum_stage  # noqa: F401
+
+from hltemu import io
+from hltemu.backends import get_backend
+from hltemu.batch import Collection, EventBatch
+from hltemu.cli import cli
+
+
+def _write_small_file(path, n_events=23, seed=5):
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(0, 40, size=n_events)
+    n = int(counts.sum())
+    cells = Collection.from_counts(
+        counts,
+        {
+            "id": rng.integers(0, 1000, size=n).astype(np.int32),
+            "energy": rng.normal(0.3, 1.0, size=n).astype(np.float32),
+            "true_energy": rng.random(n).astype(np.float32),
+        },
+    )
+    event = Collection.event_level(
+        {
+            "event": np.arange(n_events, dtype=np.int64),
+            "n_pileup": rng.poisson(50, size=n_events).astype(np.int32),
+            "pv_z": rng.normal(0, 4, size=n_events).astype(np.float32),
+        }
+    )
+    batch = EventBatch(get_backend("reference"), n_events, {io.EVENT: event, "CaloCell": cells})
+    with io.OutputWriter(path) as w:
+        w.write(batch, [io.EVENT, "CaloCell"])
+    return batch
+
+
+def test_info_lists_backends_and_stages():
+    result = CliRunner().invoke(cli, ["info"])
+    assert result.exit_code == 0, result.output
+    for word in ("backends", "reference", "cpu", "cuda", "numpy", "numba", "stages"):
+        assert word in result.output
+
+
+@pytest.mark.parametrize("backend_name", ["reference", "cpu", "cuda"])
+def test_run_end_to_end(tmp_path, cell_sum_stage, backend_name):  # noqa: F811
+    src = tmp_path / "in.root"
+    batch = _write_small_file(src)
+    out, rep = tmp_path / "out.root", tmp_path / "report.json"
+    args = ["run", str(src), "--backend", backend_name, "--stages", "cell_sum", "--batch-size", "7",
+            "--output", str(out), "--report", str(rep), "--no-progress"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "cell_sum" in result.output and "total" in result.output
+    report = json.loads(rep.read_text())
+    assert report["events"] == 23 and report["backend"] == backend_name
+    assert report["stages"]["cell_sum"]["calls"] == 4  # 7 + 7 + 7 + 2 events
+    assert report["stages"]["cell_sum"]["events"] == 23
+    products = io.read_collections(out)
+    np.testing.assert_array_equal(products[io.EVENT]["event"], np.arange(23))
+    cells = batch["CaloCell"]
+    energies = [cells.event(i)["energy"].astype(np.float64) for i in range(23)]
+    expect = [e[e > 0.0].sum() for e in energies]  # cell_sum's default threshold is 0 GeV
+    np.testing.assert_allclose(products["cell_sum"]["sum"], expect, rtol=1e-6)
+
+
+def test_run_max_events(tmp_path, cell_sum_stage):  # noqa: F811
+    src = tmp_path / "in.root"
+    _write_small_file(src)
+    out, rep = tmp_path / "out.root", tmp_path / "r.json"
+    result = CliRunner().invoke(cli, ["run", str(src), "-b", "cpu", "-s", "cell_sum", "-n", "10",
+                                      "-o", str(out), "-r", str(rep), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(rep.read_text())["events"] == 10
+    assert io.read_collections(out)["cell_sum"].n_events == 10
+
+
+def test_run_errors_are_one_line_messages(tmp_path, cell_sum_stage):  # noqa: F811
+    runner = CliRunner()
+    missing = tmp_path / "missing.root"
+    r = runner.invoke(cli, ["run", str(missing), "--no-progress", "-o", str(tmp_path / "o.root")])
+    assert r.exit_code == 1 and "missing.root" in r.output and "Traceback" not in r.output
+    src = tmp_path / "in.root"
+    _write_small_file(src)
+    r = runner.invoke(cli, ["run", str(src), "-s", "cell_sum,nope", "--no-progress"])
+    assert r.exit_code == 1 and "unknown stage 'nope'" in r.output
+    r = runner.invoke(cli, ["run", str(src), "-b", "tpu"])
+    assert r.exit_code == 2 and "'tpu' is not one of" in r.output
+    bad_cfg = tmp_path / "c.toml"
+    bad_cfg.write_text("[cell_sum]\nscale = 'x'\n")
+    r = runner.invoke(cli, ["run", str(src), "-s", "cell_sum", "--config", str(bad_cfg),
+                            "--no-progress"])
+    assert r.exit_code == 1 and "c.toml: [cell_sum].scale: expected a number" in r.output
+
+
+@pytest.mark.skipif(os.path.exists("/dev/nvidiactl"), reason="a GPU is present")
+def test_run_cuda_without_gpu_names_cpu(tmp_path):
+    src = tmp_path / "in.root"
+    _write_small_file(src)
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
+    r = subprocess.run(
+        [sys.executable, "-m", "hltemu.cli", "run", str(src), "--backend", "cuda", "--no-progress",
+         "-o", str(tmp_path / "o.root"), "-r", str(tmp_path / "r.json")],
+        env=env, capture_output=True, text=True,
+    )
+    assert r.returncode == 1
+    assert "backend 'cuda' is not usable here" in r.stderr and "--backend cpu" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_bench_prints_ratios(tmp_path, cell_sum_stage):  # noqa: F811
+    src = tmp_path / "in.root"
+    _write_small_file(src)
+    r = CliRunner().invoke(cli, ["bench", str(src), "--backends", "reference,cpu", "-s", "cell_sum",
+                                 "-n", "10", "--repeat", "2"])
+    assert r.exit_code == 0, r.output
+    assert "cpu/reference" in r.output and "cell_sum" in r.output
