@@ -184,6 +184,7 @@ def _register_optional_commands() -> None:
     """Commands that live beside their subsystem (e.g. ``generate`` in hltemu.simulate)."""
     import importlib.util
 
+    cli.add_command(importlib.import_module("hltemu.cnn_train").train_doublet_cnn)
     if importlib.util.find_spec("hltemu.simulate") is None:
         return
     from hltemu.simulate.command import generate

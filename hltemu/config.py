@@ -466,3 +466,26 @@ class TopoclusterConfig:
                 f"grow_threshold <= seed_threshold, got perimeter_threshold="
                 f"{self.perimeter_threshold}, grow_threshold={self.grow_threshold}, "
                 f"seed_threshold={self.seed_threshold}")
+
+
+@dataclass(frozen=True)
+class DoubletCnnConfig:
+    """Stage ``doublet_cnn``: a small CNN scores each pixel doublet; doublets with a score below
+    the working point are dropped (kept ones go to ``filtered_doublets``).
+
+    ``weights`` names a model as ``builtin:NAME`` (shipped in ``hltemu/models``) or a path to
+    ``NAME.json`` + ``NAME.npz`` (either file or the common stem), e.g. one written by
+    ``hltemu train-doublet-cnn``.
+    """
+
+    weights: str = param("builtin:doublet_cnn", "", "doublet-CNN model (NAME.json + NAME.npz)")
+    working_point: float = param(-1.0, "", "keep doublets with score >= this (0-1); negative: "
+                                 "the model's own, which keeps 99% of true doublets")
+    chunk_size: int = param(262144, "", "hits or doublets per kernel launch (bounds memory)")
+
+    def __post_init__(self) -> None:
+        if not self.working_point <= 1.0:
+            raise ConfigError(f"[doublet_cnn] working_point must be <= 1 (negative: the model's "
+                              f"own), got {self.working_point}")
+        if self.chunk_size < 1:
+            raise ConfigError(f"[doublet_cnn] chunk_size must be >= 1, got {self.chunk_size}")

@@ -1,0 +1,248 @@
+"""Stage ``doublet_cnn``: a small CNN scores every pixel doublet; doublets under a working
+point are dropped.
+
+The network (:mod:`hltemu.cnn`) encodes each hit's pixel-charge pad (``PixelHit.pad``) with two
+convolutions and a dense layer, then scores each doublet from the two hits' embeddings, the
+doublet's geometry (radii, z, dr, dz, dphi, z0, curvature, cluster sizes and the cluster lengths
+its r-z angle predicts) and its two layer ids.  Trained with PyTorch (``hltemu
+train-doublet-cnn``, :mod:`hltemu.cnn_train`), shipped as ``hltemu/models/doublet_cnn.npz`` +
+``.json``, inferred here without PyTorch.
+
+Needs ``PixelHit`` (column ``pad``) and ``doublets`` (stage ``doublets``).  Adds
+``filtered_doublets``: the doublets with ``score >= working point``, every column of
+``doublets`` plus ``score`` (float32, the CNN's probability that both hits come from one
+particle), in the same order (per event, by inner then outer hit).  ``doublets`` itself is left
+as it was, so the cut-based set and the CNN-filtered set can be compared.  The default working
+point (the model's) keeps 99% of true doublets on the validation sample.
+
+Backends
+--------
+``reference``: NumPy array code (:func:`hltemu.cnn.encode_reference`,
+:func:`hltemu.cnn.head_reference`), written to be read.  ``cpu``: Numba kernels, ``prange``
+over hits (encoder) and over doublets (head).  ``cuda``: one thread per hit and per doublet,
+the same scalar functions compiled as device functions (:mod:`hltemu.kernels.doublet_cnn`).
+Only hits that belong to a doublet are encoded.  The features are computed with ``xp``
+element-wise operations, bit-identical on every backend.  Everything is float32; scores of
+different backends agree within :data:`hltemu.cnn.SCORE_TOLERANCE` (1e-5), so keep/drop
+decisions can differ only for doublets whose score is that close to the working point.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+
+from hltemu.backends import Backend
+from hltemu.batch import Collection, EventBatch
+from hltemu.cnn import (
+    DOUBLET_INPUTS,
+    DoubletCnn,
+    ModelError,
+    encode_reference,
+    head_reference,
+    load_model,
+    model_paths,
+    normalise,
+    raw_features,
+)
+from hltemu.config import DoubletCnnConfig
+from hltemu.ops import THREADS_PER_BLOCK
+from hltemu.pipeline import PipelineError, Stage, register
+
+#: Name of the collection of kept doublets.
+OUTPUT = "filtered_doublets"
+
+
+# -- the model, loaded once per file version ---------------------------------------------------
+@functools.lru_cache(maxsize=8)
+def _cached_model(spec: str, stamp: tuple[int, int]) -> DoubletCnn:
+    return load_model(spec)
+
+
+def get_model(spec: str) -> DoubletCnn:
+    """The model ``spec`` names (see :func:`hltemu.cnn.load_model`), read once and cached until
+    either of its files changes."""
+    json_path, npz_path = model_paths(spec)
+    try:
+        stamp = (json_path.stat().st_mtime_ns, npz_path.stat().st_mtime_ns)
+    except OSError:
+        return load_model(spec)  # raises ModelError naming the missing file
+    return _cached_model(str(spec), stamp)
+
+
+# -- inputs --------------------------------------------------------------------------------------
+def _check_inputs(hits: Collection, doublets: Collection, model: DoubletCnn, be: Backend
+                  ) -> tuple[Any, Any]:
+    """Validate the inputs; return the PixelHit rows (global, int64) of every doublet's inner
+    and outer hit."""
+    xp = be.xp
+    if "pad" not in hits:
+        raise PipelineError(f"stage 'doublet_cnn' needs the PixelHit column 'pad' (pixel-charge "
+                            f"pads); the collection has {sorted(hits.columns)}")
+    pad = hits["pad"]
+    if tuple(pad.shape[1:]) != tuple(model.pad_shape):
+        raise PipelineError(f"PixelHit.pad has pads of shape {tuple(pad.shape[1:])}; the doublet "
+                            f"CNN {model.source} was trained on {tuple(model.pad_shape)}")
+    missing = [c for c in DOUBLET_INPUTS if c not in doublets]
+    if missing:
+        raise PipelineError(f"stage 'doublet_cnn' needs doublets column(s) {missing}; the "
+                            f"collection has {sorted(doublets.columns)}")
+    if doublets.n_events != hits.n_events:
+        raise PipelineError(f"doublets has {doublets.n_events} events, PixelHit "
+                            f"{hits.n_events}")
+    n = doublets.size
+    rows = xp.arange(n, dtype=xp.int64)
+    event = xp.searchsorted(doublets.offsets[1:], rows, side="right")
+    first = hits.offsets[event]
+    n_hits = hits.offsets[event + 1] - first
+    out = []
+    for name in ("inner", "outer"):
+        local = xp.asarray(doublets[name], dtype=xp.int64)
+        bad = (local < 0) | (local >= n_hits)
+        if n and bool(xp.any(bad)):
+            k = int(be.to_host(xp.argmax(bad)))
+            raise PipelineError(
+                f"doublets.{name} = {int(be.to_host(local[k]))} in event "
+                f"{int(be.to_host(event[k]))} is not a PixelHit row of that event (it has "
+                f"{int(be.to_host(n_hits[k]))} hits)")
+        out.append(first + local)
+    for name in ("inner_layer", "outer_layer"):
+        layer = doublets[name]
+        bad = (layer < 0) | (layer >= model.n_layers)
+        if n and bool(xp.any(bad)):
+            value = int(be.to_host(layer[xp.argmax(bad)]))
+            raise PipelineError(f"doublets.{name} has the value {value}; the doublet CNN knows "
+                                f"layer ids 0-{model.n_layers - 1}")
+    return out[0], out[1]
+
+
+def _features(doublets: Collection, model: DoubletCnn, start: int, stop: int, xp: Any) -> Any:
+    """Normalised features of doublets ``start:stop`` (float32 ``(n, F)``), checked finite."""
+    cols = {c: doublets[c][start:stop] for c in DOUBLET_INPUTS}
+    raw = raw_features(cols, model.features, xp)
+    bad = ~xp.isfinite(raw)
+    if bool(xp.any(bad)):
+        row, col = (int(v) for v in np.unravel_index(int(xp.argmax(bad)), raw.shape))
+        raise PipelineError(f"doublet CNN feature {model.features[col]!r} is not finite for "
+                            f"doublet row {start + row} (check the doublets columns it reads)")
+    return xp.ascontiguousarray(normalise(model, raw, xp))
+
+
+# -- scoring -------------------------------------------------------------------------------------
+def score_doublets(hits: Collection, doublets: Collection, model: DoubletCnn, be: Backend,
+                   chunk_size: int = 1 << 18) -> Any:
+    """CNN score of every doublet, float32 ``(doublets.size,)`` on ``be``.
+
+    ``hits``/``doublets`` are on ``be``.  Work is done ``chunk_size`` hits or doublets at a time,
+    which bounds the memory of activations and features.
+    """
+    xp = be.xp
+    inner_row, outer_row = _check_inputs(hits, doublets, model, be)
+    n = doublets.size
+    scores = xp.zeros(n, dtype=xp.float32)
+    if n == 0:
+        return scores
+    # hits that belong to a doublet, and each doublet hit's position among them
+    used = xp.zeros(hits.size, dtype=xp.bool_)
+    used[inner_row] = True
+    used[outer_row] = True
+    enc_rows = xp.nonzero(used)[0].astype(xp.int64)
+    position = xp.cumsum(used.astype(xp.int64)) - 1
+    inner_pos = position[inner_row].astype(xp.int32)
+    outer_pos = position[outer_row].astype(xp.int32)
+    pads = xp.ascontiguousarray(xp.asarray(hits["pad"], dtype=xp.float32))
+    a = {k: be.to_device(np.ascontiguousarray(v)) for k, v in model.arrays.items()}
+    n_enc = int(enc_rows.shape[0])
+    emb = xp.zeros((n_enc, model.n_embed), dtype=xp.float32)
+    scale = np.float32(1.0 / model.pad_scale)
+
+    for s in range(0, n_enc, chunk_size):
+        e = min(s + chunk_size, n_enc)
+        if be.name == "reference":
+            emb[s:e] = encode_reference(model, pads[enc_rows[s:e]])
+        elif be.name == "cpu":
+            from hltemu.kernels.doublet_cnn import encode_hits_cpu
+
+            encode_hits_cpu(enc_rows[s:e], pads, scale, a["conv1.weight"], a["conv1.bias"],
+                            a["conv2.weight"], a["conv2.bias"], a["embed.weight"],
+                            a["embed.bias"], emb[s:e])
+        elif be.name == "cuda":
+            from hltemu.kernels.doublet_cnn import encode_hits_cuda
+
+            blocks = (e - s + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
+            encode_hits_cuda[blocks, THREADS_PER_BLOCK](
+                enc_rows[s:e], pads, scale, a["conv1.weight"], a["conv1.bias"],
+                a["conv2.weight"], a["conv2.bias"], a["embed.weight"], a["embed.bias"],
+                emb[s:e])
+        else:
+            raise PipelineError(f"stage 'doublet_cnn' has no backend {be.name!r}; choose "
+                                "reference, cpu or cuda")
+
+    inner_layer = xp.asarray(doublets["inner_layer"], dtype=xp.int32)
+    outer_layer = xp.asarray(doublets["outer_layer"], dtype=xp.int32)
+    for s in range(0, n, chunk_size):
+        e = min(s + chunk_size, n)
+        feats = _features(doublets, model, s, e, xp)
+        if be.name == "reference":
+            scores[s:e] = head_reference(model, emb[inner_pos[s:e]], emb[outer_pos[s:e]], feats,
+                                         inner_layer[s:e], outer_layer[s:e])
+        elif be.name == "cpu":
+            from hltemu.kernels.doublet_cnn import score_doublets_cpu
+
+            score_doublets_cpu(inner_pos[s:e], outer_pos[s:e], emb, feats, inner_layer[s:e],
+                               outer_layer[s:e], model.n_layers, a["hidden.weight"],
+                               a["hidden.bias"], a["output.weight"], a["output.bias"],
+                               scores[s:e])
+        else:
+            from hltemu.kernels.doublet_cnn import score_doublets_cuda
+
+            blocks = (e - s + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
+            score_doublets_cuda[blocks, THREADS_PER_BLOCK](
+                xp.ascontiguousarray(inner_pos[s:e]), xp.ascontiguousarray(outer_pos[s:e]), emb,
+                feats, xp.ascontiguousarray(inner_layer[s:e]),
+                xp.ascontiguousarray(outer_layer[s:e]), model.n_layers, a["hidden.weight"],
+                a["hidden.bias"], a["output.weight"], a["output.bias"], scores[s:e])
+    return scores
+
+
+def select_doublets(doublets: Collection, scores: Any, working_point: float, xp: Any
+                    ) -> Collection:
+    """The doublets with ``score >= working_point``: every column plus ``score``, same order."""
+    keep = scores >= np.float32(working_point)
+    kept_before = xp.zeros(doublets.size + 1, dtype=xp.int64)
+    if doublets.size:
+        xp.cumsum(keep.astype(xp.int64), out=kept_before[1:])
+    offsets = kept_before[doublets.offsets]
+    idx = xp.nonzero(keep)[0]
+    cols = {k: v[idx] for k, v in doublets.columns.items()}
+    cols["score"] = scores[idx]
+    return Collection(offsets, cols)
+
+
+def working_point(cfg: DoubletCnnConfig, model: DoubletCnn) -> float:
+    """The score threshold: ``cfg.working_point``, or the model's own when it is negative."""
+    return model.working_point if cfg.working_point < 0 else float(cfg.working_point)
+
+
+def _doublet_cnn(batch: EventBatch, cfg: DoubletCnnConfig) -> dict[str, Collection]:
+    try:
+        model = get_model(cfg.weights)
+    except ModelError as exc:
+        raise PipelineError(f"[doublet_cnn] weights: {exc}") from None
+    be = batch.backend
+    doublets = batch["doublets"]
+    scores = score_doublets(batch["PixelHit"], doublets, model, be, cfg.chunk_size)
+    return {OUTPUT: select_doublets(doublets, scores, working_point(cfg, model), be.xp)}
+
+
+STAGE = register(Stage(
+    name="doublet_cnn",
+    needs=("PixelHit", "doublets"),
+    adds=(OUTPUT,),
+    config_type=DoubletCnnConfig,
+    implementations={"reference": _doublet_cnn, "cpu": _doublet_cnn, "cuda": _doublet_cnn},
+    doc="CNN over both hits' charge pads + doublet features; keeps doublets with score >= "
+        "working point (filtered_doublets)",
+))

@@ -1,0 +1,177 @@
+"""Doublet-CNN inference: the per-hit encoder and the per-doublet head (see :mod:`hltemu.cnn`).
+
+Two scalar functions hold the arithmetic, plain Python compiled twice (fbpic style):
+``numba.njit`` for the CPU kernels and ``cuda.jit(device=True)`` for the CUDA kernels.
+
+* :func:`encode_hit` — one hit: its pad through conv1 + ReLU, conv2 + ReLU, dense + ReLU; the
+  two activation maps go to caller-provided scratch vectors (flat, channel-major), the
+  embedding to ``emb[h, :]``.
+* :func:`doublet_logit` — one doublet: the hidden layer is computed one unit at a time and
+  folded straight into the output sum, so the head needs no scratch at all.
+
+Kernels: ``*_cpu`` run ``prange`` over hits or doublets (one per iteration); ``*_cuda`` run one
+thread per hit or doublet.  Every array is float32, and so is every accumulator (sums start
+from a float32 bias and add float32 products; ReLU goes through a float32 store), as in the
+NumPy reference; only the summation order differs, hence the 1e-5 score tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import cuda
+
+#: Size of the per-thread scratch vectors of the CUDA encoder (one activation map each); the
+#: model loader rejects networks with larger maps (``hltemu.cnn.MAX_ACTIVATIONS``).
+MAX_ACTIVATIONS = 1024
+
+
+def encode_hit(h, t, pads, scale, w1, b1, w2, b2, we, be, act1, act2, emb):
+    """Embedding of the hit whose pad is ``pads[h]`` (electrons) into ``emb[t, :]``.
+
+    ``w1 (C1, 1, K1, K1)``, ``w2 (C2, C1, K2, K2)``, ``we (E, C2*H2*W2)``; ``scale`` is
+    ``1 / pad_scale``; ``act1``/``act2`` are float32 scratch vectors of at least
+    ``C1*H1*W1`` and ``C2*H2*W2`` entries.
+    """
+    # Each convolution accumulates into its output map, one kernel tap at a time: the inner
+    # loops run along rows of the map (contiguous, vectorisable), and every output still sums
+    # its taps in the order (input channel, u, v).
+    c1 = w1.shape[0]
+    k1 = w1.shape[2]
+    h1 = pads.shape[1] - k1 + 1
+    x1 = pads.shape[2] - k1 + 1
+    for c in range(c1):
+        base = c * h1 * x1
+        for k in range(h1 * x1):
+            act1[base + k] = b1[c]
+        for u in range(k1):
+            for v in range(k1):
+                w = w1[c, 0, u, v]
+                for i in range(h1):
+                    for j in range(x1):
+                        act1[base + i * x1 + j] += w * (pads[h, i + u, j + v] * scale)
+        for k in range(h1 * x1):
+            if act1[base + k] < 0:
+                act1[base + k] = 0
+    c2 = w2.shape[0]
+    k2 = w2.shape[2]
+    h2 = h1 - k2 + 1
+    x2 = x1 - k2 + 1
+    for c in range(c2):
+        base = c * h2 * x2
+        for k in range(h2 * x2):
+            act2[base + k] = b2[c]
+        for ci in range(c1):
+            for u in range(k2):
+                for v in range(k2):
+                    w = w2[c, ci, u, v]
+                    src = ci * h1 * x1 + u * x1 + v
+                    for i in range(h2):
+                        for j in range(x2):
+                            act2[base + i * x2 + j] += w * act1[src + i * x1 + j]
+        for k in range(h2 * x2):
+            if act2[base + k] < 0:
+                act2[base + k] = 0
+    n_in = c2 * h2 * x2
+    for e in range(we.shape[0]):
+        acc = be[e]
+        for k in range(n_in):
+            acc += we[e, k] * act2[k]
+        emb[t, e] = acc
+        if emb[t, e] < 0:
+            emb[t, e] = 0
+
+
+def doublet_logit(d, inner_row, outer_row, emb, feats, inner_layer, outer_layer, n_layers,
+                  wh, bh, wo, bo):
+    """Logit of doublet ``d``: hits ``inner_row[d]``/``outer_row[d]`` (rows of ``emb``),
+    normalised features ``feats[d, :]``, layer ids one-hot coded (``n_layers`` each).
+
+    ``wh (H, 2E + F + 2 n_layers)`` and ``wo (1, H)``: each hidden unit is formed, passed
+    through ReLU and added to the output sum at once.
+    """
+    n_emb = emb.shape[1]
+    n_feat = feats.shape[1]
+    a = inner_row[d]
+    b = outer_row[d]
+    col_i = 2 * n_emb + n_feat + inner_layer[d]
+    col_o = 2 * n_emb + n_feat + n_layers + outer_layer[d]
+    logit = bo[0]
+    for j in range(wh.shape[0]):
+        acc = bh[j]
+        for k in range(n_emb):
+            acc += wh[j, k] * emb[a, k]
+        for k in range(n_emb):
+            acc += wh[j, n_emb + k] * emb[b, k]
+        for k in range(n_feat):
+            acc += wh[j, 2 * n_emb + k] * feats[d, k]
+        acc += wh[j, col_i]
+        acc += wh[j, col_o]
+        if acc > 0:
+            logit += wo[0, j] * acc
+    return logit
+
+
+def sigmoid(z):
+    """Logistic function of a logit, without overflow for large ``|z|``."""
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+#: CPU kernels may reorder sums (vectorised dot products); no other fast-math liberty.
+_FAST = {"reassoc", "contract"}
+_encode_cpu = numba.njit(inline="always", cache=False, fastmath=_FAST)(encode_hit)
+_logit_cpu = numba.njit(inline="always", cache=False, fastmath=_FAST)(doublet_logit)
+_sigmoid_cpu = numba.njit(inline="always", cache=False)(sigmoid)
+_encode_cuda = cuda.jit(device=True)(encode_hit)
+_logit_cuda = cuda.jit(device=True)(doublet_logit)
+_sigmoid_cuda = cuda.jit(device=True)(sigmoid)
+
+
+# -- CPU --------------------------------------------------------------------------------------
+@numba.njit(parallel=True, cache=False, fastmath=_FAST)
+def encode_hits_cpu(rows, pads, scale, w1, b1, w2, b2, we, be, emb):  # pragma: no cover
+    """``emb[t, :]`` = embedding of the hit ``pads[rows[t]]``, for every ``t`` (prange)."""
+    n1 = w1.shape[0] * (pads.shape[1] - w1.shape[2] + 1) * (pads.shape[2] - w1.shape[2] + 1)
+    n2 = w2.shape[0] * (pads.shape[1] - w1.shape[2] - w2.shape[2] + 2) * (
+        pads.shape[2] - w1.shape[2] - w2.shape[2] + 2)
+    for t in numba.prange(rows.shape[0]):
+        act1 = np.empty(n1, dtype=np.float32)
+        act2 = np.empty(n2, dtype=np.float32)
+        _encode_cpu(rows[t], t, pads, scale, w1, b1, w2, b2, we, be, act1, act2, emb)
+
+
+@numba.njit(parallel=True, cache=False, fastmath=_FAST)
+def score_doublets_cpu(inner_row, outer_row, emb, feats, inner_layer, outer_layer, n_layers,
+                       wh, bh, wo, bo, out):  # pragma: no cover - compiled
+    """``out[d]`` = score of doublet ``d`` (float32, prange over doublets)."""
+    for d in numba.prange(out.shape[0]):
+        out[d] = _sigmoid_cpu(_logit_cpu(d, inner_row, outer_row, emb, feats, inner_layer,
+                                         outer_layer, n_layers, wh, bh, wo, bo))
+
+
+# -- CUDA -------------------------------------------------------------------------------------
+@cuda.jit
+def encode_hits_cuda(rows, pads, scale, w1, b1, w2, b2, we, be, emb):  # pragma: no cover
+    """Thread ``t`` writes the embedding of hit ``pads[rows[t]]`` into ``emb[t, :]``."""
+    t = cuda.grid(1)
+    if t >= rows.shape[0]:
+        return
+    act1 = cuda.local.array(MAX_ACTIVATIONS, numba.float32)
+    act2 = cuda.local.array(MAX_ACTIVATIONS, numba.float32)
+    _encode_cuda(rows[t], t, pads, scale, w1, b1, w2, b2, we, be, act1, act2, emb)
+
+
+@cuda.jit
+def score_doublets_cuda(inner_row, outer_row, emb, feats, inner_layer, outer_layer, n_layers,
+                        wh, bh, wo, bo, out):  # pragma: no cover - compiled
+    """Thread ``d`` writes the score of doublet ``d`` into ``out[d]``."""
+    d = cuda.grid(1)
+    if d >= out.shape[0]:
+        return
+    out[d] = _sigmoid_cuda(_logit_cuda(d, inner_row, outer_row, emb, feats, inner_layer,
+                                       outer_layer, n_layers, wh, bh, wo, bo))
