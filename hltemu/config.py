@@ -489,3 +489,41 @@ class DoubletCnnConfig:
                               f"own), got {self.working_point}")
         if self.chunk_size < 1:
             raise ConfigError(f"[doublet_cnn] chunk_size must be >= 1, got {self.chunk_size}")
+
+
+@dataclass(frozen=True)
+class AntiKtConfig:
+    """Stage ``antikt``: anti-kT jets of calorimeter clusters (E-scheme), identical to FastJet.
+
+    Jets carry the nominal area ``pi R^2`` (see :mod:`hltemu.stages.antikt`).
+    """
+
+    R: float = param(0.4, "", "jet radius in the rapidity-azimuth plane")
+    pt_min: float = param(5.0, "GeV", "jets with pT below this are dropped (pT^2 >= pt_min^2 "
+                          "kept, as FastJet's inclusive_jets)")
+
+    def __post_init__(self) -> None:
+        import math
+
+        if not (self.R > 0 and math.isfinite(self.R)):
+            raise ConfigError(f"[antikt] R must be a finite number > 0, got {self.R}")
+        if not (self.pt_min >= 0 and math.isfinite(self.pt_min)):
+            raise ConfigError(f"[antikt] pt_min must be >= 0 GeV, got {self.pt_min}")
+
+
+@dataclass(frozen=True)
+class GenJetsConfig:
+    """Stage ``genjets``: anti-kT jets of generator final-state particles (``GenPart`` with
+    status 1), identical to FastJet; neutrinos are left out unless ``include_neutrinos``."""
+
+    R: float = param(0.4, "", "jet radius in the rapidity-azimuth plane")
+    pt_min: float = param(5.0, "GeV", "generator jets with pT below this are dropped")
+    include_neutrinos: bool = param(False, "", "cluster neutrinos (|pdgId| 12, 14, 16) too")
+
+    def __post_init__(self) -> None:
+        import math
+
+        if not (self.R > 0 and math.isfinite(self.R)):
+            raise ConfigError(f"[genjets] R must be a finite number > 0, got {self.R}")
+        if not (self.pt_min >= 0 and math.isfinite(self.pt_min)):
+            raise ConfigError(f"[genjets] pt_min must be >= 0 GeV, got {self.pt_min}")

@@ -4,6 +4,7 @@ Each module holds the stage's reference implementation (written for reading) and
 ``cpu`` and ``cuda`` backends to :mod:`hltemu.kernels`.
 """
 
+import hltemu.stages.antikt  # noqa: F401
 import hltemu.stages.doublet_cnn  # noqa: F401
 import hltemu.stages.doublets  # noqa: F401
 import hltemu.stages.jec  # noqa: F401

@@ -1,0 +1,403 @@
+"""Stages ``antikt`` and ``genjets``: anti-kT jets identical to FastJet's.
+
+The algorithm (Cacciari, Salam, Soyez 2008) with FastJet's definitions, in float64: inputs are
+4-vectors ``(px, py, pz, E)`` [GeV]; rapidity and azimuth as FastJet's ``PseudoJet`` computes
+them (``E == |pz|`` with ``pT == 0`` gives rapidity ``+-(1e5 + |pz|)``, a tachyonic mass counts as
+0); ``d_ij = min(pT_i^-2, pT_j^-2) dR_ij^2 / R^2`` with ``dR^2 = dphi^2 + drap^2``, ``d_iB =
+pT_i^-2``; the smallest is merged (E-scheme: 4-vectors added) or, for a beam distance, becomes
+an inclusive jet.  Jets with ``pT >= pt_min`` are kept (FastJet's ``inclusive_jets(pt_min)``
+tests ``pT^2 >= pt_min^2``; we do too).
+
+Exact agreement with FastJet: the merge sequence is decided with FastJet's own arithmetic
+(unnormalised ``diJ = dR^2 * min(1/kt2)``, beam ``R^2 / kt2``, its phi folding and rapidity)
+and ties between equal distances are broken as FastJet's ``N2Plain`` strategy breaks them (see
+:mod:`hltemu.kernels.antikt` for the rule), on every backend.  For inputs without exact ties
+every FastJet strategy gives the same jets and constituents; for exact ties (duplicated or
+mirror-symmetric inputs) FastJet's strategies differ among themselves, and we match
+``N2Plain`` (``tests/test_antikt.py`` checks both).
+
+Backends
+--------
+``reference`` (:func:`cluster_reference`) is FastJet's ``N2Plain`` written out with NumPy: an
+array of slots, each jet's nearest neighbour, one step at a time.  ``cpu`` is a Numba kernel
+with tiles and a tournament tree (fast at N = 100-2000), parallel over events.  ``cuda`` runs
+one event per block with parallel minimum reductions.  The merge sequence is identical on all
+three; on a real GPU, CUDA's ``log``/``atan2`` may differ from the C library's in the last bit,
+which can only matter for two distances equal to ~1e-16 relative.
+
+Stage ``antikt``
+----------------
+Needs ``clusters`` (columns ``energy`` [GeV], ``eta``, ``phi`` [rad]).  Clusters are massless:
+``pT = E / cosh(eta)``, ``px = pT cos(phi)``, ``py = pT sin(phi)``, ``pz = pT sinh(eta)``, so
+their rapidity is their eta up to rounding.  Clusters with ``energy <= 0`` (noise
+fluctuations) are not clustered, as ATLAS does.  Adds:
+
+* ``jets``: per event sorted by pT descending, ties by the smallest cluster row (within the
+  event) among the constituents; columns below;
+* ``cluster_jet``: one row per cluster (the offsets of ``clusters``), column ``jet``: the row
+  of its jet within the event's ``jets``, -1 for a cluster not clustered (``energy <= 0``) or
+  in a jet below ``pt_min``.
+
+Stage ``genjets``
+-----------------
+Needs ``GenPart`` (columns ``pt``, ``eta``, ``phi``, ``mass`` [GeV], ``pdgId``, ``status``).
+Final-state particles (``status == 1``), without neutrinos (|pdgId| 12, 14, 16) unless
+``include_neutrinos``; ``px = pT cos(phi)``, ``py = pT sin(phi)``, ``pz = pT sinh(eta)``,
+``E = sqrt(p^2 + m^2)``.  Adds ``genjets`` with the columns of ``jets``.
+
+Jet columns
+-----------
+================ ====== ==============================================================
+pt               GeV    ``sqrt(px^2 + py^2)``
+eta              \\-     ``asinh(pz / pt)`` (``+-1e5`` for pt = 0, as FastJet)
+phi              rad    ``atan2(py, px)`` in [-pi, pi]
+mass             GeV    ``sqrt(m2)``, ``-sqrt(-m2)`` when ``m2 = E^2 - p^2 < 0`` (FastJet)
+px, py, pz, E    GeV    E-scheme sum of the constituents
+area             \\-     ``pi R^2``: the nominal anti-kT area (see below)
+n_constituents   \\-     inputs in the jet (int64)
+================ ====== ==============================================================
+
+Area: jets carry the nominal area ``pi R^2``.  Anti-kT jets are cones of radius R around hard
+jets (their FastJet active area is ``pi R^2`` within a few percent above ~20 GeV); soft jets
+and jets overlapping a harder one have smaller active areas, which this estimate ignores.  It
+is deterministic, costs nothing, and is what L1FastJet's ``rho * area`` needs for jets in the
+JEC range.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from hltemu.backends import Backend
+from hltemu.batch import Collection, EventBatch
+from hltemu.config import AntiKtConfig, ConfigError, GenJetsConfig
+from hltemu.kernels.antikt import MAX_RAP, dist, momentum_factor, rap_phi
+from hltemu.pipeline import PipelineError, Stage, register
+
+#: Columns of the ``jets`` and ``genjets`` collections.
+JET_COLUMNS: tuple[str, ...] = ("pt", "eta", "phi", "mass", "px", "py", "pz", "E", "area",
+                                "n_constituents")
+#: Cluster columns stage ``antikt`` reads.
+CLUSTER_COLUMNS: tuple[str, ...] = ("energy", "eta", "phi")
+#: GenPart columns stage ``genjets`` reads.
+GENPART_COLUMNS: tuple[str, ...] = ("pt", "eta", "phi", "mass", "pdgId", "status")
+#: |pdgId| of neutrinos, left out of generator jets.
+NEUTRINOS: tuple[int, ...] = (12, 14, 16)
+
+
+class Clustering(NamedTuple):
+    """Raw result for a batch, before the pT cut and sorting.
+
+    ``jet_of``: per input, its inclusive jet within the event (0-based, FastJet history order).
+    ``px, py, pz, E, first``: per inclusive jet, at rows ``offsets[e] + k`` of the input
+    offsets (``k < n_jets[e]``); ``first`` is the jet's smallest input index in the event.
+    """
+
+    jet_of: Any
+    px: Any
+    py: Any
+    pz: Any
+    E: Any
+    first: Any
+    n_jets: Any
+
+
+# ------------------------------------------------------------------------------------------
+# Reference: FastJet's N2Plain, one step at a time, written for reading
+# ------------------------------------------------------------------------------------------
+def cluster_reference_event(px: np.ndarray, py: np.ndarray, pz: np.ndarray, e: np.ndarray,
+                            radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """Anti-kT of one event (float64 arrays of n inputs [GeV]).
+
+    Returns ``jet_of`` (n,), each input's inclusive jet in the order the jets are made, and
+    ``jets`` (n_jets, 5): px, py, pz, E [GeV] and the smallest input index of each jet.
+    """
+    n = px.shape[0]
+    r2 = radius * radius
+    # jets by id: inputs 0..n-1, then one id per merge
+    mom = [(float(px[i]), float(py[i]), float(pz[i]), float(e[i])) for i in range(n)]
+    first = list(range(n))
+    parent = [-1] * n
+    # slots, as FastJet's BriefJet array: id, rapidity, azimuth, momentum factor, NN slot
+    # (-1: the beam) and NN distance
+    ids = np.arange(n)
+    rap = np.empty(n)
+    phi = np.empty(n)
+    kf = np.empty(n)
+    for i in range(n):
+        rap[i], phi[i] = rap_phi(*mom[i])
+        kf[i] = momentum_factor(mom[i][0], mom[i][1])
+    nn = np.full(n, -1)
+    nnd = np.full(n, r2)
+
+    def distances(i: int, m: int) -> np.ndarray:
+        """dR^2 from slot i to slots 0..m-1 (slot i itself: infinity)."""
+        dphi = np.abs(phi[:m] - phi[i])
+        dphi = np.where(dphi > math.pi, 2.0 * math.pi - dphi, dphi)
+        drap = rap[:m] - rap[i]
+        d = dphi * dphi + drap * drap
+        d[i] = np.inf
+        return d
+
+    def search(i: int, m: int) -> None:
+        """NN of slot i: the first slot at the smallest distance, if below R^2."""
+        d = distances(i, m)
+        j = int(np.argmin(d)) if m > 1 else i
+        if m > 1 and d[j] < r2:
+            nn[i], nnd[i] = j, d[j]
+        else:
+            nn[i], nnd[i] = -1, r2
+
+    for i in range(n):
+        search(i, n)
+    jets: list[tuple[float, float, float, float, int]] = []
+    final: dict[int, int] = {}
+    m = n
+    while m > 0:
+        kmin = np.where(nn[:m] >= 0, np.minimum(kf[:m], kf[np.maximum(nn[:m], 0)]), kf[:m])
+        dij = nnd[:m] * kmin
+        sa = int(np.argmin(dij))  # the first slot with the smallest diJ
+        sb = int(nn[sa])
+        tail = m - 1
+        if sb >= 0:  # merge: the new jet goes to the smaller slot
+            if sa < sb:
+                sa, sb = sb, sa
+            a, b = int(ids[sa]), int(ids[sb])
+            c = len(mom)
+            mom.append(tuple(u + v for u, v in zip(mom[a], mom[b], strict=True)))
+            first.append(min(first[a], first[b]))
+            parent[a] = parent[b] = c
+            parent.append(-1)
+            ids[sb] = c
+            rap[sb], phi[sb] = rap_phi(*mom[c])
+            kf[sb] = momentum_factor(mom[c][0], mom[c][1])
+        else:  # beam: an inclusive jet
+            a = int(ids[sa])
+            final[a] = len(jets)
+            jets.append((*mom[a], first[a]))
+        # the last slot's jet moves into slot sa
+        for arr in (ids, rap, phi, kf, nn, nnd):
+            arr[sa] = arr[tail]
+        m -= 1
+        # jets whose NN was removed search again; the others follow the last slot's move
+        lost = (nn[:m] == sa) | ((nn[:m] == sb) if sb >= 0 else False)
+        if sb >= 0:
+            lost[sb] = False
+        nn[:m] = np.where(nn[:m] == tail, sa, nn[:m])
+        for i in np.flatnonzero(lost):
+            search(int(i), m)
+        if sb >= 0:
+            # the new jet: every other jet takes it if strictly closer than its NN
+            nn[sb], nnd[sb] = -1, r2
+            d = distances(sb, m)
+            closer = d < nnd[:m]
+            nn[:m] = np.where(closer, sb, nn[:m])
+            nnd[:m] = np.where(closer, d, nnd[:m])
+            search(sb, m)
+    jet_of = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        j = i
+        while parent[j] >= 0:
+            j = parent[j]
+        jet_of[i] = final[j]
+    return jet_of, np.array(jets, dtype=np.float64).reshape(-1, 5)
+
+
+# Keep the scalar distance importable beside the reference (tests use it).
+pair_distance = dist
+
+
+def cluster(px: Any, py: Any, pz: Any, e: Any, offsets: Any, radius: float,
+            backend: Backend) -> Clustering:
+    """Inclusive anti-kT jets of every event on ``backend`` (float64 inputs [GeV])."""
+    xp = backend.xp
+    n = int(px.shape[0])
+    n_events = int(offsets.shape[0]) - 1
+    if backend.name == "reference":
+        jet_of = np.empty(n, dtype=np.int64)
+        cols = np.zeros((n, 5), dtype=np.float64)
+        n_jets = np.zeros(n_events, dtype=np.int64)
+        for ev in range(n_events):
+            lo, hi = int(offsets[ev]), int(offsets[ev + 1])
+            jet_of[lo:hi], jets = cluster_reference_event(px[lo:hi], py[lo:hi], pz[lo:hi],
+                                                          e[lo:hi], radius)
+            cols[lo:lo + jets.shape[0]] = jets
+            n_jets[ev] = jets.shape[0]
+        return Clustering(jet_of, cols[:, 0].copy(), cols[:, 1].copy(), cols[:, 2].copy(),
+                          cols[:, 3].copy(), cols[:, 4].astype(np.int64), n_jets)
+    jet_of = xp.full(n, -1, dtype=xp.int64)
+    out = [xp.zeros(n, dtype=xp.float64) for _ in range(4)]
+    first = xp.zeros(n, dtype=xp.int64)
+    n_jets = xp.zeros(n_events, dtype=xp.int64)
+    if backend.name == "cpu":
+        from hltemu.kernels.antikt import antikt_cpu
+
+        antikt_cpu(px, py, pz, e, offsets, float(radius), jet_of, *out, first, n_jets)
+    else:
+        from hltemu.kernels.antikt import CUDA_THREADS, antikt_cuda
+
+        if n_events and n:
+            f64 = [xp.empty(n, dtype=xp.float64) for _ in range(6)]
+            i64 = [xp.empty(n, dtype=xp.int64) for _ in range(2)]
+            h64 = [xp.empty(2 * n, dtype=xp.float64) for _ in range(4)]
+            hi64 = [xp.empty(2 * n, dtype=xp.int64) for _ in range(3)]
+            antikt_cuda[n_events, CUDA_THREADS](px, py, pz, e, offsets, float(radius), jet_of,
+                                                *out, first, n_jets, *f64, *i64, *h64, *hi64)
+    return Clustering(jet_of, *out, first, n_jets)
+
+
+# ------------------------------------------------------------------------------------------
+# From raw clustering to the jets collection (NumPy or CuPy, the same code on every backend)
+# ------------------------------------------------------------------------------------------
+def make_jets(raw: Clustering, offsets: Any, radius: float, pt_min: float,
+              xp: Any) -> tuple[Collection, Any]:
+    """The ``jets`` collection (pT cut, sorted) and each input's jet row within its event."""
+    n_events = int(offsets.shape[0]) - 1
+    n = int(raw.px.shape[0])
+    counts_in = offsets[1:] - offsets[:-1]
+    ev = xp.repeat(xp.arange(n_events, dtype=xp.int64), counts_in)
+    local = xp.arange(n, dtype=xp.int64) - offsets[:-1][ev] if n else xp.zeros(0, xp.int64)
+    kt2 = raw.px * raw.px + raw.py * raw.py
+    keep = (local < raw.n_jets[ev]) & (kt2 >= pt_min * pt_min)
+    rows = xp.flatnonzero(keep)
+    pt = xp.sqrt(kt2[rows])
+    order = xp.lexsort(xp.stack([raw.first[rows], -pt, ev[rows]])) if rows.shape[0] else rows
+    rows = rows[order]
+    jev = ev[rows]
+    counts = xp.bincount(jev, minlength=n_events) if rows.shape[0] else \
+        xp.zeros(n_events, dtype=xp.int64)
+    jets_off = xp.zeros(n_events + 1, dtype=xp.int64)
+    xp.cumsum(counts, out=jets_off[1:])
+    # capacity row of an inclusive jet -> its row within the event's sorted jets, or -1
+    new_row = xp.full(n, -1, dtype=xp.int64)
+    new_row[rows] = xp.arange(rows.shape[0], dtype=xp.int64) - jets_off[:-1][jev]
+    jet_row = new_row[offsets[:-1][ev] + raw.jet_of] if n else xp.zeros(0, xp.int64)
+    jpx, jpy, jpz, je = raw.px[rows], raw.py[rows], raw.pz[rows], raw.E[rows]
+    jpt = xp.sqrt(jpx * jpx + jpy * jpy)
+    m2 = (je + jpz) * (je - jpz) - jpt * jpt
+    safe = xp.where(jpt > 0, jpt, 1.0)
+    eta = xp.where(jpt > 0, xp.arcsinh(jpz / safe), xp.where(jpz >= 0, MAX_RAP, -MAX_RAP))
+    glob = xp.where(jet_row >= 0, jets_off[:-1][ev] + jet_row, rows.shape[0])
+    n_const = xp.bincount(glob, minlength=rows.shape[0] + 1)[: rows.shape[0]] if n else \
+        xp.zeros(0, dtype=xp.int64)
+    cols = {
+        "pt": jpt,
+        "eta": eta,
+        "phi": xp.arctan2(jpy, jpx),
+        "mass": xp.where(m2 < 0, -xp.sqrt(xp.abs(m2)), xp.sqrt(xp.abs(m2))),
+        "px": jpx, "py": jpy, "pz": jpz, "E": je,
+        "area": xp.full(rows.shape[0], math.pi * radius * radius, dtype=xp.float64),
+        "n_constituents": n_const.astype(xp.int64),
+    }
+    return Collection(jets_off, cols), jet_row
+
+
+def antikt_jets(px: Any, py: Any, pz: Any, e: Any, offsets: Any, radius: float, pt_min: float,
+                backend: Backend) -> tuple[Collection, Any]:
+    """Anti-kT jets of 4-vectors [GeV] on ``backend``: the jets collection (columns
+    :data:`JET_COLUMNS`) and each input's jet row within its event (-1: below ``pt_min``)."""
+    xp = backend.xp
+    args = [xp.ascontiguousarray(xp.asarray(a, dtype=xp.float64)) for a in (px, py, pz, e)]
+    offsets = xp.asarray(offsets, dtype=xp.int64)
+    raw = cluster(*args, offsets, radius, backend)
+    return make_jets(raw, offsets, radius, pt_min, xp)
+
+
+# ------------------------------------------------------------------------------------------
+# Stage inputs
+# ------------------------------------------------------------------------------------------
+def _check_columns(coll: Collection, name: str, columns: tuple[str, ...], stage: str) -> None:
+    for col in columns:
+        if col not in coll:
+            raise PipelineError(f"stage {stage!r} needs column {col!r} in collection {name!r}; "
+                                f"it has {sorted(coll.columns)}")
+
+
+def _check_finite(xp: Any, values: Any, name: str, col: str, stage: str) -> None:
+    bad = ~xp.isfinite(values)
+    if bool(bad.any()):
+        row = int(xp.flatnonzero(bad)[0])
+        raise PipelineError(f"stage {stage!r}: collection {name!r} column {col!r} has a "
+                            f"non-finite value {float(values[row])!r} at row {row}")
+
+
+def _select(xp: Any, keep: Any, offsets: Any) -> tuple[Any, Any]:
+    """Rows kept and the offsets of the kept rows."""
+    rows = xp.flatnonzero(keep)
+    csum = xp.zeros(keep.shape[0] + 1, dtype=xp.int64)
+    xp.cumsum(keep.astype(xp.int64), out=csum[1:])
+    return rows, csum[offsets]
+
+
+def _check_radius(radius: float, stage: str) -> None:
+    if not (radius > 0 and math.isfinite(radius)):
+        raise ConfigError(f"[{stage}] R must be a finite number > 0, got {radius}")
+
+
+def _antikt(batch: EventBatch, cfg: AntiKtConfig) -> dict[str, Collection]:
+    be = batch.backend
+    xp = be.xp
+    _check_radius(cfg.R, "antikt")
+    clusters = batch["clusters"]
+    _check_columns(clusters, "clusters", CLUSTER_COLUMNS, "antikt")
+    energy, eta, phi = (xp.asarray(clusters[c], dtype=xp.float64) for c in CLUSTER_COLUMNS)
+    for col, values in zip(CLUSTER_COLUMNS, (energy, eta, phi), strict=True):
+        _check_finite(xp, values, "clusters", col, "antikt")
+    rows, offsets = _select(xp, energy > 0, clusters.offsets)
+    e, eta, phi = energy[rows], eta[rows], phi[rows]
+    pt = e / xp.cosh(eta)
+    jets, jet_row = antikt_jets(pt * xp.cos(phi), pt * xp.sin(phi), pt * xp.sinh(eta), e,
+                                offsets, cfg.R, cfg.pt_min, be)
+    cluster_jet = xp.full(clusters.size, -1, dtype=xp.int64)
+    cluster_jet[rows] = jet_row
+    return {"jets": jets, "cluster_jet": Collection(clusters.offsets, {"jet": cluster_jet})}
+
+
+def genparticle_vectors(gen: Collection, include_neutrinos: bool, xp: Any,
+                        stage: str = "genjets") -> tuple[Any, Any, Any, Any, Any, Any]:
+    """px, py, pz, E [GeV] of the final-state GenPart rows (no neutrinos unless asked), the
+    GenPart rows they come from and their offsets."""
+    _check_columns(gen, "GenPart", GENPART_COLUMNS, stage)
+    pt, eta, phi, mass = (xp.asarray(gen[c], dtype=xp.float64) for c in GENPART_COLUMNS[:4])
+    for col, values in zip(GENPART_COLUMNS[:4], (pt, eta, phi, mass), strict=True):
+        _check_finite(xp, values, "GenPart", col, stage)
+    keep = gen["status"] == 1
+    if not include_neutrinos:
+        apdg = xp.abs(xp.asarray(gen["pdgId"]))
+        keep &= (apdg != 12) & (apdg != 14) & (apdg != 16)
+    rows, offsets = _select(xp, keep, gen.offsets)
+    pt, eta, phi, mass = pt[rows], eta[rows], phi[rows], mass[rows]
+    px, py, pz = pt * xp.cos(phi), pt * xp.sin(phi), pt * xp.sinh(eta)
+    e = xp.sqrt(px * px + py * py + pz * pz + mass * mass)
+    return px, py, pz, e, rows, offsets
+
+
+def _genjets(batch: EventBatch, cfg: GenJetsConfig) -> dict[str, Collection]:
+    be = batch.backend
+    _check_radius(cfg.R, "genjets")
+    px, py, pz, e, _, offsets = genparticle_vectors(batch["GenPart"], cfg.include_neutrinos,
+                                                    be.xp)
+    jets, _ = antikt_jets(px, py, pz, e, offsets, cfg.R, cfg.pt_min, be)
+    return {"genjets": jets}
+
+
+STAGE = register(Stage(
+    name="antikt",
+    needs=("clusters",),
+    adds=("jets", "cluster_jet"),
+    config_type=AntiKtConfig,
+    implementations={"reference": _antikt, "cpu": _antikt, "cuda": _antikt},
+    doc="anti-kT jets of calorimeter clusters, identical to FastJet (E-scheme, any R)",
+))
+
+GENJETS_STAGE = register(Stage(
+    name="genjets",
+    needs=("GenPart",),
+    adds=("genjets",),
+    config_type=GenJetsConfig,
+    implementations={"reference": _genjets, "cpu": _genjets, "cuda": _genjets},
+    doc="anti-kT jets of generator final-state particles (no neutrinos), as FastJet",
+))
