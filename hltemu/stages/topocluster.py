@@ -457,7 +457,10 @@ def assemble(label: Any, rows: RowArrays, offsets: Any, n_events: int, graph: Ce
     local = xp.where(inside, cidx - cl_offsets[rows.event], -1).astype(xp.int32)
 
     members = xp.nonzero(inside)[0]
-    members = members[xp.argsort(cidx[members] * max(n, 1) + members)]
+    if xp is np:  # a stable (radix) sort keeps rows ascending within each cluster
+        members = members[np.argsort(cidx[members], kind="stable")]
+    else:  # unique keys: no reliance on the stability of the device sort
+        members = members[xp.argsort(cidx[members] * max(n, 1) + members)]
     member_offsets = xp.searchsorted(cidx[members], xp.arange(n_cl + 1, dtype=xp.int64))
     row_eta, row_phi = dev.eta[rows.ids], dev.phi[rows.ids]
     out = {name: xp.zeros(n_cl, dtype=dtype) for name, (dtype, _, _) in CLUSTER_COLUMNS.items()}
