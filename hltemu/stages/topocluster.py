@@ -42,6 +42,15 @@ Kinematics of a cluster (cells at their centres, :mod:`hltemu.geometry`):
 Clusters of an event are ordered by seed rank (``seed_significance`` descending, then ``seed``
 ascending): an exact key, the same on every backend.
 
+Noise and pileup
+----------------
+``sigma`` is the electronic noise only.  ATLAS thresholds on the *total* noise, electronic and
+pileup added in quadrature for the expected pileup, which this stage does not model yet.  With
+electronic noise alone, pileup pushes so many forward cells (|eta| > 2.5) above the growth
+threshold that they percolate into a few giant clusters: measured on ttbar (cpu backend,
+``examples/plot_topoclusters.py``), the largest cluster of an event has on average 606 cells at
+pileup 0, 10,860 at pileup 50 and 61,840 (of 88,320) at pileup 200.
+
 Inputs and outputs
 ------------------
 Needs ``CaloCell`` with columns ``id`` (cell id in the default geometry) and ``energy`` (GeV);
