@@ -38,7 +38,9 @@ Strategies:
   ``diJ`` comes from a tournament tree over slots (ties go to the smaller slot), O(log n) per
   update.  Tiles only bound where to look: a search over the tiles takes the lexicographic
   minimum (distance, slot), which is what a search over all slots finds, so the result does
-  not depend on the tiling.  Below ``TILE_MIN_N`` inputs one tile holds everything.
+  not depend on the tiling.  Below ``TILE_MIN_N`` inputs one tile holds everything.  Inputs
+  get internal ids in tile order (their slots stay their input indices), so that a tile's
+  jets are adjacent in memory; the initial NN search visits each pair of jets once.
 * ``antikt_cuda``: one event per block, the slot array in global memory; the minimum ``diJ``
   and the new jet's NN are parallel (value, slot) minimum reductions in shared memory; the NN
   updates run one thread per slot.
@@ -246,51 +248,84 @@ def cluster_event_cpu(px, py, pz, e, radius, jet_of, jpx, jpy, jpz, je, jfirst):
     nxt = np.empty(m, np.int64)
     prv = np.empty(m, np.int64)
     at_slot = np.empty(n, np.int64)
+    # rapidity and azimuth of the inputs, then the tiling they need
+    in_rap = np.empty(n)
+    in_phi = np.empty(n)
     rap_lo = INF
     rap_hi = -INF
     for i in range(n):
-        x[i] = px[i]
-        y[i] = py[i]
-        z[i] = pz[i]
-        en[i] = e[i]
         r, p = _rap_phi_cpu(px[i], py[i], pz[i], e[i])
-        rap[i] = r
-        phi[i] = p
-        kf[i] = _mfac_cpu(px[i], py[i])
-        first[i] = i
-        slot_of[i] = i
-        at_slot[i] = i
+        in_rap[i] = r
+        in_phi[i] = p
         rap_lo = min(rap_lo, r)
         rap_hi = max(rap_hi, r)
     rap_min, rap_w, n_rap, phi_w, n_phi = _tiling_cpu(rap_lo, rap_hi, radius, n)
     n_tiles = n_rap * n_phi
+    # internal ids 0..n-1 in tile order (counting sort), so that a tile's jets are adjacent
+    # in memory; slots (and hence every tie-break) stay the input indices
+    in_tile = np.empty(n, np.int64)
+    id_of = np.empty(n, np.int64)
+    start = np.zeros(n_tiles + 1, np.int64)
+    for i in range(n):
+        t = _tile_index_cpu(in_rap[i], in_phi[i], rap_min, rap_w, n_rap, phi_w, n_phi)
+        in_tile[i] = t
+        start[t + 1] += 1
+    for t in range(n_tiles):
+        start[t + 1] += start[t]
+    fill = start[:n_tiles].copy()
+    for i in range(n):
+        t = in_tile[i]
+        j = fill[t]
+        fill[t] += 1
+        x[j] = px[i]
+        y[j] = py[i]
+        z[j] = pz[i]
+        en[j] = e[i]
+        rap[j] = in_rap[i]
+        phi[j] = in_phi[i]
+        kf[j] = _mfac_cpu(px[i], py[i])
+        first[j] = i
+        slot_of[j] = i
+        at_slot[i] = j
+        id_of[i] = j
+        tile_of[j] = t
+        nn[j] = -1
+        nnd[j] = r2
     head = np.full(n_tiles, -1, np.int64)
-    for i in range(n - 1, -1, -1):  # lists in increasing id order (any order would do)
-        t = _tile_index_cpu(rap[i], phi[i], rap_min, rap_w, n_rap, phi_w, n_phi)
-        tile_of[i] = t
-        nxt[i] = head[t]
-        prv[i] = -1
-        if head[t] >= 0:
-            prv[head[t]] = i
-        head[t] = i
+    for t in range(n_tiles):
+        lo_t = start[t]
+        hi_t = start[t + 1]
+        if hi_t > lo_t:
+            head[t] = lo_t
+        for j in range(lo_t, hi_t):
+            prv[j] = j - 1 if j > lo_t else -1
+            nxt[j] = j + 1 if j + 1 < hi_t else -1
     near = np.empty(9, np.int64)
     union = np.empty(27, np.int64)
-    # initial NN: lexicographic minimum (distance, input index), distance < R^2
-    for i in range(n):
-        best = r2
-        bj = -1
-        k = _neighbours_cpu(tile_of[i], n_rap, n_phi, near)
-        for a in range(k):
-            j = head[near[a]]
-            while j >= 0:
-                if j != i:
-                    d = _dist_cpu(rap[i], phi[i], rap[j], phi[j])
-                    if d < best or (d == best and bj >= 0 and j < bj):
-                        best = d
-                        bj = j
-                j = nxt[j]
-        nn[i] = bj
-        nnd[i] = best
+    near_c = np.empty(27, np.bool_)
+    # initial NN: lexicographic minimum (distance, slot) below R^2; each pair of jets is
+    # seen once (same tile, or a neighbouring tile of larger index) and updates both
+    for t in range(n_tiles):
+        k = _neighbours_cpu(t, n_rap, n_phi, near)
+        for i in range(start[t], start[t + 1]):
+            ri = rap[i]
+            fi = phi[i]
+            si = slot_of[i]
+            for a in range(k):
+                u = near[a]
+                if u < t:
+                    continue
+                j0 = i + 1 if u == t else start[u]
+                for j in range(j0, start[u + 1]):
+                    d = _dist_cpu(ri, fi, rap[j], phi[j])
+                    if d < nnd[i] or (d == nnd[i] and nn[i] >= 0
+                                      and slot_of[j] < slot_of[nn[i]]):
+                        nnd[i] = d
+                        nn[i] = j
+                    if d < nnd[j] or (d == nnd[j] and nn[j] >= 0
+                                      and si < slot_of[nn[j]]):
+                        nnd[j] = d
+                        nn[j] = i
     size = 1
     while size < n:
         size *= 2
@@ -303,7 +338,7 @@ def cluster_event_cpu(px, py, pz, e, radius, jet_of, jpx, jpy, jpz, je, jfirst):
         if nn[i] >= 0 and kf[nn[i]] < kmin:
             kmin = kf[nn[i]]
         dij[i] = nnd[i] * kmin
-        tval[size + i] = dij[i]
+        tval[size + slot_of[i]] = dij[i]
     for node in range(size - 1, 0, -1):
         left = 2 * node
         if tval[left + 1] < tval[left]:
@@ -368,9 +403,12 @@ def cluster_event_cpu(px, py, pz, e, radius, jet_of, jpx, jpy, jpz, je, jfirst):
                 for b in range(nu):
                     if union[b] == near[a]:
                         seen = True
+                        if w == 2:
+                            near_c[b] = True
                         break
                 if not seen:
                     union[nu] = near[a]
+                    near_c[nu] = w == 2
                     nu += 1
         # remove A (and B) from their tiles, insert C
         for w in range(2):
@@ -406,6 +444,7 @@ def cluster_event_cpu(px, py, pz, e, radius, jet_of, jpx, jpy, jpz, je, jfirst):
         cj = -1
         for u in range(nu):
             i = head[union[u]]
+            check_c = pair and near_c[u]
             while i >= 0:
                 if i != jc:
                     changed = False
@@ -426,7 +465,7 @@ def cluster_event_cpu(px, py, pz, e, radius, jet_of, jpx, jpy, jpz, je, jfirst):
                         nn[i] = bj
                         nnd[i] = best
                         changed = True
-                    if pair:
+                    if check_c:  # jets outside C's tiles are at least R from it
                         d = _dist_cpu(rap[i], phi[i], rap[jc], phi[jc])
                         if d < nnd[i]:
                             nn[i] = jc
@@ -455,7 +494,7 @@ def cluster_event_cpu(px, py, pz, e, radius, jet_of, jpx, jpy, jpz, je, jfirst):
         if parent[i] >= 0:
             final[i] = final[parent[i]]
     for i in range(n):
-        jet_of[i] = final[i]
+        jet_of[i] = final[id_of[i]]
     return n_jets
 
 
