@@ -319,7 +319,7 @@ def test_empty_and_noise_only_events():
     cells = cells_from(events)
     clusters, labels = all_backends(cells, graph=g)
     assert clusters.size == 0 and np.all(labels[LABEL_COLUMN] == -1)
-    for name in BACKENDS[: len(available_backends())]:
+    for name in available_backends():
         c, lab = run(cells_from([]), name, graph=g)  # a batch of no events
         assert c.n_events == 0 and lab.size == 0
 
@@ -519,8 +519,10 @@ def test_noise_only_events_make_few_noise_clusters():
 
 
 # -- errors, config, pipeline -------------------------------------------------------------------
-@pytest.mark.parametrize("backend_name", ["reference", "cpu"])
+@pytest.mark.parametrize("backend_name", BACKENDS)
 def test_bad_inputs_are_named(backend_name):
+    if backend_name == "cuda" and not cuda_usable():
+        pytest.skip("cuda not usable")
     g = chain(4)
     with pytest.raises(PipelineError, match=r"CaloCell.id has the value 7 \(event 1\).*0-3"):
         run(cells_from([([0, 1], [1.0, 1.0]), ([2, 7], [1.0, 1.0])]), backend_name, graph=g)
