@@ -58,6 +58,8 @@ SCORE_TOLERANCE = 1.0e-5
 #: Largest activation map (channels x height x width) of an encoder convolution: the CUDA
 #: kernel keeps one per thread in local memory of this fixed size.
 MAX_ACTIVATIONS = 1024
+#: Largest input patch (input channels x kernel area) of an encoder convolution (CUDA scratch).
+MAX_PATCH = 256
 #: Ratio sensor thickness / pitch along local y of the default geometry (0.0285 / 0.0150 cm):
 #: a track at ``|dz/dr| = 1`` leaves a 1.9-pixel cluster along z in a barrel module.
 _LENGTH_PER_COT = 0.0285 / 0.0150
@@ -310,6 +312,10 @@ def validate(m: DoubletCnn, where: str = "") -> None:
         if c * h * w > MAX_ACTIVATIONS:
             raise ModelError(f"{where}: {label} output {c} x {h} x {w} exceeds the "
                              f"{MAX_ACTIVATIONS} activations the kernels support")
+    patch = max(k1 * k1, int(w1.shape[0]) * k2 * k2)
+    if patch > MAX_PATCH:
+        raise ModelError(f"{where}: conv2 reads {patch} inputs per position (in channels x "
+                         f"kernel area), more than the {MAX_PATCH} the kernels support")
     if not 0.0 <= m.working_point <= 1.0:
         raise ModelError(f"{where}: working_point {m.working_point} is not in [0, 1]")
 

@@ -26,54 +26,57 @@ from numba import cuda
 #: Size of the per-thread scratch vectors of the CUDA encoder (one activation map each); the
 #: model loader rejects networks with larger maps (``hltemu.cnn.MAX_ACTIVATIONS``).
 MAX_ACTIVATIONS = 1024
+#: Size of the per-thread patch vector (input channels x kernel area) of the CUDA encoder.
+MAX_PATCH = 256
 
 
-def encode_hit(h, t, pads, scale, w1, b1, w2, b2, we, be, act1, act2, emb):
+def encode_hit(h, t, pads, scale, k1, w1, b1, k2, w2, b2, we, be, act1, act2, patch, emb):
     """Embedding of the hit whose pad is ``pads[h]`` (electrons) into ``emb[t, :]``.
 
-    ``w1 (C1, 1, K1, K1)``, ``w2 (C2, C1, K2, K2)``, ``we (E, C2*H2*W2)``; ``scale`` is
-    ``1 / pad_scale``; ``act1``/``act2`` are float32 scratch vectors of at least
-    ``C1*H1*W1`` and ``C2*H2*W2`` entries.
+    Weights come flattened: ``w1 (C1, K1*K1)``, ``w2 (C2, C1*K2*K2)`` (PyTorch's
+    ``(out, in, k, k)`` in C order), ``we (E, C2*H2*W2)``; ``k1``/``k2`` are the kernel sizes and
+    ``scale`` is ``1 / pad_scale``.  ``act1``, ``act2`` and ``patch`` are float32 scratch
+    vectors of at least ``C1*H1*W1``, ``C2*H2*W2`` and ``C1*K2*K2`` entries.  Each output of a
+    convolution is a dot product of a weight row with the input patch under the kernel,
+    gathered once per position into ``patch`` (contiguous: the CPU compiler vectorises it).
     """
-    # Each convolution accumulates into its output map, one kernel tap at a time: the inner
-    # loops run along rows of the map (contiguous, vectorisable), and every output still sums
-    # its taps in the order (input channel, u, v).
     c1 = w1.shape[0]
-    k1 = w1.shape[2]
     h1 = pads.shape[1] - k1 + 1
     x1 = pads.shape[2] - k1 + 1
-    for c in range(c1):
-        base = c * h1 * x1
-        for k in range(h1 * x1):
-            act1[base + k] = b1[c]
-        for u in range(k1):
-            for v in range(k1):
-                w = w1[c, 0, u, v]
-                for i in range(h1):
-                    for j in range(x1):
-                        act1[base + i * x1 + j] += w * (pads[h, i + u, j + v] * scale)
-        for k in range(h1 * x1):
-            if act1[base + k] < 0:
-                act1[base + k] = 0
+    for i in range(h1):
+        for j in range(x1):
+            n = 0
+            for u in range(k1):
+                for v in range(k1):
+                    patch[n] = pads[h, i + u, j + v] * scale
+                    n += 1
+            for c in range(c1):
+                acc = b1[c]
+                for k in range(n):
+                    acc += w1[c, k] * patch[k]
+                m = (c * h1 + i) * x1 + j
+                act1[m] = acc
+                if act1[m] < 0:
+                    act1[m] = 0
     c2 = w2.shape[0]
-    k2 = w2.shape[2]
     h2 = h1 - k2 + 1
     x2 = x1 - k2 + 1
-    for c in range(c2):
-        base = c * h2 * x2
-        for k in range(h2 * x2):
-            act2[base + k] = b2[c]
-        for ci in range(c1):
-            for u in range(k2):
-                for v in range(k2):
-                    w = w2[c, ci, u, v]
-                    src = ci * h1 * x1 + u * x1 + v
-                    for i in range(h2):
-                        for j in range(x2):
-                            act2[base + i * x2 + j] += w * act1[src + i * x1 + j]
-        for k in range(h2 * x2):
-            if act2[base + k] < 0:
-                act2[base + k] = 0
+    for i in range(h2):
+        for j in range(x2):
+            n = 0
+            for ci in range(c1):
+                for u in range(k2):
+                    for v in range(k2):
+                        patch[n] = act1[(ci * h1 + i + u) * x1 + j + v]
+                        n += 1
+            for c in range(c2):
+                acc = b2[c]
+                for k in range(n):
+                    acc += w2[c, k] * patch[k]
+                m = (c * h2 + i) * x2 + j
+                act2[m] = acc
+                if act2[m] < 0:
+                    act2[m] = 0
     n_in = c2 * h2 * x2
     for e in range(we.shape[0]):
         acc = be[e]
@@ -134,15 +137,20 @@ _sigmoid_cuda = cuda.jit(device=True)(sigmoid)
 
 # -- CPU --------------------------------------------------------------------------------------
 @numba.njit(parallel=True, cache=False, fastmath=_FAST)
-def encode_hits_cpu(rows, pads, scale, w1, b1, w2, b2, we, be, emb):  # pragma: no cover
-    """``emb[t, :]`` = embedding of the hit ``pads[rows[t]]``, for every ``t`` (prange)."""
-    n1 = w1.shape[0] * (pads.shape[1] - w1.shape[2] + 1) * (pads.shape[2] - w1.shape[2] + 1)
-    n2 = w2.shape[0] * (pads.shape[1] - w1.shape[2] - w2.shape[2] + 2) * (
-        pads.shape[2] - w1.shape[2] - w2.shape[2] + 2)
+def encode_hits_cpu(rows, pads, scale, k1, w1, b1, k2, w2, b2, we, be, emb):  # pragma: no cover
+    """``emb[t, :]`` = embedding of the hit ``pads[rows[t]]``, for every ``t`` (prange);
+    weights flattened as :func:`encode_hit` takes them."""
+    h1 = pads.shape[1] - k1 + 1
+    x1 = pads.shape[2] - k1 + 1
+    n1 = w1.shape[0] * h1 * x1
+    n2 = w2.shape[0] * (h1 - k2 + 1) * (x1 - k2 + 1)
+    n_patch = max(k1 * k1, w1.shape[0] * k2 * k2)
     for t in numba.prange(rows.shape[0]):
         act1 = np.empty(n1, dtype=np.float32)
         act2 = np.empty(n2, dtype=np.float32)
-        _encode_cpu(rows[t], t, pads, scale, w1, b1, w2, b2, we, be, act1, act2, emb)
+        patch = np.empty(n_patch, dtype=np.float32)
+        _encode_cpu(rows[t], t, pads, scale, k1, w1, b1, k2, w2, b2, we, be, act1, act2, patch,
+                    emb)
 
 
 @numba.njit(parallel=True, cache=False, fastmath=_FAST)
@@ -156,14 +164,16 @@ def score_doublets_cpu(inner_row, outer_row, emb, feats, inner_layer, outer_laye
 
 # -- CUDA -------------------------------------------------------------------------------------
 @cuda.jit
-def encode_hits_cuda(rows, pads, scale, w1, b1, w2, b2, we, be, emb):  # pragma: no cover
+def encode_hits_cuda(rows, pads, scale, k1, w1, b1, k2, w2, b2, we, be, emb):  # pragma: no cover
     """Thread ``t`` writes the embedding of hit ``pads[rows[t]]`` into ``emb[t, :]``."""
     t = cuda.grid(1)
     if t >= rows.shape[0]:
         return
     act1 = cuda.local.array(MAX_ACTIVATIONS, numba.float32)
     act2 = cuda.local.array(MAX_ACTIVATIONS, numba.float32)
-    _encode_cuda(rows[t], t, pads, scale, w1, b1, w2, b2, we, be, act1, act2, emb)
+    patch = cuda.local.array(MAX_PATCH, numba.float32)
+    _encode_cuda(rows[t], t, pads, scale, k1, w1, b1, k2, w2, b2, we, be, act1, act2, patch,
+                 emb)
 
 
 @cuda.jit

@@ -193,6 +193,11 @@ def test_cuda_matches_reference(sample_hits, sample_doublets, backend):
     ref = scores_on("reference", sample_hits, sub, m)
     got = scores_on(backend.name, sample_hits, sub, m)
     _agreement(ref, got, m.working_point)
+    # another architecture (kernel sizes 2 and 4, odd widths) on random inputs
+    m = random_model(9, conv1=3, conv2=5, kernel1=2, kernel2=4, embed=7, hidden=11)
+    hits, doublets = random_inputs(np.random.default_rng(9), 24)
+    _agreement(scores_on("reference", hits, doublets, m), scores_on(backend.name, hits,
+                                                                     doublets, m), 0.5)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -154,6 +154,11 @@ def score_doublets(hits: Collection, doublets: Collection, model: DoubletCnn, be
     outer_pos = position[outer_row].astype(xp.int32)
     pads = xp.ascontiguousarray(xp.asarray(hits["pad"], dtype=xp.float32))
     a = {k: be.to_device(np.ascontiguousarray(v)) for k, v in model.arrays.items()}
+    k1, k2 = int(model.arrays["conv1.weight"].shape[2]), int(model.arrays["conv2.weight"].shape[2])
+    # the kernels take convolution weights as (out, in * k * k) rows
+    enc = (k1, a["conv1.weight"].reshape(a["conv1.weight"].shape[0], -1), a["conv1.bias"], k2,
+           a["conv2.weight"].reshape(a["conv2.weight"].shape[0], -1), a["conv2.bias"],
+           a["embed.weight"], a["embed.bias"])
     n_enc = int(enc_rows.shape[0])
     emb = xp.zeros((n_enc, model.n_embed), dtype=xp.float32)
     scale = np.float32(1.0 / model.pad_scale)
@@ -165,17 +170,13 @@ def score_doublets(hits: Collection, doublets: Collection, model: DoubletCnn, be
         elif be.name == "cpu":
             from hltemu.kernels.doublet_cnn import encode_hits_cpu
 
-            encode_hits_cpu(enc_rows[s:e], pads, scale, a["conv1.weight"], a["conv1.bias"],
-                            a["conv2.weight"], a["conv2.bias"], a["embed.weight"],
-                            a["embed.bias"], emb[s:e])
+            encode_hits_cpu(enc_rows[s:e], pads, scale, *enc, emb[s:e])
         elif be.name == "cuda":
             from hltemu.kernels.doublet_cnn import encode_hits_cuda
 
             blocks = (e - s + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
-            encode_hits_cuda[blocks, THREADS_PER_BLOCK](
-                enc_rows[s:e], pads, scale, a["conv1.weight"], a["conv1.bias"],
-                a["conv2.weight"], a["conv2.bias"], a["embed.weight"], a["embed.bias"],
-                emb[s:e])
+            encode_hits_cuda[blocks, THREADS_PER_BLOCK](enc_rows[s:e], pads, scale, *enc,
+                                                        emb[s:e])
         else:
             raise PipelineError(f"stage 'doublet_cnn' has no backend {be.name!r}; choose "
                                 "reference, cpu or cuda")
