@@ -1,7 +1,8 @@
 """The doublet CNN: architecture, weights files, input features and the NumPy forward pass.
 
-The network scores a pixel doublet (stage ``doublets``) with the probability that both hits
-come from one particle.  It has two parts:
+The network gives a pixel doublet (stage ``doublets``) a score in [0, 1], higher when both hits
+more likely come from one particle (trained with true doublets up-weighted, so the score ranks
+rather than being a calibrated probability).  It has two parts:
 
 * an **encoder**, applied to each *hit*: the hit's pixel-charge pad (``PixelHit.pad``,
   ``PIXEL_PAD_SHAPE`` pixels, electrons, divided by ``pad_scale``) through two 'valid' 2-D

@@ -10,10 +10,11 @@ train-doublet-cnn``, :mod:`hltemu.cnn_train`), shipped as ``hltemu/models/double
 
 Needs ``PixelHit`` (column ``pad``) and ``doublets`` (stage ``doublets``).  Adds
 ``filtered_doublets``: the doublets with ``score >= working point``, every column of
-``doublets`` plus ``score`` (float32, the CNN's probability that both hits come from one
-particle), in the same order (per event, by inner then outer hit).  ``doublets`` itself is left
-as it was, so the cut-based set and the CNN-filtered set can be compared.  The default working
-point (the model's) keeps 99% of true doublets on the validation sample.
+``doublets`` plus ``score`` (float32 in [0, 1], higher for doublets more likely to have both
+hits from one particle), in the same order (per event, by inner then outer hit).
+``doublets`` itself is left as it was, so the cut-based set and the CNN-filtered set can be
+compared.  The default working point (the model's) keeps 99% of true doublets on the
+validation sample.
 
 Backends
 --------
