@@ -123,9 +123,11 @@ def info(config_path: str | None) -> None:
               help="TOML file with stage settings (see `hltemu info`).")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show a progress bar over events.")
+@click.option("--warmup/--no-warmup", default=True, show_default=True,
+              help="Compile the kernels on the first event before timing (cpu, cuda).")
 def run(files: tuple[str, ...], backend: str, stages: str | None, batch_size: int,
         max_events: int | None, output: str, report_path: str, config_path: str | None,
-        progress: bool) -> None:
+        progress: bool, warmup: bool) -> None:
     """Run the HLT chain over FILES (default: the built-in ttbar sample)."""
     from rich.console import Console
 
@@ -138,7 +140,7 @@ def run(files: tuple[str, ...], backend: str, stages: str | None, batch_size: in
         report = run_files(
             inputs, backend=backend, stages=_parse_stages(stages), config=cfg,
             batch_size=batch_size, max_events=max_events, output=output,
-            report_path=report_path, progress=progress,
+            report_path=report_path, progress=progress, warmup=warmup,
         )
     except _user_errors() as exc:
         raise click.ClickException(str(exc)) from None

@@ -12,9 +12,10 @@ import contextlib
 import json
 import platform
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from hltemu.backends import Backend
 
@@ -66,7 +67,9 @@ class RunReport:
     """Per-stage throughput of one run, plus what ran where.
 
     ``stages`` keeps insertion order (the order of the chain).  ``io`` stages (``read``,
-    ``write``) are timed like the others; ``total_seconds`` is the wall time of the whole run.
+    ``write``) are timed like the others; ``total_seconds`` is the wall time of the whole run,
+    warm-up excluded.  ``warmup_seconds`` is the time of the untimed warm-up pass that compiles
+    the Numba (CUDA) kernels before the measurement (0 when there was none).
     """
 
     backend: str
@@ -76,6 +79,7 @@ class RunReport:
     total_seconds: float = 0.0
     counters: dict[str, dict[str, float]] = field(default_factory=dict)
     inputs: list[str] = field(default_factory=list)
+    warmup_seconds: float = 0.0
 
     def record(self, name: str, n_events: int, seconds: float) -> None:
         s = self.stages.setdefault(name, StageStats())
@@ -99,6 +103,7 @@ class RunReport:
             "inputs": self.inputs,
             "events": self.events,
             "total_seconds": self.total_seconds,
+            "warmup_seconds": self.warmup_seconds,
             "events_per_second": self.events_per_second,
             "stages": {k: v.to_dict() for k, v in self.stages.items()},
             "counters": self.counters,
@@ -113,6 +118,9 @@ class RunReport:
         from rich.table import Table
 
         t = Table(title=f"hltemu run: {self.events} events on {self.backend} ({self.device})")
+        if self.warmup_seconds > 0:
+            t.caption = (f"not counted: {self.warmup_seconds:.2f} s of warm-up (kernel "
+                         "compilation) on the first event")
         t.add_column("stage")
         t.add_column("calls", justify="right")
         t.add_column("events", justify="right")
@@ -152,7 +160,9 @@ class StageTimer:
 
 
 @contextlib.contextmanager
-def stage(name: str, backend: Backend, report: RunReport | None = None, n_events: int = 0) -> Iterator[None]:
+def stage(
+    name: str, backend: Backend, report: RunReport | None = None, n_events: int = 0
+) -> Iterator[None]:
     """NVTX range ``hltemu:<name>`` plus a synchronized timer recorded into ``report``."""
     timer = StageTimer(backend, report)
     with timer.stage(name, n_events):

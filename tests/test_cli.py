@@ -123,3 +123,24 @@ def test_bench_prints_ratios(tmp_path, cell_sum_stage):  # noqa: F811
                                  "-n", "10", "--repeat", "2"])
     assert r.exit_code == 0, r.output
     assert "cpu/reference" in r.output and "cell_sum" in r.output
+
+
+@pytest.mark.parametrize("backend_name,warmup",
+                         [("cpu", True), ("cpu", False), ("reference", True)])
+def test_run_warmup_is_reported_apart(tmp_path, cell_sum_stage, backend_name, warmup):  # noqa: F811
+    src = tmp_path / "in.root"
+    _write_small_file(src)
+    out, rep = tmp_path / "out.root", tmp_path / "r.json"
+    args = ["run", str(src), "-b", backend_name, "-s", "cell_sum", "--batch-size", "7",
+            "-o", str(out), "-r", str(rep), "--no-progress",
+            "--warmup" if warmup else "--no-warmup"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(rep.read_text())
+    # the warm-up pass on the first event is neither counted as a call nor written out
+    assert report["stages"]["cell_sum"]["calls"] == 4 and report["events"] == 23
+    assert io.read_collections(out)["cell_sum"].n_events == 23
+    if backend_name == "cpu" and warmup:
+        assert report["warmup_seconds"] > 0 and "warm-up" in result.output
+    else:
+        assert report["warmup_seconds"] == 0 and "warm-up" not in result.output
