@@ -127,16 +127,16 @@ def sigmoid(z):
 
 #: CPU kernels may reorder sums (vectorised dot products); no other fast-math liberty.
 _FAST = {"reassoc", "contract"}
-_encode_cpu = numba.njit(inline="always", cache=False, fastmath=_FAST)(encode_hit)
-_logit_cpu = numba.njit(inline="always", cache=False, fastmath=_FAST)(doublet_logit)
-_sigmoid_cpu = numba.njit(inline="always", cache=False)(sigmoid)
+_encode_cpu = numba.njit(inline="always", cache=True, fastmath=_FAST)(encode_hit)
+_logit_cpu = numba.njit(inline="always", cache=True, fastmath=_FAST)(doublet_logit)
+_sigmoid_cpu = numba.njit(inline="always", cache=True)(sigmoid)
 _encode_cuda = cuda.jit(device=True)(encode_hit)
 _logit_cuda = cuda.jit(device=True)(doublet_logit)
 _sigmoid_cuda = cuda.jit(device=True)(sigmoid)
 
 
 # -- CPU --------------------------------------------------------------------------------------
-@numba.njit(parallel=True, cache=False, fastmath=_FAST)
+@numba.njit(parallel=True, cache=True, fastmath=_FAST)
 def encode_hits_cpu(rows, pads, scale, k1, w1, b1, k2, w2, b2, we, be, emb):  # pragma: no cover
     """``emb[t, :]`` = embedding of the hit ``pads[rows[t]]``, for every ``t`` (prange);
     weights flattened as :func:`encode_hit` takes them."""
@@ -153,7 +153,7 @@ def encode_hits_cpu(rows, pads, scale, k1, w1, b1, k2, w2, b2, we, be, emb):  # 
                     emb)
 
 
-@numba.njit(parallel=True, cache=False, fastmath=_FAST)
+@numba.njit(parallel=True, cache=True, fastmath=_FAST)
 def score_doublets_cpu(inner_row, outer_row, emb, feats, inner_layer, outer_layer, n_layers,
                        wh, bh, wo, bo, out):  # pragma: no cover - compiled
     """``out[d]`` = score of doublet ``d`` (float32, prange over doublets)."""

@@ -137,14 +137,14 @@ def phi_bins(phi, window, n_bins):
     return (lo + 2 * n_bins) % n_bins, count
 
 
-_passes_cpu = numba.njit(inline="always", cache=False)(doublet_passes)
-_phi_bins_cpu = numba.njit(inline="always", cache=False)(phi_bins)
+_passes_cpu = numba.njit(inline="always", cache=True)(doublet_passes)
+_phi_bins_cpu = numba.njit(inline="always", cache=True)(phi_bins)
 _passes_cuda = cuda.jit(device=True)(doublet_passes)
 _phi_bins_cuda = cuda.jit(device=True)(phi_bins)
 
 
 # -- CPU: parallel over events, count pass then fill pass -------------------------------------
-@numba.njit(cache=False)
+@numba.njit(cache=True)
 def _scan_event_cpu(e, x, y, z, r, s, phi, layer, bin_offsets, n_layers, n_bins,
                     layer_pair_offsets, layer_pairs, pair_outer, pair_window, pair_cuts, cuts,
                     write, start, out_inner, out_outer, out_pair):  # pragma: no cover - compiled
@@ -170,7 +170,7 @@ def _scan_event_cpu(e, x, y, z, r, s, phi, layer, bin_offsets, n_layers, n_bins,
     return n
 
 
-@numba.njit(parallel=True, cache=False)
+@numba.njit(parallel=True, cache=True)
 def count_doublets_cpu(x, y, z, r, s, phi, layer, bin_offsets, n_layers, n_bins,
                        layer_pair_offsets, layer_pairs, pair_outer, pair_window, pair_cuts, cuts,
                        counts):  # pragma: no cover - compiled
@@ -182,7 +182,7 @@ def count_doublets_cpu(x, y, z, r, s, phi, layer, bin_offsets, n_layers, n_bins,
                                     pair_window, pair_cuts, cuts, False, 0, dummy, dummy, dummy)
 
 
-@numba.njit(parallel=True, cache=False)
+@numba.njit(parallel=True, cache=True)
 def fill_doublets_cpu(x, y, z, r, s, phi, layer, bin_offsets, n_layers, n_bins,
                       layer_pair_offsets, layer_pairs, pair_outer, pair_window, pair_cuts, cuts,
                       out_offsets, out_inner, out_outer, out_pair):  # pragma: no cover - compiled

@@ -293,7 +293,7 @@ _NUMPY_MATH = dict(exp=np.exp, log=np.log, log10=np.log10, sqrt=np.sqrt, pow_=np
                    atan2=np.arctan2, sinh=np.sinh, cosh=np.cosh, tanh=np.tanh, asin=np.arcsin,
                    acos=np.arccos)
 
-_njit = numba.njit(cache=False, error_model="numpy", inline="always")
+_njit = numba.njit(cache=True, error_model="numpy", inline="always")
 _correct_one_cpu, eval_program_cpu = _make_device_functions(_njit, _compiled, **_MATH)
 if numba.config.ENABLE_CUDASIM:
     _correct_one_cuda, eval_program_cuda = _make_device_functions(
@@ -303,7 +303,7 @@ else:
         cuda.jit(device=True), _compiled, **_MATH)
 
 
-@numba.njit(parallel=True, cache=False, error_model="numpy")
+@numba.njit(parallel=True, cache=True, error_model="numpy")
 def correct_jets_cpu(values, levels, bin_lo, bin_hi, var_lo, var_hi, rows, params, edges,
                      cand_offsets, cand_rows, programs, code_op, code_arg, factors):
     """Correct every jet in place (``values`` pT and E columns) and fill ``factors``.
@@ -335,7 +335,7 @@ def correct_jets_cuda(values, levels, bin_lo, bin_hi, var_lo, var_hi, rows, para
                           xs, stack)
 
 
-@numba.njit(parallel=True, cache=False, error_model="numpy")
+@numba.njit(parallel=True, cache=True, error_model="numpy")
 def eval_formula_cpu(code_op, code_arg, params, xs, out):
     """Evaluate one program (the whole ``code_op``) per point: ``params`` (n, n_params),
     ``xs`` (n, MAX_PAR_VARS), ``out`` (n,).  Used to test the interpreter on its own."""

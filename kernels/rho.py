@@ -106,11 +106,11 @@ def _make(jit):
     return jit(rho_one), cell_index
 
 
-_rho_one_cpu, cell_index_cpu = _make(numba.njit(cache=False, inline="always"))
+_rho_one_cpu, cell_index_cpu = _make(numba.njit(cache=True, inline="always"))
 _rho_one_cuda, _ = _make(cuda.jit(device=True))
 
 
-@numba.njit(parallel=True, cache=False)
+@numba.njit(parallel=True, cache=True)
 def rho_cpu(pt, eta, phi, offsets, grid, out):
     """``out[i]`` = rho of event ``i`` (GeV per unit area), in parallel over events."""
     n_cells = int(grid[2]) * int(grid[4])

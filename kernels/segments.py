@@ -18,11 +18,11 @@ def _segment_sum_one(values, offsets, i):  # plain scalar code, compiled for CPU
     return acc
 
 
-_segment_sum_one_cpu = numba.njit(inline="always", cache=False)(_segment_sum_one)
+_segment_sum_one_cpu = numba.njit(inline="always", cache=True)(_segment_sum_one)
 _segment_sum_one_cuda = cuda.jit(device=True)(_segment_sum_one)
 
 
-@numba.njit(parallel=True, cache=False)
+@numba.njit(parallel=True, cache=True)
 def segment_sum_cpu(values: np.ndarray, offsets: np.ndarray, out: np.ndarray) -> None:
     """``out[i] = sum(values[offsets[i]:offsets[i+1]])`` for every event, in parallel."""
     for i in numba.prange(out.shape[0]):

@@ -66,11 +66,11 @@ def _make(jit):
     return jit(decide_event)
 
 
-_decide_event_cpu = _make(numba.njit(cache=False, inline="always"))
+_decide_event_cpu = _make(numba.njit(cache=True, inline="always"))
 _decide_event_cuda = _make(cuda.jit(device=True))
 
 
-@numba.njit(parallel=True, cache=False)
+@numba.njit(parallel=True, cache=True)
 def trigger_cpu(pt, eta, offsets, counts, first_entry, kind, pt_min, eta_max, ht_min, n_min,
                 prescale, count_col, out):
     """``out[i, p]`` = decision of path ``p`` for event ``i`` (bool), in parallel over events.
