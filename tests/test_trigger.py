@@ -89,7 +89,8 @@ prescale = 0
 def test_default_menu_loads():
     paths = load_menu(TriggerConfig().menu)
     assert [p.kind for p in paths] == ["single_jet", "single_jet", "single_jet", "multi_jet",
-                                       "ht", "ht"]
+                                       "ht", "ht", "doublets"]
+    assert paths[-1].collection == "filtered_doublets" and paths[-1].n_min == 8000
     assert paths[0].prescale == 10 and paths[4].pt_min == 30.0 and paths[4].ht_min == 250.0
 
 
@@ -226,14 +227,17 @@ def test_reference_against_a_plain_loop():
     jets = sample_jets()
     paths = load_menu(TriggerConfig().menu)
     pt = jets["pt"] * rng.uniform(0.8, 2.0, jets.size)  # spread the thresholds' reach
-    ref = decide_reference(pt, jets["eta"], jets.offsets, {}, 0, paths)
+    n_doublets = rng.integers(4000, 12000, size=jets.n_events)
+    counts = {"filtered_doublets": n_doublets}
+    ref = decide_reference(pt, jets["eta"], jets.offsets, counts, 0, paths)
     for i in range(jets.n_events):
         lo, hi = jets.offsets[i], jets.offsets[i + 1]
         for p in paths:
             good = [k for k in range(lo, hi)
                     if pt[k] >= p.pt_min and abs(jets["eta"][k]) <= p.eta_max]
             passed = {"single_jet": len(good) >= 1, "multi_jet": len(good) >= p.n_min,
-                      "ht": sum(pt[k] for k in good) >= p.ht_min}[p.kind]
+                      "ht": sum(pt[k] for k in good) >= p.ht_min,
+                      "doublets": n_doublets[i] >= p.n_min}[p.kind]
             passed = passed and p.prescale > 0 and (i + 1) % p.prescale == 0
             assert ref[p.name][i] == passed, (p.name, i)
 
@@ -245,10 +249,14 @@ def test_chain_on_pythia_events(backend, tmp_path):
     if backend.name == "cuda":
         clusters, jets, n = clusters.select_events(0, 2), jets.select_events(0, 2), 2
     chain = [get_stage(s) for s in ("rho", "jec", "trigger")]
+    # stand-in CNN-filtered doublets (only their multiplicity matters), either side of 8000
+    doublets = Collection.from_counts(np.arange(n) * 1000 + 5000,
+                                      {"score": np.zeros(int((np.arange(n) * 1000 + 5000).sum()))})
     out = {}
     for b in ("reference", backend.name):
         be = get_backend(b)
-        batch = EventBatch(be, n, {"clusters": clusters.to(be), "jets": jets.to(be)})
+        batch = EventBatch(be, n, {"clusters": clusters.to(be), "jets": jets.to(be),
+                                   "filtered_doublets": doublets.to(be)})
         run_batch(batch, chain, HLTConfig.default())
         out[b] = batch
     ref, got = out["reference"], out[backend.name]
@@ -262,6 +270,8 @@ def test_chain_on_pythia_events(backend, tmp_path):
     counts = report.counters["trigger accepts"]
     assert set(counts) == set(ref["trigger"].columns)
     assert counts[ANY_PATH] == int(ref["trigger"][ANY_PATH].sum()) > 0
+    expect = (np.arange(n) * 1000 + 5000) >= 8000
+    np.testing.assert_array_equal(ref["trigger"]["HLT_PixelDoublets8000"], expect)
 
 
 def test_cli_run_prints_per_path_accept_counts(tmp_path):
@@ -276,12 +286,21 @@ def test_cli_run_prints_per_path_accept_counts(tmp_path):
         w.write(EventBatch(be, jets.n_events, {"clusters": clusters, "jets": jets}),
                 ["clusters", "jets"])
     out_root, report = tmp_path / "out.root", tmp_path / "report.json"
-    result = CliRunner().invoke(cli, [
-        "run", str(path), "--backend", "cpu", "--stages", "rho,jec,trigger", "--no-progress",
-        "--output", str(out_root), "--report", str(report)])
+    args = ["run", str(path), "--backend", "cpu", "--stages", "rho,jec,trigger", "--no-progress",
+            "--output", str(out_root), "--report", str(report)]
+    # the default menu's doublet path needs stages doublets and doublet_cnn: the error says so
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and "HLT_PixelDoublets8000" in result.output
+    assert "filtered_doublets" in result.output and "doublet_cnn" in result.output
+    # a file without pixel hits runs the menu's jet paths
+    jet_paths = [p.name for p in load_menu(TriggerConfig().menu) if p.kind != "doublets"]
+    cfg_path = tmp_path / "jets-only.toml"
+    cfg_path.write_text("[trigger]\npaths = [" + ", ".join(f'"{p}"' for p in jet_paths) + "]\n")
+    result = CliRunner().invoke(cli, [*args, "--config", str(cfg_path)])
     assert result.exit_code == 0, result.output
     batch = EventBatch(be, jets.n_events, {"clusters": clusters, "jets": jets})
-    run_batch(batch, [get_stage(s) for s in ("rho", "jec", "trigger")])
+    cfg = HLTConfig.from_dict({"trigger": {"paths": jet_paths}})
+    run_batch(batch, [get_stage(s) for s in ("rho", "jec", "trigger")], cfg)
     assert "trigger accepts" in result.output
     for name, col in batch["trigger"].columns.items():
         k = int(col.sum())

@@ -240,7 +240,10 @@ def _count_collections(batch: EventBatch, paths: Sequence[TriggerPath]) -> list[
     for name in needed:
         if name not in batch:
             users = [p.name for p in paths if p.collection == name]
-            hint = " (stage 'doublets' or 'doublet_cnn' makes it)" if name == "doublets" else ""
+            from hltemu.pipeline import registered_stages
+
+            makers = [s.name for s in registered_stages().values() if name in s.adds]
+            hint = f" (stage {' or '.join(map(repr, makers))} makes it)" if makers else ""
             raise PipelineError(
                 f"trigger path(s) {users} count collection {name!r}, which the batch lacks "
                 f"(it has {sorted(batch)}); run the stage that makes it before 'trigger'{hint}, "
