@@ -304,6 +304,17 @@ def test_generated_ttbar_pu50_all_backends(ttbar_pu50):
         assert_same(small, run_backend(wedge, CFG, "cuda"))
 
 
+def test_builtin_sample_reference_equals_cpu():
+    """All 10 events of the built-in ttbar pileup-50 sample: the same doublets on both."""
+    from hltemu.cli import builtin_sample
+    from hltemu.io import read_collections
+
+    hits = read_collections(builtin_sample(), ["PixelHit"])["PixelHit"]
+    ref = run_backend(hits, CFG, "reference")
+    assert_same(ref, run_backend(hits, CFG, "cpu"))
+    assert ref.n_events == 10 and ref.size > 200_000
+
+
 # -- overflow ---------------------------------------------------------------------------------
 @pytest.mark.skipif(not cuda_usable(), reason="cuda backend not usable here")
 @pytest.mark.parametrize("capacity", [1, 7])
