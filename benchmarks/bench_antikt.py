@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _common import SAMPLE
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from antikt_inputs import concat, fastjet_array, fastjet_definition  # noqa: E402
@@ -41,7 +42,6 @@ from hltemu.kernels.antikt import antikt_serial_cpu  # noqa: E402
 
 from hltemu.stages.antikt import cluster_reference_event  # noqa: E402
 
-SAMPLE = Path(__file__).resolve().parents[1] / "hltemu" / "data" / "sample.root"
 SIZES = [100, 500, 2000]
 ENGINES = ["reference", "cpu", "fastjet", "fastjet-ext"]
 RADIUS = 0.4

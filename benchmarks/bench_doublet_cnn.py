@@ -22,15 +22,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _common import SAMPLE, skip_unless_gpu
 
-from hltemu.backends import cuda_simulator_enabled, cuda_status, get_backend
+from hltemu.backends import get_backend
 from hltemu.cnn import SCORE_TOLERANCE, load_model, roc_auc
 from hltemu.config import DoubletsConfig
 from hltemu.io import read_collections
 from hltemu.stages.doublet_cnn import score_doublets
 from hltemu.stages.doublets import find_doublets
 
-SAMPLE = Path(__file__).resolve().parents[1] / "hltemu" / "data" / "sample.root"
 FILE = Path(os.environ.get("HLTEMU_BENCH_FILE", SAMPLE))
 BACKENDS = ["reference", "cpu", "cuda"]
 ROUNDS = {"reference": 3, "cpu": 10, "cuda": 20}
@@ -47,10 +47,7 @@ def inputs():
 
 @pytest.mark.parametrize("backend_name", BACKENDS)
 def test_doublet_cnn_inference(benchmark, backend_name, inputs):
-    if backend_name == "cuda":
-        ok, why = cuda_status()
-        if not ok or cuda_simulator_enabled():
-            pytest.skip(f"needs a GPU ({why})")
+    skip_unless_gpu(backend_name)
     hits, doublets, model = inputs
     be = get_backend(backend_name)
     h, d = hits.to(be), doublets.to(be)

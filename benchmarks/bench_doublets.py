@@ -12,17 +12,15 @@ hits, search, sort and features of the doublets), the batch already on the backe
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from _common import SAMPLE, skip_unless_gpu
 
-from hltemu.backends import cuda_simulator_enabled, cuda_status, get_backend
+from hltemu.backends import get_backend
 from hltemu.config import DoubletsConfig
 from hltemu.io import read_collections
 from hltemu.stages.doublets import find_doublets
 
-SAMPLE = Path(__file__).resolve().parents[1] / "hltemu" / "data" / "sample.root"
 BACKENDS = ["reference", "cpu", "cuda"]
 ROUNDS = {"reference": 1, "cpu": 10, "cuda": 20}
 _MEAN_SECONDS: dict[str, float] = {}
@@ -36,10 +34,7 @@ def hits():
 
 @pytest.mark.parametrize("backend_name", BACKENDS)
 def test_doublets_stage(benchmark, backend_name, hits):
-    if backend_name == "cuda":
-        ok, why = cuda_status()
-        if not ok or cuda_simulator_enabled():
-            pytest.skip(f"needs a GPU ({why})")
+    skip_unless_gpu(backend_name)
     be = get_backend(backend_name)
     cfg = DoubletsConfig()
     on_device = hits.to(be)

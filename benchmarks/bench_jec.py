@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _common import skip_unless_gpu
 from hltemu.kernels import jec as K
 
 from hltemu import jec
-from hltemu.backends import cuda_simulator_enabled, cuda_status, get_backend
+from hltemu.backends import get_backend
 
 JEC_DIR = Path(__file__).resolve().parents[1] / "tests" / "data" / "jec"
 LEVELS = {
@@ -57,9 +58,7 @@ def test_jec_evaluation(benchmark, engine, level, tmp_path):
                            rounds=20)
         result = factors[:, 0]
     elif engine == "cuda":
-        ok, why = cuda_status()
-        if not ok or cuda_simulator_enabled():
-            pytest.skip(f"needs a GPU ({why})")
+        skip_unless_gpu("cuda")
         be = get_backend("cuda")
         xp = be.xp
         mat = xp.asarray(jec.values_matrix(jets, n))

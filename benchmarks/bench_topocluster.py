@@ -13,17 +13,15 @@ already on the backend and the neighbour graph already on the device (built once
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from _common import SAMPLE, skip_unless_gpu
 
-from hltemu.backends import cuda_simulator_enabled, cuda_status, get_backend
+from hltemu.backends import get_backend
 from hltemu.config import TopoclusterConfig
 from hltemu.io import read_collections
 from hltemu.stages.topocluster import calorimeter_graph, topocluster
 
-SAMPLE = Path(__file__).resolve().parents[1] / "hltemu" / "data" / "sample.root"
 BACKENDS = ["reference", "cpu", "cuda"]
 ROUNDS = {"reference": 3, "cpu": 10, "cuda": 20}
 _MEAN_SECONDS: dict[str, float] = {}
@@ -37,10 +35,7 @@ def cells():
 
 @pytest.mark.parametrize("backend_name", BACKENDS)
 def test_topocluster_stage(benchmark, backend_name, cells):
-    if backend_name == "cuda":
-        ok, why = cuda_status()
-        if not ok or cuda_simulator_enabled():
-            pytest.skip(f"needs a GPU ({why})")
+    skip_unless_gpu(backend_name)
     be = get_backend(backend_name)
     cfg = TopoclusterConfig()
     on_device = cells.to(be)

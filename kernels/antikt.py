@@ -550,6 +550,30 @@ def _block_argmin(sval, sarg, tid):
     cuda.syncthreads()
 
 
+@cuda.jit(device=True)
+def _nearest_cuda(rap, phi, lo, i, n_slots, r2):
+    """(slot, distance) of slot ``i``'s nearest neighbour among slots ``0..n_slots-1`` within
+    ``r2`` (first minimum over slots; slot -1 and ``r2`` when none is nearer)."""
+    best = r2
+    bj = -1
+    for j in range(n_slots):
+        if j != i:
+            d = _dist_cuda(rap[lo + i], phi[lo + i], rap[lo + j], phi[lo + j])
+            if d < best:
+                best = d
+                bj = j
+    return bj, best
+
+
+@cuda.jit(device=True)
+def _set_dij_cuda(kf, nn, nnd, dij, lo, i):
+    """``dij[i] = nnd[i] * min(kf[i], kf[nn[i]])`` (FastJet's diJ, unnormalised)."""
+    kmin = kf[lo + i]
+    if nn[lo + i] >= 0 and kf[lo + nn[lo + i]] < kmin:
+        kmin = kf[lo + nn[lo + i]]
+    dij[lo + i] = nnd[lo + i] * kmin
+
+
 @cuda.jit
 def antikt_cuda(px, py, pz, e, offsets, radius, jet_of, jpx, jpy, jpz, je, jfirst, n_jets,
                 rap, phi, kf, nnd, dij, dnew, nn, sid, hx, hy, hz, he, hfirst, hparent, hfinal):
@@ -589,22 +613,10 @@ def antikt_cuda(px, py, pz, e, offsets, radius, jet_of, jpx, jpy, jpz, je, jfirs
     cuda.syncthreads()
     # initial NN: first minimum over slots (= input index)
     for i in range(tid, n, CUDA_THREADS):
-        best = r2
-        bj = -1
-        for j in range(n):
-            if j != i:
-                d = _dist_cuda(rap[lo + i], phi[lo + i], rap[lo + j], phi[lo + j])
-                if d < best:
-                    best = d
-                    bj = j
-        nn[lo + i] = bj
-        nnd[lo + i] = best
+        nn[lo + i], nnd[lo + i] = _nearest_cuda(rap, phi, lo, i, n, r2)
     cuda.syncthreads()
     for i in range(tid, n, CUDA_THREADS):
-        kmin = kf[lo + i]
-        if nn[lo + i] >= 0 and kf[lo + nn[lo + i]] < kmin:
-            kmin = kf[lo + nn[lo + i]]
-        dij[lo + i] = nnd[lo + i] * kmin
+        _set_dij_cuda(kf, nn, nnd, dij, lo, i)
     cuda.syncthreads()
     while st[0] > 0:
         active = st[0]
@@ -682,16 +694,7 @@ def antikt_cuda(px, py, pz, e, offsets, radius, jet_of, jpx, jpy, jpz, je, jfirs
                 continue
             changed = False
             if nn[lo + i] == sa or (pair and nn[lo + i] == sb):
-                best = r2
-                bj = -1
-                for j in range(active):
-                    if j != i:
-                        d = _dist_cuda(rap[lo + i], phi[lo + i], rap[lo + j], phi[lo + j])
-                        if d < best:
-                            best = d
-                            bj = j
-                nn[lo + i] = bj
-                nnd[lo + i] = best
+                nn[lo + i], nnd[lo + i] = _nearest_cuda(rap, phi, lo, i, active, r2)
                 changed = True
             elif nn[lo + i] == tail:
                 nn[lo + i] = sa
@@ -703,10 +706,7 @@ def antikt_cuda(px, py, pz, e, offsets, radius, jet_of, jpx, jpy, jpz, je, jfirs
                     nnd[lo + i] = d
                     changed = True
             if changed:
-                kmin = kf[lo + i]
-                if nn[lo + i] >= 0 and kf[lo + nn[lo + i]] < kmin:
-                    kmin = kf[lo + nn[lo + i]]
-                dij[lo + i] = nnd[lo + i] * kmin
+                _set_dij_cuda(kf, nn, nnd, dij, lo, i)
         cuda.syncthreads()
         # 4. the new jet's NN: first minimum of its distances over slots
         if pair:
@@ -722,10 +722,7 @@ def antikt_cuda(px, py, pz, e, offsets, radius, jet_of, jpx, jpy, jpz, je, jfirs
             if tid == 0:
                 nn[lo + sb] = sarg[0]
                 nnd[lo + sb] = sval[0]
-                kmin = kf[lo + sb]
-                if sarg[0] >= 0 and kf[lo + sarg[0]] < kmin:
-                    kmin = kf[lo + sarg[0]]
-                dij[lo + sb] = sval[0] * kmin
+                _set_dij_cuda(kf, nn, nnd, dij, lo, sb)
         cuda.syncthreads()
     if tid == 0:
         for i in range(st[5] - 1, -1, -1):

@@ -29,15 +29,12 @@ Event = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    for d in (Path(base) / "hltemu", Path(tempfile.gettempdir()) / f"hltemu-{os.getuid()}"):
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-            if os.access(d, os.W_OK):
-                return d
-        except OSError:
-            continue
-    pytest.skip("no writable cache directory for the Pythia sample")
+    from hltemu.simulate.pythia import PythiaError, cache_dir
+
+    try:
+        return cache_dir()
+    except PythiaError as exc:
+        pytest.skip(str(exc))
 
 
 @functools.lru_cache(maxsize=2)

@@ -148,7 +148,9 @@ class PythiaGenerator:
         )
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """hltemu's cache directory (``$XDG_CACHE_HOME/hltemu``, else a per-user temp directory),
+    created if needed; :class:`PythiaError` when neither is writable."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     for d in (Path(base) / "hltemu", Path(tempfile.gettempdir()) / f"hltemu-{os.getuid()}"):
         try:
@@ -165,7 +167,7 @@ def mpi_init_file(sqrt_s: float, pythia8mc) -> Path:
     Pythia instance seeded with :data:`MPI_INIT_SEED`) if not cached yet."""
     from importlib.metadata import version
 
-    path = _cache_dir() / f"pythia-{version('pythia8mc')}-minbias-{sqrt_s!r}-mpi.dat"
+    path = cache_dir() / f"pythia-{version('pythia8mc')}-minbias-{sqrt_s!r}-mpi.dat"
     if path.is_file():
         return path
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
