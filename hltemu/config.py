@@ -444,16 +444,26 @@ class TopoclusterConfig:
     """Stage ``topocluster``: ATLAS-style 4-2-0 topological clustering of calorimeter cells.
 
     Thresholds are on the cell significance ``|E| / sigma_noise`` (two-sided, as ATLAS), in
-    units of the cell's electronic noise sigma; a cell passes a threshold when its significance
-    is strictly above it.  Seeds must pass ``seed_threshold``, cells that grow a cluster (and
-    merge clusters) ``grow_threshold``, the perimeter cells added last ``perimeter_threshold``;
-    ``0 <= perimeter_threshold <= grow_threshold <= seed_threshold``.
+    units of the cell's total noise ``sigma_noise = sqrt(sigma_el**2 + pileup_mu *
+    sigma_1**2)``: its electronic noise ``sigma_el`` (:mod:`hltemu.geometry`) and the pileup
+    noise of ``pileup_mu`` interactions, ``sigma_1`` being the RMS energy one minimum-bias
+    interaction leaves in the cell (per layer and eta ring, from the table ``pileup_noise``:
+    ``builtin:NAME`` in ``hltemu/models`` or a path; see :mod:`hltemu.simulate.pileup_noise`).
+    ``pileup_mu = 0``: electronic noise only (the table is then not read).  A cell passes a
+    threshold when its significance is strictly above it.  Seeds must pass ``seed_threshold``,
+    cells that grow a cluster (and merge clusters) ``grow_threshold``, the perimeter cells added
+    last ``perimeter_threshold``; ``0 <= perimeter_threshold <= grow_threshold <=
+    seed_threshold``.
     """
 
     seed_threshold: float = param(4.0, "sigma_noise", "seed cells: |E| / sigma above this")
     grow_threshold: float = param(2.0, "sigma_noise", "growing cells: |E| / sigma above this")
     perimeter_threshold: float = param(0.0, "sigma_noise",
                                        "perimeter cells: |E| / sigma above this")
+    pileup_mu: float = param(50.0, "interactions", "<mu> the noise is tuned for: sigma_noise^2 "
+                             "= sigma_el^2 + pileup_mu sigma_1^2; 0 = electronic noise only")
+    pileup_noise: str = param("builtin:pileup_noise.npz", "",
+                              "table of sigma_1 per layer and eta ring (builtin:NAME or path)")
 
     def __post_init__(self) -> None:
         import math
@@ -466,6 +476,12 @@ class TopoclusterConfig:
                 f"grow_threshold <= seed_threshold, got perimeter_threshold="
                 f"{self.perimeter_threshold}, grow_threshold={self.grow_threshold}, "
                 f"seed_threshold={self.seed_threshold}")
+        if not (math.isfinite(self.pileup_mu) and self.pileup_mu >= 0.0):
+            raise ConfigError(f"[topocluster] pileup_mu must be finite and >= 0 interactions, "
+                              f"got {self.pileup_mu}")
+        if not self.pileup_noise:
+            raise ConfigError("[topocluster] pileup_noise must name a table (builtin:NAME or a "
+                              "path), got an empty string")
 
 
 @dataclass(frozen=True)

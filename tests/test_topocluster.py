@@ -23,6 +23,7 @@ from hltemu.stages.topocluster import (
     CellGraph,
     calorimeter_graph,
     labels_cuda,
+    noise_graph,
     row_arrays,
     topocluster,
     topocluster_metrics,
@@ -449,7 +450,8 @@ def test_generated_ttbar_reference_equals_cpu_and_cuda(ttbar):
     cells = ttbar["CaloCell"]
     ref = run(cells, "reference")
     assert_same(ref, run(cells, "cpu"))
-    check_kinematics(cells, calorimeter_graph(), ref, max_clusters=10)
+    # the default config: total noise, electronic and pileup at <mu> = 50
+    check_kinematics(cells, noise_graph(TopoclusterConfig()), ref, max_clusters=10)
     assert ref[0].size > 5 * cells.n_events
     # cuda: the simulator is slow, so windows of the calorimeter (subsets of the cells) around
     # the leading cluster and across phi = +-pi
@@ -464,10 +466,10 @@ def test_generated_ttbar_reference_equals_cpu_and_cuda(ttbar):
 
 def test_generated_ttbar_matches_the_oracle_in_a_window(ttbar):
     sub = window(ttbar["CaloCell"], 0.0, 0.0, 1.0)
-    g = calorimeter_graph()
-    ref = run(sub, "cpu")
-    assert ref[0].size >= sub.n_events
-    assert seed_ids(ref) == oracle(sub, g, TopoclusterConfig())
+    for cfg in (TopoclusterConfig(), TopoclusterConfig(pileup_mu=0.0)):
+        ref = run(sub, "cpu", cfg)
+        assert ref[0].size >= sub.n_events
+        assert seed_ids(ref) == oracle(sub, noise_graph(cfg), cfg)
 
 
 # -- metrics ------------------------------------------------------------------------------------
@@ -492,17 +494,24 @@ def test_metrics_on_ttbar_pu0():
     batch = next(generate_batches(GenerateConfig(events=2, process="ttbar", pileup=0, seed=7),
                                   batch_size=2))
     cells = batch["CaloCell"]
-    clusters, labels = run(cells, "cpu")
+    # noise tuned for the events' pileup (none): electronic noise only
+    clusters, labels = run(cells, "cpu", TopoclusterConfig(pileup_mu=0.0))
     m = topocluster_metrics(cells, labels, clusters)
     # most deposited energy is clustered, few clusters hold no deposited energy
     assert 0.7 < m.containment < 1.0
     assert 20 < m.clusters_per_event < 1000
     assert m.n_noise_clusters < 0.2 * m.n_clusters
+    # thresholds on the noise of <mu> = 50 are higher: fewer clusters, less energy inside
+    clusters, labels = run(cells, "cpu")
+    m50 = topocluster_metrics(cells, labels, clusters)
+    assert 0.5 < m50.containment < m.containment
+    assert 10 < m50.clusters_per_event < m.clusters_per_event
 
 
 def test_noise_only_events_make_few_noise_clusters():
-    """Events without particles: every cluster is noise.  With two-sided seeds at 4 sigma the
-    calorimeter's 88,320 cells hold on average 5.6 seeds; clusters are at most that."""
+    """Events without particles: every cluster is noise.  With two-sided seeds at 4 sigma of
+    the electronic noise (pileup_mu = 0) the calorimeter's 88,320 cells hold on average 5.6
+    seeds; clusters are at most that.  With the total noise at <mu> = 50 fewer still."""
     from hltemu.geometry import default_geometry
     from hltemu.simulate.calorimeter import simulate_calorimeter
 
@@ -512,10 +521,12 @@ def test_noise_only_events_make_few_noise_clusters():
     events = [simulate_calorimeter(geom, *([empty] * 10), rng) for _ in range(4)]
     cells = cells_from([(e["id"], e["energy"]) for e in events],
                        true=[e["true_energy"] for e in events])
-    clusters, labels = run(cells, "cpu")
+    clusters, labels = run(cells, "cpu", TopoclusterConfig(pileup_mu=0.0))
     m = topocluster_metrics(cells, labels, clusters)
     assert m.n_noise_clusters == m.n_clusters and m.true_energy == 0
     assert 1.0 <= m.clusters_per_event <= 12.0
+    clusters, labels = run(cells, "cpu")
+    assert clusters.size <= m.n_clusters
 
 
 # -- errors, config, pipeline -------------------------------------------------------------------
@@ -554,11 +565,22 @@ def test_config_errors(kwargs):
         TopoclusterConfig(**kwargs)
 
 
+@pytest.mark.parametrize("kwargs", [{"pileup_mu": -1.0}, {"pileup_mu": float("inf")},
+                                    {"pileup_noise": ""}])
+def test_pileup_config_errors(kwargs):
+    with pytest.raises(ConfigError, match=r"\[topocluster\] pileup_"):
+        TopoclusterConfig(**kwargs)
+
+
 def test_config_toml_round_trip(tmp_path):
     path = tmp_path / "hlt.toml"
     path.write_text("[topocluster]\nseed_threshold = 6\ngrow_threshold = 3.0\n")
     cfg = HLTConfig.load(path)["topocluster"]
     assert cfg == TopoclusterConfig(6.0, 3.0, 0.0)
+    path.write_text("[topocluster]\npileup_mu = 200\npileup_noise = \"my.npz\"\n")
+    cfg = HLTConfig.load(path)["topocluster"]
+    assert cfg.pileup_mu == 200.0 and isinstance(cfg.pileup_mu, float)
+    assert cfg.pileup_noise == "my.npz"
     with pytest.raises(ConfigError, match="perimeter_threshold"):
         HLTConfig.from_dict({"topocluster": {"perimeter_threshold": 5.0}})
 
