@@ -204,18 +204,13 @@ def _erf(x: float) -> float:  # pragma: no cover - compiled
     return math.erf(x)
 
 
-def simulate_calorimeter(geom: Geometry, px: np.ndarray, py: np.ndarray, pz: np.ndarray,
-                         e: np.ndarray, mass: np.ndarray, pdg_id: np.ndarray, charge: np.ndarray,
-                         vx: np.ndarray, vy: np.ndarray, vz: np.ndarray,
-                         rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """CaloCell columns of one event: every cell, ordered by id (see :mod:`hltemu.geometry`).
-
-    ``energy`` (float32, GeV): measured, with noise, digitised (multiples of ``calo_lsb``);
-    ``true_energy`` (float32, GeV): the energy the particles deposited in the cell (stored in
-    steps of ``calo_truth_step``).
-    """
+def deposited_energies(geom: Geometry, px: np.ndarray, py: np.ndarray, pz: np.ndarray,
+                       e: np.ndarray, mass: np.ndarray, pdg_id: np.ndarray, charge: np.ndarray,
+                       vx: np.ndarray, vy: np.ndarray, vz: np.ndarray,
+                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``(true, measured)`` energy (float64 GeV, ``(n_cells,)``) that particles leave in the
+    cells, before electronic noise and digitisation (momenta GeV, vertices cm)."""
     calo = geom.calo
-    cfg = geom.config
     hit = impact(geom, px, py, pz, charge, vx, vy, vz)
     true, meas, width = shower_energies(geom, e, mass, pdg_id, rng)
     vis = np.flatnonzero(hit.reached & (true.sum(axis=1) > 0))
@@ -231,6 +226,23 @@ def simulate_calorimeter(geom: Geometry, px: np.ndarray, py: np.ndarray, pz: np.
                                 [true[rows, li], meas[rows, li]])
         true_cells += np.bincount(cells, weights=t, minlength=calo.n_cells)
         meas_cells += np.bincount(cells, weights=m, minlength=calo.n_cells)
+    return true_cells, meas_cells
+
+
+def simulate_calorimeter(geom: Geometry, px: np.ndarray, py: np.ndarray, pz: np.ndarray,
+                         e: np.ndarray, mass: np.ndarray, pdg_id: np.ndarray, charge: np.ndarray,
+                         vx: np.ndarray, vy: np.ndarray, vz: np.ndarray,
+                         rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """CaloCell columns of one event: every cell, ordered by id (see :mod:`hltemu.geometry`).
+
+    ``energy`` (float32, GeV): measured, with noise, digitised (multiples of ``calo_lsb``);
+    ``true_energy`` (float32, GeV): the energy the particles deposited in the cell (stored in
+    steps of ``calo_truth_step``).
+    """
+    calo = geom.calo
+    cfg = geom.config
+    true_cells, meas_cells = deposited_energies(geom, px, py, pz, e, mass, pdg_id, charge,
+                                                vx, vy, vz, rng)
     noisy = meas_cells + rng.standard_normal(calo.n_cells) * calo.noise_sigma
     lsb = np.asarray(cfg.calo_lsb)[calo.cell_layer]
     energy = np.round(noisy / lsb) * lsb

@@ -207,25 +207,11 @@ def interaction_cell_energies(geom: Any, particles: dict[str, np.ndarray],
     (GenPart-like columns px, py, pz, e, mass, pdgId, charge, vx, vy, vz) leave in the cells:
     :func:`hltemu.simulate.calorimeter.simulate_calorimeter` without electronic noise and
     digitisation."""
-    from hltemu.simulate.calorimeter import deposit, impact, shower_energies
+    from hltemu.simulate.calorimeter import deposited_energies
 
-    calo = geom.calo
     g = particles
-    hit = impact(geom, g["px"], g["py"], g["pz"], g["charge"], g["vx"], g["vy"], g["vz"])
-    true, meas, width = shower_energies(geom, g["e"], g["mass"], g["pdgId"], rng)
-    vis = np.flatnonzero(hit.reached & (true.sum(axis=1) > 0))
-    true_cells = np.zeros(calo.n_cells)
-    meas_cells = np.zeros(calo.n_cells)
-    for lay in calo.layers:
-        li = lay.index
-        rows = vis[true[vis, li] > 0]
-        if rows.shape[0] == 0:
-            continue
-        cells, (t, m) = deposit(geom, li, hit.eta[rows], hit.phi[rows],
-                                width[rows, li] / hit.r[rows], [true[rows, li], meas[rows, li]])
-        true_cells += np.bincount(cells, weights=t, minlength=calo.n_cells)
-        meas_cells += np.bincount(cells, weights=m, minlength=calo.n_cells)
-    return true_cells, meas_cells
+    return deposited_energies(geom, g["px"], g["py"], g["pz"], g["e"], g["mass"], g["pdgId"],
+                              g["charge"], g["vx"], g["vy"], g["vz"], rng)
 
 
 def derive_pileup_noise(interactions: int, seed: int, generate: Any = None,
