@@ -11,7 +11,9 @@ __version__ = "0.1.0"
 from hltemu.backends import Backend, BackendError, get_backend
 from hltemu.batch import Collection, EventBatch
 
-__all__ = ["Backend", "BackendError", "Collection", "EventBatch", "get_backend", "run", "__version__"]
+__all__ = [
+    "Backend", "BackendError", "Collection", "EventBatch", "get_backend", "run", "__version__",
+]
 
 
 def run(*args, **kwargs):

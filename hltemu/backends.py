@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -57,7 +58,8 @@ def cuda_status() -> tuple[bool, str]:
     try:
         import cupy  # noqa: F401
     except Exception as exc:
-        return False, f"a GPU is present but CuPy cannot be imported ({exc}); pip install 'hltemu[cuda]'"
+        return False, (f"a GPU is present but CuPy cannot be imported ({exc}); "
+                       "pip install 'hltemu[cuda]'")
     try:
         name = cuda.get_current_device().name
         name = name.decode() if isinstance(name, bytes) else str(name)

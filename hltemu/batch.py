@@ -14,8 +14,9 @@ Awkward arrays appear only at the edges (:meth:`Collection.from_awkward`,
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -75,7 +76,7 @@ class Collection:
 
     @classmethod
     def empty(cls, n_events: int, columns: Mapping[str, Any], xp: Any = np) -> Collection:
-        """A collection with no rows in any of ``n_events`` events; ``columns`` maps name to dtype."""
+        """A collection with no rows in any of ``n_events`` events; ``columns``: name -> dtype."""
         return cls(
             xp.zeros(n_events + 1, dtype=xp.int64),
             {k: xp.zeros(0, dtype=dt) for k, dt in columns.items()},
@@ -133,7 +134,9 @@ class Collection:
         """Raise :class:`BatchError` when offsets or column lengths are inconsistent."""
         off = self.offsets
         if off.ndim != 1 or off.shape[0] < 1:
-            raise BatchError(f"offsets must be 1-D with n_events + 1 >= 1 entries, got shape {off.shape}")
+            raise BatchError(
+                f"offsets must be 1-D with n_events + 1 >= 1 entries, got shape {off.shape}"
+            )
         if off.dtype.kind not in "iu":
             raise BatchError(f"offsets must be integers, got dtype {off.dtype}")
         n = int(off[-1])
@@ -218,7 +221,9 @@ def _xp_of(array: Any) -> Any:
 
 
 def _host(array: Any) -> np.ndarray:
-    return array.get() if hasattr(array, "get") and not isinstance(array, np.ndarray) else np.asarray(array)
+    if hasattr(array, "get") and not isinstance(array, np.ndarray):
+        return array.get()
+    return np.asarray(array)
 
 
 @dataclass

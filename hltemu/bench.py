@@ -7,7 +7,8 @@ command is the quick look a physicist wants after changing a cut or a kernel.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from hltemu.backends import get_backend
 from hltemu.batch import EventBatch
@@ -19,7 +20,8 @@ def _read_one_batch(files: Sequence[str], needed: Sequence[str], n_events: int) 
     from hltemu import io
 
     batch = next(
-        io.iterate_batches(files, {n: None for n in needed}, batch_size=n_events, max_events=n_events),
+        io.iterate_batches(files, {n: None for n in needed}, batch_size=n_events,
+                           max_events=n_events),
         None,
     )
     if batch is None or batch.n_events == 0:

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -78,7 +79,8 @@ def stage_config_from_dict(cls: type, table: Mapping[str, Any], where: str = "")
     unknown = sorted(set(table) - names)
     if unknown:
         raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(sorted(names))}"
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"valid keys: {', '.join(sorted(names))}"
         )
     values = {k: _coerce(v, getattr(defaults, k), f"{where}.{k}") for k, v in table.items()}
     try:

@@ -21,7 +21,8 @@ def segment_sum(values: Any, offsets: Any, backend: Backend) -> Any:
     n = int(offsets.shape[0]) - 1
     if backend.name == "reference":
         values = np.asarray(values, dtype=np.float64)
-        return np.array([values[offsets[i] : offsets[i + 1]].sum() for i in range(n)], dtype=np.float64)
+        return np.array([values[offsets[i] : offsets[i + 1]].sum() for i in range(n)],
+                        dtype=np.float64)
     out = xp.zeros(n, dtype=xp.float64)
     vals = xp.asarray(values, dtype=xp.float64)
     if backend.name == "cpu":

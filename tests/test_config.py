@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from stage_fixtures import CellSumConfig, cell_sum_stage  # noqa: F401
 
 from hltemu.config import ConfigError, HLTConfig, describe, stage_config_from_dict
-from stage_fixtures import CellSumConfig, cell_sum_stage  # noqa: F401
 
 
 def test_toml_round_trip(tmp_path, cell_sum_stage):  # noqa: F811

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from stage_fixtures import CELL_SUM, cell_sum_stage  # noqa: F401
 
 from hltemu import pipeline
 from hltemu.backends import get_backend
@@ -11,7 +12,6 @@ from hltemu.batch import Collection, EventBatch
 from hltemu.config import HLTConfig
 from hltemu.pipeline import PipelineError, plan_chain, run_batch
 from hltemu.profiling import RunReport, StageTimer
-from stage_fixtures import CELL_SUM, cell_sum_stage  # noqa: F401
 
 
 def _cells_batch(seed: int, n_events: int) -> EventBatch:
