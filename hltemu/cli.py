@@ -25,8 +25,9 @@ _USER_ERRORS: tuple[type[Exception], ...] = (BackendError, PipelineError, Config
 def _user_errors() -> tuple[type[Exception], ...]:
     from hltemu.batch import BatchError
     from hltemu.io import InputError
+    from hltemu.scaleout import ScaleOutError
 
-    return (*_USER_ERRORS, InputError, BatchError)
+    return (*_USER_ERRORS, InputError, BatchError, ScaleOutError)
 
 
 def builtin_sample() -> Path:
@@ -129,9 +130,15 @@ def info(config_path: str | None) -> None:
               help="Show a progress bar over events.")
 @click.option("--warmup/--no-warmup", default=True, show_default=True,
               help="Compile the kernels on the first event before timing (cpu, cuda).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Run one task per file on a local Dask cluster of this many worker "
+                   "processes; each file gets its own output (OUTPUT-<i>-<file>.root).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Run one task per file on the Dask cluster of this scheduler "
+                   "(tcp://host:8786); outputs as with --workers.")
 def run(files: tuple[str, ...], backend: str, stages: str | None, batch_size: int,
         max_events: int | None, output: str, report_path: str, config_path: str | None,
-        progress: bool, warmup: bool) -> None:
+        progress: bool, warmup: bool, workers: int | None, scheduler: str | None) -> None:
     """Run the HLT chain over FILES (default: the built-in ttbar sample)."""
     from rich.console import Console
 
@@ -139,13 +146,27 @@ def run(files: tuple[str, ...], backend: str, stages: str | None, batch_size: in
 
     console = Console()
     inputs = list(files) or [str(builtin_sample())]
+    distributed = workers is not None or scheduler is not None
+    if distributed and max_events is not None:
+        raise click.UsageError("--max-events applies to a local run, not with --workers or "
+                               "--scheduler (a Dask task is a whole file)")
     try:
         cfg = _load_config(config_path)
-        report = run_files(
-            inputs, backend=backend, stages=_parse_stages(stages), config=cfg,
-            batch_size=batch_size, max_events=max_events, output=output,
-            report_path=report_path, progress=progress, warmup=warmup,
-        )
+        if distributed:
+            from hltemu.scaleout import run_files_dask
+
+            report, written = run_files_dask(
+                inputs, backend=backend, stages=_parse_stages(stages), config=cfg,
+                batch_size=batch_size, output=output, report_path=report_path,
+                n_workers=workers, scheduler=scheduler, progress=progress, warmup=warmup,
+            )
+            output = ", ".join(map(str, written))
+        else:
+            report = run_files(
+                inputs, backend=backend, stages=_parse_stages(stages), config=cfg,
+                batch_size=batch_size, max_events=max_events, output=output,
+                report_path=report_path, progress=progress, warmup=warmup,
+            )
     except _user_errors() as exc:
         raise click.ClickException(str(exc)) from None
     console.print(report.table())

@@ -87,6 +87,22 @@ class RunReport:
         s.events += n_events
         s.seconds += seconds
 
+    def merge(self, other: RunReport) -> None:
+        """Add ``other``'s stage times, events, counters and warm-up into this report (for runs
+        split over workers); ``total_seconds`` is left to the caller (a wall time)."""
+        for name, s in other.stages.items():
+            mine = self.stages.setdefault(name, StageStats())
+            mine.calls += s.calls
+            mine.events += s.events
+            mine.seconds += s.seconds
+        self.events += other.events
+        self.warmup_seconds += other.warmup_seconds
+        for group, values in other.counters.items():
+            for key, value in values.items():
+                self.count(group, key, value)
+        if self.backend == "auto":
+            self.backend = other.backend
+
     def count(self, group: str, key: str, value: float) -> None:
         """Add ``value`` to a named counter (e.g. trigger accepts per path)."""
         g = self.counters.setdefault(group, {})
