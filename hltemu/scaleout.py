@@ -14,7 +14,7 @@ a serial run: prescales count events from 1 in each file, and a task is one whol
 
 GPU workers: start one worker per device (``dask-cuda``'s ``LocalCUDACluster`` or one
 ``dask worker`` per GPU with ``CUDA_VISIBLE_DEVICES``) and pass its scheduler address with
-``--backend cuda``; each task then runs on its worker's device.
+``--backend cuda``; each task then runs on its worker's device (not yet tried on a GPU).
 """
 
 from __future__ import annotations
