@@ -189,6 +189,22 @@ def cluster_kinematics_cpu(members, member_offsets, energy, row_eta, row_phi, se
 
 
 # -- CUDA ---------------------------------------------------------------------------------------
+@cuda.jit(device=True)
+def _best_grow_tag_cuda(r, best, row_event, offsets, cell_id, sig, t_grow, slot, nbr_offsets,
+                        nbr_index, tag):
+    """The best of ``best`` and the tags of row ``r``'s growing neighbours (-1: none)."""
+    e = row_event[r]
+    base = offsets[e]
+    c = cell_id[r]
+    for k in range(nbr_offsets[c], nbr_offsets[c + 1]):
+        q = _neighbour_row_cuda(e, base, k, slot, nbr_index)
+        if q >= 0 and sig[q] > t_grow:
+            t = tag[q]
+            if t >= 0 and (best < 0 or _better_cuda(t, best, sig, cell_id)):
+                best = t
+    return best
+
+
 @cuda.jit
 def propagate_tags_cuda(work, row_event, offsets, cell_id, sig, t_grow, slot, nbr_offsets,
                         nbr_index, tag, changed):
@@ -198,17 +214,9 @@ def propagate_tags_cuda(work, row_event, offsets, cell_id, sig, t_grow, slot, nb
     if i >= work.shape[0]:
         return
     r = work[i]
-    e = row_event[r]
-    base = offsets[e]
     own = tag[r]
-    best = own
-    c = cell_id[r]
-    for k in range(nbr_offsets[c], nbr_offsets[c + 1]):
-        q = _neighbour_row_cuda(e, base, k, slot, nbr_index)
-        if q >= 0 and sig[q] > t_grow:
-            t = tag[q]
-            if t >= 0 and (best < 0 or _better_cuda(t, best, sig, cell_id)):
-                best = t
+    best = _best_grow_tag_cuda(r, own, row_event, offsets, cell_id, sig, t_grow, slot,
+                               nbr_offsets, nbr_index, tag)
     if best != own:
         tag[r] = best
         changed[0] = 1
@@ -243,17 +251,8 @@ def assign_perimeter_cuda(work, row_event, offsets, cell_id, sig, t_grow, slot, 
     if i >= work.shape[0]:
         return
     r = work[i]
-    e = row_event[r]
-    base = offsets[e]
-    best = -1
-    c = cell_id[r]
-    for k in range(nbr_offsets[c], nbr_offsets[c + 1]):
-        q = _neighbour_row_cuda(e, base, k, slot, nbr_index)
-        if q >= 0 and sig[q] > t_grow:
-            t = tag[q]
-            if t >= 0 and (best < 0 or _better_cuda(t, best, sig, cell_id)):
-                best = t
-    tag[r] = best
+    tag[r] = _best_grow_tag_cuda(r, -1, row_event, offsets, cell_id, sig, t_grow, slot,
+                                 nbr_offsets, nbr_index, tag)
 
 
 @cuda.jit
