@@ -103,9 +103,10 @@ def info(config_path: str | None) -> None:
     for col in ("stage", "setting", "value", "unit"):
         settings.add_column(col, overflow="fold")
     for name in stages:
-        for i, (key, value, unit, _doc) in enumerate(describe(cfg[name])):
+        rows = describe(cfg[name])
+        for i, (key, value, unit, _doc) in enumerate(rows):
             settings.add_row(name if i == 0 else "", key, escape(str(value)), escape(unit),
-                             end_section=i == len(describe(cfg[name])) - 1)
+                             end_section=i == len(rows) - 1)
     console.print(settings)
 
 

@@ -290,10 +290,11 @@ def _count_decisions(batch: EventBatch, report: RunReport) -> None:
             report.count("trigger accepts", name, int(batch.backend.to_host(col).sum()))
 
 
-class _Bar:
-    """A rich progress bar over events (a thin wrapper so that the pipeline stays testable)."""
+class ProgressBar:
+    """A rich progress bar over ``total`` items named ``label`` (events, files), with elapsed
+    and remaining time (a thin wrapper so that the pipeline stays testable)."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, label: str = "events") -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -304,11 +305,11 @@ class _Bar:
         )
 
         self._p = Progress(
-            TextColumn("[bold]events"), BarColumn(), MofNCompleteColumn(),
+            TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
         )
         self._p.start()
-        self._task = self._p.add_task("events", total=total)
+        self._task = self._p.add_task(label, total=total)
 
     def update(self, n: int) -> None:
         self._p.advance(self._task, n)
@@ -317,5 +318,5 @@ class _Bar:
         self._p.stop()
 
 
-def _progress(enabled: bool, total: int) -> _Bar | None:
-    return _Bar(total) if enabled else None
+def _progress(enabled: bool, total: int) -> ProgressBar | None:
+    return ProgressBar(total) if enabled else None

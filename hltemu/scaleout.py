@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hltemu.pipeline import PipelineError, plan_chain, run_files
+from hltemu.pipeline import PipelineError, ProgressBar, plan_chain, run_files
 from hltemu.profiling import RunReport
 
 
@@ -113,7 +113,8 @@ def run_files_dask(
     distributed = _import_distributed()
 
     own_cluster = None
-    if client is None:
+    owns_client = client is None
+    if owns_client:
         try:
             if scheduler is not None:
                 client = distributed.Client(scheduler, timeout=f"{connect_timeout}s")
@@ -123,9 +124,6 @@ def run_files_dask(
                 client = distributed.Client(own_cluster)
         except (OSError, TimeoutError) as exc:
             raise ScaleOutError(f"cannot reach the Dask scheduler {scheduler!r}: {exc}") from None
-        owns_client = True
-    else:
-        owns_client = False
     device = "dask: " + ", ".join(sorted(client.scheduler_info()["workers"]))[:200]
     report = RunReport(str(backend), device, inputs=files)
     stage_list = list(stages) if stages is not None else None
@@ -136,12 +134,12 @@ def run_files_dask(
                           str(outputs[i]) if outputs else None, warmup, pure=False)
             for i, f in enumerate(files)
         ]
-        bar = _FileBar(len(files)) if progress else None
+        bar = ProgressBar(len(files), "files") if progress else None
         try:
             for fut in distributed.as_completed(futures):
                 report.merge(fut.result())
                 if bar is not None:
-                    bar.advance()
+                    bar.update(1)
         finally:
             if bar is not None:
                 bar.close()
@@ -155,19 +153,3 @@ def run_files_dask(
         report.save(report_path)
     return report, outputs
 
-
-class _FileBar:
-    """A rich progress bar over files."""
-
-    def __init__(self, total: int) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        self._p = Progress(TextColumn("[bold]files"), BarColumn(), MofNCompleteColumn())
-        self._p.start()
-        self._task = self._p.add_task("files", total=total)
-
-    def advance(self) -> None:
-        self._p.advance(self._task, 1)
-
-    def close(self) -> None:
-        self._p.stop()
