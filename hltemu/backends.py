@@ -23,6 +23,14 @@ from typing import Any
 
 import numpy as np
 
+# numba-cuda <= 0.30.4 registers an overload of ``np.row_stack`` when it first compiles a CUDA
+# kernel; NumPy 2.5 removed that alias of ``np.vstack`` (deprecated since NumPy 2.0), so with
+# NumPy >= 2.5 every CUDA compilation failed with "module 'numpy' has no attribute 'row_stack'"
+# (the first real-GPU run, 2026-11-28: H200, NumPy 2.5.2, numba-cuda 0.30.4).  Put the alias
+# back, as what it was, before anything compiles; every hltemu import passes here first.
+if "row_stack" not in dir(np):  # pragma: no cover - NumPy >= 2.5 only
+    np.row_stack = np.vstack
+
 BACKEND_NAMES: tuple[str, ...] = ("reference", "cpu", "cuda")
 CHOICES: tuple[str, ...] = (*BACKEND_NAMES, "auto")
 
@@ -97,7 +105,7 @@ class Backend:
 
     def to_device(self, array: Any, dtype: Any = None) -> Any:
         """Return ``array`` as an array of this backend (no copy when it is already there)."""
-        if self.is_gpu:
+        if self.xp is not np:  # CuPy on a GPU, or the CuPy-strict shim under the simulator
             return self.xp.asarray(array, dtype=dtype)
         if hasattr(array, "get") and not isinstance(array, np.ndarray):  # a CuPy array
             array = array.get()
@@ -108,6 +116,15 @@ class Backend:
         if hasattr(array, "get") and not isinstance(array, np.ndarray):
             return array.get()
         return np.asarray(array)
+
+    def item(self, array: Any) -> Any:
+        """The single value of ``array`` (a size-1 device or host array) as a Python scalar.
+
+        On a GPU this waits for the device: use it where the host needs the value (a buffer
+        size, an error check), never ``int()``/``bool()`` of a device array, which hide that
+        synchronisation (the CuPy-strict simulator shim refuses those inside stages).
+        """
+        return self.to_host(array).item()
 
     def synchronize(self) -> None:
         """Wait until all queued device work is done (no-op on CPU backends)."""
@@ -123,7 +140,13 @@ def _make_cuda() -> Backend:
             "or set NUMBA_ENABLE_CUDASIM=1 to run the CUDA kernels in Numba's simulator."
         )
     if cuda_simulator_enabled():
-        return Backend("cuda", np, device=why, simulated=True)
+        from hltemu import strictxp
+
+        if not strictxp.enabled():
+            return Backend("cuda", np, device=why, simulated=True)
+        strictxp.install_simulator_unwrap()
+        return Backend("cuda", strictxp.strict_numpy, device=f"{why}, CuPy-strict",
+                       simulated=True)
     import cupy
     from numba import cuda
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from hltemu.backends import Backend, get_backend
+from hltemu.xpsafe import any_true, event_index, item
 
 
 class BatchError(ValueError):
@@ -36,11 +37,13 @@ def counts_to_offsets(counts: Any, xp: Any = np) -> Any:
     return offsets
 
 
-def offsets_to_event_index(offsets: Any, xp: Any = np) -> Any:
-    """Event index (int64) of every row, from CSR offsets."""
+def offsets_to_event_index(offsets: Any, xp: Any = np, n_rows: int | None = None) -> Any:
+    """Event index (int64) of every row, from CSR offsets (``n_rows``: ``offsets[-1]``, read
+    from the device when not given)."""
     offsets = xp.asarray(offsets)
-    counts = offsets[1:] - offsets[:-1]
-    return xp.repeat(xp.arange(counts.shape[0], dtype=xp.int64), counts)
+    if n_rows is None:
+        n_rows = item(offsets[-1]) if offsets.shape[0] else 0
+    return event_index(offsets, n_rows, xp)
 
 
 @dataclass
@@ -108,7 +111,9 @@ class Collection:
     @property
     def size(self) -> int:
         """Total number of rows in all events."""
-        return int(self.offsets[-1]) if self.offsets.shape[0] else 0
+        if self.columns:  # every column has offsets[-1] rows: no read from the device
+            return int(next(iter(self.columns.values())).shape[0])
+        return item(self.offsets[-1]) if self.offsets.shape[0] else 0
 
     @property
     def counts(self) -> Any:
@@ -117,7 +122,8 @@ class Collection:
 
     def event_index(self) -> Any:
         """Event index of every row (int64)."""
-        return offsets_to_event_index(self.offsets, _xp_of(self.offsets))
+        n_rows = next(iter(self.columns.values())).shape[0] if self.columns else None
+        return offsets_to_event_index(self.offsets, _xp_of(self.offsets), n_rows)
 
     def __getitem__(self, name: str) -> Any:
         try:
@@ -139,10 +145,11 @@ class Collection:
             )
         if off.dtype.kind not in "iu":
             raise BatchError(f"offsets must be integers, got dtype {off.dtype}")
-        n = int(off[-1])
-        if int(off[0]) != 0:
-            raise BatchError(f"offsets must start at 0, got {int(off[0])}")
-        if off.shape[0] > 1 and bool((off[1:] < off[:-1]).any()):
+        # explicit reads from the device (a synchronisation on a GPU)
+        n, first = item(off[-1]), item(off[0])
+        if first != 0:
+            raise BatchError(f"offsets must start at 0, got {first}")
+        if off.shape[0] > 1 and any_true(off[1:] < off[:-1]):
             raise BatchError("offsets must not decrease")
         if self.per_event and n != off.shape[0] - 1:
             raise BatchError(f"a per-event collection needs one row per event, got {n} rows")
@@ -171,7 +178,7 @@ class Collection:
 
     def select_events(self, start: int, stop: int) -> Collection:
         """Events ``start:stop`` as a new collection (offsets rebased to 0)."""
-        lo, hi = int(self.offsets[start]), int(self.offsets[stop])
+        lo, hi = item(self.offsets[start]), item(self.offsets[stop])
         return Collection(
             self.offsets[start : stop + 1] - lo,
             {k: v[lo:hi] for k, v in self.columns.items()},
@@ -180,7 +187,7 @@ class Collection:
 
     def event(self, i: int) -> dict[str, Any]:
         """The rows of event ``i`` as a dict of column slices (for tests and debugging)."""
-        lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
+        lo, hi = item(self.offsets[i]), item(self.offsets[i + 1])
         return {k: v[lo:hi] for k, v in self.columns.items()}
 
     def to_awkward(self) -> Any:
@@ -215,6 +222,10 @@ def _numpy_to_awkward_content(a: np.ndarray) -> Any:
 def _xp_of(array: Any) -> Any:
     if isinstance(array, np.ndarray):
         return np
+    from hltemu.strictxp import DeviceArray, strict_numpy
+
+    if isinstance(array, DeviceArray):
+        return strict_numpy
     import cupy  # only reached for CuPy arrays
 
     return cupy

@@ -19,6 +19,7 @@ from typing import Any
 from hltemu.backends import Backend, get_backend
 from hltemu.batch import Collection, EventBatch
 from hltemu.profiling import RunReport, StageTimer
+from hltemu.strictxp import stage_scope
 
 StageFn = Callable[[EventBatch, Any], Mapping[str, Collection]]
 
@@ -84,7 +85,8 @@ class Stage:
             raise PipelineError(
                 f"stage {self.name!r} needs collection(s) {missing}; the batch has {sorted(batch)}"
             )
-        out = dict(fn(batch, cfg if cfg is not None else self.config_type()))
+        with stage_scope(self.name):
+            out = dict(fn(batch, cfg if cfg is not None else self.config_type()))
         if set(out) != set(self.adds):
             raise PipelineError(
                 f"stage {self.name!r} returned {sorted(out)}, declared {sorted(self.adds)}"

@@ -39,3 +39,26 @@ def backend(request):
 def cms_nanoaod() -> Path:
     assert CMS_NANOAOD.is_file(), f"CMS open-data test file missing: {CMS_NANOAOD}"
     return CMS_NANOAOD
+
+
+def _mentions_cuda(item) -> bool:
+    """True when the test function's source names the cuda backend or loops over all backends."""
+    import inspect
+
+    try:
+        src = inspect.getsource(item.function)
+    except (AttributeError, OSError, TypeError):
+        return False
+    return any(s in src for s in ('"cuda"', "'cuda'", "BACKEND_NAMES"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that runs the cuda backend ``cuda`` (its id or name says cuda), so that
+    ``pytest -m "cuda or gpu"`` runs the GPU-relevant part of the suite on a lent device; skip
+    ``gpu`` tests (real-device sizes, too slow for the simulator) unless a real GPU is here."""
+    real_gpu = cuda_usable() and os.environ.get("NUMBA_ENABLE_CUDASIM", "0") in ("", "0")
+    for item in items:
+        if "cuda" in item.nodeid.lower() or _mentions_cuda(item):
+            item.add_marker(pytest.mark.cuda)
+        if item.get_closest_marker("gpu") is not None and not real_gpu:
+            item.add_marker(pytest.mark.skip(reason="needs a real GPU (not the CUDA simulator)"))

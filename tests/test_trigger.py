@@ -218,7 +218,8 @@ def _kernel_decisions(backend, paths, jets, doublets, first_entry):
                                            "doublets": doublets.to(be)}, first_entry=first_entry)
     names = T._count_collections(batch, paths)
     j = batch["corrected_jets"]
-    return T._trigger_kernels(batch, paths, names, j["pt"], j["eta"], j.offsets)
+    out = T._trigger_kernels(batch, paths, names, j["pt"], j["eta"], j.offsets)
+    return {k: be.to_host(v) for k, v in out.items()}
 
 
 def test_reference_against_a_plain_loop():

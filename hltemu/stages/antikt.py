@@ -76,6 +76,7 @@ from hltemu.batch import Collection, EventBatch
 from hltemu.config import AntiKtConfig, ConfigError, GenJetsConfig
 from hltemu.kernels.antikt import MAX_RAP, dist, momentum_factor, rap_phi
 from hltemu.pipeline import PipelineError, Stage, register
+from hltemu.xpsafe import any_true, bincount, event_index, item
 
 #: Columns of the ``jets`` and ``genjets`` collections.
 JET_COLUMNS: tuple[str, ...] = ("pt", "eta", "phi", "mass", "px", "py", "pz", "E", "area",
@@ -257,8 +258,7 @@ def make_jets(raw: Clustering, offsets: Any, radius: float, pt_min: float,
     """The ``jets`` collection (pT cut, sorted) and each input's jet row within its event."""
     n_events = int(offsets.shape[0]) - 1
     n = int(raw.px.shape[0])
-    counts_in = offsets[1:] - offsets[:-1]
-    ev = xp.repeat(xp.arange(n_events, dtype=xp.int64), counts_in)
+    ev = event_index(offsets, n, xp)
     local = xp.arange(n, dtype=xp.int64) - offsets[:-1][ev] if n else xp.zeros(0, xp.int64)
     kt2 = raw.px * raw.px + raw.py * raw.py
     keep = (local < raw.n_jets[ev]) & (kt2 >= pt_min * pt_min)
@@ -267,8 +267,7 @@ def make_jets(raw: Clustering, offsets: Any, radius: float, pt_min: float,
     order = xp.lexsort(xp.stack([raw.first[rows], -pt, ev[rows]])) if rows.shape[0] else rows
     rows = rows[order]
     jev = ev[rows]
-    counts = xp.bincount(jev, minlength=n_events) if rows.shape[0] else \
-        xp.zeros(n_events, dtype=xp.int64)
+    counts = bincount(jev, n_events, xp)
     jets_off = xp.zeros(n_events + 1, dtype=xp.int64)
     xp.cumsum(counts, out=jets_off[1:])
     # capacity row of an inclusive jet -> its row within the event's sorted jets, or -1
@@ -281,8 +280,7 @@ def make_jets(raw: Clustering, offsets: Any, radius: float, pt_min: float,
     safe = xp.where(jpt > 0, jpt, 1.0)
     eta = xp.where(jpt > 0, xp.arcsinh(jpz / safe), xp.where(jpz >= 0, MAX_RAP, -MAX_RAP))
     glob = xp.where(jet_row >= 0, jets_off[:-1][ev] + jet_row, rows.shape[0])
-    n_const = xp.bincount(glob, minlength=rows.shape[0] + 1)[: rows.shape[0]] if n else \
-        xp.zeros(0, dtype=xp.int64)
+    n_const = bincount(glob, rows.shape[0] + 1, xp)[: rows.shape[0]]
     cols = {
         "pt": jpt,
         "eta": eta,
@@ -318,10 +316,10 @@ def _check_columns(coll: Collection, name: str, columns: tuple[str, ...], stage:
 
 def _check_finite(xp: Any, values: Any, name: str, col: str, stage: str) -> None:
     bad = ~xp.isfinite(values)
-    if bool(bad.any()):
-        row = int(xp.flatnonzero(bad)[0])
+    if any_true(bad):
+        row = item(xp.flatnonzero(bad)[0])
         raise PipelineError(f"stage {stage!r}: collection {name!r} column {col!r} has a "
-                            f"non-finite value {float(values[row])!r} at row {row}")
+                            f"non-finite value {item(values[row])!r} at row {row}")
 
 
 def _select(xp: Any, keep: Any, offsets: Any) -> tuple[Any, Any]:

@@ -77,6 +77,7 @@ from hltemu.config import DoubletsConfig
 from hltemu.geometry import N_PIXEL_LAYERS
 from hltemu.ops import THREADS_PER_BLOCK
 from hltemu.pipeline import PipelineError, Stage, register
+from hltemu.xpsafe import any_true, bincount, item
 
 #: Grid the hit coordinates are rounded to before the cuts: 1 um, in cm.
 GRID_CM = 1.0e-4
@@ -214,7 +215,7 @@ def check_hits(hits: Collection, backend: Backend) -> None:
     xp = backend.xp
     layer = hits["layer"]
     bad = (layer < 0) | (layer >= N_PIXEL_LAYERS)
-    if bool(xp.any(bad)):
+    if any_true(bad):
         value = int(backend.to_host(layer[xp.argmax(bad)]))
         raise PipelineError(
             f"PixelHit.layer has the value {value}; valid layer ids are 0-{N_PIXEL_LAYERS - 1} "
@@ -223,7 +224,7 @@ def check_hits(hits: Collection, backend: Backend) -> None:
     for name in ("x", "y", "z"):
         col = hits[name]
         bad = ~(xp.abs(col) <= MAX_COORDINATE_CM)  # also catches NaN
-        if bool(xp.any(bad)):
+        if any_true(bad):
             value = float(backend.to_host(col[xp.argmax(bad)]))
             raise PipelineError(
                 f"PixelHit.{name} has the value {value} cm; hit coordinates must be finite and "
@@ -327,7 +328,7 @@ def work_items(table: HitTable, pairs: PairTable, xp: Any) -> tuple[Any, Any]:
     offsets = xp.asarray(pairs.layer_offsets)
     per_hit = (offsets[1:] - offsets[:-1])[table.layer]
     ends = xp.cumsum(per_hit)  # one past the last item of each hit
-    n_items = int(ends[-1]) if table.n_hits else 0
+    n_items = item(ends[-1]) if table.n_hits else 0
     items = xp.arange(n_items, dtype=xp.int64)
     item_hit = xp.searchsorted(ends, items, side="right")
     k = items - (ends - per_hit)[item_hit]  # which of the hit's pairs
@@ -366,7 +367,7 @@ def find_cuda(table: HitTable, pairs: PairTable, be: Backend, capacity: int = 0
                 dev["pair_outer"], dev["pair_window"], dev["pair_cuts"], dev["cuts"], counter,
                 inner, outer, pair)
         launches += 1
-        found = int(be.to_host(counter)[0])
+        found = be.item(counter[0])
         if found <= capacity:
             break
         capacity = found  # the rerun finds exactly this many: the buffer now fits
@@ -386,7 +387,7 @@ def doublet_collection(hits: Collection, table: HitTable, pairs: PairTable, inne
     order = xp.argsort(row_i * max(table.n_hits, 1) + row_o)  # unique keys: (event, inner, outer)
     inner, outer, pair, row_i, row_o = (a[order] for a in (inner, outer, pair, row_i, row_o))
     event = table.event[inner].astype(xp.int64)
-    counts = xp.bincount(event, minlength=table.n_events)[: table.n_events]
+    counts = bincount(event, table.n_events, xp)[: table.n_events]
     first = hits.offsets[event]
 
     cm = GRID_CM

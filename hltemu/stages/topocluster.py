@@ -129,6 +129,7 @@ from hltemu.batch import Collection, EventBatch, counts_to_offsets
 from hltemu.config import TopoclusterConfig
 from hltemu.ops import THREADS_PER_BLOCK
 from hltemu.pipeline import PipelineError, Stage, register
+from hltemu.xpsafe import any_true, bincount, item
 
 #: CaloCell columns the stage reads.
 CELL_COLUMNS: tuple[str, ...] = ("id", "energy")
@@ -299,15 +300,15 @@ def check_cells(cells: Collection, graph: CellGraph, be: Backend) -> None:
     if ids.dtype.kind not in "iu":
         raise PipelineError(f"CaloCell.id must be integers, got dtype {ids.dtype}")
     bad = (ids < 0) | (ids >= graph.n_cells)
-    if bool(xp.any(bad)):
-        row = int(xp.argmax(bad))
+    if any_true(bad):
+        row = item(xp.argmax(bad))
         raise PipelineError(
             f"CaloCell.id has the value {int(be.to_host(ids[row]))} (event "
             f"{_event_of(cells, row, be)}); cell ids of the calorimeter are 0-{graph.n_cells - 1}")
     energy = cells["energy"]
     bad = ~xp.isfinite(energy)
-    if bool(xp.any(bad)):
-        row = int(xp.argmax(bad))
+    if any_true(bad):
+        row = item(xp.argmax(bad))
         raise PipelineError(
             f"CaloCell.energy has the value {float(be.to_host(energy[row]))} GeV (cell id "
             f"{int(be.to_host(ids[row]))}, event {_event_of(cells, row, be)}); energies must be "
@@ -354,8 +355,8 @@ def row_arrays(cells: Collection, graph: CellGraph, be: Backend) -> RowArrays:
     slot = xp.full((n_events, graph.n_cells), -1, dtype=xp.int32)
     slot[event, ids] = local
     repeated = slot[event, ids] != local
-    if bool(xp.any(repeated)):
-        row = int(xp.argmax(repeated))
+    if any_true(repeated):
+        row = item(xp.argmax(repeated))
         raise _repeated_id_error(int(be.to_host(ids[row])), int(be.to_host(event[row])))
     energy = xp.asarray(cells["energy"], dtype=xp.float64)
     return RowArrays(ids, significance(energy, ids, dev.noise, xp), energy, event, slot)
@@ -505,7 +506,7 @@ def labels_cuda(rows: RowArrays, offsets: Any, graph: CellGraph, cfg: Topocluste
             propagate_tags_cuda[_blocks(n_grow), THREADS_PER_BLOCK](
                 grow, *common, cfg.grow_threshold, *graph_args, tag, changed)
             launches += 1
-            if int(be.to_host(changed)[0]) == 0:
+            if be.item(changed[0]) == 0:
                 break
             if launches > limit:
                 raise RuntimeError(f"topocluster tag propagation did not converge in {limit} "
@@ -533,7 +534,7 @@ def assemble(label: Any, rows: RowArrays, offsets: Any, n_events: int, graph: Ce
     heads = heads[xp.lexsort(keys)]  # by event, then seed rank
     n_cl = int(heads.shape[0])
     head_event = rows.event[heads]
-    counts = xp.bincount(head_event, minlength=n_events)[:n_events] if n_cl else \
+    counts = bincount(head_event, n_events, xp)[:n_events] if n_cl else \
         xp.zeros(n_events, dtype=xp.int64)
     cl_offsets = counts_to_offsets(counts, xp)
     index_of_head = xp.full(n, -1, dtype=xp.int64)

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# One-shot check of hltemu on a lent GPU: one call of at most ~6 minutes on a bare machine.
+#
+#   here, once:    ../shared/tools/gpu-wheels.sh          (fills .whl/ with the packages the GPU
+#                                                          machine lacks; never CuPy: its own is used)
+#   on the device: bash benchmarks/device-check.sh        (carry [".whl"], timeout_s <= 420)
+#   here, dry run: OUT=/tmp/dc bash benchmarks/device-check.sh   (every part that needs no GPU)
+#
+# Each part runs under its own `timeout` and writes to $OUT as it finishes (8 files at most):
+#   env.txt      nvidia-smi, versions, `hltemu info`
+#   tests.log    pytest -m "cuda or gpu" on the real device (not the CPU suite)
+#   san-mem.log  compute-sanitizer memcheck of the whole chain on one event ("unavailable" if refused)
+#   san-race.log compute-sanitizer racecheck of topocluster + antikt on one event
+#   scale.log    cpu vs cuda events/s per stage at 10/100/500 tiled sample events, and the
+#   scale.json   comparison of every product column (exact ints, max relative float difference)
+#   bench.log    pytest-benchmark suites (no reference backend), JSON in bench.json
+# Inputs are the built-in sample tiled in memory; nothing but the wheels is carried.
+# Later issues add their own time-boxed section here (keep the total under 6 minutes).
+set -u
+OUT=${OUT:?set OUT to a folder for the logs}
+mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+P=python3
+T="timeout -k 5"
+
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+  $P -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+     --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site PYTHIA8DATA=/tmp/site/share/Pythia8/xmldoc
+  $P -m pip install -q --no-index --no-deps --no-build-isolation -e . || exit 1
+fi
+export PYTHONUNBUFFERED=1 XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/hltemu-cache}
+GPU=0
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then GPU=1; fi
+[ $GPU = 1 ] && export NUMBA_ENABLE_CUDASIM=0
+t_start=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - t_start )) s] $*"; }
+
+{ date -u; nvidia-smi 2>&1 | head -20
+  $P -c "import numpy,numba,sys;print(sys.version);print('numpy',numpy.__version__,'numba',numba.__version__)"
+  $P -c "import numba_cuda,cupy;print('numba-cuda',numba_cuda.__version__,'cupy',cupy.__version__)" 2>&1
+  $T 60 $P -m hltemu.cli info 2>&1 | head -40; } >"$OUT/env.txt" 2>&1
+stamp "env done"
+
+# 1. the cuda part of the suite on the device (xdist when there, 4 workers)
+XD=""; $P -c "import xdist" 2>/dev/null && XD="-n 4"
+$T 170 $P -m pytest tests -m "cuda or gpu" -p no:cacheprovider -q $XD --durations=15 \
+   >"$OUT/tests.log" 2>&1
+echo "exit $?" >>"$OUT/tests.log"
+stamp "tests: $(tail -n 3 "$OUT/tests.log" | head -n 2 | tr '\n' ' ')"
+
+# 2. compute-sanitizer (refused on some runtimes: then the log says unavailable)
+SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+if [ $GPU = 1 ] && [ -n "$SAN" ]; then
+  $T 60 "$SAN" --tool memcheck --print-limit 20 $P benchmarks/device_scale.py --once \
+     >"$OUT/san-mem.log" 2>&1 || echo "exit $? (timeout 124: unavailable in time)" >>"$OUT/san-mem.log"
+  grep -q "Device not supported\|error 999" "$OUT/san-mem.log" && echo "unavailable: refused by this runtime" >>"$OUT/san-mem.log"
+  $T 45 "$SAN" --tool racecheck --print-limit 20 $P benchmarks/device_scale.py --once topocluster antikt \
+     >"$OUT/san-race.log" 2>&1 || echo "exit $?" >>"$OUT/san-race.log"
+  grep -q "Device not supported\|error 999" "$OUT/san-race.log" && echo "unavailable: refused by this runtime" >>"$OUT/san-race.log"
+else
+  echo "unavailable: no GPU or no compute-sanitizer on this machine" | tee "$OUT/san-mem.log" >"$OUT/san-race.log"
+fi
+stamp "sanitizer: $(grep -h 'ERROR SUMMARY\|unavailable' "$OUT"/san-*.log | tr '\n' ' ')"
+
+# 3. cpu vs cuda at 10/100/500 events: events/s per stage, exact and float agreement
+BACK="cpu cuda"; [ $GPU = 1 ] || BACK="cpu reference"
+$T 100 $P benchmarks/device_scale.py --tiles 1 10 50 --backends $BACK --json "$OUT/scale.json" \
+   >"$OUT/scale.log" 2>&1 || echo "exit $?" >>"$OUT/scale.log"
+stamp "scale done"
+
+# 4. benchmarks (cuda entries skip themselves without a GPU)
+$T 80 $P -m pytest benchmarks/bench_*.py -p no:cacheprovider -q -k "not reference" \
+   --benchmark-json="$OUT/bench.json" --benchmark-columns=min,median,mean,rounds \
+   >"$OUT/bench.log" 2>&1 || echo "exit $?" >>"$OUT/bench.log"
+stamp "bench done"
+
+tail -n 3 "$OUT/tests.log"; grep -h "ERROR SUMMARY\|unavailable" "$OUT"/san-*.log
+grep -h "vs\|exact\|max rel" "$OUT/scale.log" | tail -n 9

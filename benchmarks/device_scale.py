@@ -1,0 +1,129 @@
+"""cpu vs cuda on the built-in sample tiled to 10, 100, 500 events: throughput and agreement.
+
+Part of ``benchmarks/device-check.sh`` (the one-shot check of a lent GPU); it also runs without a
+GPU (then only ``cpu`` and ``reference`` are timed and compared)::
+
+    python benchmarks/device_scale.py --tiles 1 10 50 --json scale.json
+    python benchmarks/device_scale.py --once doublets doublet_cnn   # one event, for the sanitizer
+
+Inputs are the sample's 10 events (ttbar, pileup 50) repeated ``k`` times, so no file is carried.
+For each size and backend the chain runs twice on the same batch (the first pass compiles the
+kernels and is discarded); the second gives events/s per stage (synchronized stage timers).
+Then every product column of the two backends is compared: integer and boolean columns must be
+equal (``exact``), float columns report their largest relative difference
+``max |a - b| / max(|a|, |b|, tiny)`` and the number of differing values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hltemu import io
+from hltemu.backends import get_backend
+from hltemu.batch import Collection, EventBatch
+from hltemu.pipeline import plan_chain, run_batch
+from hltemu.profiling import RunReport, StageTimer
+
+SAMPLE = Path(__file__).resolve().parents[1] / "hltemu" / "data" / "sample.root"
+
+
+def tiled(batch: EventBatch, k: int) -> EventBatch:
+    """``batch`` with its events repeated ``k`` times (host arrays)."""
+    colls = {}
+    for name, c in batch.collections.items():
+        counts = np.tile(np.diff(c.offsets), k)
+        offsets = np.r_[0, np.cumsum(counts)].astype(np.int64)
+        cols = {n: np.concatenate([v] * k) for n, v in c.columns.items()}
+        colls[name] = Collection(offsets, cols, c.per_event)
+    return EventBatch(batch.backend, batch.n_events * k, colls)
+
+
+def compare(a: EventBatch, b: EventBatch, names: list[str]) -> dict[str, dict]:
+    """Per product column: exact equality (ints, bools) or the max relative difference."""
+    out: dict[str, dict] = {}
+    for name in names:
+        ca, cb = a[name].to_host(), b[name].to_host()
+        key = f"{name}.offsets"
+        out[key] = {"exact": bool(np.array_equal(ca.offsets, cb.offsets))}
+        for col in ca.columns:
+            x, y = ca[col], cb[col]
+            key = f"{name}.{col}"
+            if x.shape != y.shape:
+                out[key] = {"exact": False, "shape": [list(x.shape), list(y.shape)]}
+            elif x.dtype.kind in "biu":
+                out[key] = {"exact": bool(np.array_equal(x, y)),
+                            "n_diff": int(np.count_nonzero(x != y))}
+            else:
+                x64, y64 = x.astype(np.float64), y.astype(np.float64)
+                scale = np.maximum(np.maximum(np.abs(x64), np.abs(y64)), 1e-300)
+                rel = np.abs(x64 - y64) / scale
+                rel[(x64 == y64) | (np.isnan(x64) & np.isnan(y64))] = 0.0
+                out[key] = {"max_rel": float(rel.max()) if rel.size else 0.0,
+                            "n_diff": int(np.count_nonzero(rel))}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tiles", type=int, nargs="+", default=[1, 10, 50])
+    p.add_argument("--backends", nargs="+", default=["cpu", "cuda"])
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--once", nargs="*", default=None,
+                   help="run these stages (all when empty) once on one event and exit")
+    args = p.parse_args(argv)
+
+    present = io.common_collections([str(SAMPLE)])
+    if args.once is not None:
+        chain, inputs = plan_chain(args.once or None, present)
+        be = get_backend("cuda")
+        batch = next(io.iterate_batches([str(SAMPLE)], inputs, batch_size=1, backend=be))
+        run_batch(batch, chain)
+        be.synchronize()
+        print("ran", [s.name for s in chain], "on one event")
+        return 0
+
+    chain, inputs = plan_chain(None, present)
+    products = [n for st in chain for n in st.adds]
+    host = next(io.iterate_batches([str(SAMPLE)], inputs, batch_size=10))
+    results: dict = {"stages": [s.name for s in chain], "sizes": {}}
+    for k in args.tiles:
+        base = tiled(host, k)
+        done: dict[str, EventBatch] = {}
+        row: dict = {}
+        for name in args.backends:
+            be = get_backend(name)
+            t0 = time.perf_counter()
+            for _ in range(2):
+                batch = base.to(be)
+                report = RunReport(be.name, be.device)
+                run_batch(batch, chain, None, StageTimer(be, report))
+            done[name] = batch
+            row[name] = {
+                "events_per_s": {s: v.events / v.seconds for s, v in report.stages.items()},
+                "total_events_per_s": base.n_events / sum(v.seconds for v in report.stages.values()),
+                "wall_two_passes_s": time.perf_counter() - t0,
+            }
+            print(base.n_events, name, {s: round(v, 1) for s, v in row[name]["events_per_s"].items()},
+                  flush=True)
+        names = list(done)
+        for other in names[1:]:
+            cmp = compare(done[names[0]], done[other], products)
+            row[f"{names[0]}_vs_{other}"] = cmp
+            bad = [c for c, v in cmp.items() if v.get("exact") is False]
+            floats = {c: v["max_rel"] for c, v in cmp.items() if "max_rel" in v}
+            print(f"{base.n_events} {names[0]} vs {other}: exact columns differing: {bad or 'none'}")
+            print("  max rel diff:", {c: f"{v:.1e}" for c, v in floats.items() if v})
+        results["sizes"][base.n_events] = row
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
