@@ -240,9 +240,12 @@ def _argsort(a: Any, axis: int = -1, kind: Any = None) -> Any:
     return _wrap(np.argsort(_unwrap(a), axis=axis, kind="stable"))
 
 
-_SPECIAL = {"argsort": _argsort, "repeat": _repeat, "bincount": _bincount, "asarray": _asarray, "array": _array,
-            "ascontiguousarray": lambda a, dtype=None: DeviceArray(
-                np.ascontiguousarray(_unwrap(a), dtype=dtype))}
+def _ascontiguousarray(a: Any, dtype: Any = None) -> Any:
+    return DeviceArray(np.ascontiguousarray(_unwrap(a), dtype=dtype))
+
+
+_SPECIAL = {"argsort": _argsort, "repeat": _repeat, "bincount": _bincount, "asarray": _asarray,
+            "array": _array, "ascontiguousarray": _ascontiguousarray}
 
 
 class _StrictNumPy(ModuleType):

@@ -30,6 +30,16 @@ constituents, and the same as FastJet run with ``N2Plain``, exact ties included 
 tiled strategies, its default at these multiplicities, break exact ties otherwise; for inputs
 without exact ties every strategy gives the same jets).
 
+Rounding.  Every float operation that decides a merge (kt2, the rapidity's argument, the
+azimuth's wrap, dR2, 1/kt2, diJ) is one IEEE-754 float64 operation rounded to nearest, in the
+same order on every backend: the functions are written once (:func:`_make`) on arithmetic
+helpers, plain operators for Python and Numba's CPU target, libdevice's ``dmul_rn``,
+``dadd_rn`` and ``ddiv_rn`` for CUDA (``a - b`` as ``dadd_rn(a, -b)``), which NVVM never
+contracts into an FMA (it contracts ``a * b + c`` by default, which rounds once instead of
+twice).  ``tests/test_ptx.py`` checks the sm_90 PTX.  What remains target-dependent is
+``atan2`` and ``log`` themselves (libdevice against the C library, possibly a last-bit
+difference).
+
 Strategies:
 
 * ``cluster_event_cpu`` (Numba ``@njit``): tiles of at least ``max(R, 0.1)`` in rapidity and
@@ -60,6 +70,8 @@ import numba
 import numpy as np
 from numba import cuda
 
+from .ieee import CPU_OPS, CUDA_OPS, PY_OPS
+
 #: FastJet's MaxRap: rapidity given to pT = 0, E = |pz| momenta (plus |pz|).
 MAX_RAP = 1.0e5
 PI = math.pi
@@ -76,55 +88,67 @@ INF = math.inf
 
 
 # ------------------------------------------------------------------------------------------
-# Scalar functions: plain Python, called by the reference and compiled for cpu and cuda.
+# Scalar functions, written once: plain Python for the reference, compiled for cpu and cuda
 # ------------------------------------------------------------------------------------------
-def rap_phi(px, py, pz, e):
-    """FastJet's rapidity and azimuth in [0, 2 pi) of one 4-vector [GeV]."""
-    kt2 = px * px + py * py
-    if kt2 == 0.0:
-        phi = 0.0
-    else:
-        phi = math.atan2(py, px)
-    if phi < 0.0:
-        phi += TWO_PI
-    if phi >= TWO_PI:
-        phi -= TWO_PI
-    apz = abs(pz)
-    if e == apz and kt2 == 0.0:
-        rap = MAX_RAP + apz
-        if pz < 0.0:
-            rap = -rap
-    else:
-        m2 = (e + pz) * (e - pz) - kt2
-        eff = m2 if 0.0 < m2 else 0.0
-        epz = e + apz
-        arg = (kt2 + eff) / (epz * epz)
-        if arg > 0.0:
-            rap = 0.5 * math.log(arg)
-        elif arg == 0.0:
-            rap = -INF
+def _make(jit, mul, add, sub, div):
+    """``(rap_phi, momentum_factor, dist)`` on the arithmetic ``mul, add, sub, div`` (one of
+    :data:`PY_OPS`, :data:`CPU_OPS`, :data:`CUDA_OPS`), each compiled with ``jit``.  Every
+    float operation goes through them, in the order of the formulas below (the reference's
+    NumPy distances use the same order)."""
+
+    def rap_phi(px, py, pz, e):
+        """FastJet's rapidity and azimuth [rad] in [0, 2 pi) of one 4-vector [GeV]:
+        ``kt2 = px^2 + py^2``, ``phi = atan2(py, px)``, ``m2 = (E + pz)(E - pz) - kt2``,
+        ``rap = -+ log((kt2 + max(m2, 0)) / (E + |pz|)^2) / 2`` (sign of pz)."""
+        kt2 = add(mul(px, px), mul(py, py))
+        if kt2 == 0.0:
+            phi = 0.0
         else:
-            rap = math.nan
-        if pz > 0.0:
-            rap = -rap
-    return rap, phi
+            phi = math.atan2(py, px)
+        if phi < 0.0:
+            phi = add(phi, TWO_PI)
+        if phi >= TWO_PI:
+            phi = sub(phi, TWO_PI)
+        apz = abs(pz)
+        if e == apz and kt2 == 0.0:
+            rap = add(MAX_RAP, apz)
+            if pz < 0.0:
+                rap = -rap
+        else:
+            m2 = sub(mul(add(e, pz), sub(e, pz)), kt2)
+            eff = m2 if 0.0 < m2 else 0.0
+            epz = add(e, apz)
+            arg = div(add(kt2, eff), mul(epz, epz))
+            if arg > 0.0:
+                rap = mul(0.5, math.log(arg))
+            elif arg == 0.0:
+                rap = -INF
+            else:
+                rap = math.nan
+            if pz > 0.0:
+                rap = -rap
+        return rap, phi
+
+    def momentum_factor(px, py):
+        """Anti-kT's ``1 / kt2`` [GeV^-2], ``kt2 = px^2 + py^2`` [GeV^2]; ``1e300`` for
+        ``kt2 <= 1e-300`` (FastJet)."""
+        kt2 = add(mul(px, px), mul(py, py))
+        if kt2 > 1e-300:
+            return div(1.0, kt2)
+        return 1e300
+
+    def dist(rap1, phi1, rap2, phi2):
+        """FastJet's ``dphi^2 + drap^2`` (dimensionless) with phi [rad] in [0, 2 pi)."""
+        dphi = abs(sub(phi1, phi2))
+        drap = sub(rap1, rap2)
+        if dphi > PI:
+            dphi = sub(TWO_PI, dphi)
+        return add(mul(dphi, dphi), mul(drap, drap))
+
+    return jit(rap_phi), jit(momentum_factor), jit(dist)
 
 
-def momentum_factor(px, py):
-    """Anti-kT's ``1 / kt2`` [GeV^-2], ``1e300`` for ``kt2 <= 1e-300`` (FastJet)."""
-    kt2 = px * px + py * py
-    if kt2 > 1e-300:
-        return 1.0 / kt2
-    return 1e300
-
-
-def dist(rap1, phi1, rap2, phi2):
-    """FastJet's ``dphi^2 + drap^2`` with phi in [0, 2 pi)."""
-    dphi = abs(phi1 - phi2)
-    drap = rap1 - rap2
-    if dphi > PI:
-        dphi = TWO_PI - dphi
-    return dphi * dphi + drap * drap
+rap_phi, momentum_factor, dist = _make(lambda f: f, *PY_OPS)
 
 
 def tiling(rap_lo, rap_hi, radius, n):
@@ -192,9 +216,7 @@ def neighbour_tiles(t, n_rap, n_phi, out):
 # cpu: tiled NN bookkeeping + tournament tree over slots
 # ------------------------------------------------------------------------------------------
 _jit = numba.njit(cache=True, inline="always")
-_rap_phi_cpu = _jit(rap_phi)
-_mfac_cpu = _jit(momentum_factor)
-_dist_cpu = _jit(dist)
+_rap_phi_cpu, _mfac_cpu, _dist_cpu = _make(_jit, *CPU_OPS)
 _tiling_cpu = _jit(tiling)
 _tile_index_cpu = _jit(tile_index)
 _neighbours_cpu = _jit(neighbour_tiles)
@@ -529,9 +551,8 @@ def antikt_serial_cpu(px, py, pz, e, offsets, radius, jet_of, jpx, jpy, jpz, je,
 CUDA_THREADS = 32 if numba.config.ENABLE_CUDASIM else 128
 
 _dev = cuda.jit(device=True)
-_rap_phi_cuda = _dev(rap_phi)
-_mfac_cuda = _dev(momentum_factor)
-_dist_cuda = _dev(dist)
+_rap_phi_cuda, _mfac_cuda, _dist_cuda = _make(_dev, *CUDA_OPS)
+_mul_cuda = CUDA_OPS[0]
 
 
 @cuda.jit(device=True)
@@ -567,11 +588,12 @@ def _nearest_cuda(rap, phi, lo, i, n_slots, r2):
 
 @cuda.jit(device=True)
 def _set_dij_cuda(kf, nn, nnd, dij, lo, i):
-    """``dij[i] = nnd[i] * min(kf[i], kf[nn[i]])`` (FastJet's diJ, unnormalised)."""
+    """``dij[i] = nnd[i] * min(kf[i], kf[nn[i]])`` [GeV^-2] (FastJet's diJ, unnormalised;
+    the product exactly rounded, as on the cpu)."""
     kmin = kf[lo + i]
     if nn[lo + i] >= 0 and kf[lo + nn[lo + i]] < kmin:
         kmin = kf[lo + nn[lo + i]]
-    dij[lo + i] = nnd[lo + i] * kmin
+    dij[lo + i] = _mul_cuda(nnd[lo + i], kmin)
 
 
 @cuda.jit

@@ -13,21 +13,45 @@ Kernels: ``*_cpu`` run ``prange`` over hits or doublets (one per iteration); ``*
 thread per hit or doublet.  Every array is float32, and so is every accumulator (sums start
 from a float32 bias and add float32 products; ReLU goes through a float32 store), as in the
 NumPy reference; only the summation order differs, hence the 1e-5 score tolerance.
+
+The CUDA encoder's scratch lives in per-thread local memory, whose size must be a compile-time
+constant: :func:`encode_hits_cuda_kernel` builds the kernel for one model shape
+(:func:`scratch_sizes`), once per shape, so that each thread reserves what that model needs
+(1,232 B for the shipped model) rather than a fixed maximum (9,216 B before), which on a full
+GPU reserved gigabytes of local memory and lowered occupancy.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numba
 import numpy as np
 from numba import cuda
 
-#: Size of the per-thread scratch vectors of the CUDA encoder (one activation map each); the
-#: model loader rejects networks with larger maps (``hltemu.cnn.MAX_ACTIVATIONS``).
+#: Largest activation map (channels x height x width, float32 entries) the CUDA encoder accepts
+#: for its per-thread scratch; the model loader enforces the same (``hltemu.cnn.MAX_ACTIVATIONS``).
 MAX_ACTIVATIONS = 1024
-#: Size of the per-thread patch vector (input channels x kernel area) of the CUDA encoder.
+#: Largest input patch (input channels x kernel area, float32 entries) the CUDA encoder accepts.
 MAX_PATCH = 256
+
+
+def scratch_sizes(pad_shape, conv1_shape, conv2_shape) -> tuple[int, int, int]:
+    """Per-thread scratch of the encoder, in float32 entries: ``(n_act1, n_act2, n_patch)``.
+
+    ``pad_shape`` is ``(H, W)`` pixels; ``conv1_shape`` ``(C1, 1, K1, K1)`` and ``conv2_shape``
+    ``(C2, C1, K2, K2)`` are the convolution weight shapes as PyTorch stores them.  The 'valid'
+    convolutions give ``H1 = H - K1 + 1`` (``W1`` alike) and ``H2 = H1 - K2 + 1``, so
+    ``n_act1 = C1*H1*W1``, ``n_act2 = C2*H2*W2`` and ``n_patch = max(K1*K1, C1*K2*K2)`` (the
+    larger of the two convolutions' patches), the sizes :func:`encode_hits_cpu` allocates.
+    """
+    h, w = (int(v) for v in pad_shape)
+    c1, k1 = int(conv1_shape[0]), int(conv1_shape[2])
+    c2, k2 = int(conv2_shape[0]), int(conv2_shape[2])
+    h1, w1 = h - k1 + 1, w - k1 + 1
+    h2, w2 = h1 - k2 + 1, w1 - k2 + 1
+    return c1 * h1 * w1, c2 * h2 * w2, max(k1 * k1, c1 * k2 * k2)
 
 
 def encode_hit(h, t, pads, scale, k1, w1, b1, k2, w2, b2, we, be, act1, act2, patch, emb):
@@ -163,17 +187,47 @@ def score_doublets_cpu(inner_row, outer_row, emb, feats, inner_layer, outer_laye
 
 
 # -- CUDA -------------------------------------------------------------------------------------
-@cuda.jit
-def encode_hits_cuda(rows, pads, scale, k1, w1, b1, k2, w2, b2, we, be, emb):  # pragma: no cover
-    """Thread ``t`` writes the embedding of hit ``pads[rows[t]]`` into ``emb[t, :]``."""
-    t = cuda.grid(1)
-    if t >= rows.shape[0]:
-        return
-    act1 = cuda.local.array(MAX_ACTIVATIONS, numba.float32)
-    act2 = cuda.local.array(MAX_ACTIVATIONS, numba.float32)
-    patch = cuda.local.array(MAX_PATCH, numba.float32)
-    _encode_cuda(rows[t], t, pads, scale, k1, w1, b1, k2, w2, b2, we, be, act1, act2, patch,
-                 emb)
+def encode_hits_cuda_kernel(n_act1: int, n_act2: int, n_patch: int):
+    """The CUDA encoder whose per-thread scratch holds ``n_act1``, ``n_act2`` and ``n_patch``
+    float32 entries (:func:`scratch_sizes` of the model), i.e. ``4 * (n_act1 + n_act2 +
+    n_patch)`` bytes of local memory per thread.
+
+    Launch as ``kernel[blocks, threads](rows, pads, scale, k1, w1, b1, k2, w2, b2, we, be, emb)``
+    (arguments as :func:`encode_hits_cpu` takes them): thread ``t`` writes the embedding of hit
+    ``pads[rows[t]]`` into ``emb[t, :]``.  One kernel per size tuple, built on first use and then
+    reused (compiled by Numba at its first launch).  Raises :class:`ValueError` naming the sizes
+    when one is not positive or exceeds :data:`MAX_ACTIVATIONS` / :data:`MAX_PATCH`.
+    """
+    sizes = (int(n_act1), int(n_act2), int(n_patch))
+    limits = (MAX_ACTIVATIONS, MAX_ACTIVATIONS, MAX_PATCH)
+    for name, n, limit in zip(("conv1 activations", "conv2 activations", "patch"), sizes, limits,
+                              strict=True):
+        if not 0 < n <= limit:
+            raise ValueError(f"CUDA encoder scratch (conv1, conv2, patch) = {sizes} float32 "
+                             f"entries: {name} {n} is outside 1-{limit}, the sizes the kernel "
+                             "supports")
+    return _encode_hits_cuda(*sizes)
+
+
+@functools.lru_cache(maxsize=8)
+def _encode_hits_cuda(n_act1: int, n_act2: int, n_patch: int):
+    """Build the encoder kernel for one scratch size tuple (validated, plain ints): the sizes
+    are closure constants, which ``cuda.local.array`` needs."""
+
+    @cuda.jit
+    def encode_hits_cuda(rows, pads, scale, k1, w1, b1, k2, w2, b2, we, be,
+                         emb):  # pragma: no cover - compiled
+        """Thread ``t`` writes the embedding of hit ``pads[rows[t]]`` into ``emb[t, :]``."""
+        t = cuda.grid(1)
+        if t >= rows.shape[0]:
+            return
+        act1 = cuda.local.array(n_act1, numba.float32)
+        act2 = cuda.local.array(n_act2, numba.float32)
+        patch = cuda.local.array(n_patch, numba.float32)
+        _encode_cuda(rows[t], t, pads, scale, k1, w1, b1, k2, w2, b2, we, be, act1, act2,
+                     patch, emb)
+
+    return encode_hits_cuda
 
 
 @cuda.jit

@@ -9,15 +9,21 @@ Exact agreement between backends
 --------------------------------
 Coordinates arrive as float64 holding **integers in micrometres** (the stage rounds the hits
 to a 1 um grid), and every cut is written so that each sum or difference adds exact integers
-(the stage admits coordinates up to 10 m, so products of two stay below 2**53), while products
-of non-integers never feed a sum.  IEEE-754 rounds each remaining product, quotient and
-comparison the same way in Python, in Numba on the CPU and in CUDA, and a compiler that fuses
-``a * b + c`` into an FMA (NVVM does by default) cannot change a sum of exact products.  So the
-pass/fail decision of every pair, hence the doublet set, is bit-for-bit the same everywhere.
+(the stage admits coordinates up to 10 m, so products of two stay below 2**53; pitch and
+thickness are whole um, cluster sizes whole pixels), while products of non-integers never feed
+a sum.  IEEE-754 rounds each remaining product and comparison the same way in Python, in Numba
+on the CPU and in CUDA.  On top of that, every float operation of the cut goes through
+exactly rounded helpers (plain operators in Python and on the CPU, libdevice's ``dmul_rn`` /
+``dadd_rn`` in CUDA, see :mod:`hltemu.kernels.antikt`), which NVVM never fuses
+into an FMA (it fuses ``a * b + c`` by default), so the CUDA code performs the very operations
+of the CPU code, in the same order, whether or not the grid argument holds
+(``tests/test_ptx.py`` checks the sm_90 PTX).  So the pass/fail decision of every pair, hence
+the doublet set, is bit-for-bit the same everywhere.
 
-The cut (:func:`doublet_passes`) is plain scalar Python, compiled twice (fbpic style):
-``numba.njit`` for the CPU kernels and ``cuda.jit(device=True)`` for the CUDA kernel.  The
-reference implementation in the stage calls the plain Python function itself.
+The cut (:func:`doublet_passes`) is scalar Python written once on those helpers
+(:func:`_make`) and compiled twice (fbpic style): ``numba.njit`` for the CPU kernels and
+``cuda.jit(device=True)`` for the CUDA kernel.  The reference implementation in the stage
+calls the plain Python version itself.
 
 Cut tables (float64), one row per layer pair, columns ``PAIR_*``; global cuts, ``CUT_*``.
 Lengths are in um, angles enter as ``tan**2``, curvature as ``(1/R_min)**2`` in um**-2.
@@ -30,6 +36,8 @@ import math
 import numba
 import numpy as np
 from numba import cuda
+
+from .ieee import CPU_OPS, CUDA_OPS, PY_OPS
 
 # -- per-pair cut table columns (pair_cuts[p, column]) ----------------------------------------
 PAIR_TAN2_DPHI = 0  #: tan(phi window)**2; the window is below pi/2
@@ -56,70 +64,79 @@ N_CUT_COLUMNS = 9
 PHI_MARGIN = 1.0e-6
 
 
-def doublet_passes(xi, yi, zi, ri, si, xo, yo, zo, ro, so, pair_cuts, p, cuts):
-    """True when inner hit ``i`` and outer hit ``o`` make a doublet of layer pair ``p``.
+def _make(jit, mul, add, sub):
+    """``doublet_passes`` on the arithmetic ``mul, add, sub`` (one of the sets ``PY_OPS``,
+    ``CPU_OPS``, ``CUDA_OPS`` of :mod:`hltemu.kernels.antikt`), compiled with ``jit``."""
 
-    ``x, y, z`` are um on the 1 um grid, ``r`` is ``sqrt(x**2 + y**2)`` rounded to an integer
-    um, ``s`` the cluster size along local y (pixels).  The tests, cheapest first:
+    def doublet_passes(xi, yi, zi, ri, si, xo, yo, zo, ro, so, pair_cuts, p, cuts):
+        """True when inner hit ``i`` and outer hit ``o`` make a doublet of layer pair ``p``.
 
-    1. r-z: the inner hit inside the pair's z window; ``0 < dr <= dr_max``;
-       ``|dz| <= cot_max * dr``; the straight r-z line through both hits meets r = 0 within
-       ``|z0| <= z0_max`` of the beam spot (``|z_i r_o - r_i z_o| <= z0_max * dr``).
-    2. phi window: ``|dphi| <= window``, as ``dot > 0`` and ``cross**2 <= tan**2 * dot**2``.
-    3. pT: the circle through the beam line (0, 0) and both hits has curvature
-       ``2 |cross| / (r_i r_o d)`` (d: the hits' transverse distance); it must not exceed
-       ``1 / R_min`` (squared on both sides).
-    4. cluster size: a track crossing a sensor of thickness t at the doublet's angle leaves a
-       cluster ``t |dz/dr| / pitch`` pixels long along z on a barrel module, ``t |dr/dz| /
-       pitch`` along r on a disk; the measured ``size_y`` must lie within
-       ``[pred - below, pred + above]``.  Applied to the inner hit, and to the outer hit when
-       switched on.
-    """
-    # 1. r-z compatibility -----------------------------------------------------------------
-    if zi < pair_cuts[p, PAIR_INNER_Z_MIN] or zi > pair_cuts[p, PAIR_INNER_Z_MAX]:
-        return False
-    dr = ro - ri
-    if dr <= 0.0 or dr > pair_cuts[p, PAIR_DR_MAX]:
-        return False
-    adz = abs(zo - zi)
-    if adz > cuts[CUT_COT_MAX] * dr:
-        return False
-    if abs(zi * ro - ri * zo) > cuts[CUT_Z0_MAX] * dr:
-        return False
-    # 2. phi window --------------------------------------------------------------------------
-    dot = xi * xo + yi * yo
-    if dot <= 0.0:
-        return False
-    cross = xi * yo - yi * xo
-    if cross * cross > pair_cuts[p, PAIR_TAN2_DPHI] * (dot * dot):
-        return False
-    # 3. minimum pT: curvature of the circle through the beam line and both hits ----------------
-    dx = xo - xi
-    dy = yo - yi
-    r2i = xi * xi + yi * yi
-    r2o = xo * xo + yo * yo
-    d2 = dx * dx + dy * dy
-    if 4.0 * cross * cross > cuts[CUT_KAPPA2_MAX] * (r2i * r2o * d2):
-        return False
-    # 4. cluster length along local y against the doublet's r-z angle --------------------------
-    pitch = cuts[CUT_PITCH]
-    thick = cuts[CUT_THICKNESS]
-    below = cuts[CUT_SIZE_BELOW]
-    above = cuts[CUT_SIZE_ABOVE]
-    if cuts[CUT_SIZE_INNER] != 0.0:
-        # barrel: length along z over the crossing along r; disk: along r over across z
-        along = adz if pair_cuts[p, PAIR_INNER_BARREL] != 0.0 else dr
-        across = dr if pair_cuts[p, PAIR_INNER_BARREL] != 0.0 else adz
-        resid = si * pitch * across - thick * along  # pitch * across * (size - prediction)
-        if resid < -(below * pitch * across) or resid > above * pitch * across:
+        ``x, y, z`` are um on the 1 um grid, ``r`` is ``sqrt(x**2 + y**2)`` rounded to an integer
+        um, ``s`` the cluster size along local y (pixels).  The tests, cheapest first:
+
+        1. r-z: the inner hit inside the pair's z window; ``0 < dr <= dr_max``;
+           ``|dz| <= cot_max * dr``; the straight r-z line through both hits meets r = 0 within
+           ``|z0| <= z0_max`` of the beam spot (``|z_i r_o - r_i z_o| <= z0_max * dr``).
+        2. phi window: ``|dphi| <= window``, as ``dot > 0`` and ``cross**2 <= tan**2 * dot**2``.
+        3. pT: the circle through the beam line (0, 0) and both hits has curvature
+           ``2 |cross| / (r_i r_o d)`` (d: the hits' transverse distance); it must not exceed
+           ``1 / R_min`` (squared on both sides).
+        4. cluster size: a track crossing a sensor of thickness t at the doublet's angle leaves a
+           cluster ``t |dz/dr| / pitch`` pixels long along z on a barrel module, ``t |dr/dz| /
+           pitch`` along r on a disk; the measured ``size_y`` must lie within
+           ``[pred - below, pred + above]``.  Applied to the inner hit, and to the outer hit when
+           switched on.
+        """
+        # 1. r-z compatibility -------------------------------------------------------------
+        if zi < pair_cuts[p, PAIR_INNER_Z_MIN] or zi > pair_cuts[p, PAIR_INNER_Z_MAX]:
             return False
-    if cuts[CUT_SIZE_OUTER] != 0.0:
-        along = adz if pair_cuts[p, PAIR_OUTER_BARREL] != 0.0 else dr
-        across = dr if pair_cuts[p, PAIR_OUTER_BARREL] != 0.0 else adz
-        resid = so * pitch * across - thick * along
-        if resid < -(below * pitch * across) or resid > above * pitch * across:
+        dr = sub(ro, ri)
+        if dr <= 0.0 or dr > pair_cuts[p, PAIR_DR_MAX]:
             return False
-    return True
+        adz = abs(sub(zo, zi))
+        if adz > mul(cuts[CUT_COT_MAX], dr):
+            return False
+        if abs(sub(mul(zi, ro), mul(ri, zo))) > mul(cuts[CUT_Z0_MAX], dr):
+            return False
+        # 2. phi window ----------------------------------------------------------------------
+        dot = add(mul(xi, xo), mul(yi, yo))
+        if dot <= 0.0:
+            return False
+        cross = sub(mul(xi, yo), mul(yi, xo))
+        if mul(cross, cross) > mul(pair_cuts[p, PAIR_TAN2_DPHI], mul(dot, dot)):
+            return False
+        # 3. minimum pT: curvature of the circle through the beam line and both hits ------------
+        dx = sub(xo, xi)
+        dy = sub(yo, yi)
+        r2i = add(mul(xi, xi), mul(yi, yi))
+        r2o = add(mul(xo, xo), mul(yo, yo))
+        d2 = add(mul(dx, dx), mul(dy, dy))
+        if mul(mul(4.0, cross), cross) > mul(cuts[CUT_KAPPA2_MAX], mul(mul(r2i, r2o), d2)):
+            return False
+        # 4. cluster length along local y against the doublet's r-z angle ----------------------
+        pitch = cuts[CUT_PITCH]
+        thick = cuts[CUT_THICKNESS]
+        below = cuts[CUT_SIZE_BELOW]
+        above = cuts[CUT_SIZE_ABOVE]
+        if cuts[CUT_SIZE_INNER] != 0.0:
+            # barrel: length along z over the crossing along r; disk: along r over across z
+            along = adz if pair_cuts[p, PAIR_INNER_BARREL] != 0.0 else dr
+            across = dr if pair_cuts[p, PAIR_INNER_BARREL] != 0.0 else adz
+            # pitch * across * (size - prediction)
+            resid = sub(mul(mul(si, pitch), across), mul(thick, along))
+            if (resid < -mul(mul(below, pitch), across)
+                    or resid > mul(mul(above, pitch), across)):
+                return False
+        if cuts[CUT_SIZE_OUTER] != 0.0:
+            along = adz if pair_cuts[p, PAIR_OUTER_BARREL] != 0.0 else dr
+            across = dr if pair_cuts[p, PAIR_OUTER_BARREL] != 0.0 else adz
+            resid = sub(mul(mul(so, pitch), across), mul(thick, along))
+            if (resid < -mul(mul(below, pitch), across)
+                    or resid > mul(mul(above, pitch), across)):
+                return False
+        return True
+
+    return jit(doublet_passes)
 
 
 def phi_bins(phi, window, n_bins):
@@ -137,9 +154,10 @@ def phi_bins(phi, window, n_bins):
     return (lo + 2 * n_bins) % n_bins, count
 
 
-_passes_cpu = numba.njit(inline="always", cache=True)(doublet_passes)
+doublet_passes = _make(lambda f: f, *PY_OPS[:3])
+_passes_cpu = _make(numba.njit(inline="always", cache=True), *CPU_OPS[:3])
 _phi_bins_cpu = numba.njit(inline="always", cache=True)(phi_bins)
-_passes_cuda = cuda.jit(device=True)(doublet_passes)
+_passes_cuda = _make(cuda.jit(device=True), *CUDA_OPS[:3])
 _phi_bins_cuda = cuda.jit(device=True)(phi_bins)
 
 

@@ -35,7 +35,14 @@ cells, writes only its own).
 
 Cluster kinematics (:func:`cluster_kinematics_cpu` / :func:`cluster_kinematics_cuda`): one
 cluster per iteration / thread over its member rows in ascending row order, so the sums run in
-the same order on both.
+the same order on both, and every operation is exactly rounded on both (libdevice's
+``dmul_rn``/``dadd_rn``/... on CUDA, which NVVM never fuses into an FMA), so they agree bit for
+bit.
+
+Rounding.  No float arithmetic decides cluster membership here: the significances arrive
+computed (one IEEE division in the stage), and the kernels only compare them with the
+thresholds and with each other (:func:`_better`).  ``tests/test_ptx.py`` checks that the
+labelling kernels' sm_90 PTX holds no FMA, and neither does the kinematics kernel.
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ import math
 import numba
 import numpy as np
 from numba import cuda
+
+from .ieee import CPU_OPS, CUDA_OPS
 
 TWO_PI = 2.0 * math.pi
 
@@ -57,11 +66,6 @@ def _better(a, b, sig, cell_id):
     return cell_id[a] < cell_id[b]
 
 
-def _wrap(x):
-    """``x`` [rad] wrapped into ``[-pi, pi)``."""
-    return x - TWO_PI * math.floor((x + math.pi) / TWO_PI)
-
-
 def _neighbour_row(e, base, k, slot, nbr_index):
     """Global row of the ``k``-th neighbour entry in event ``e`` (rows from ``base``), or -1."""
     q = slot[e, nbr_index[k]]
@@ -70,20 +74,29 @@ def _neighbour_row(e, base, k, slot, nbr_index):
     return base + q
 
 
-def _make(jit):
-    """The target's device functions: ``(better, neighbour_row, cluster_sums)``."""
+def _make(jit, mul, add, sub, div):
+    """The target's device functions ``(better, neighbour_row, cluster_sums)``, compiled with
+    ``jit``; the kinematics on the arithmetic ``mul, add, sub, div`` (one of the sets
+    ``PY_OPS``, ``CPU_OPS``, ``CUDA_OPS`` of :mod:`hltemu.kernels.antikt`: exactly rounded, so
+    that CUDA does not fuse ``a * b + c`` into an FMA and cpu and cuda sums agree bit for bit).
+    """
     better = jit(_better)
-    wrap = jit(_wrap)
     neighbour_row = jit(_neighbour_row)
+
+    def wrap(x):
+        """``x`` [rad] wrapped into ``[-pi, pi)``: ``x - 2 pi floor((x + pi) / 2 pi)``."""
+        return sub(x, mul(TWO_PI, math.floor(div(add(x, math.pi), TWO_PI))))
+
+    wrap = jit(wrap)
 
     def cluster_sums(k, members, member_offsets, energy, row_eta, row_phi, seed_row,
                      out_energy, out_eta, out_phi, out_n):
         """Kinematics of cluster ``k`` from its member rows ``members[member_offsets[k]:
         member_offsets[k + 1]]`` (ascending rows).
 
-        energy = sum E; eta = sum |E| eta / sum |E|; phi = seed phi + sum |E| dphi / sum |E|,
-        with dphi a member's phi minus the seed's wrapped into [-pi, pi), then wrapped into
-        [-pi, pi).  ``sum |E| > 0`` always: the seed has ``|E| > 0``.
+        energy [GeV] = sum E; eta = sum |E| eta / sum |E|; phi [rad] = seed phi + sum |E| dphi
+        / sum |E|, with dphi a member's phi minus the seed's wrapped into [-pi, pi), then
+        wrapped into [-pi, pi).  ``sum |E| > 0`` always: the seed has ``|E| > 0``.
         """
         phi0 = row_phi[seed_row[k]]
         s_e = 0.0
@@ -96,21 +109,21 @@ def _make(jit):
             r = members[i]
             en = energy[r]
             w = abs(en)
-            s_e += en
-            s_w += w
-            s_eta += w * row_eta[r]
-            s_dphi += w * wrap(row_phi[r] - phi0)
+            s_e = add(s_e, en)
+            s_w = add(s_w, w)
+            s_eta = add(s_eta, mul(w, row_eta[r]))
+            s_dphi = add(s_dphi, mul(w, wrap(sub(row_phi[r], phi0))))
         out_energy[k] = s_e
-        out_eta[k] = s_eta / s_w
-        out_phi[k] = wrap(phi0 + s_dphi / s_w)
+        out_eta[k] = div(s_eta, s_w)
+        out_phi[k] = wrap(add(phi0, div(s_dphi, s_w)))
         out_n[k] = hi - lo
 
     return better, neighbour_row, jit(cluster_sums)
 
 
 _better_cpu, _neighbour_row_cpu, _cluster_sums_cpu = _make(
-    numba.njit(inline="always", cache=True))
-_better_cuda, _neighbour_row_cuda, _cluster_sums_cuda = _make(cuda.jit(device=True))
+    numba.njit(inline="always", cache=True), *CPU_OPS)
+_better_cuda, _neighbour_row_cuda, _cluster_sums_cuda = _make(cuda.jit(device=True), *CUDA_OPS)
 
 
 # -- CPU ----------------------------------------------------------------------------------------

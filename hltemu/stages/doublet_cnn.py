@@ -51,6 +51,7 @@ from hltemu.cnn import (
 from hltemu.config import DoubletCnnConfig
 from hltemu.ops import THREADS_PER_BLOCK
 from hltemu.pipeline import PipelineError, Stage, register
+from hltemu.xpsafe import any_true, item
 
 #: Name of the collection of kept doublets.
 OUTPUT = "filtered_doublets"
@@ -102,7 +103,7 @@ def _check_inputs(hits: Collection, doublets: Collection, model: DoubletCnn, be:
     for name in ("inner", "outer"):
         local = xp.asarray(doublets[name], dtype=xp.int64)
         bad = (local < 0) | (local >= n_hits)
-        if n and bool(xp.any(bad)):
+        if n and any_true(bad):
             k = int(be.to_host(xp.argmax(bad)))
             raise PipelineError(
                 f"doublets.{name} = {int(be.to_host(local[k]))} in event "
@@ -112,7 +113,7 @@ def _check_inputs(hits: Collection, doublets: Collection, model: DoubletCnn, be:
     for name in ("inner_layer", "outer_layer"):
         layer = doublets[name]
         bad = (layer < 0) | (layer >= model.n_layers)
-        if n and bool(xp.any(bad)):
+        if n and any_true(bad):
             value = int(be.to_host(layer[xp.argmax(bad)]))
             raise PipelineError(f"doublets.{name} has the value {value}; the doublet CNN knows "
                                 f"layer ids 0-{model.n_layers - 1}")
@@ -124,14 +125,29 @@ def _features(doublets: Collection, model: DoubletCnn, start: int, stop: int, xp
     cols = {c: doublets[c][start:stop] for c in DOUBLET_INPUTS}
     raw = raw_features(cols, model.features, xp)
     bad = ~xp.isfinite(raw)
-    if bool(xp.any(bad)):
-        row, col = (int(v) for v in np.unravel_index(int(xp.argmax(bad)), raw.shape))
+    if any_true(bad):
+        row, col = (int(v) for v in np.unravel_index(item(xp.argmax(bad)), raw.shape))
         raise PipelineError(f"doublet CNN feature {model.features[col]!r} is not finite for "
                             f"doublet row {start + row} (check the doublets columns it reads)")
     return xp.ascontiguousarray(normalise(model, raw, xp))
 
 
 # -- scoring -------------------------------------------------------------------------------------
+def _cuda_encoder(model: DoubletCnn) -> Any:
+    """The CUDA encoder kernel with per-thread scratch sized for ``model`` (one kernel per model
+    shape, see :func:`hltemu.kernels.doublet_cnn.encode_hits_cuda_kernel`); a model too large
+    for it is a :class:`PipelineError` naming the model file and its sizes."""
+    from hltemu.kernels.doublet_cnn import encode_hits_cuda_kernel, scratch_sizes
+
+    sizes = scratch_sizes(model.pad_shape, model.arrays["conv1.weight"].shape,
+                          model.arrays["conv2.weight"].shape)
+    try:
+        return encode_hits_cuda_kernel(*sizes)
+    except ValueError as exc:
+        raise PipelineError(f"doublet CNN {model.source} (conv1 {model.conv1_out}, conv2 "
+                            f"{model.conv2_out}): {exc}") from None
+
+
 def score_doublets(hits: Collection, doublets: Collection, model: DoubletCnn, be: Backend,
                    chunk_size: int = 1 << 18) -> Any:
     """CNN score of every doublet, float32 ``(doublets.size,)`` on ``be``.
@@ -173,8 +189,7 @@ def score_doublets(hits: Collection, doublets: Collection, model: DoubletCnn, be
 
             encode_hits_cpu(enc_rows[s:e], pads, scale, *enc, emb[s:e])
         elif be.name == "cuda":
-            from hltemu.kernels.doublet_cnn import encode_hits_cuda
-
+            encode_hits_cuda = _cuda_encoder(model)
             blocks = (e - s + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
             encode_hits_cuda[blocks, THREADS_PER_BLOCK](enc_rows[s:e], pads, scale, *enc,
                                                         emb[s:e])
