@@ -36,6 +36,29 @@ from hltemu.stages.antikt import JET_COLUMNS, antikt_jets, genparticle_vectors
 
 RTOL = 1e-10
 fastjet = pytest.importorskip("fastjet")
+#: cuda vs cpu.  Exact: the constituents and their count, and, where the inputs are given as
+#: (px, py, pz, E), the E-scheme sums px, py, pz, E (the kernels merge in the same order with
+#: exactly rounded operations, tests/test_ptx.py).  Within CUDA_DERIVED_TOL: pt, eta, phi, and
+#: px, py, pz, E of jets whose inputs the stage converted from (pt, eta, phi) (CuPy elementwise
+#: code on a GPU: NVRTC contracts it into FMA, and libdevice's cos/sinh/asinh/atan2 may differ
+#: from NumPy's in the last bits); relative, with the same absolute floor for eta/phi near 0;
+#: mass as |dm| <= tol * E (sqrt(E^2 - p^2) cancels for light jets).  The GPU measurement the
+#: tolerance comes from is in benchmarks/RESULTS.md.
+CUDA_DERIVED_TOL = 1e-13
+MOMENTA = ("px", "py", "pz", "E")
+
+
+def assert_cuda_jets_agree(gpu, cpu, what="", exact_momenta=True):
+    """cuda vs cpu jets collections (host): exact and toleranced columns as stated above."""
+    np.testing.assert_array_equal(gpu.offsets, cpu.offsets, err_msg=what)
+    for c in gpu.columns:
+        if gpu[c].dtype.kind in "biu" or c == "area" or (exact_momenta and c in MOMENTA):
+            np.testing.assert_array_equal(gpu[c], cpu[c], err_msg=f"{what} {c}")
+        elif c == "mass":
+            assert (np.abs(gpu[c] - cpu[c]) <= CUDA_DERIVED_TOL * cpu["E"]).all(), what
+        else:
+            np.testing.assert_allclose(gpu[c], cpu[c], rtol=CUDA_DERIVED_TOL,
+                                       atol=CUDA_DERIVED_TOL, err_msg=f"{what} {c}")
 
 
 def our_jets(flat, offsets, radius, backend="cpu", pt_min=0.0):
@@ -130,8 +153,7 @@ def test_cuda_equals_cpu_and_fastjet_on_small_events():
     gpu, gpu_jets, gpu_row = our_jets(flat, offsets, 0.4, "cuda")
     _, cpu_jets, cpu_row = our_jets(flat, offsets, 0.4, "cpu")
     np.testing.assert_array_equal(gpu_row, cpu_row)
-    for c in JET_COLUMNS:
-        np.testing.assert_array_equal(gpu_jets[c], cpu_jets[c], err_msg=c)
+    assert_cuda_jets_agree(gpu_jets, cpu_jets)
     assert_same_jets(gpu, fastjet_jets(flat, offsets, 0.4, strategy="N2Plain"), "cuda")
 
 
@@ -280,8 +302,12 @@ def test_stage_antikt_backends_agree(backend):
     for name in ("jets", "cluster_jet"):
         np.testing.assert_array_equal(out[name].offsets, ref[name].offsets)
         for c, v in ref[name].columns.items():
-            np.testing.assert_array_equal(out[name][c], v, err_msg=f"{name}.{c}")
             assert out[name][c].dtype == v.dtype
+        if name == "jets" and backend.name == "cuda":  # rounding of derived columns: see above
+            assert_cuda_jets_agree(out[name], ref[name], name, exact_momenta=False)
+            continue
+        for c, v in ref[name].columns.items():
+            np.testing.assert_array_equal(out[name][c], v, err_msg=f"{name}.{c}")
     assert ref["jets"].n_events == 4 and ref["jets"].counts[1] == 0
     assert ref["cluster_jet"]["jet"][2] == -1 and (ref["jets"]["n_constituents"] >= 1).all()
 
