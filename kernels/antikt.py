@@ -596,7 +596,7 @@ def _set_dij_cuda(kf, nn, nnd, dij, lo, i):
     dij[lo + i] = _mul_cuda(nnd[lo + i], kmin)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def antikt_cuda(px, py, pz, e, offsets, radius, jet_of, jpx, jpy, jpz, je, jfirst, n_jets,
                 rap, phi, kf, nnd, dij, dnew, nn, sid, hx, hy, hz, he, hfirst, hparent, hfinal):
     """One block per event.  Scratch: per input row ``rap, phi, kf, nnd, dij, dnew`` (float64)

@@ -230,7 +230,7 @@ def _encode_hits_cuda(n_act1: int, n_act2: int, n_patch: int):
     return encode_hits_cuda
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def score_doublets_cuda(inner_row, outer_row, emb, feats, inner_layer, outer_layer, n_layers,
                         wh, bh, wo, bo, out):  # pragma: no cover - compiled
     """Thread ``d`` writes the score of doublet ``d`` into ``out[d]``."""

@@ -213,7 +213,7 @@ def fill_doublets_cpu(x, y, z, r, s, phi, layer, bin_offsets, n_layers, n_bins,
 
 
 # -- CUDA: one thread per (inner hit, layer pair), atomic counter into a fixed buffer ----------
-@cuda.jit
+@cuda.jit(cache=True)
 def find_doublets_cuda(item_hit, item_pair, x, y, z, r, s, phi, event, bin_offsets,
                        n_layers, n_bins, pair_outer, pair_window, pair_cuts, cuts, counter,
                        out_inner, out_outer, out_pair):  # pragma: no cover - compiled

@@ -11,6 +11,9 @@ Kernel modules write their math once as a factory ``_make(jit, mul, add, sub, di
 it with :data:`PY_OPS` (reference), :data:`CPU_OPS` (``numba.njit``) and :data:`CUDA_OPS`
 (``cuda.jit(device=True)``).  What libdevice cannot make exact is its transcendental functions
 (``atan2``, ``log``, ``exp``...), which may differ from glibc's in the last bit.
+
+Numba's on-disk cache of a kernel is invalidated by its own file only: after editing this
+module, clear the caches of the kernel modules that import it (their ``__pycache__/*.nbi``).
 """
 
 import operator

@@ -322,7 +322,7 @@ def correct_jets_cpu(values, levels, bin_lo, bin_hi, var_lo, var_hi, rows, param
                              factors, xs, stack)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def correct_jets_cuda(values, levels, bin_lo, bin_hi, var_lo, var_hi, rows, params, edges,
                       cand_offsets, cand_rows, programs, code_op, code_arg, factors):
     """One thread per jet: same arguments and result as :func:`correct_jets_cpu`."""
@@ -345,7 +345,7 @@ def eval_formula_cpu(code_op, code_arg, params, xs, out):
                                   stack)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def eval_formula_cuda(code_op, code_arg, params, xs, out):
     """One thread per point: same arguments and result as :func:`eval_formula_cpu`."""
     i = cuda.grid(1)

@@ -119,7 +119,7 @@ def rho_cpu(pt, eta, phi, offsets, grid, out):
         out[i] = _rho_one_cpu(i, pt, eta, phi, offsets, grid, cells)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def rho_cuda(pt, eta, phi, offsets, grid, out):
     """One thread per event: same arguments and result as :func:`rho_cpu`."""
     i = cuda.grid(1)

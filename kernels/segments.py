@@ -29,7 +29,7 @@ def segment_sum_cpu(values: np.ndarray, offsets: np.ndarray, out: np.ndarray) ->
         out[i] = _segment_sum_one_cpu(values, offsets, i)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def segment_sum_cuda(values, offsets, out):
     """One thread per event: ``out[i] = sum(values[offsets[i]:offsets[i+1]])``."""
     i = cuda.grid(1)

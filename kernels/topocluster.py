@@ -218,7 +218,7 @@ def _best_grow_tag_cuda(r, best, row_event, offsets, cell_id, sig, t_grow, slot,
     return best
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def propagate_tags_cuda(work, row_event, offsets, cell_id, sig, t_grow, slot, nbr_offsets,
                         nbr_index, tag, changed):
     """One thread per growing cell ``work[i]``: take the best tag of itself and its growing
@@ -235,7 +235,7 @@ def propagate_tags_cuda(work, row_event, offsets, cell_id, sig, t_grow, slot, nb
         changed[0] = 1
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def mark_perimeter_cuda(work, row_event, offsets, cell_id, sig, t_grow, t_perim, slot,
                         nbr_offsets, nbr_index, tag, mark):
     """One thread per growing cell ``work[i]``: when it is in a cluster, set ``mark[q] = 1`` for
@@ -255,7 +255,7 @@ def mark_perimeter_cuda(work, row_event, offsets, cell_id, sig, t_grow, t_perim,
             mark[q] = 1
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def assign_perimeter_cuda(work, row_event, offsets, cell_id, sig, t_grow, slot, nbr_offsets,
                           nbr_index, tag):
     """One thread per perimeter candidate ``work[i]``: its tag becomes the best tag among its
@@ -268,7 +268,7 @@ def assign_perimeter_cuda(work, row_event, offsets, cell_id, sig, t_grow, slot, 
                                  nbr_offsets, nbr_index, tag)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def cluster_kinematics_cuda(members, member_offsets, energy, row_eta, row_phi, seed_row,
                             out_energy, out_eta, out_phi, out_n):
     """One thread per cluster: same arguments and result as :func:`cluster_kinematics_cpu`."""

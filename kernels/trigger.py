@@ -82,7 +82,7 @@ def trigger_cpu(pt, eta, offsets, counts, first_entry, kind, pt_min, eta_max, ht
                           ht_min, n_min, prescale, count_col, out)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def trigger_cuda(pt, eta, offsets, counts, first_entry, kind, pt_min, eta_max, ht_min, n_min,
                  prescale, count_col, out):
     """One thread per event: same arguments and result as :func:`trigger_cpu`."""
