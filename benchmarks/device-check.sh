@@ -3,7 +3,9 @@
 #
 #   here, once:    ../shared/tools/gpu-wheels.sh          (fills .whl/ with the packages the GPU
 #                                                          machine lacks; never CuPy: its own is used)
-#   on the device: bash benchmarks/device-check.sh        (carry [".whl"], timeout_s <= 420)
+#   on the device: bash benchmarks/device-check.sh        (carry [".whl"], timeout_s 300;
+#                  the parts' timeouts add up to under 4 minutes, so that a rerun fits a task's
+#                  15 device minutes)
 #   here, dry run: OUT=/tmp/dc bash benchmarks/device-check.sh   (every part that needs no GPU)
 #
 # Each part runs under its own `timeout` and writes to $OUT as it finishes (8 files at most):
@@ -43,19 +45,19 @@ stamp() { echo "[$(( $(date +%s) - t_start )) s] $*"; }
 stamp "env done"
 
 # 1. the cuda part of the suite on the device (xdist when there, 4 workers)
-XD=""; $P -c "import xdist" 2>/dev/null && XD="-n 4"
-$T 170 $P -m pytest tests -m "cuda or gpu" -p no:cacheprovider -q $XD --durations=15 \
-   >"$OUT/tests.log" 2>&1
+XD=""; $P -c "import xdist" 2>/dev/null && XD="-n 8"
+$T ${TESTS_S:-105} $P -m pytest tests -m "cuda or gpu" -p no:cacheprovider -v -rfE $XD \
+   --durations=15 >"$OUT/tests.log" 2>&1
 echo "exit $?" >>"$OUT/tests.log"
 stamp "tests: $(tail -n 3 "$OUT/tests.log" | head -n 2 | tr '\n' ' ')"
 
 # 2. compute-sanitizer (refused on some runtimes: then the log says unavailable)
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
 if [ $GPU = 1 ] && [ -n "$SAN" ]; then
-  $T 60 "$SAN" --tool memcheck --print-limit 20 $P benchmarks/device_scale.py --once \
+  $T 30 "$SAN" --tool memcheck --print-limit 20 $P benchmarks/device_scale.py --once \
      >"$OUT/san-mem.log" 2>&1 || echo "exit $? (timeout 124: unavailable in time)" >>"$OUT/san-mem.log"
   grep -q "Device not supported\|error 999" "$OUT/san-mem.log" && echo "unavailable: refused by this runtime" >>"$OUT/san-mem.log"
-  $T 45 "$SAN" --tool racecheck --print-limit 20 $P benchmarks/device_scale.py --once topocluster antikt \
+  $T 20 "$SAN" --tool racecheck --print-limit 20 $P benchmarks/device_scale.py --once topocluster antikt \
      >"$OUT/san-race.log" 2>&1 || echo "exit $?" >>"$OUT/san-race.log"
   grep -q "Device not supported\|error 999" "$OUT/san-race.log" && echo "unavailable: refused by this runtime" >>"$OUT/san-race.log"
 else
@@ -64,13 +66,14 @@ fi
 stamp "sanitizer: $(grep -h 'ERROR SUMMARY\|unavailable' "$OUT"/san-*.log | tr '\n' ' ')"
 
 # 3. cpu vs cuda at 10/100/500 events: events/s per stage, exact and float agreement
-BACK="cpu cuda"; [ $GPU = 1 ] || BACK="cpu reference"
-$T 100 $P benchmarks/device_scale.py --tiles 1 10 50 --backends $BACK --json "$OUT/scale.json" \
+BACK="cpu cuda"; TILES="1 10 50"; [ $GPU = 1 ] || { BACK="cpu reference"; TILES=1; }
+$T 35 $P benchmarks/device_scale.py --tiles $TILES --backends $BACK --json "$OUT/scale.json" \
    >"$OUT/scale.log" 2>&1 || echo "exit $?" >>"$OUT/scale.log"
 stamp "scale done"
 
 # 4. benchmarks (cuda entries skip themselves without a GPU)
-$T 80 $P -m pytest benchmarks/bench_*.py -p no:cacheprovider -q -k "not reference" \
+$T 35 $P -m pytest benchmarks/bench_*.py -p no:cacheprovider -q -k "not reference" \
+   --benchmark-max-time=0.25 --benchmark-min-rounds=3 \
    --benchmark-json="$OUT/bench.json" --benchmark-columns=min,median,mean,rounds \
    >"$OUT/bench.log" 2>&1 || echo "exit $?" >>"$OUT/bench.log"
 stamp "bench done"

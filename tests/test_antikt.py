@@ -42,9 +42,11 @@ fastjet = pytest.importorskip("fastjet")
 #: px, py, pz, E of jets whose inputs the stage converted from (pt, eta, phi) (CuPy elementwise
 #: code on a GPU: NVRTC contracts it into FMA, and libdevice's cos/sinh/asinh/atan2 may differ
 #: from NumPy's in the last bits); relative, with the same absolute floor for eta/phi near 0;
-#: mass as |dm| <= tol * E (sqrt(E^2 - p^2) cancels for light jets).  The GPU measurement the
-#: tolerance comes from is in benchmarks/RESULTS.md.
+#: mass as |dm| <= CUDA_MASS_TOL * E: m = sqrt((E + pz)(E - pz) - pt^2) cancels for light jets,
+#: where a last-bit difference d ~ 4e-16 E^2 in m^2 moves m by up to sqrt(d) ~ 2e-8 E.  The GPU
+#: measurement the tolerances come from is in benchmarks/RESULTS.md.
 CUDA_DERIVED_TOL = 1e-13
+CUDA_MASS_TOL = 1e-7
 MOMENTA = ("px", "py", "pz", "E")
 
 
@@ -55,7 +57,7 @@ def assert_cuda_jets_agree(gpu, cpu, what="", exact_momenta=True):
         if gpu[c].dtype.kind in "biu" or c == "area" or (exact_momenta and c in MOMENTA):
             np.testing.assert_array_equal(gpu[c], cpu[c], err_msg=f"{what} {c}")
         elif c == "mass":
-            assert (np.abs(gpu[c] - cpu[c]) <= CUDA_DERIVED_TOL * cpu["E"]).all(), what
+            assert (np.abs(gpu[c] - cpu[c]) <= CUDA_MASS_TOL * cpu["E"]).all(), what
         else:
             np.testing.assert_allclose(gpu[c], cpu[c], rtol=CUDA_DERIVED_TOL,
                                        atol=CUDA_DERIVED_TOL, err_msg=f"{what} {c}")
