@@ -29,7 +29,9 @@ PyTorch stores them).  :func:`load_model` checks everything against the JSON and
 :class:`ModelError` naming the file, the array and the expected and found shapes.
 
 Precision: weights, inputs and every activation are float32 on all backends; the backends sum
-in different orders, so scores agree to about 1e-6 (:data:`SCORE_TOLERANCE` = 1e-5 is tested).
+in different orders, so scores differ by a few 1e-6: at most 2.8e-6 cpu vs reference (AMD
+EPYC) and 2.1e-6 cuda vs cpu (NVIDIA H200, 67,819 doublets, 2026-11-28);
+:data:`SCORE_TOLERANCE` = 3e-5 is 10x that.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ FORMAT = "hltemu-doublet-cnn"
 FORMAT_VERSION = 1
 #: Scores of different backends agree within this (absolute); decisions may differ only for
 #: doublets whose score is this close to the working point.
-SCORE_TOLERANCE = 1.0e-5
+SCORE_TOLERANCE = 3.0e-5
 #: Largest activation map (channels x height x width) of an encoder convolution: the CUDA
 #: kernel keeps one per thread in local memory of this fixed size.
 MAX_ACTIVATIONS = 1024

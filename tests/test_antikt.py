@@ -45,8 +45,8 @@ fastjet = pytest.importorskip("fastjet")
 #: mass as |dm| <= CUDA_MASS_TOL * E: m = sqrt((E + pz)(E - pz) - pt^2) cancels for light jets,
 #: where a last-bit difference d ~ 4e-16 E^2 in m^2 moves m by up to sqrt(d) ~ 2e-8 E.  The GPU
 #: measurement the tolerances come from is in benchmarks/RESULTS.md.
-CUDA_DERIVED_TOL = 1e-13
-CUDA_MASS_TOL = 1e-7
+CUDA_DERIVED_TOL = 5e-14  # 10x the 3.4e-15 measured on an H200 (hltemu.stages.antikt)
+CUDA_MASS_TOL = 4e-7  # 10x the 3.9e-8 E measured there
 MOMENTA = ("px", "py", "pz", "E")
 
 

@@ -24,7 +24,7 @@ Agreement rules (:func:`assert_same_products`):
   topocluster, rho and jec state 1e-12; anti-kT merges in the same order on every backend) plus
   an absolute ``F64_ATOL_OF_MAX`` = 1e-12 of the column's largest magnitude, for values that are
   sums which cancel to about zero (a jet's px, a noise cluster's energy);
-* jet ``mass`` within ``MASS_ATOL_OF_E`` = 1e-6 of the jet's energy besides: ``m^2 = E^2 - p^2``
+* jet ``mass`` within ``MASS_ATOL_OF_E`` = 4e-7 of the jet's energy besides: ``m^2 = E^2 - p^2``
   cancels for nearly massless jets, so a last-bit difference of the inputs (CuPy's and NumPy's
   ``cos``/``sinh`` may differ by one ulp on a GPU) moves ``m`` by up to ~1e-8 E;
 * float32 doublet features within ``F32_RTOL`` = 2.5e-7, two float32 ulps: they are float64
@@ -59,7 +59,7 @@ SAMPLE = Path(str(resources.files("hltemu") / "data" / "sample.root"))
 
 F64_RTOL = 1e-12
 F64_ATOL_OF_MAX = 1e-12
-MASS_ATOL_OF_E = 1e-6
+MASS_ATOL_OF_E = 4e-7  # 10x the 3.9e-8 E measured on an H200 (hltemu.stages.antikt)
 F32_RTOL = 2.5e-7
 
 #: Python's thread switch interval for the simulated anti-kT kernel [s].  The simulator's block

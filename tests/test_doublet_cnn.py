@@ -364,7 +364,8 @@ def test_cuda_matches_cpu_in_production_launch(sample_hits, sample_doublets, mon
     (those within |phi| < 0.1), against the cpu backend: 4-11 s under the simulator, < 1 s on
     an H200.
 
-    Tolerance 4e-6 (absolute, on scores in [0, 1]; SCORE_TOLERANCE is 1e-5): both sum in
+    Tolerance SCORE_TOLERANCE (3e-5 absolute, on scores in [0, 1], 10x the largest difference
+    measured between two backends): both sum in
     float32 but in different orders (cpu: vectorised, reassociated dot products; cuda: one term
     at a time, fused multiply-adds on a GPU), and the GPU's sigmoid uses libdevice ``expf``
     (within 2 ulp) where the CPU calls libm.  Measured: 9.5e-7 here under the simulator, 2.1e-6
@@ -402,7 +403,7 @@ def test_cuda_matches_cpu_in_production_launch(sample_hits, sample_doublets, mon
     assert THREADS_PER_BLOCK == 128
     assert launches == [((n_hits + 127) // 128, 128)] and launches[0][0] >= 3
     assert sub.size % 128 and n_hits % 128  # a last block with idle threads, for both kernels
-    np.testing.assert_allclose(got, cpu, atol=4e-6, rtol=0)
+    np.testing.assert_allclose(got, cpu, atol=SCORE_TOLERANCE, rtol=0)
     assert np.all((got >= 0) & (got <= 1))
     assert _agreement(cpu, got, m.working_point) == 0
 

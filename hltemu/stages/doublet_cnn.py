@@ -24,7 +24,7 @@ over hits (encoder) and over doublets (head).  ``cuda``: one thread per hit and 
 the same scalar functions compiled as device functions (:mod:`hltemu.kernels.doublet_cnn`).
 Only hits that belong to a doublet are encoded.  The features are computed with ``xp``
 element-wise operations, bit-identical on every backend.  Everything is float32; scores of
-different backends agree within :data:`hltemu.cnn.SCORE_TOLERANCE` (1e-5), so keep/drop
+different backends agree within :data:`hltemu.cnn.SCORE_TOLERANCE` (3e-5), so keep/drop
 decisions can differ only for doublets whose score is that close to the working point.
 """
 

@@ -15,7 +15,9 @@ factor, plus ``pt_raw`` [GeV], ``factor`` (the product of the levels' factors) a
 Backends: ``reference`` evaluates each level with NumPy (:meth:`hltemu.jec.JecLevel.evaluate`,
 first matching row by a plain scan); ``cpu`` and ``cuda`` run :mod:`hltemu.kernels.jec` (a
 search index over the bins and a formula interpreter).  They agree with the reference to
-1e-12 relative (same operations; transcendental functions may differ in the last bits).
+1e-12 relative (same operations; transcendental functions may differ in the last bits); cuda
+against cpu on an NVIDIA H200 (2026-11-28, the sample's jets): at most 3.3e-15 relative in
+``factor`` and the scaled momenta, so 5e-14 with a 10x margin.
 """
 
 from __future__ import annotations

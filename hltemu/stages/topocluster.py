@@ -106,6 +106,9 @@ fixed point, then a perimeter pass (see :mod:`hltemu.kernels.topocluster`).  Clu
 ``energy``, ``eta`` and ``phi`` agree within 1e-12 (relative; absolute 1e-12 GeV times the
 cluster's ``sum |E|`` for the energy, which may cancel to about zero): the same terms, summed
 in ascending row order by ``cpu`` and ``cuda`` and by NumPy's pairwise sum in ``reference``.
+``cpu`` and ``cuda`` give bit-identical clusters (their sums use exactly rounded operations,
+:mod:`hltemu.kernels.ieee`; measured on an NVIDIA H200, 2026-11-28, the sample tiled to 100
+events).
 
 The neighbour graph, noise table and cell centres are built once per calorimeter
 (:func:`calorimeter_graph`) and kept on each backend's device (:meth:`CellGraph.on`).
