@@ -66,7 +66,19 @@ PHI_MARGIN = 1.0e-6
 
 def _make(jit, mul, add, sub):
     """``doublet_passes`` on the arithmetic ``mul, add, sub`` (one of the sets ``PY_OPS``,
-    ``CPU_OPS``, ``CUDA_OPS`` of :mod:`hltemu.kernels.antikt`), compiled with ``jit``."""
+    ``CPU_OPS``, ``CUDA_OPS`` of :mod:`hltemu.kernels.ieee`), compiled with ``jit``."""
+
+    def size_compatible(size, barrel, adz, dr, pitch, thick, below, above):
+        """Cluster length ``size`` (pixels along local y) against the doublet's r-z angle:
+        on a barrel layer the length along z over the crossing along r, on a disk along r
+        over across z; ``below``/``above`` pixels of slack."""
+        along = adz if barrel != 0.0 else dr
+        across = dr if barrel != 0.0 else adz
+        resid = sub(mul(mul(size, pitch), across), mul(thick, along))  # pitch*across*(size - pred)
+        return not (resid < -mul(mul(below, pitch), across)
+                    or resid > mul(mul(above, pitch), across))
+
+    size_compatible = jit(size_compatible)
 
     def doublet_passes(xi, yi, zi, ri, si, xo, yo, zo, ro, so, pair_cuts, p, cuts):
         """True when inner hit ``i`` and outer hit ``o`` make a doublet of layer pair ``p``.
@@ -118,22 +130,12 @@ def _make(jit, mul, add, sub):
         thick = cuts[CUT_THICKNESS]
         below = cuts[CUT_SIZE_BELOW]
         above = cuts[CUT_SIZE_ABOVE]
-        if cuts[CUT_SIZE_INNER] != 0.0:
-            # barrel: length along z over the crossing along r; disk: along r over across z
-            along = adz if pair_cuts[p, PAIR_INNER_BARREL] != 0.0 else dr
-            across = dr if pair_cuts[p, PAIR_INNER_BARREL] != 0.0 else adz
-            # pitch * across * (size - prediction)
-            resid = sub(mul(mul(si, pitch), across), mul(thick, along))
-            if (resid < -mul(mul(below, pitch), across)
-                    or resid > mul(mul(above, pitch), across)):
-                return False
-        if cuts[CUT_SIZE_OUTER] != 0.0:
-            along = adz if pair_cuts[p, PAIR_OUTER_BARREL] != 0.0 else dr
-            across = dr if pair_cuts[p, PAIR_OUTER_BARREL] != 0.0 else adz
-            resid = sub(mul(mul(so, pitch), across), mul(thick, along))
-            if (resid < -mul(mul(below, pitch), across)
-                    or resid > mul(mul(above, pitch), across)):
-                return False
+        if cuts[CUT_SIZE_INNER] != 0.0 and not size_compatible(
+                si, pair_cuts[p, PAIR_INNER_BARREL], adz, dr, pitch, thick, below, above):
+            return False
+        if cuts[CUT_SIZE_OUTER] != 0.0 and not size_compatible(
+                so, pair_cuts[p, PAIR_OUTER_BARREL], adz, dr, pitch, thick, below, above):
+            return False
         return True
 
     return jit(doublet_passes)
