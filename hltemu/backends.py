@@ -124,7 +124,9 @@ class Backend:
         size, an error check), never ``int()``/``bool()`` of a device array, which hide that
         synchronisation (the CuPy-strict simulator shim refuses those inside stages).
         """
-        return self.to_host(array).item()
+        from hltemu.xpsafe import item
+
+        return item(array)
 
     def synchronize(self) -> None:
         """Wait until all queued device work is done (no-op on CPU backends)."""
