@@ -11,6 +11,7 @@ ROOT files in batches, runs the chain, writes the products and returns a
 from __future__ import annotations
 
 import importlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,22 +22,17 @@ from hltemu.batch import Collection, EventBatch
 from hltemu.profiling import RunReport, StageTimer
 from hltemu.strictxp import stage_scope
 
-StageFn = Callable[[EventBatch, Any], Mapping[str, Collection]]
+StageFn = Callable[..., Mapping[str, Collection]]
+PrepareFn = Callable[[Any, Backend], Any]
 
-#: The HLT chain in its natural order; stages not yet registered are skipped.
-CHAIN_ORDER: tuple[str, ...] = (
-    "doublets",
-    "doublet_cnn",
-    "topocluster",
-    "antikt",
-    "genjets",
-    "rho",
-    "jec",
-    "trigger",
-)
-
-#: Stage modules imported to fill the registry (each calls :func:`register` on import).
+#: Stage modules imported to fill the registry (each calls :func:`register` on import).  The
+#: chain order is derived from what the stages need and add (:func:`chain_order`); stages that
+#: could run in either order keep their registration order.
 STAGE_MODULES: tuple[str, ...] = ("hltemu.stages",)
+
+#: How many prepared results (device tables, weights, compiled formulas) the pipeline keeps,
+#: one per (stage, config, backend); the least recently used goes first.
+PREPARED_CACHE_SIZE = 64
 
 
 class PipelineError(ValueError):
@@ -58,9 +54,16 @@ class Stage:
     config_type:
         Frozen dataclass (in :mod:`hltemu.config`) holding the stage's settings.
     implementations:
-        Backend name (``reference``, ``cpu``, ``cuda``) -> implementation.
+        Backend name (``reference``, ``cpu``, ``cuda``) -> implementation,
+        ``fn(batch, cfg) -> {name: Collection}``, or ``fn(batch, cfg, prepared)`` when the
+        stage has a ``prepare``.
     doc:
         One line for ``hltemu info``.
+    prepare:
+        Optional ``prepare(cfg, backend) -> prepared``: what does not depend on the events
+        (device tables, weights, compiled formulas, neighbour graphs), built once per
+        (config, backend) and cached by the pipeline (:func:`prepared`), then passed to the
+        implementation as its third argument.
     """
 
     name: str
@@ -69,6 +72,7 @@ class Stage:
     config_type: type
     implementations: Mapping[str, StageFn] = field(default_factory=dict)
     doc: str = ""
+    prepare: PrepareFn | None = None
 
     def __call__(self, batch: EventBatch, cfg: Any = None) -> dict[str, Collection]:
         """Run on ``batch`` (on its backend) and return the added collections."""
@@ -85,8 +89,12 @@ class Stage:
             raise PipelineError(
                 f"stage {self.name!r} needs collection(s) {missing}; the batch has {sorted(batch)}"
             )
+        cfg = cfg if cfg is not None else self.config_type()
         with stage_scope(self.name):
-            out = dict(fn(batch, cfg if cfg is not None else self.config_type()))
+            if self.prepare is None:
+                out = dict(fn(batch, cfg))
+            else:
+                out = dict(fn(batch, cfg, prepared(self, cfg, batch.backend)))
         if set(out) != set(self.adds):
             raise PipelineError(
                 f"stage {self.name!r} returned {sorted(out)}, declared {sorted(self.adds)}"
@@ -98,21 +106,65 @@ _REGISTRY: dict[str, Stage] = {}
 _LOADED = False
 
 
+_PREPARED: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+
+
 def register(stage: Stage) -> Stage:
     """Add ``stage`` to the registry (replacing a stage of the same name)."""
     _REGISTRY[stage.name] = stage
     return stage
 
 
+def prepared(stage: Stage, cfg: Any, backend: Backend) -> Any:
+    """``stage.prepare(cfg, backend)``, built once per (stage, config, backend) and then reused
+    (a config is a frozen dataclass, hence a key; an unhashable one is keyed by identity)."""
+    try:
+        hash(cfg)
+        cfg_key: Any = cfg
+    except TypeError:
+        cfg_key = ("id", id(cfg))
+    key = (stage.name, stage.prepare, cfg_key, backend.name, backend.device)
+    if key in _PREPARED:
+        _PREPARED.move_to_end(key)
+        return _PREPARED[key]
+    assert stage.prepare is not None
+    value = stage.prepare(cfg, backend)
+    _PREPARED[key] = value
+    while len(_PREPARED) > PREPARED_CACHE_SIZE:
+        _PREPARED.popitem(last=False)
+    return value
+
+
+def chain_order(stages: Sequence[Stage]) -> list[Stage]:
+    """``stages`` ordered so that each comes after every stage that adds what it needs (a
+    topological sort); among stages free to run, the earliest registered goes first.  A cycle
+    is a :class:`PipelineError` naming its stages."""
+    index = {st.name: i for i, st in enumerate(stages)}
+    makers: dict[str, set[str]] = {}
+    for st in stages:
+        for coll in st.adds:
+            makers.setdefault(coll, set()).add(st.name)
+    after = {st.name: {m for n in st.needs for m in makers.get(n, ()) if m != st.name}
+             for st in stages}
+    done: list[Stage] = []
+    left = {st.name: st for st in stages}
+    while left:
+        ready = [n for n in left if not (after[n] & left.keys())]
+        if not ready:
+            raise PipelineError(f"stages {sorted(left)} need each other's collections (a cycle)")
+        first = min(ready, key=index.__getitem__)
+        done.append(left.pop(first))
+    return done
+
+
 def registered_stages() -> dict[str, Stage]:
-    """All registered stages, in chain order."""
+    """All registered stages, in chain order (:func:`chain_order`)."""
     global _LOADED
     if not _LOADED:
         for mod in STAGE_MODULES:
             importlib.import_module(mod)
         _LOADED = True
-    order = {n: i for i, n in enumerate(CHAIN_ORDER)}
-    return dict(sorted(_REGISTRY.items(), key=lambda kv: order.get(kv[0], len(order))))
+    return {st.name: st for st in chain_order(list(_REGISTRY.values()))}
 
 
 def get_stage(name: str) -> Stage:
