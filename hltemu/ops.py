@@ -8,8 +8,14 @@ import numpy as np
 
 from hltemu.backends import Backend
 
-#: CUDA threads per block for one-thread-per-event kernels.
+#: CUDA threads per block of the one-thread-per-item kernels.
 THREADS_PER_BLOCK = 128
+
+
+def blocks(n: int, threads: int = THREADS_PER_BLOCK) -> int:
+    """Blocks of ``threads`` threads that cover ``n`` items (one thread each): ``ceil(n /
+    threads)``, launched as ``kernel[blocks(n), THREADS_PER_BLOCK](...)``."""
+    return (int(n) + threads - 1) // threads
 
 
 def segment_sum(values: Any, offsets: Any, backend: Backend) -> Any:
@@ -33,6 +39,5 @@ def segment_sum(values: Any, offsets: Any, backend: Backend) -> Any:
     from hltemu.kernels.segments import segment_sum_cuda
 
     if n:
-        blocks = (n + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
-        segment_sum_cuda[blocks, THREADS_PER_BLOCK](vals, offsets, out)
+        segment_sum_cuda[blocks(n), THREADS_PER_BLOCK](vals, offsets, out)
     return out

@@ -49,7 +49,7 @@ from hltemu.cnn import (
     raw_features,
 )
 from hltemu.config import DoubletCnnConfig
-from hltemu.ops import THREADS_PER_BLOCK
+from hltemu.ops import THREADS_PER_BLOCK, blocks
 from hltemu.pipeline import PipelineError, Stage, register
 from hltemu.xpsafe import any_true, item
 
@@ -190,8 +190,7 @@ def score_doublets(hits: Collection, doublets: Collection, model: DoubletCnn, be
             encode_hits_cpu(enc_rows[s:e], pads, scale, *enc, emb[s:e])
         elif be.name == "cuda":
             encode_hits_cuda = _cuda_encoder(model)
-            blocks = (e - s + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
-            encode_hits_cuda[blocks, THREADS_PER_BLOCK](enc_rows[s:e], pads, scale, *enc,
+            encode_hits_cuda[blocks(e - s), THREADS_PER_BLOCK](enc_rows[s:e], pads, scale, *enc,
                                                         emb[s:e])
         else:
             raise PipelineError(f"stage 'doublet_cnn' has no backend {be.name!r}; choose "
@@ -215,8 +214,7 @@ def score_doublets(hits: Collection, doublets: Collection, model: DoubletCnn, be
         else:
             from hltemu.kernels.doublet_cnn import score_doublets_cuda
 
-            blocks = (e - s + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
-            score_doublets_cuda[blocks, THREADS_PER_BLOCK](
+            score_doublets_cuda[blocks(e - s), THREADS_PER_BLOCK](
                 xp.ascontiguousarray(inner_pos[s:e]), xp.ascontiguousarray(outer_pos[s:e]), emb,
                 feats, xp.ascontiguousarray(inner_layer[s:e]),
                 xp.ascontiguousarray(outer_layer[s:e]), model.n_layers, a["hidden.weight"],

@@ -75,7 +75,7 @@ from hltemu.backends import Backend
 from hltemu.batch import Collection, EventBatch
 from hltemu.config import DoubletsConfig
 from hltemu.geometry import N_PIXEL_LAYERS
-from hltemu.ops import THREADS_PER_BLOCK
+from hltemu.ops import THREADS_PER_BLOCK, blocks
 from hltemu.pipeline import PipelineError, Stage, register
 from hltemu.xpsafe import any_true, bincount, item
 
@@ -360,8 +360,7 @@ def find_cuda(table: HitTable, pairs: PairTable, be: Backend, capacity: int = 0
         outer = xp.empty(capacity, dtype=xp.int32)
         pair = xp.empty(capacity, dtype=xp.int32)
         if n_items:
-            blocks = (n_items + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
-            find_doublets_cuda[blocks, THREADS_PER_BLOCK](
+            find_doublets_cuda[blocks(n_items), THREADS_PER_BLOCK](
                 item_hit, item_pair, table.x, table.y, table.z, table.r, table.size_y,
                 table.phi, table.event, table.bin_offsets, N_PIXEL_LAYERS, table.n_bins,
                 dev["pair_outer"], dev["pair_window"], dev["pair_cuts"], dev["cuts"], counter,

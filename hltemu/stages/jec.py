@@ -29,7 +29,7 @@ import numpy as np
 from hltemu.batch import Collection, EventBatch
 from hltemu.config import ConfigError, JecConfig
 from hltemu.jec import JEC_VARIABLES, JecChain, JecError, load_chain, values_matrix
-from hltemu.ops import THREADS_PER_BLOCK
+from hltemu.ops import THREADS_PER_BLOCK, blocks
 from hltemu.pipeline import PipelineError, Stage, register
 
 #: Jet column each CMS variable is read from (Rho comes from the ``rho`` collection).
@@ -84,9 +84,8 @@ def _correct_kernels(batch: EventBatch, chain: JecChain, values: dict[str, Any])
         if be.name == "cpu":
             K.correct_jets_cpu(mat, *chain.tables(), factors)
         else:
-            blocks = (n + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
             with np.errstate(all="ignore"):  # the simulator runs the interpreter with NumPy
-                K.correct_jets_cuda[blocks, THREADS_PER_BLOCK](
+                K.correct_jets_cuda[blocks(n), THREADS_PER_BLOCK](
                     mat, *chain.device_tables(be), factors
                 )
     return xp.ascontiguousarray(mat[:, K.VAR_PT]), xp.ascontiguousarray(mat[:, K.VAR_E]), factors

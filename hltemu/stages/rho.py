@@ -23,7 +23,7 @@ import numpy as np
 
 from hltemu.batch import Collection, EventBatch
 from hltemu.config import ConfigError, RhoConfig
-from hltemu.ops import THREADS_PER_BLOCK
+from hltemu.ops import THREADS_PER_BLOCK, blocks
 from hltemu.pipeline import PipelineError, Stage, register
 
 #: Cluster columns this stage reads.
@@ -121,8 +121,7 @@ def _rho(batch: EventBatch, cfg: RhoConfig) -> dict[str, Collection]:
 
         out = xp.zeros(n, dtype=xp.float64)
         if n:
-            blocks = (n + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
-            rho_cuda[blocks, THREADS_PER_BLOCK](xp.asarray(pt, dtype=xp.float64), eta, phi,
+            rho_cuda[blocks(n), THREADS_PER_BLOCK](xp.asarray(pt, dtype=xp.float64), eta, phi,
                                                 offsets, be.to_device(grid.as_array()), out)
     return {"rho": Collection.event_level({"rho": out}, xp)}
 

@@ -51,7 +51,7 @@ else:  # pragma: no cover
 
 from hltemu.batch import Collection, EventBatch
 from hltemu.config import ConfigError, TriggerConfig
-from hltemu.ops import THREADS_PER_BLOCK
+from hltemu.ops import THREADS_PER_BLOCK, blocks
 from hltemu.pipeline import PipelineError, Stage, register
 
 #: Column of the ``trigger`` collection holding the OR of all paths.
@@ -301,8 +301,7 @@ def _trigger_kernels(batch: EventBatch, paths: Sequence[TriggerPath], count_name
         if be.name == "cpu":
             K.trigger_cpu(pt, eta, offsets, counts, batch.first_entry, *arrays, out)
         else:
-            blocks = (n + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
-            K.trigger_cuda[blocks, THREADS_PER_BLOCK](
+            K.trigger_cuda[blocks(n), THREADS_PER_BLOCK](
                 pt, eta, offsets, counts, batch.first_entry, *(be.to_device(a) for a in arrays),
                 out,
             )
