@@ -99,31 +99,62 @@ def rho_reference(pt: np.ndarray, eta: np.ndarray, phi: np.ndarray, offsets: np.
     return out
 
 
-def _rho(batch: EventBatch, cfg: RhoConfig) -> dict[str, Collection]:
-    be = batch.backend
-    xp = be.xp
+class Prepared(NamedTuple):
+    """What :func:`prepare` builds once per (config, backend): the grid, and its kernel array
+    ``(eta_min, d_eta, n_eta, d_phi, n_phi, cell_area)`` on the backend's device."""
+
+    grid: RhoGrid
+    device_grid: Any
+
+
+def prepare(cfg: RhoConfig, backend: Any) -> Prepared:
+    """The grid of ``cfg``, uploaded once to ``backend`` (a :class:`ConfigError` for a grid
+    with more cells than the kernels support)."""
     grid = rho_grid(cfg)
+    return Prepared(grid, backend.to_device(grid.as_array()))
+
+
+def _inputs(batch: EventBatch) -> tuple[Any, Any, Any, Any]:
+    """``(pt, eta, phi, offsets)`` of the clusters, float64 on the batch's backend."""
+    xp = batch.backend.xp
     clusters = batch["clusters"]
-    pt = cluster_pt(clusters, xp)
+    pt = xp.asarray(cluster_pt(clusters, xp), dtype=xp.float64)
     eta = xp.asarray(clusters["eta"], dtype=xp.float64)
     phi = xp.asarray(clusters["phi"], dtype=xp.float64)
-    offsets = clusters.offsets
-    n = batch.n_events
-    if be.name == "reference":
-        out = rho_reference(np.asarray(pt, dtype=np.float64), eta, phi, offsets, grid)
-    elif be.name == "cpu":
-        from hltemu.kernels.rho import rho_cpu
+    return pt, eta, phi, clusters.offsets
 
-        out = np.zeros(n, dtype=np.float64)
-        rho_cpu(np.asarray(pt, dtype=np.float64), eta, phi, offsets, grid.as_array(), out)
-    else:
-        from hltemu.kernels.rho import rho_cuda
 
-        out = xp.zeros(n, dtype=xp.float64)
-        if n:
-            rho_cuda[blocks(n), THREADS_PER_BLOCK](xp.asarray(pt, dtype=xp.float64), eta, phi,
-                                                offsets, be.to_device(grid.as_array()), out)
-    return {"rho": Collection.event_level({"rho": out}, xp)}
+def _output(rho: Any, xp: Any) -> dict[str, Collection]:
+    return {"rho": Collection.event_level({"rho": rho}, xp)}
+
+
+def run_reference(batch: EventBatch, cfg: RhoConfig, prep: Prepared) -> dict[str, Collection]:
+    """:func:`rho_reference` per event (NumPy)."""
+    pt, eta, phi, offsets = _inputs(batch)
+    return _output(rho_reference(pt, eta, phi, offsets, prep.grid), np)
+
+
+def run_cpu(batch: EventBatch, cfg: RhoConfig, prep: Prepared) -> dict[str, Collection]:
+    """The Numba kernel, parallel over events."""
+    from hltemu.kernels.rho import rho_cpu
+
+    pt, eta, phi, offsets = _inputs(batch)
+    out = np.zeros(batch.n_events, dtype=np.float64)
+    rho_cpu(pt, eta, phi, offsets, prep.device_grid, out)
+    return _output(out, np)
+
+
+def run_cuda(batch: EventBatch, cfg: RhoConfig, prep: Prepared) -> dict[str, Collection]:
+    """The CUDA kernel, one thread per event."""
+    from hltemu.kernels.rho import rho_cuda
+
+    xp = batch.backend.xp
+    pt, eta, phi, offsets = _inputs(batch)
+    out = xp.zeros(batch.n_events, dtype=xp.float64)
+    if batch.n_events:
+        rho_cuda[blocks(batch.n_events), THREADS_PER_BLOCK](pt, eta, phi, offsets,
+                                                            prep.device_grid, out)
+    return _output(out, xp)
 
 
 STAGE = register(Stage(
@@ -131,6 +162,7 @@ STAGE = register(Stage(
     needs=("clusters",),
     adds=("rho",),
     config_type=RhoConfig,
-    implementations={"reference": _rho, "cpu": _rho, "cuda": _rho},
+    prepare=prepare,
+    implementations={"reference": run_reference, "cpu": run_cpu, "cuda": run_cuda},
     doc="median cluster pT density on a fixed eta-phi grid (CMS fixedGridRho)",
 ))
