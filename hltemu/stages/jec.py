@@ -22,13 +22,13 @@ against cpu on an NVIDIA H200 (2026-11-28, the sample's jets): at most 3.3e-15 r
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from hltemu.batch import Collection, EventBatch
 from hltemu.config import ConfigError, JecConfig
-from hltemu.jec import JEC_VARIABLES, JecChain, JecError, load_chain, values_matrix
+from hltemu.jec import JEC_VARIABLES, JecChain, JecError, JecTables, load_chain, values_matrix
 from hltemu.ops import THREADS_PER_BLOCK, blocks
 from hltemu.pipeline import PipelineError, Stage, register
 
@@ -71,36 +71,67 @@ def jet_values(batch: EventBatch, chain: JecChain) -> dict[str, Any]:
     return out
 
 
-def _correct_kernels(batch: EventBatch, chain: JecChain, values: dict[str, Any]) -> tuple[Any, Any]:
-    """Run the cpu or cuda kernel: corrected (pt, E) and factors (n_jets, n_levels)."""
-    from hltemu.kernels import jec as K
+class Prepared(NamedTuple):
+    """What :func:`prepare` builds once per (config, backend): the chain (files read, formulas
+    compiled) and its kernel tables on the backend's device."""
 
-    be = batch.backend
-    xp = be.xp
-    n = int(values["JetPt"].shape[0])
-    mat = values_matrix(values, n, xp)
-    factors = xp.ones((n, len(chain)), dtype=xp.float64)
-    if n and len(chain):
-        if be.name == "cpu":
-            K.correct_jets_cpu(mat, *chain.tables(), factors)
-        else:
-            with np.errstate(all="ignore"):  # the simulator runs the interpreter with NumPy
-                K.correct_jets_cuda[blocks(n), THREADS_PER_BLOCK](
-                    mat, *chain.device_tables(be), factors
-                )
-    return xp.ascontiguousarray(mat[:, K.VAR_PT]), xp.ascontiguousarray(mat[:, K.VAR_E]), factors
+    chain: JecChain
+    tables: JecTables
 
 
-def _jec(batch: EventBatch, cfg: JecConfig) -> dict[str, Collection]:
-    be = batch.backend
-    xp = be.xp
+def prepare(cfg: JecConfig, backend: Any) -> Prepared:
+    """Read the chain's files and upload its tables to ``backend`` (file problems are a
+    :class:`ConfigError` naming the level)."""
     chain = chain_for(cfg)
-    jets = batch["jets"]
+    return Prepared(chain, chain.device_tables(backend))
+
+
+def _kernel_inputs(batch: EventBatch, chain: JecChain) -> tuple[Any, Any, int]:
+    """The kernels' ``values`` matrix ``(n_jets, N_VARS)``, the ones-initialised ``factors``
+    ``(n_jets, n_levels)`` and ``n_jets``, on the batch's backend."""
+    xp = batch.backend.xp
     values = jet_values(batch, chain)
-    if be.name == "reference":
-        pt, energy, factors = chain.correct_reference(values)
-    else:
-        pt, energy, factors = _correct_kernels(batch, chain, values)
+    n = int(values["JetPt"].shape[0])
+    return values_matrix(values, n, xp), xp.ones((n, len(chain)), dtype=xp.float64), n
+
+
+def _kernel_outputs(mat: Any, factors: Any, xp: Any) -> tuple[Any, Any, Any]:
+    from hltemu.jec.opcodes import VAR_E, VAR_PT
+
+    return xp.ascontiguousarray(mat[:, VAR_PT]), xp.ascontiguousarray(mat[:, VAR_E]), factors
+
+
+def correct_reference(batch: EventBatch, prep: Prepared) -> tuple[Any, Any, Any]:
+    """Corrected (pt, E) and factors ``(n_jets, n_levels)`` with NumPy, level by level."""
+    return prep.chain.correct_reference(jet_values(batch, prep.chain))
+
+
+def correct_cpu(batch: EventBatch, prep: Prepared) -> tuple[Any, Any, Any]:
+    """The same with the Numba kernel (search index over the bins, formula interpreter)."""
+    from hltemu.kernels.jec import correct_jets_cpu
+
+    mat, factors, n = _kernel_inputs(batch, prep.chain)
+    if n and len(prep.chain):
+        correct_jets_cpu(mat, *prep.tables, factors)
+    return _kernel_outputs(mat, factors, np)
+
+
+def correct_cuda(batch: EventBatch, prep: Prepared) -> tuple[Any, Any, Any]:
+    """The same with the CUDA kernel, one thread per jet."""
+    from hltemu.kernels.jec import correct_jets_cuda
+
+    mat, factors, n = _kernel_inputs(batch, prep.chain)
+    if n and len(prep.chain):
+        with np.errstate(all="ignore"):  # the simulator runs the interpreter with NumPy
+            correct_jets_cuda[blocks(n), THREADS_PER_BLOCK](mat, *prep.tables, factors)
+    return _kernel_outputs(mat, factors, batch.backend.xp)
+
+
+def corrected_jets(batch: EventBatch, chain: JecChain, pt: Any, energy: Any,
+                   factors: Any) -> dict[str, Collection]:
+    """The ``corrected_jets`` collection from the levels' results (the same on every backend)."""
+    xp = batch.backend.xp
+    jets = batch["jets"]
     total = xp.ones(jets.size, dtype=xp.float64)
     for i in range(len(chain)):
         total = total * factors[:, i]
@@ -118,12 +149,25 @@ def _jec(batch: EventBatch, cfg: JecConfig) -> dict[str, Collection]:
     return {"corrected_jets": Collection(jets.offsets, cols)}
 
 
+def run_reference(batch: EventBatch, cfg: JecConfig, prep: Prepared) -> dict[str, Collection]:
+    return corrected_jets(batch, prep.chain, *correct_reference(batch, prep))
+
+
+def run_cpu(batch: EventBatch, cfg: JecConfig, prep: Prepared) -> dict[str, Collection]:
+    return corrected_jets(batch, prep.chain, *correct_cpu(batch, prep))
+
+
+def run_cuda(batch: EventBatch, cfg: JecConfig, prep: Prepared) -> dict[str, Collection]:
+    return corrected_jets(batch, prep.chain, *correct_cuda(batch, prep))
+
+
 STAGE = register(Stage(
     name="jec",
     needs=("jets", "rho"),
     adds=("corrected_jets",),
     config_type=JecConfig,
-    implementations={"reference": _jec, "cpu": _jec, "cuda": _jec},
+    prepare=prepare,
+    implementations={"reference": run_reference, "cpu": run_cpu, "cuda": run_cuda},
     doc="factorized CMS jet energy corrections (L1FastJet, L2Relative, L3Absolute, residuals)",
 ))
 
