@@ -216,9 +216,8 @@ def _kernel_decisions(backend, paths, jets, doublets, first_entry):
     be = get_backend(backend)
     batch = EventBatch(be, jets.n_events, {"corrected_jets": jets.to(be),
                                            "doublets": doublets.to(be)}, first_entry=first_entry)
-    names = T._count_collections(batch, paths)
-    j = batch["corrected_jets"]
-    out = T._trigger_kernels(batch, paths, names, j["pt"], j["eta"], j.offsets)
+    prep = T.prepare_paths(paths, be)
+    out = T.decide_cpu(batch, prep) if backend == "cpu" else T.decide_cuda(batch, prep)
     return {k: be.to_host(v) for k, v in out.items()}
 
 

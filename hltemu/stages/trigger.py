@@ -40,7 +40,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -235,11 +235,46 @@ def decide_reference(pt: np.ndarray, eta: np.ndarray, offsets: np.ndarray,
     return out
 
 
-def _count_collections(batch: EventBatch, paths: Sequence[TriggerPath]) -> list[str]:
-    needed = list(dict.fromkeys(p.collection for p in paths if p.kind == "doublets"))
-    for name in needed:
+class Prepared(NamedTuple):
+    """What :func:`prepare` builds once per (config, backend): the selected paths, the
+    collections the counting paths read, and the kernels' menu arrays (kind, pt_min, eta_max,
+    ht_min, n_min, prescale, count column; one entry per path) on the backend's device."""
+
+    paths: tuple[TriggerPath, ...]
+    count_names: tuple[str, ...]
+    arrays: tuple[Any, ...]
+
+
+def prepare_paths(paths: Sequence[TriggerPath], backend: Any) -> Prepared:
+    """:class:`Prepared` for ``paths`` on ``backend`` (the menu arrays uploaded once)."""
+    from hltemu.kernels import trigger as K
+
+    kinds = {"single_jet": K.KIND_SINGLE_JET, "multi_jet": K.KIND_MULTI_JET, "ht": K.KIND_HT,
+             "doublets": K.KIND_COUNT}
+    count_names = tuple(dict.fromkeys(p.collection for p in paths if p.kind == "doublets"))
+    arrays = (
+        np.array([kinds[p.kind] for p in paths], dtype=np.int64),
+        np.array([p.pt_min for p in paths], dtype=np.float64),
+        np.array([p.eta_max for p in paths], dtype=np.float64),
+        np.array([p.ht_min for p in paths], dtype=np.float64),
+        np.array([p.n_min for p in paths], dtype=np.int64),
+        np.array([p.prescale for p in paths], dtype=np.int64),
+        np.array([count_names.index(p.collection) if p.kind == "doublets" else 0
+                  for p in paths], dtype=np.int64),
+    )
+    return Prepared(tuple(paths), count_names, tuple(backend.to_device(a) for a in arrays))
+
+
+def prepare(cfg: TriggerConfig, backend: Any) -> Prepared:
+    """The menu of ``cfg`` (read and checked once) prepared for ``backend``."""
+    return prepare_paths(menu_paths(cfg), backend)
+
+
+def check_counted(batch: EventBatch, prep: Prepared) -> None:
+    """:class:`PipelineError` when a counting path's collection is not in the batch."""
+    for name in prep.count_names:
         if name not in batch:
-            users = [p.name for p in paths if p.collection == name]
+            users = [p.name for p in prep.paths if p.collection == name]
             from hltemu.pipeline import registered_stages
 
             makers = [s.name for s in registered_stages().values() if name in s.adds]
@@ -249,63 +284,78 @@ def _count_collections(batch: EventBatch, paths: Sequence[TriggerPath]) -> list[
                 f"(it has {sorted(batch)}); run the stage that makes it before 'trigger'{hint}, "
                 "or leave those paths out with [trigger] paths = [...]"
             )
-    return needed
 
 
-def _trigger(batch: EventBatch, cfg: TriggerConfig) -> dict[str, Collection]:
-    be = batch.backend
-    xp = be.xp
-    paths = menu_paths(cfg)
+def _jets(batch: EventBatch) -> tuple[Any, Any, Any]:
+    xp = batch.backend.xp
     jets = batch["corrected_jets"]
-    n = batch.n_events
-    count_names = _count_collections(batch, paths)
-    pt = xp.asarray(jets["pt"], dtype=xp.float64)
-    eta = xp.asarray(jets["eta"], dtype=xp.float64)
-    if be.name == "reference":
-        counts = {c: np.asarray(batch[c].counts) for c in count_names}
-        decisions = decide_reference(pt, eta, jets.offsets, counts, batch.first_entry, paths)
-        cols = {name: decisions[name] for name in decisions}
-    else:
-        cols = _trigger_kernels(batch, paths, count_names, pt, eta, jets.offsets)
-    any_path = xp.zeros(n, dtype=bool)
-    for name in [p.name for p in paths]:
-        any_path = any_path | cols[name]
+    return (xp.asarray(jets["pt"], dtype=xp.float64), xp.asarray(jets["eta"], dtype=xp.float64),
+            jets.offsets)
+
+
+def decide_kernel_inputs(batch: EventBatch, prep: Prepared) -> tuple[Any, ...]:
+    """``(pt, eta, offsets, counts, first_entry)`` for the kernels; ``counts`` is
+    ``(n_events, n_counted)`` int64 (objects per event of each counted collection)."""
+    xp = batch.backend.xp
+    check_counted(batch, prep)
+    counts = xp.zeros((batch.n_events, max(len(prep.count_names), 1)), dtype=xp.int64)
+    for c, name in enumerate(prep.count_names):
+        counts[:, c] = batch[name].counts
+    return (*_jets(batch), counts, batch.first_entry)
+
+
+def decide_cpu(batch: EventBatch, prep: Prepared) -> dict[str, Any]:
+    """Decision per path (bool ``(n_events,)``) with the Numba kernel."""
+    from hltemu.kernels.trigger import trigger_cpu
+
+    out = np.zeros((batch.n_events, len(prep.paths)), dtype=bool)
+    args = decide_kernel_inputs(batch, prep)
+    if batch.n_events and prep.paths:
+        trigger_cpu(*args, *prep.arrays, out)
+    return {p.name: np.ascontiguousarray(out[:, i]) for i, p in enumerate(prep.paths)}
+
+
+def decide_cuda(batch: EventBatch, prep: Prepared) -> dict[str, Any]:
+    """Decision per path with the CUDA kernel, one thread per event."""
+    from hltemu.kernels.trigger import trigger_cuda
+
+    xp, n = batch.backend.xp, batch.n_events
+    out = xp.zeros((n, len(prep.paths)), dtype=bool)
+    args = decide_kernel_inputs(batch, prep)
+    if n and prep.paths:
+        trigger_cuda[blocks(n), THREADS_PER_BLOCK](*args, *prep.arrays, out)
+    return {p.name: xp.ascontiguousarray(out[:, i]) for i, p in enumerate(prep.paths)}
+
+
+def decide_batch_reference(batch: EventBatch, prep: Prepared) -> dict[str, Any]:
+    """Decision per path with :func:`decide_reference` (NumPy)."""
+    check_counted(batch, prep)
+    counts = {c: np.asarray(batch[c].counts) for c in prep.count_names}
+    pt, eta, offsets = _jets(batch)
+    return decide_reference(pt, eta, offsets, counts, batch.first_entry, prep.paths)
+
+
+def trigger_collection(decisions: dict[str, Any], prep: Prepared, xp: Any,
+                       n_events: int) -> dict[str, Collection]:
+    """The ``trigger`` collection: one bool column per path plus ``any_path``."""
+    cols = dict(decisions)
+    any_path = xp.zeros(n_events, dtype=bool)
+    for p in prep.paths:
+        any_path = any_path | cols[p.name]
     cols[ANY_PATH] = any_path
     return {"trigger": Collection.event_level(cols, xp)}
 
 
-def _trigger_kernels(batch: EventBatch, paths: Sequence[TriggerPath], count_names: list[str],
-                     pt: Any, eta: Any, offsets: Any) -> dict[str, Any]:
-    from hltemu.kernels import trigger as K
+def run_reference(batch: EventBatch, cfg: TriggerConfig, prep: Prepared) -> dict[str, Collection]:
+    return trigger_collection(decide_batch_reference(batch, prep), prep, np, batch.n_events)
 
-    be = batch.backend
-    xp = be.xp
-    n = batch.n_events
-    kinds = {"single_jet": K.KIND_SINGLE_JET, "multi_jet": K.KIND_MULTI_JET, "ht": K.KIND_HT,
-             "doublets": K.KIND_COUNT}
-    counts = xp.zeros((n, max(len(count_names), 1)), dtype=xp.int64)
-    for c, name in enumerate(count_names):
-        counts[:, c] = batch[name].counts
-    arrays = [
-        np.array([kinds[p.kind] for p in paths], dtype=np.int64),
-        np.array([p.pt_min for p in paths], dtype=np.float64),
-        np.array([p.eta_max for p in paths], dtype=np.float64),
-        np.array([p.ht_min for p in paths], dtype=np.float64),
-        np.array([p.n_min for p in paths], dtype=np.int64),
-        np.array([p.prescale for p in paths], dtype=np.int64),
-        np.array([count_names.index(p.collection) if p.kind == "doublets" else 0
-                  for p in paths], dtype=np.int64),
-    ]
-    out = xp.zeros((n, len(paths)), dtype=bool)
-    if n and paths:
-        if be.name == "cpu":
-            K.trigger_cpu(pt, eta, offsets, counts, batch.first_entry, *arrays, out)
-        else:
-            K.trigger_cuda[blocks(n), THREADS_PER_BLOCK](
-                pt, eta, offsets, counts, batch.first_entry, *(be.to_device(a) for a in arrays),
-                out,
-            )
-    return {p.name: xp.ascontiguousarray(out[:, i]) for i, p in enumerate(paths)}
+
+def run_cpu(batch: EventBatch, cfg: TriggerConfig, prep: Prepared) -> dict[str, Collection]:
+    return trigger_collection(decide_cpu(batch, prep), prep, np, batch.n_events)
+
+
+def run_cuda(batch: EventBatch, cfg: TriggerConfig, prep: Prepared) -> dict[str, Collection]:
+    return trigger_collection(decide_cuda(batch, prep), prep, batch.backend.xp, batch.n_events)
 
 
 STAGE = register(Stage(
@@ -313,6 +363,7 @@ STAGE = register(Stage(
     needs=("corrected_jets",),
     adds=("trigger",),
     config_type=TriggerConfig,
-    implementations={"reference": _trigger, "cpu": _trigger, "cuda": _trigger},
+    prepare=prepare,
+    implementations={"reference": run_reference, "cpu": run_cpu, "cuda": run_cuda},
     doc="trigger menu: single jet, multi-jet, HT and pixel-doublet paths with prescales",
 ))
