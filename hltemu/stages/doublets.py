@@ -67,7 +67,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -336,14 +336,15 @@ def work_items(table: HitTable, pairs: PairTable, xp: Any) -> tuple[Any, Any]:
     return item_hit.astype(xp.int32), item_pair.astype(xp.int32)
 
 
-def find_cuda(table: HitTable, pairs: PairTable, be: Backend, capacity: int = 0
-              ) -> tuple[Any, Any, Any, int]:
+def find_cuda(table: HitTable, pairs: PairTable, be: Backend, capacity: int = 0,
+              device_pairs: dict[str, Any] | None = None) -> tuple[Any, Any, Any, int]:
     """Doublets with the CUDA kernel: ``(inner, outer, pair, launches)``.
 
     The output buffer starts at ``capacity`` doublets (0: 4 per hit + 1024).  The kernel
     counts every doublet it finds, stored or not; when the count exceeds the buffer, the
     buffer is reallocated to the count and the kernel rerun (``launches`` says how often it
-    ran), so no doublet is ever dropped.
+    ran), so no doublet is ever dropped.  ``device_pairs``: the pair tables already on the
+    device (:func:`prepare`), else they are uploaded here.
     """
     from hltemu.kernels.doublets import find_doublets_cuda
 
@@ -352,7 +353,7 @@ def find_cuda(table: HitTable, pairs: PairTable, be: Backend, capacity: int = 0
     n_items = int(item_hit.shape[0])
     if capacity <= 0:
         capacity = 4 * table.n_hits + 1024
-    dev = _kernel_args(pairs, be)
+    dev = device_pairs if device_pairs is not None else _kernel_args(pairs, be)
     launches = 0
     while True:
         counter = xp.zeros(1, dtype=xp.int64)
@@ -418,24 +419,43 @@ def doublet_collection(hits: Collection, table: HitTable, pairs: PairTable, inne
     return Collection(counts_to_offsets(counts, xp), cols)
 
 
-def find_doublets(hits: Collection, cfg: DoubletsConfig, be: Backend) -> Collection:
-    """The ``doublets`` collection of ``hits`` (a PixelHit collection on ``be``)."""
+class Prepared(NamedTuple):
+    """What :func:`prepare` builds once per (config, backend): the cut tables, and those the
+    CUDA kernel reads on the backend's device."""
+
+    pairs: PairTable
+    device_pairs: dict[str, Any]
+
+
+def prepare(cfg: DoubletsConfig, backend: Backend) -> Prepared:
+    """The cut tables of ``cfg``, uploaded once to ``backend``."""
     pairs = pair_table(cfg)
+    return Prepared(pairs, _kernel_args(pairs, backend))
+
+
+def run_reference(batch: EventBatch, cfg: DoubletsConfig, prep: Prepared
+                  ) -> dict[str, Collection]:
+    """Every (hit, layer pair, phi bin) scanned in plain Python (:func:`find_reference`)."""
+    hits, be = batch["PixelHit"], batch.backend
     table = build_hit_table(hits, cfg.n_phi_bins, be)
-    if be.name == "reference":
-        inner, outer, pair = find_reference(table, pairs)
-    elif be.name == "cpu":
-        inner, outer, pair = find_cpu(table, pairs)
-    elif be.name == "cuda":
-        inner, outer, pair, _ = find_cuda(table, pairs, be, cfg.capacity)
-    else:
-        raise PipelineError(f"stage 'doublets' has no backend {be.name!r}; choose reference, "
-                            "cpu or cuda")
-    return doublet_collection(hits, table, pairs, inner, outer, pair, be)
+    found = find_reference(table, prep.pairs)
+    return {"doublets": doublet_collection(hits, table, prep.pairs, *found, be)}
 
 
-def _doublets(batch: EventBatch, cfg: DoubletsConfig) -> dict[str, Collection]:
-    return {"doublets": find_doublets(batch["PixelHit"], cfg, batch.backend)}
+def run_cpu(batch: EventBatch, cfg: DoubletsConfig, prep: Prepared) -> dict[str, Collection]:
+    """The Numba kernels, parallel over events (:func:`find_cpu`)."""
+    hits, be = batch["PixelHit"], batch.backend
+    table = build_hit_table(hits, cfg.n_phi_bins, be)
+    found = find_cpu(table, prep.pairs)
+    return {"doublets": doublet_collection(hits, table, prep.pairs, *found, be)}
+
+
+def run_cuda(batch: EventBatch, cfg: DoubletsConfig, prep: Prepared) -> dict[str, Collection]:
+    """The CUDA kernel, one thread per (hit, layer pair) (:func:`find_cuda`)."""
+    hits, be = batch["PixelHit"], batch.backend
+    table = build_hit_table(hits, cfg.n_phi_bins, be)
+    inner, outer, pair, _ = find_cuda(table, prep.pairs, be, cfg.capacity, prep.device_pairs)
+    return {"doublets": doublet_collection(hits, table, prep.pairs, inner, outer, pair, be)}
 
 
 STAGE = register(Stage(
@@ -443,10 +463,17 @@ STAGE = register(Stage(
     needs=("PixelHit",),
     adds=("doublets",),
     config_type=DoubletsConfig,
-    implementations={"reference": _doublets, "cpu": _doublets, "cuda": _doublets},
+    prepare=prepare,
+    implementations={"reference": run_reference, "cpu": run_cpu, "cuda": run_cuda},
     doc="pixel doublets on 19 Phase-1 layer pairs with Patatrack-style cuts (phi, z0, pT, "
         "cluster size)",
 ))
+
+
+def find_doublets(hits: Collection, cfg: DoubletsConfig, be: Backend) -> Collection:
+    """The ``doublets`` collection of ``hits`` (a PixelHit collection on ``be``): the stage on
+    a batch of just these hits."""
+    return STAGE(EventBatch(be, hits.n_events, {"PixelHit": hits}), cfg)["doublets"]
 
 
 # -- metrics from truth -----------------------------------------------------------------------
