@@ -13,7 +13,7 @@ engine clusters the same 10 events per call with R = 0.4 and returns every inclu
 Engines (clustering only, inputs already in memory as float64 arrays):
 
 * ``reference``: :func:`hltemu.stages.antikt.cluster_reference_event` per event (NumPy);
-* ``cpu``: :func:`hltemu.kernels.antikt.antikt_serial_cpu`, the cpu backend's kernel run on
+* ``cpu``: :func:`hltemu.kernels.antikt_cpu.antikt_serial_cpu`, the cpu backend's kernel run on
   one core (the stage runs the same kernel in parallel over events);
 * ``fastjet``: ``fastjet.ClusterSequence(array, jet_def).inclusive_jets()`` of the scikit-hep
   binding on an awkward array of the 10 events: one call, the event loop and the clustering in
@@ -38,7 +38,7 @@ from _common import SAMPLE
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from antikt_inputs import concat, fastjet_array, fastjet_definition  # noqa: E402
-from hltemu.kernels.antikt import antikt_serial_cpu  # noqa: E402
+from hltemu.kernels.antikt_cpu import antikt_serial_cpu  # noqa: E402
 
 from hltemu.stages.antikt import cluster_reference_event  # noqa: E402
 

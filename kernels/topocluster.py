@@ -77,7 +77,7 @@ def _neighbour_row(e, base, k, slot, nbr_index):
 def _make(jit, mul, add, sub, div):
     """The target's device functions ``(better, neighbour_row, cluster_sums)``, compiled with
     ``jit``; the kinematics on the arithmetic ``mul, add, sub, div`` (one of the sets
-    ``PY_OPS``, ``CPU_OPS``, ``CUDA_OPS`` of :mod:`hltemu.kernels.antikt`: exactly rounded, so
+    ``PY_OPS``, ``CPU_OPS``, ``CUDA_OPS`` of :mod:`hltemu.kernels.ieee`: exactly rounded, so
     that CUDA does not fuse ``a * b + c`` into an FMA and cpu and cuda sums agree bit for bit).
     """
     better = jit(_better)

@@ -8,7 +8,7 @@ Two kinds of tests, each comparing the ``cuda`` backend with ``cpu`` through the
   is covered in ``test_doublet_cnn.py``) with the block size the stages really launch,
   :data:`hltemu.ops.THREADS_PER_BLOCK` = 128 threads, several blocks, and for anti-kT one event
   of more than 300 inputs, so that each of the 128 threads owns several slots.  Under the
-  simulator :data:`hltemu.kernels.antikt.CUDA_THREADS` is 32 (every thread is a Python
+  simulator :data:`hltemu.kernels.antikt_cuda.CUDA_THREADS` is 32 (every thread is a Python
   thread); the anti-kT test sets it to the 128 of a real GPU (its kernel reads the constant at
   run time in the simulator).  Every test records the launches it makes and checks their grid
   and block sizes, so that a smaller input cannot slip back in unnoticed.
@@ -231,7 +231,7 @@ def test_antikt_cuda_128_threads_on_a_300_input_event(cpu_products, monkeypatch,
                                                       fast_block_sync):
     """Stage ``antikt``: a real event of >= 300 clusters (each of 128 threads owns 3 slots at
     the start), between a small event and one whose clusters all have E <= 0 (no inputs)."""
-    import hltemu.kernels.antikt as K
+    import hltemu.kernels.antikt_cuda as K
 
     be = cuda_backend()
     monkeypatch.setattr(K, "CUDA_THREADS", THREADS_PER_BLOCK)  # 32 in the simulator
@@ -418,7 +418,7 @@ def test_gpu_antikt_on_generator_particles(sample, monkeypatch):
     """Anti-kT with 5,000-9,000 inputs per event: the sample's final-state generator particles
     as massless clusters through stage ``antikt`` (constituent assignment exactly), and stage
     ``genjets`` on the GenPart collection itself."""
-    import hltemu.kernels.antikt as K
+    import hltemu.kernels.antikt_cuda as K
     from pythia_inputs import sample_clusters
 
     be = cuda_backend()

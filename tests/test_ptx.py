@@ -62,7 +62,7 @@ def _compile_all() -> dict[str, dict[str, int]]:
     if not cuda.is_available():  # device functions compile for the current device's cc
         dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=(9, 0))
 
-    from hltemu.kernels import antikt as A
+    from hltemu.kernels import antikt_cuda as A
     from hltemu.kernels import doublets as D
     from hltemu.kernels import topocluster as C
 

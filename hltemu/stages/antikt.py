@@ -241,11 +241,11 @@ def cluster(px: Any, py: Any, pz: Any, e: Any, offsets: Any, radius: float,
     first = xp.zeros(n, dtype=xp.int64)
     n_jets = xp.zeros(n_events, dtype=xp.int64)
     if backend.name == "cpu":
-        from hltemu.kernels.antikt import antikt_cpu
+        from hltemu.kernels.antikt_cpu import antikt_cpu
 
         antikt_cpu(px, py, pz, e, offsets, float(radius), jet_of, *out, first, n_jets)
     else:
-        from hltemu.kernels.antikt import CUDA_THREADS, antikt_cuda
+        from hltemu.kernels.antikt_cuda import CUDA_THREADS, antikt_cuda
 
         if n_events and n:
             f64 = [xp.empty(n, dtype=xp.float64) for _ in range(6)]

@@ -31,7 +31,7 @@ decisions can differ only for doublets whose score is that close to the working 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -148,13 +148,95 @@ def _cuda_encoder(model: DoubletCnn) -> Any:
                             f"{model.conv2_out}): {exc}") from None
 
 
-def score_doublets(hits: Collection, doublets: Collection, model: DoubletCnn, be: Backend,
-                   chunk_size: int = 1 << 18) -> Any:
-    """CNN score of every doublet, float32 ``(doublets.size,)`` on ``be``.
+class Prepared(NamedTuple):
+    """What :func:`prepare_model` builds once per (model, backend): the model and its weights
+    on the backend's device (``arrays``; in ``encoder``, ``(k1, w1, b1, k2, w2, b2, we, be)``
+    with convolution weights as ``(out, in * k * k)`` rows, as the kernels take them)."""
 
-    ``hits``/``doublets`` are on ``be``.  Work is done ``chunk_size`` hits or doublets at a time,
-    which bounds the memory of activations and features.
-    """
+    model: DoubletCnn
+    arrays: dict[str, Any]
+    encoder: tuple[Any, ...]
+
+
+def prepare_model(model: DoubletCnn, backend: Backend) -> Prepared:
+    """Upload ``model``'s weights to ``backend`` (once; the stage caches it per config)."""
+    a = {k: backend.to_device(np.ascontiguousarray(v)) for k, v in model.arrays.items()}
+    k1, k2 = int(model.arrays["conv1.weight"].shape[2]), int(model.arrays["conv2.weight"].shape[2])
+    enc = (k1, a["conv1.weight"].reshape(a["conv1.weight"].shape[0], -1), a["conv1.bias"], k2,
+           a["conv2.weight"].reshape(a["conv2.weight"].shape[0], -1), a["conv2.bias"],
+           a["embed.weight"], a["embed.bias"])
+    return Prepared(model, a, enc)
+
+
+def prepare(cfg: DoubletCnnConfig, backend: Backend) -> Prepared:
+    """The model of ``cfg.weights`` (read once; a :class:`PipelineError` names a bad file)
+    with its weights on ``backend``."""
+    try:
+        model = get_model(cfg.weights)
+    except ModelError as exc:
+        raise PipelineError(f"[doublet_cnn] weights: {exc}") from None
+    return prepare_model(model, backend)
+
+
+# -- the three ways to run the encoder and the head on one chunk ---------------------------------
+def _encode_reference(prep: Prepared, rows: Any, pads: Any, scale: Any, emb: Any) -> None:
+    emb[:] = encode_reference(prep.model, pads[rows])
+
+
+def _encode_cpu(prep: Prepared, rows: Any, pads: Any, scale: Any, emb: Any) -> None:
+    from hltemu.kernels.doublet_cnn import encode_hits_cpu
+
+    encode_hits_cpu(rows, pads, scale, *prep.encoder, emb)
+
+
+def _encode_cuda(prep: Prepared, rows: Any, pads: Any, scale: Any, emb: Any) -> None:
+    kernel = _cuda_encoder(prep.model)  # built once per model shape
+    kernel[blocks(rows.shape[0]), THREADS_PER_BLOCK](rows, pads, scale, *prep.encoder, emb)
+
+
+def _head_reference(prep: Prepared, xp: Any, inner: Any, outer: Any, emb: Any, feats: Any,
+                    inner_layer: Any, outer_layer: Any, out: Any) -> None:
+    out[:] = head_reference(prep.model, emb[inner], emb[outer], feats, inner_layer, outer_layer)
+
+
+def _head_cpu(prep: Prepared, xp: Any, inner: Any, outer: Any, emb: Any, feats: Any,
+              inner_layer: Any, outer_layer: Any, out: Any) -> None:
+    from hltemu.kernels.doublet_cnn import score_doublets_cpu
+
+    a = prep.arrays
+    score_doublets_cpu(inner, outer, emb, feats, inner_layer, outer_layer, prep.model.n_layers,
+                       a["hidden.weight"], a["hidden.bias"], a["output.weight"],
+                       a["output.bias"], out)
+
+
+def _head_cuda(prep: Prepared, xp: Any, inner: Any, outer: Any, emb: Any, feats: Any,
+               inner_layer: Any, outer_layer: Any, out: Any) -> None:
+    from hltemu.kernels.doublet_cnn import score_doublets_cuda
+
+    a = prep.arrays
+    score_doublets_cuda[blocks(out.shape[0]), THREADS_PER_BLOCK](
+        xp.ascontiguousarray(inner), xp.ascontiguousarray(outer), emb, feats,
+        xp.ascontiguousarray(inner_layer), xp.ascontiguousarray(outer_layer),
+        prep.model.n_layers, a["hidden.weight"], a["hidden.bias"], a["output.weight"],
+        a["output.bias"], out)
+
+
+#: (encode, head) of each backend: how a chunk of hits is encoded and a chunk of doublets
+#: scored; the rest of :func:`score_doublets` is the same on every backend.
+ENGINES: dict[str, tuple[Any, Any]] = {
+    "reference": (_encode_reference, _head_reference),
+    "cpu": (_encode_cpu, _head_cpu),
+    "cuda": (_encode_cuda, _head_cuda),
+}
+
+
+def score_with(hits: Collection, doublets: Collection, prep: Prepared, be: Backend,
+               engine: tuple[Any, Any], chunk_size: int = 1 << 18) -> Any:
+    """CNN score of every doublet, float32 ``(doublets.size,)`` on ``be``, with ``engine``'s
+    encoder and head.  ``hits``/``doublets`` are on ``be``.  Work is done ``chunk_size`` hits
+    or doublets at a time, which bounds the memory of activations and features."""
+    encode, head = engine
+    model = prep.model
     xp = be.xp
     inner_row, outer_row = _check_inputs(hits, doublets, model, be)
     n = doublets.size
@@ -170,56 +252,29 @@ def score_doublets(hits: Collection, doublets: Collection, model: DoubletCnn, be
     inner_pos = position[inner_row].astype(xp.int32)
     outer_pos = position[outer_row].astype(xp.int32)
     pads = xp.ascontiguousarray(xp.asarray(hits["pad"], dtype=xp.float32))
-    a = {k: be.to_device(np.ascontiguousarray(v)) for k, v in model.arrays.items()}
-    k1, k2 = int(model.arrays["conv1.weight"].shape[2]), int(model.arrays["conv2.weight"].shape[2])
-    # the kernels take convolution weights as (out, in * k * k) rows
-    enc = (k1, a["conv1.weight"].reshape(a["conv1.weight"].shape[0], -1), a["conv1.bias"], k2,
-           a["conv2.weight"].reshape(a["conv2.weight"].shape[0], -1), a["conv2.bias"],
-           a["embed.weight"], a["embed.bias"])
     n_enc = int(enc_rows.shape[0])
     emb = xp.zeros((n_enc, model.n_embed), dtype=xp.float32)
     scale = np.float32(1.0 / model.pad_scale)
-
     for s in range(0, n_enc, chunk_size):
         e = min(s + chunk_size, n_enc)
-        if be.name == "reference":
-            emb[s:e] = encode_reference(model, pads[enc_rows[s:e]])
-        elif be.name == "cpu":
-            from hltemu.kernels.doublet_cnn import encode_hits_cpu
-
-            encode_hits_cpu(enc_rows[s:e], pads, scale, *enc, emb[s:e])
-        elif be.name == "cuda":
-            encode_hits_cuda = _cuda_encoder(model)
-            encode_hits_cuda[blocks(e - s), THREADS_PER_BLOCK](enc_rows[s:e], pads, scale, *enc,
-                                                        emb[s:e])
-        else:
-            raise PipelineError(f"stage 'doublet_cnn' has no backend {be.name!r}; choose "
-                                "reference, cpu or cuda")
+        encode(prep, enc_rows[s:e], pads, scale, emb[s:e])
 
     inner_layer = xp.asarray(doublets["inner_layer"], dtype=xp.int32)
     outer_layer = xp.asarray(doublets["outer_layer"], dtype=xp.int32)
     for s in range(0, n, chunk_size):
         e = min(s + chunk_size, n)
         feats = _features(doublets, model, s, e, xp)
-        if be.name == "reference":
-            scores[s:e] = head_reference(model, emb[inner_pos[s:e]], emb[outer_pos[s:e]], feats,
-                                         inner_layer[s:e], outer_layer[s:e])
-        elif be.name == "cpu":
-            from hltemu.kernels.doublet_cnn import score_doublets_cpu
-
-            score_doublets_cpu(inner_pos[s:e], outer_pos[s:e], emb, feats, inner_layer[s:e],
-                               outer_layer[s:e], model.n_layers, a["hidden.weight"],
-                               a["hidden.bias"], a["output.weight"], a["output.bias"],
-                               scores[s:e])
-        else:
-            from hltemu.kernels.doublet_cnn import score_doublets_cuda
-
-            score_doublets_cuda[blocks(e - s), THREADS_PER_BLOCK](
-                xp.ascontiguousarray(inner_pos[s:e]), xp.ascontiguousarray(outer_pos[s:e]), emb,
-                feats, xp.ascontiguousarray(inner_layer[s:e]),
-                xp.ascontiguousarray(outer_layer[s:e]), model.n_layers, a["hidden.weight"],
-                a["hidden.bias"], a["output.weight"], a["output.bias"], scores[s:e])
+        head(prep, xp, inner_pos[s:e], outer_pos[s:e], emb, feats, inner_layer[s:e],
+             outer_layer[s:e], scores[s:e])
     return scores
+
+
+def score_doublets(hits: Collection, doublets: Collection, model: DoubletCnn, be: Backend,
+                   chunk_size: int = 1 << 18) -> Any:
+    """CNN score of every doublet on ``be`` (:func:`score_with` with ``be``'s engine and the
+    model's weights uploaded for this call; the stage keeps them on the device instead)."""
+    return score_with(hits, doublets, prepare_model(model, be), be, ENGINES[be.name],
+                      chunk_size)
 
 
 def select_doublets(doublets: Collection, scores: Any, working_point: float, xp: Any
@@ -241,15 +296,18 @@ def working_point(cfg: DoubletCnnConfig, model: DoubletCnn) -> float:
     return model.working_point if cfg.working_point < 0 else float(cfg.working_point)
 
 
-def _doublet_cnn(batch: EventBatch, cfg: DoubletCnnConfig) -> dict[str, Collection]:
-    try:
-        model = get_model(cfg.weights)
-    except ModelError as exc:
-        raise PipelineError(f"[doublet_cnn] weights: {exc}") from None
-    be = batch.backend
-    doublets = batch["doublets"]
-    scores = score_doublets(batch["PixelHit"], doublets, model, be, cfg.chunk_size)
-    return {OUTPUT: select_doublets(doublets, scores, working_point(cfg, model), be.xp)}
+def _run(engine: tuple[Any, Any]) -> Any:
+    def run(batch: EventBatch, cfg: DoubletCnnConfig, prep: Prepared) -> dict[str, Collection]:
+        be, doublets = batch.backend, batch["doublets"]
+        scores = score_with(batch["PixelHit"], doublets, prep, be, engine, cfg.chunk_size)
+        return {OUTPUT: select_doublets(doublets, scores, working_point(cfg, prep.model), be.xp)}
+
+    return run
+
+
+run_reference = _run(ENGINES["reference"])
+run_cpu = _run(ENGINES["cpu"])
+run_cuda = _run(ENGINES["cuda"])
 
 
 STAGE = register(Stage(
@@ -257,7 +315,8 @@ STAGE = register(Stage(
     needs=("PixelHit", "doublets"),
     adds=(OUTPUT,),
     config_type=DoubletCnnConfig,
-    implementations={"reference": _doublet_cnn, "cpu": _doublet_cnn, "cuda": _doublet_cnn},
+    prepare=prepare,
+    implementations={"reference": run_reference, "cpu": run_cpu, "cuda": run_cuda},
     doc="CNN over both hits' charge pads + doublet features; keeps doublets with score >= "
         "working point (filtered_doublets)",
 ))
