@@ -218,43 +218,62 @@ def cluster_reference_event(px: np.ndarray, py: np.ndarray, pz: np.ndarray, e: n
 pair_distance = dist
 
 
-def cluster(px: Any, py: Any, pz: Any, e: Any, offsets: Any, radius: float,
-            backend: Backend) -> Clustering:
-    """Inclusive anti-kT jets of every event on ``backend`` (float64 inputs [GeV])."""
-    xp = backend.xp
+def cluster_reference(px: Any, py: Any, pz: Any, e: Any, offsets: Any, radius: float,
+                      backend: Backend) -> Clustering:
+    """Inclusive anti-kT jets of every event with :func:`cluster_reference_event` (NumPy)."""
     n = int(px.shape[0])
     n_events = int(offsets.shape[0]) - 1
-    if backend.name == "reference":
-        jet_of = np.empty(n, dtype=np.int64)
-        cols = np.zeros((n, 5), dtype=np.float64)
-        n_jets = np.zeros(n_events, dtype=np.int64)
-        for ev in range(n_events):
-            lo, hi = int(offsets[ev]), int(offsets[ev + 1])
-            jet_of[lo:hi], jets = cluster_reference_event(px[lo:hi], py[lo:hi], pz[lo:hi],
-                                                          e[lo:hi], radius)
-            cols[lo:lo + jets.shape[0]] = jets
-            n_jets[ev] = jets.shape[0]
-        return Clustering(jet_of, cols[:, 0].copy(), cols[:, 1].copy(), cols[:, 2].copy(),
-                          cols[:, 3].copy(), cols[:, 4].astype(np.int64), n_jets)
-    jet_of = xp.full(n, -1, dtype=xp.int64)
-    out = [xp.zeros(n, dtype=xp.float64) for _ in range(4)]
-    first = xp.zeros(n, dtype=xp.int64)
-    n_jets = xp.zeros(n_events, dtype=xp.int64)
-    if backend.name == "cpu":
-        from hltemu.kernels.antikt_cpu import antikt_cpu
+    jet_of = np.empty(n, dtype=np.int64)
+    cols = np.zeros((n, 5), dtype=np.float64)
+    n_jets = np.zeros(n_events, dtype=np.int64)
+    for ev in range(n_events):
+        lo, hi = int(offsets[ev]), int(offsets[ev + 1])
+        jet_of[lo:hi], jets = cluster_reference_event(px[lo:hi], py[lo:hi], pz[lo:hi],
+                                                      e[lo:hi], radius)
+        cols[lo:lo + jets.shape[0]] = jets
+        n_jets[ev] = jets.shape[0]
+    return Clustering(jet_of, cols[:, 0].copy(), cols[:, 1].copy(), cols[:, 2].copy(),
+                      cols[:, 3].copy(), cols[:, 4].astype(np.int64), n_jets)
 
-        antikt_cpu(px, py, pz, e, offsets, float(radius), jet_of, *out, first, n_jets)
-    else:
-        from hltemu.kernels.antikt_cuda import CUDA_THREADS, antikt_cuda
 
-        if n_events and n:
-            f64 = [xp.empty(n, dtype=xp.float64) for _ in range(6)]
-            i64 = [xp.empty(n, dtype=xp.int64) for _ in range(2)]
-            h64 = [xp.empty(2 * n, dtype=xp.float64) for _ in range(4)]
-            hi64 = [xp.empty(2 * n, dtype=xp.int64) for _ in range(3)]
-            antikt_cuda[n_events, CUDA_THREADS](px, py, pz, e, offsets, float(radius), jet_of,
-                                                *out, first, n_jets, *f64, *i64, *h64, *hi64)
+def _outputs(n: int, n_events: int, xp: Any) -> tuple[Any, list[Any], Any, Any]:
+    """The kernels' output arrays: ``jet_of`` (-1), jet px, py, pz, E, ``first``, ``n_jets``."""
+    return (xp.full(n, -1, dtype=xp.int64), [xp.zeros(n, dtype=xp.float64) for _ in range(4)],
+            xp.zeros(n, dtype=xp.int64), xp.zeros(n_events, dtype=xp.int64))
+
+
+def cluster_cpu(px: Any, py: Any, pz: Any, e: Any, offsets: Any, radius: float,
+                backend: Backend) -> Clustering:
+    """The same with the tiled Numba kernel, parallel over events."""
+    from hltemu.kernels.antikt_cpu import antikt_cpu
+
+    n, n_events = int(px.shape[0]), int(offsets.shape[0]) - 1
+    jet_of, out, first, n_jets = _outputs(n, n_events, np)
+    antikt_cpu(px, py, pz, e, offsets, float(radius), jet_of, *out, first, n_jets)
     return Clustering(jet_of, *out, first, n_jets)
+
+
+def cluster_cuda(px: Any, py: Any, pz: Any, e: Any, offsets: Any, radius: float,
+                 backend: Backend) -> Clustering:
+    """The same with the CUDA kernel, one event per block."""
+    from hltemu.kernels.antikt_cuda import CUDA_THREADS, antikt_cuda
+
+    xp = backend.xp
+    n, n_events = int(px.shape[0]), int(offsets.shape[0]) - 1
+    jet_of, out, first, n_jets = _outputs(n, n_events, xp)
+    if n_events and n:
+        f64 = [xp.empty(n, dtype=xp.float64) for _ in range(6)]
+        i64 = [xp.empty(n, dtype=xp.int64) for _ in range(2)]
+        h64 = [xp.empty(2 * n, dtype=xp.float64) for _ in range(4)]
+        hi64 = [xp.empty(2 * n, dtype=xp.int64) for _ in range(3)]
+        antikt_cuda[n_events, CUDA_THREADS](px, py, pz, e, offsets, float(radius), jet_of,
+                                            *out, first, n_jets, *f64, *i64, *h64, *hi64)
+    return Clustering(jet_of, *out, first, n_jets)
+
+
+#: The clustering of each backend (the rest of the stage is the same code on all three).
+CLUSTERERS: dict[str, Any] = {"reference": cluster_reference, "cpu": cluster_cpu,
+                              "cuda": cluster_cuda}
 
 
 # ------------------------------------------------------------------------------------------
@@ -301,13 +320,15 @@ def make_jets(raw: Clustering, offsets: Any, radius: float, pt_min: float,
 
 
 def antikt_jets(px: Any, py: Any, pz: Any, e: Any, offsets: Any, radius: float, pt_min: float,
-                backend: Backend) -> tuple[Collection, Any]:
+                backend: Backend, clusterer: Any = None) -> tuple[Collection, Any]:
     """Anti-kT jets of 4-vectors [GeV] on ``backend``: the jets collection (columns
-    :data:`JET_COLUMNS`) and each input's jet row within its event (-1: below ``pt_min``)."""
+    :data:`JET_COLUMNS`) and each input's jet row within its event (-1: below ``pt_min``).
+    ``clusterer``: one of :data:`CLUSTERERS` (default: ``backend``'s)."""
     xp = backend.xp
     args = [xp.ascontiguousarray(xp.asarray(a, dtype=xp.float64)) for a in (px, py, pz, e)]
     offsets = xp.asarray(offsets, dtype=xp.int64)
-    raw = cluster(*args, offsets, radius, backend)
+    clusterer = clusterer if clusterer is not None else CLUSTERERS[backend.name]
+    raw = clusterer(*args, offsets, radius, backend)
     return make_jets(raw, offsets, radius, pt_min, xp)
 
 
@@ -342,7 +363,8 @@ def _check_radius(radius: float, stage: str) -> None:
         raise ConfigError(f"[{stage}] R must be a finite number > 0, got {radius}")
 
 
-def _antikt(batch: EventBatch, cfg: AntiKtConfig) -> dict[str, Collection]:
+def antikt_stage(batch: EventBatch, cfg: AntiKtConfig, clusterer: Any) -> dict[str, Collection]:
+    """The ``antikt`` stage with ``clusterer`` (one of :data:`CLUSTERERS`)."""
     be = batch.backend
     xp = be.xp
     _check_radius(cfg.R, "antikt")
@@ -355,7 +377,7 @@ def _antikt(batch: EventBatch, cfg: AntiKtConfig) -> dict[str, Collection]:
     e, eta, phi = energy[rows], eta[rows], phi[rows]
     pt = e / xp.cosh(eta)
     jets, jet_row = antikt_jets(pt * xp.cos(phi), pt * xp.sin(phi), pt * xp.sinh(eta), e,
-                                offsets, cfg.R, cfg.pt_min, be)
+                                offsets, cfg.R, cfg.pt_min, be, clusterer)
     cluster_jet = xp.full(clusters.size, -1, dtype=xp.int64)
     cluster_jet[rows] = jet_row
     return {"jets": jets, "cluster_jet": Collection(clusters.offsets, {"jet": cluster_jet})}
@@ -380,13 +402,39 @@ def genparticle_vectors(gen: Collection, include_neutrinos: bool, xp: Any,
     return px, py, pz, e, rows, offsets
 
 
-def _genjets(batch: EventBatch, cfg: GenJetsConfig) -> dict[str, Collection]:
+def genjets_stage(batch: EventBatch, cfg: GenJetsConfig, clusterer: Any
+                  ) -> dict[str, Collection]:
+    """The ``genjets`` stage with ``clusterer`` (one of :data:`CLUSTERERS`)."""
     be = batch.backend
     _check_radius(cfg.R, "genjets")
     px, py, pz, e, _, offsets = genparticle_vectors(batch["GenPart"], cfg.include_neutrinos,
                                                     be.xp)
-    jets, _ = antikt_jets(px, py, pz, e, offsets, cfg.R, cfg.pt_min, be)
+    jets, _ = antikt_jets(px, py, pz, e, offsets, cfg.R, cfg.pt_min, be, clusterer)
     return {"genjets": jets}
+
+
+def run_antikt_reference(batch: EventBatch, cfg: AntiKtConfig) -> dict[str, Collection]:
+    return antikt_stage(batch, cfg, cluster_reference)
+
+
+def run_antikt_cpu(batch: EventBatch, cfg: AntiKtConfig) -> dict[str, Collection]:
+    return antikt_stage(batch, cfg, cluster_cpu)
+
+
+def run_antikt_cuda(batch: EventBatch, cfg: AntiKtConfig) -> dict[str, Collection]:
+    return antikt_stage(batch, cfg, cluster_cuda)
+
+
+def run_genjets_reference(batch: EventBatch, cfg: GenJetsConfig) -> dict[str, Collection]:
+    return genjets_stage(batch, cfg, cluster_reference)
+
+
+def run_genjets_cpu(batch: EventBatch, cfg: GenJetsConfig) -> dict[str, Collection]:
+    return genjets_stage(batch, cfg, cluster_cpu)
+
+
+def run_genjets_cuda(batch: EventBatch, cfg: GenJetsConfig) -> dict[str, Collection]:
+    return genjets_stage(batch, cfg, cluster_cuda)
 
 
 STAGE = register(Stage(
@@ -394,7 +442,8 @@ STAGE = register(Stage(
     needs=("clusters",),
     adds=("jets", "cluster_jet"),
     config_type=AntiKtConfig,
-    implementations={"reference": _antikt, "cpu": _antikt, "cuda": _antikt},
+    implementations={"reference": run_antikt_reference, "cpu": run_antikt_cpu,
+                     "cuda": run_antikt_cuda},
     doc="anti-kT jets of calorimeter clusters, identical to FastJet (E-scheme, any R)",
 ))
 
@@ -403,6 +452,7 @@ GENJETS_STAGE = register(Stage(
     needs=("GenPart",),
     adds=("genjets",),
     config_type=GenJetsConfig,
-    implementations={"reference": _genjets, "cpu": _genjets, "cuda": _genjets},
+    implementations={"reference": run_genjets_reference, "cpu": run_genjets_cpu,
+                     "cuda": run_genjets_cuda},
     doc="anti-kT jets of generator final-state particles (no neutrinos), as FastJet",
 ))
