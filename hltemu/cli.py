@@ -3,31 +3,52 @@
 Errors a user can cause (bad file, branch, backend, stage or config) are printed as one line
 naming the culprit and the valid choices, with exit status 1 (2 for bad usage); never a
 traceback from deep inside uproot or a kernel.
+
+Imports are lazy: this module imports click and what the options need (the backend names), and
+each command imports what it needs when it runs, so ``hltemu --help`` loads neither uproot,
+awkward, torch, pythia8mc nor the pipeline, its stages or :mod:`hltemu.simulate`
+(tests/test_source.py checks).  Commands that live beside their subsystem
+(:data:`LAZY_COMMANDS`) are imported only when run or asked for their own help.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from hltemu import __version__
-from hltemu.backends import CHOICES, BackendError, get_backend, usable_backends
-from hltemu.config import ConfigError, HLTConfig, describe
-from hltemu.pipeline import PipelineError, registered_stages
+from hltemu.backends import CHOICES
 
-#: Errors shown to the user as a one-line message.
-_USER_ERRORS: tuple[type[Exception], ...] = (BackendError, PipelineError, ConfigError)
+if TYPE_CHECKING:
+    from hltemu.config import HLTConfig
+
+#: Commands that live beside their subsystem: name -> (module, attribute, the first paragraph
+#: of the command's help, which ``hltemu --help`` shows without importing the module; kept equal
+#: to the command's own by tests/test_source.py).
+LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "generate": ("hltemu.simulate.command", "generate",
+                 "Generate EVENTS Pythia 8 events with pileup through the CMS-like toy detector."),
+    "train-doublet-cnn": ("hltemu.cnn_train", "train_doublet_cnn",
+                          "Train the doublet CNN on generated FILES; write STEM.json + STEM.npz."),
+}
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors shown to the user as a one-line message."""
+    from hltemu.backends import BackendError
     from hltemu.batch import BatchError
+    from hltemu.config import ConfigError
     from hltemu.io import InputError
+    from hltemu.pipeline import PipelineError
     from hltemu.scaleout import ScaleOutError
 
-    return (*_USER_ERRORS, InputError, BatchError, ScaleOutError)
+    return (BackendError, PipelineError, ConfigError, InputError, BatchError, ScaleOutError)
 
 
 def builtin_sample() -> Path:
@@ -47,10 +68,54 @@ def _parse_stages(value: str | None) -> list[str] | None:
 
 
 def _load_config(path: str | None) -> HLTConfig:
+    from hltemu.config import HLTConfig
+
     return HLTConfig.load(path) if path else HLTConfig.default()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _lazy_command_names() -> list[str]:
+    """The :data:`LAZY_COMMANDS` that are installed (``generate`` only where
+    :mod:`hltemu.simulate` is), found without importing them: a spec of ``hltemu.<name>``
+    imports nothing beyond ``hltemu``."""
+    return [name for name, (module, _, _) in LAZY_COMMANDS.items()
+            if importlib.util.find_spec(".".join(module.split(".")[:2])) is not None]
+
+
+class LazyGroup(click.Group):
+    """A group that imports each of :data:`LAZY_COMMANDS` the first time it is looked up (to run
+    it or show its own help); the group's help lists them from their stored summary."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *_lazy_command_names()})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in _lazy_command_names():
+            module, attr, _ = LAZY_COMMANDS[cmd_name]
+            self.add_command(getattr(importlib.import_module(module), attr), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """As :meth:`click.Group.format_commands`, but a lazy command not imported yet shows its
+        stored summary instead of being imported."""
+        rows: list[tuple[str, click.Command | None]] = []
+        for name in self.list_commands(ctx):
+            cmd = self.commands.get(name)
+            if cmd is None and name not in LAZY_COMMANDS:
+                continue
+            if cmd is not None and cmd.hidden:
+                continue
+            rows.append((name, cmd))
+        if not rows:
+            return
+        limit = formatter.width - 6 - max(len(name) for name, _ in rows)
+        with formatter.section("Commands"):
+            formatter.write_dl([
+                (name, cmd.get_short_help_str(limit) if cmd is not None else
+                 click.utils.make_default_short_help(LAZY_COMMANDS[name][2], limit))
+                for name, cmd in rows])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hltemu")
 def cli() -> None:
     """hltemu: emulate an HLT reconstruction chain on reference, cpu (Numba) or cuda backends."""
@@ -65,6 +130,9 @@ def info(config_path: str | None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from hltemu.backends import get_backend, usable_backends
+    from hltemu.config import ConfigError, describe
+    from hltemu.pipeline import registered_stages
     from hltemu.profiling import nvtx_available, versions
 
     console = Console()
@@ -206,21 +274,6 @@ def bench(files: tuple[str, ...], backends: str, stages: str | None, events: int
     except _user_errors() as exc:
         raise click.ClickException(str(exc)) from None
     Console().print(table)
-
-
-def _register_optional_commands() -> None:
-    """Commands that live beside their subsystem (e.g. ``generate`` in hltemu.simulate)."""
-    import importlib.util
-
-    cli.add_command(importlib.import_module("hltemu.cnn_train").train_doublet_cnn)
-    if importlib.util.find_spec("hltemu.simulate") is None:
-        return
-    from hltemu.simulate.command import generate
-
-    cli.add_command(generate)
-
-
-_register_optional_commands()
 
 
 def main() -> None:

@@ -450,7 +450,7 @@ class TopoclusterConfig:
     sigma_1**2)``: its electronic noise ``sigma_el`` (:mod:`hltemu.geometry`) and the pileup
     noise of ``pileup_mu`` interactions, ``sigma_1`` being the RMS energy one minimum-bias
     interaction leaves in the cell (per layer and eta ring, from the table ``pileup_noise``:
-    ``builtin:NAME`` in ``hltemu/models`` or a path; see :mod:`hltemu.simulate.pileup_noise`).
+    ``builtin:NAME`` in ``hltemu/models`` or a path; format: :mod:`hltemu.calo_noise`).
     ``pileup_mu = 0``: electronic noise only (the table is then not read).  A cell passes a
     threshold when its significance is strictly above it.  Seeds must pass ``seed_threshold``,
     cells that grow a cluster (and merge clusters) ``grow_threshold``, the perimeter cells added

@@ -11,18 +11,17 @@ import pytest
 
 from hltemu.backends import cuda_status, get_backend
 from hltemu.batch import Collection
-from hltemu.config import TopoclusterConfig
-from hltemu.geometry import default_geometry
-from hltemu.pipeline import PipelineError
-from hltemu.simulate.pileup_noise import (
+from hltemu.calo_noise import (
     PileupNoiseError,
     PileupNoiseTable,
-    derive_pileup_noise,
     load_table,
-    main,
     save_table,
     total_noise,
 )
+from hltemu.config import TopoclusterConfig
+from hltemu.geometry import default_geometry
+from hltemu.pipeline import PipelineError
+from hltemu.simulate.pileup_noise import derive_pileup_noise, main
 from hltemu.stages.topocluster import (
     LABEL_COLLECTION,
     CellGraph,
@@ -259,3 +258,14 @@ def test_save_and_load_round_trip(tmp_path, table):
     for name in ("sigma1", "sigma1_true", "sigma1_rel_err", "mean1", "n_eta"):
         np.testing.assert_array_equal(getattr(back, name), getattr(table, name))
     assert back.layer_names == table.layer_names and back.provenance == table.provenance
+
+
+def test_simulate_reexports_the_reconstruction_names():
+    """The table and total noise live in hltemu.calo_noise (reconstruction, no generator);
+    hltemu.simulate.pileup_noise re-exports the same objects for existing importers."""
+    import hltemu.calo_noise as calo_noise
+    import hltemu.simulate.pileup_noise as derivation
+
+    for name in ("BUILTIN", "TABLE_ARRAYS", "PileupNoiseError", "PileupNoiseTable", "load_table",
+                 "models_dir", "save_table", "table_path", "total_noise"):
+        assert getattr(derivation, name) is getattr(calo_noise, name), name
