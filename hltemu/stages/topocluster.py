@@ -51,7 +51,8 @@ for (default 50; 0 = electronic noise only), and ``sigma_1`` the RMS energy one 
 interaction leaves in the cell, per layer and eta ring, from the table
 :attr:`~hltemu.config.TopoclusterConfig.pileup_noise` (shipped: ``hltemu/models/
 pileup_noise.npz``, 40,000 Pythia minimum-bias interactions through the toy calorimeter; the
-table format in :mod:`hltemu.calo_noise`, its derivation in :mod:`hltemu.simulate.pileup_noise`).  At ``mu = 50`` the pileup noise (median over cells)
+table format in :mod:`hltemu.calo_noise`, its derivation in
+:mod:`hltemu.simulate.pileup_noise`).  At ``mu = 50`` the pileup noise (median over cells)
 is 46 MeV against 31 MeV of electronic noise in central EM1 cells (|eta| < 1), 134 against
 43 MeV in forward ones (|eta| > 2.5); in HAD1 75 against 122 MeV centrally, 432 against
 170 MeV forward.
