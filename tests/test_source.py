@@ -310,3 +310,46 @@ def test_reconstruction_side_module_imports_no_generator(module):
     assert not [n for n in reached if loaded({n}, "hltemu.simulate") or loaded({n}, "pythia8mc")]
     modules, _ = loaded_modules(f"import {module}")
     assert loaded(modules, "hltemu.simulate") == [] and loaded(modules, "pythia8mc") == []
+
+
+# -- stages do not look at the backend's name ---------------------------------------------------
+BACKEND_WORDS = frozenset({"reference", "cpu", "cuda"})
+
+
+def backend_name_comparisons(source: str) -> list[int]:
+    """Lines where a comparison involves ``<x>.name`` of a backend-like variable or one of the
+    backend names as a string (``be.name == "cuda"``, ``backend.name in ("cpu", "cuda")``)."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Compare):
+            continue
+        operands = [node.left, *node.comparators]
+        for op in operands:
+            names = [op] + (list(op.elts) if isinstance(op, (ast.Tuple, ast.List, ast.Set))
+                            else [])
+            if any(isinstance(n, ast.Constant) and n.value in BACKEND_WORDS for n in names):
+                lines.append(node.lineno)
+                break
+            if (isinstance(op, ast.Attribute) and op.attr == "name"
+                    and isinstance(op.value, ast.Name)
+                    and op.value.id in ("be", "backend", "b")):
+                lines.append(node.lineno)
+                break
+    return lines
+
+
+def test_the_finder_sees_backend_comparisons():
+    code = ('if be.name == "cuda": pass\nif backend.name in ("cpu", "cuda"): pass\n'
+            'x = p.name == "HLT_X"\nif kind == "cpu": pass\n')
+    assert backend_name_comparisons(code) == [1, 2, 4]
+
+
+def test_no_stage_compares_a_backend_name():
+    """The pipeline dispatches: a stage gives one implementation per backend and never looks
+    at the backend's name itself (a lookup table of per-backend functions is allowed)."""
+    found = {}
+    for path in sorted((REPO / "hltemu" / "stages").glob("*.py")):
+        lines = backend_name_comparisons(path.read_text())
+        if lines:
+            found[path.name] = lines
+    assert not found, f"backend-name comparisons in stages (file: lines): {found}"

@@ -131,7 +131,7 @@ import numpy as np
 from hltemu.backends import Backend
 from hltemu.batch import Collection, EventBatch, counts_to_offsets
 from hltemu.config import TopoclusterConfig
-from hltemu.ops import THREADS_PER_BLOCK
+from hltemu.ops import THREADS_PER_BLOCK, blocks
 from hltemu.pipeline import PipelineError, Stage, register
 from hltemu.xpsafe import any_true, bincount, item
 
@@ -232,12 +232,12 @@ class CellGraph:
         key = (be.name, be.simulated)
         if key not in self._device and self._base is not None:
             shared = self._base.on(be)
-            noise = be.to_device(np.array(self.noise, copy=be.name == "cuda"))
+            noise = be.to_device(np.array(self.noise, copy=be.simulated))
             self._device[key] = shared._replace(noise=noise)
         if key not in self._device:
-            # copies for cuda: the CUDA simulator writes every kernel argument back to the
+            # copies in the CUDA simulator: it writes every kernel argument back to the
             # host array, which fails for the geometry's read-only arrays
-            copy = be.name == "cuda"
+            copy = be.simulated
             self._device[key] = DeviceGraph(*(be.to_device(np.array(a, copy=copy)) for a in (
                 self.nbr_offsets, self.nbr_index, self.noise, self.eta, self.phi)))
         return self._device[key]
@@ -477,10 +477,6 @@ def labels_cpu(rows: RowArrays, offsets: np.ndarray, graph: CellGraph,
     return label
 
 
-def _blocks(n: int) -> int:
-    return (n + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
-
-
 def labels_cuda(rows: RowArrays, offsets: Any, graph: CellGraph, cfg: TopoclusterConfig,
                 be: Backend) -> tuple[Any, int]:
     """Label seed of every cell by tag propagation: ``(label, launches)``, where ``launches``
@@ -507,7 +503,7 @@ def labels_cuda(rows: RowArrays, offsets: Any, graph: CellGraph, cfg: Topocluste
         limit = n_grow + 2
         while True:
             changed = xp.zeros(1, dtype=xp.int32)
-            propagate_tags_cuda[_blocks(n_grow), THREADS_PER_BLOCK](
+            propagate_tags_cuda[blocks(n_grow), THREADS_PER_BLOCK](
                 grow, *common, cfg.grow_threshold, *graph_args, tag, changed)
             launches += 1
             if be.item(changed[0]) == 0:
@@ -516,18 +512,33 @@ def labels_cuda(rows: RowArrays, offsets: Any, graph: CellGraph, cfg: Topocluste
                 raise RuntimeError(f"topocluster tag propagation did not converge in {limit} "
                                    "launches (a bug: it must)")
         mark = xp.zeros(n, dtype=xp.int32)
-        mark_perimeter_cuda[_blocks(n_grow), THREADS_PER_BLOCK](
+        mark_perimeter_cuda[blocks(n_grow), THREADS_PER_BLOCK](
             grow, *common, cfg.grow_threshold, cfg.perimeter_threshold, *graph_args, tag, mark)
         perimeter = xp.nonzero(mark)[0].astype(xp.int64)
         if perimeter.shape[0]:
-            assign_perimeter_cuda[_blocks(int(perimeter.shape[0])), THREADS_PER_BLOCK](
+            assign_perimeter_cuda[blocks(int(perimeter.shape[0])), THREADS_PER_BLOCK](
                 perimeter, *common, cfg.grow_threshold, *graph_args, tag)
     return tag, launches
 
 
+def kinematics_cpu(n_clusters: int, args: tuple[Any, ...]) -> None:
+    """Cluster energy, eta, phi and cell count with the Numba kernel."""
+    from hltemu.kernels.topocluster import cluster_kinematics_cpu
+
+    cluster_kinematics_cpu(*args)
+
+
+def kinematics_cuda(n_clusters: int, args: tuple[Any, ...]) -> None:
+    """The same with the CUDA kernel, one thread per cluster."""
+    from hltemu.kernels.topocluster import cluster_kinematics_cuda
+
+    cluster_kinematics_cuda[blocks(n_clusters), THREADS_PER_BLOCK](*args)
+
+
 def assemble(label: Any, rows: RowArrays, offsets: Any, n_events: int, graph: CellGraph,
-             be: Backend) -> tuple[Collection, Collection]:
-    """``(clusters, cell_cluster)`` from label seeds (global rows), on ``be``."""
+             be: Backend, kinematics: Any = None) -> tuple[Collection, Collection]:
+    """``(clusters, cell_cluster)`` from label seeds (global rows), on ``be``; ``kinematics``
+    is :func:`kinematics_cpu` or :func:`kinematics_cuda` (default: cpu on NumPy arrays)."""
     xp = be.xp
     dev = graph.on(be)
     n = int(label.shape[0])
@@ -558,20 +569,45 @@ def assemble(label: Any, rows: RowArrays, offsets: Any, n_events: int, graph: Ce
     if n_cl:
         args = (members, member_offsets.astype(xp.int64), rows.energy, row_eta, row_phi, heads,
                 out["energy"], out["eta"], out["phi"], out["n_cells"])
-        if be.name == "cpu":
-            from hltemu.kernels.topocluster import cluster_kinematics_cpu
-
-            cluster_kinematics_cpu(*args)
-        else:
-            from hltemu.kernels.topocluster import cluster_kinematics_cuda
-
-            cluster_kinematics_cuda[_blocks(n_cl), THREADS_PER_BLOCK](*args)
+        if kinematics is None:
+            kinematics = kinematics_cpu if xp is np else kinematics_cuda
+        kinematics(n_cl, args)
     out["seed"] = rows.ids[heads].astype(xp.int32)
     out["seed_significance"] = rows.sig[heads]
     return Collection(cl_offsets, out), Collection(offsets, {LABEL_COLUMN: local})
 
 
 # -- the stage ----------------------------------------------------------------------------------
+def clusters_reference(cells: Collection, cfg: TopoclusterConfig, be: Backend,
+                       graph: CellGraph) -> tuple[Collection, Collection]:
+    """The seed-queue algorithm per event in plain Python (:func:`cluster_reference`)."""
+    check_cells(cells, graph, be)
+    return cluster_reference(cells.to_host(), graph, cfg)
+
+
+def clusters_cpu(cells: Collection, cfg: TopoclusterConfig, be: Backend,
+                 graph: CellGraph) -> tuple[Collection, Collection]:
+    """The same algorithm in Numba, parallel over events, then the common assembly."""
+    check_cells(cells, graph, be)
+    rows = row_arrays(cells, graph, be)
+    label = labels_cpu(rows, cells.offsets, graph, cfg)
+    return assemble(label, rows, cells.offsets, cells.n_events, graph, be, kinematics_cpu)
+
+
+def clusters_cuda(cells: Collection, cfg: TopoclusterConfig, be: Backend,
+                  graph: CellGraph) -> tuple[Collection, Collection]:
+    """Tag propagation to a fixed point and a perimeter pass on CUDA, then the assembly."""
+    check_cells(cells, graph, be)
+    rows = row_arrays(cells, graph, be)
+    label, _ = labels_cuda(rows, cells.offsets, graph, cfg, be)
+    return assemble(label, rows, cells.offsets, cells.n_events, graph, be, kinematics_cuda)
+
+
+#: The clustering of each backend.
+ALGORITHMS: dict[str, Any] = {"reference": clusters_reference, "cpu": clusters_cpu,
+                              "cuda": clusters_cuda}
+
+
 def topocluster(cells: Collection, cfg: TopoclusterConfig, be: Backend,
                 graph: CellGraph | None = None) -> dict[str, Collection]:
     """``{"clusters": ..., "cell_cluster": ...}`` of a CaloCell collection on ``be``.
@@ -581,24 +617,34 @@ def topocluster(cells: Collection, cfg: TopoclusterConfig, be: Backend,
     the significance, and ``cfg.pileup_mu`` / ``cfg.pileup_noise`` play no part.
     """
     graph = graph if graph is not None else noise_graph(cfg)
-    check_cells(cells, graph, be)
-    if be.name == "reference":
-        clusters, labels = cluster_reference(cells.to_host(), graph, cfg)
-    elif be.name in ("cpu", "cuda"):
-        rows = row_arrays(cells, graph, be)
-        if be.name == "cpu":
-            label = labels_cpu(rows, cells.offsets, graph, cfg)
-        else:
-            label, _ = labels_cuda(rows, cells.offsets, graph, cfg, be)
-        clusters, labels = assemble(label, rows, cells.offsets, cells.n_events, graph, be)
-    else:
-        raise PipelineError(f"stage 'topocluster' has no backend {be.name!r}; choose "
-                            "reference, cpu or cuda")
+    clusters, labels = ALGORITHMS[be.name](cells, cfg, be, graph)
     return {"clusters": clusters, LABEL_COLLECTION: labels}
 
 
-def _topocluster(batch: EventBatch, cfg: TopoclusterConfig) -> dict[str, Collection]:
-    return topocluster(batch["CaloCell"], cfg, batch.backend)
+def prepare(cfg: TopoclusterConfig, backend: Backend) -> CellGraph:
+    """The calorimeter's cell graph with the total noise of ``cfg`` (:func:`noise_graph`),
+    copied once to ``backend``'s device."""
+    graph = noise_graph(cfg)
+    graph.on(backend)
+    return graph
+
+
+def run_reference(batch: EventBatch, cfg: TopoclusterConfig, graph: CellGraph
+                  ) -> dict[str, Collection]:
+    clusters, labels = clusters_reference(batch["CaloCell"], cfg, batch.backend, graph)
+    return {"clusters": clusters, LABEL_COLLECTION: labels}
+
+
+def run_cpu(batch: EventBatch, cfg: TopoclusterConfig, graph: CellGraph
+            ) -> dict[str, Collection]:
+    clusters, labels = clusters_cpu(batch["CaloCell"], cfg, batch.backend, graph)
+    return {"clusters": clusters, LABEL_COLLECTION: labels}
+
+
+def run_cuda(batch: EventBatch, cfg: TopoclusterConfig, graph: CellGraph
+             ) -> dict[str, Collection]:
+    clusters, labels = clusters_cuda(batch["CaloCell"], cfg, batch.backend, graph)
+    return {"clusters": clusters, LABEL_COLLECTION: labels}
 
 
 STAGE = register(Stage(
@@ -606,7 +652,8 @@ STAGE = register(Stage(
     needs=("CaloCell",),
     adds=("clusters", LABEL_COLLECTION),
     config_type=TopoclusterConfig,
-    implementations={"reference": _topocluster, "cpu": _topocluster, "cuda": _topocluster},
+    prepare=prepare,
+    implementations={"reference": run_reference, "cpu": run_cpu, "cuda": run_cuda},
     doc="ATLAS 4-2-0 topological clusters of calorimeter cells by |E|/sigma_noise, electronic "
         "and pileup noise (GPU: tag propagation)",
 ))
