@@ -43,11 +43,62 @@ def _write_small_file(path, n_events=23, seed=5):
     return batch
 
 
-def test_info_lists_backends_and_stages():
-    result = CliRunner().invoke(cli, ["info"])
+def _table_rows(output: str) -> dict[int, list[list[str]]]:
+    """The body rows of the rich tables in ``output``, by number of columns (the info tables
+    have 2, 3, 5 and 4); cells stripped."""
+    rows: dict[int, list[list[str]]] = {}
+    for line in output.splitlines():
+        line = line.strip()
+        if line.startswith("│") and line.endswith("│"):
+            cells = [c.strip() for c in line[1:-1].split("│")]
+            rows.setdefault(len(cells), []).append(cells)
+    return rows
+
+
+def test_info_lists_backends_and_stages(tmp_path):
+    """Every row of `hltemu info`: versions, each backend's usability as usable_backends() says
+    and what auto picks, the registered stages in chain order with their needs, adds,
+    backends and doc, and every setting of every stage (defaults, then a --config file's)."""
+    import platform
+
+    from hltemu import __version__
+    from hltemu.backends import usable_backends
+    from hltemu.config import HLTConfig, describe
+    from hltemu.pipeline import registered_stages
+
+    runner = CliRunner(env={"COLUMNS": "400"})  # wide enough that no cell wraps
+    result = runner.invoke(cli, ["info"])
     assert result.exit_code == 0, result.output
-    for word in ("backends", "reference", "cpu", "cuda", "numpy", "numba", "stages"):
-        assert word in result.output
+    rows = _table_rows(result.output)
+    versions = dict(rows[2])
+    assert versions["hltemu"] == __version__ and versions["numpy"] == np.__version__
+    assert versions["python"] == platform.python_version()
+    assert versions["nvtx ranges"] in ("on", "off (pip install 'hltemu[nvtx]')")
+    want = [[name, "yes" if ok else "no", why] for name, (ok, why) in usable_backends().items()]
+    want.append(["auto", "yes", get_backend("auto").name])
+    assert rows[3] == want
+    assert [r[0] for r in rows[3]] == ["reference", "cpu", "cuda", "auto"]
+    stages = registered_stages()
+    assert rows[5] == [[name, ", ".join(st.needs), ", ".join(st.adds),
+                        ", ".join(sorted(st.implementations)), st.doc]
+                       for name, st in stages.items()]
+    order = [r[0] for r in rows[5]]
+    assert order.index("antikt") < order.index("jec") < order.index("trigger")
+    assert order.index("rho") < order.index("jec")
+
+    def settings(cfg: HLTConfig) -> list[list[str]]:
+        return [[name if i == 0 else "", key, str(value), unit]
+                for name in stages for i, (key, value, unit, _) in enumerate(describe(cfg[name]))]
+
+    assert rows[4] == settings(HLTConfig.default())
+    toml = tmp_path / "c.toml"
+    toml.write_text("[antikt]\npt_min = 12.5\n[rho]\ngrid_spacing = 0.8\n")
+    result = runner.invoke(cli, ["info", "--config", str(toml)])
+    assert result.exit_code == 0, result.output
+    shown = _table_rows(result.output)[4]
+    assert shown == settings(HLTConfig.load(toml))
+    assert ["", "pt_min", "12.5", "GeV"] in shown and ["", "grid_spacing", "0.8", ""] in shown
+    assert shown != rows[4]
 
 
 @pytest.mark.parametrize("backend_name", ["reference", "cpu", "cuda"])
@@ -116,13 +167,37 @@ def test_run_cuda_without_gpu_names_cpu(tmp_path):
     assert "Traceback" not in r.stderr
 
 
-def test_bench_prints_ratios(tmp_path, cell_sum_stage):  # noqa: F811
+def test_bench_prints_ratios(tmp_path, cell_sum_stage, monkeypatch):  # noqa: F811
+    """`hltemu bench` times each backend once, on the first 10 events, best of 2, and prints per
+    stage and in total the events/s of each and the speed-up cpu/reference of those times."""
+    from hltemu import bench
+
+    timed = []
+
+    def recording(batch, backend, chain, config, repeat):
+        best = real(batch, backend, chain, config, repeat)
+        timed.append((backend, batch.n_events, [st.name for st in chain], repeat, best))
+        return best
+
+    real = bench.time_backend
+    monkeypatch.setattr(bench, "time_backend", recording)
     src = tmp_path / "in.root"
     _write_small_file(src)
-    r = CliRunner().invoke(cli, ["bench", str(src), "--backends", "reference,cpu", "-s", "cell_sum",
-                                 "-n", "10", "--repeat", "2"])
+    r = CliRunner(env={"COLUMNS": "200"}).invoke(
+        cli, ["bench", str(src), "--backends", "reference,cpu", "-s", "cell_sum", "-n", "10",
+              "--repeat", "2"])
     assert r.exit_code == 0, r.output
-    assert "cpu/reference" in r.output and "cell_sum" in r.output
+    assert [t[:4] for t in timed] == [("reference", 10, ["cell_sum"], 2),
+                                      ("cpu", 10, ["cell_sum"], 2)]
+    ref, cpu = timed[0][4], timed[1][4]
+    assert ref["total"] == ref["cell_sum"] and cpu["total"] == cpu["cell_sum"]
+    assert "hltemu bench: 10 events, best of 2" in r.output
+    header = next(line for line in r.output.splitlines() if line.startswith("┃"))
+    assert [c.strip() for c in header.strip("┃").split("┃")] == [
+        "stage", "reference events/s", "cpu events/s", "cpu/reference"]
+    assert _table_rows(r.output)[4] == [
+        [name, f"{10 / ref[name]:,.1f}", f"{10 / cpu[name]:,.1f}",
+         f"{ref[name] / cpu[name]:.2f}x"] for name in ("cell_sum", "total")]
 
 
 @pytest.mark.parametrize("backend_name,warmup",

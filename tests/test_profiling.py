@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 from rich.console import Console
 
+from hltemu import profiling
 from hltemu.backends import get_backend
 from hltemu.profiling import RunReport, StageTimer, nvtx_range, stage
 
@@ -57,7 +59,66 @@ def test_report_json_and_table(tmp_path):
     assert "antikt" in text and "total" in text and "50.0%" in text
 
 
-def test_nvtx_range_is_usable_with_or_without_nvtx():
+class _FakeNvtx:
+    """Stands in for the ``nvtx`` package: records ``annotate`` calls and range entry/exit."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def annotate(self, message, domain=None):
+        log = self.log
+
+        class Range:
+            def __enter__(self):
+                log.append(("push", message, domain))
+
+            def __exit__(self, *exc):
+                log.append(("pop", message, domain))
+                return False  # never swallows an exception
+
+        return Range()
+
+
+def test_nvtx_range_without_nvtx_runs_the_body_once_and_propagates_errors(monkeypatch):
+    monkeypatch.setattr(profiling, "_nvtx", None)
+    assert not profiling.nvtx_available()
+    body = []
     with nvtx_range("unit-test"):
-        x = 1
-    assert x == 1
+        body.append("ran")
+    assert body == ["ran"]
+    with pytest.raises(KeyError, match="inside"), nvtx_range("unit-test"):
+        raise KeyError("inside")
+
+
+def test_nvtx_range_with_nvtx_opens_a_named_range_around_the_body(monkeypatch):
+    log = []
+    monkeypatch.setattr(profiling, "_nvtx", _FakeNvtx(log))
+    assert profiling.nvtx_available()
+    with nvtx_range("unit-test"):
+        log.append("body")
+    assert log == [("push", "hltemu:unit-test", "hltemu"), "body",
+                   ("pop", "hltemu:unit-test", "hltemu")]
+    # the range is closed when the body raises, and the error reaches the caller
+    log.clear()
+    with pytest.raises(RuntimeError, match="boom"), nvtx_range("failing"):
+        raise RuntimeError("boom")
+    assert log == [("push", "hltemu:failing", "hltemu"), ("pop", "hltemu:failing", "hltemu")]
+
+
+def test_stage_timer_range_encloses_both_synchronizations(monkeypatch):
+    """Nsight sees the whole stage, device waits included: the range ``hltemu:<stage>`` opens
+    before the first synchronize and closes after the last."""
+    log = []
+    monkeypatch.setattr(profiling, "_nvtx", _FakeNvtx(log))
+
+    class Backend(_CountingBackend):
+        def synchronize(self):
+            super().synchronize()
+            log.append("sync")
+
+    timer = StageTimer(Backend())
+    with timer.stage("antikt", 4):
+        log.append("body")
+    assert log == [("push", "hltemu:antikt", "hltemu"), "sync", "body", "sync",
+                   ("pop", "hltemu:antikt", "hltemu")]
+    assert timer.report.stages["antikt"].calls == 1

@@ -139,12 +139,28 @@ def test_phi_wrapping_and_eta_edges():
 
 
 def test_non_positive_energies_are_left_out():
-    on = clusters_from([[5.0, 5.0]], [[0.1, 0.2]], [[0.0, 1.0]])
-    cols = dict(on.columns)
-    cols["energy"] = np.array([5.0, -5.0])
-    neg = Collection(on.offsets, cols)
-    assert cluster_pt(neg, np)[1] == 0.0
-    np.testing.assert_array_equal(run_rho("cpu", neg), run_rho("reference", neg))
+    """Every cell of the CMS grid holds a 2 GeV cluster; 120 of the 198 cells also hold a
+    cluster of energy -30 GeV and 40 more one of energy 0.  Left out, rho is 2 GeV / cell area;
+    summed as negative pT it would be 1.07 GeV / cell area, as |E| 2.93."""
+    cfg = RhoConfig()
+    g = rho_grid(cfg)
+    row, col = np.divmod(np.arange(g.n_cells), g.n_phi)
+    eta = -g.eta_max + g.d_eta * (row + 0.5)
+    phi = g.d_phi * (col + 0.5)
+    pt = np.full(g.n_cells, 2.0)
+    energy = pt * np.cosh(eta)
+    noisy, zero = np.arange(0, 120), np.arange(120, 160)
+    clusters = Collection.from_counts([g.n_cells + noisy.size + zero.size], {
+        "energy": np.concatenate([energy, np.full(noisy.size, -30.0), np.zeros(zero.size)]),
+        "eta": np.concatenate([eta, eta[noisy], eta[zero]]),
+        "phi": np.concatenate([phi, phi[noisy], phi[zero]])})
+    pts = cluster_pt(clusters, np)
+    np.testing.assert_array_equal(pts[g.n_cells:], 0.0)
+    np.testing.assert_allclose(pts[:g.n_cells], 2.0, rtol=1e-15)
+    want = 2.0 / g.cell_area
+    assert fastjet_rho(pts[:g.n_cells], eta, phi, cfg) == pytest.approx(want, rel=1e-12)
+    for b in ("reference", "cpu", "cuda"):
+        np.testing.assert_allclose(run_rho(b, clusters, cfg), [want], rtol=1e-12, err_msg=b)
 
 
 @st.composite

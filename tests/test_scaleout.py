@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -13,7 +14,7 @@ from test_cli import _write_small_file
 
 from hltemu import io
 from hltemu.cli import builtin_sample, cli
-from hltemu.pipeline import run_files
+from hltemu.pipeline import PipelineError, registered_stages, run_files
 from hltemu.scaleout import ScaleOutError, output_paths, run_files_dask
 
 distributed = pytest.importorskip("distributed", reason="scale-out needs hltemu[dask]")
@@ -57,12 +58,20 @@ def test_tasks_merge_into_the_serial_result(tmp_path, client, cell_sum_stage):  
                                       io.read_collections(tmp_path / "serial.root")["cell_sum"]["sum"])
 
 
-def test_bad_input_fails_before_submitting(tmp_path, client, cell_sum_stage):  # noqa: F811
+def test_bad_input_fails_before_submitting(tmp_path, client, cell_sum_stage,  # noqa: F811
+                                           monkeypatch):
+    submitted = []
+    monkeypatch.setattr(client, "submit", lambda *a, **k: submitted.append(a))
     files = [*_files(tmp_path, 1), tmp_path / "missing.root"]
     with pytest.raises(io.InputError, match="missing.root"):
         run_files_dask(files, stages=["cell_sum"], client=client)
-    with pytest.raises(Exception, match="unknown stage 'nope'"):
+    registered = ", ".join(registered_stages())
+    assert "cell_sum" in registered
+    with pytest.raises(PipelineError, match=re.escape(
+            f"unknown stage 'nope'; registered stages: {registered}")) as info:
         run_files_dask(files[:1], stages=["nope"], client=client)
+    assert type(info.value) is PipelineError
+    assert submitted == []
 
 
 def test_unreachable_scheduler_is_a_clear_error(tmp_path, cell_sum_stage):  # noqa: F811
