@@ -60,7 +60,9 @@ class Collection:
     """True for event-level quantities: exactly one row per event (written as scalar branches)."""
 
     def __post_init__(self) -> None:
-        self.validate()
+        # host arrays are checked in full; device arrays only by what needs no read-back
+        # (shapes, dtypes, equal column lengths): call validate() to check their values too
+        self.validate(read_device=isinstance(self.offsets, np.ndarray))
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -136,8 +138,14 @@ class Collection:
     def __contains__(self, name: str) -> bool:
         return name in self.columns
 
-    def validate(self) -> None:
-        """Raise :class:`BatchError` when offsets or column lengths are inconsistent."""
+    def validate(self, read_device: bool = True) -> None:
+        """Raise :class:`BatchError` when offsets or column lengths are inconsistent.
+
+        ``read_device=False`` checks only what needs no read from the device: offsets 1-D
+        integers, columns at least 1-D and all of one length (and, per event, that length is
+        the number of events).  The default also reads the offsets' values (a synchronisation
+        on a GPU): first 0, non-decreasing, last equal to the columns' length.
+        """
         off = self.offsets
         if off.ndim != 1 or off.shape[0] < 1:
             raise BatchError(
@@ -145,6 +153,14 @@ class Collection:
             )
         if off.dtype.kind not in "iu":
             raise BatchError(f"offsets must be integers, got dtype {off.dtype}")
+        if not read_device:
+            lengths = {name: (int(c.shape[0]) if c.ndim >= 1 else None)
+                       for name, c in self.columns.items()}
+            if self.per_event:
+                lengths["(one row per event)"] = int(off.shape[0]) - 1
+            if None in lengths.values() or len(set(lengths.values())) > 1:
+                raise BatchError(f"columns of unequal lengths: {lengths}")
+            return
         # explicit reads from the device (a synchronisation on a GPU)
         n, first = item(off[-1]), item(off[0])
         if first != 0:

@@ -479,10 +479,11 @@ def encode_reference(m: DoubletCnn, pads: np.ndarray) -> np.ndarray:
     return relu(x @ a["embed.weight"].T + a["embed.bias"])
 
 
-def normalise(m: DoubletCnn, raw: Any, xp: Any = np) -> Any:
-    """``(raw - mean) / std`` per feature, float32 (same operations on every backend)."""
-    mean = xp.asarray(m.feature_mean, dtype=xp.float32)
-    std = xp.asarray(m.feature_std, dtype=xp.float32)
+def normalise(m: DoubletCnn, raw: Any, xp: Any = np, mean: Any = None, std: Any = None) -> Any:
+    """``(raw - mean) / std`` per feature, float32 (same operations on every backend);
+    ``mean``/``std``: the model's, already on ``raw``'s device (else uploaded here)."""
+    mean = xp.asarray(m.feature_mean, dtype=xp.float32) if mean is None else mean
+    std = xp.asarray(m.feature_std, dtype=xp.float32) if std is None else std
     return ((raw - mean) / std).astype(xp.float32)
 
 

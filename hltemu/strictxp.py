@@ -226,12 +226,35 @@ def _bincount(x: Any, weights: Any = None, minlength: int = 0) -> Any:
     return _wrap(np.bincount(_unwrap(x), _unwrap(weights), minlength=minlength))
 
 
+#: Host arrays uploaded while :func:`record_uploads` is active (``None``: not recording).
+_UPLOADS: list[np.ndarray] | None = None
+
+
+@contextlib.contextmanager
+def record_uploads() -> Iterator[list[np.ndarray]]:
+    """Record every host array that becomes device data (``xp.asarray``/``xp.array`` of host
+    data, hence ``backend.to_device``): the list holds a copy of each, in order."""
+    global _UPLOADS
+    previous, _UPLOADS = _UPLOADS, []
+    try:
+        yield _UPLOADS
+    finally:
+        _UPLOADS = previous
+
+
+def _note_upload(a: Any) -> None:
+    if _UPLOADS is not None and not isinstance(a, DeviceArray) and not _has_device([a]):
+        _UPLOADS.append(np.array(a))
+
+
 def _asarray(a: Any, dtype: Any = None, order: Any = None, **kwargs: Any) -> Any:
     """Upload (host data) or view/convert (device data): both explicit, both allowed."""
+    _note_upload(a)
     return DeviceArray(np.asarray(_unwrap(a), dtype=dtype, order=order, **kwargs))
 
 
 def _array(a: Any, dtype: Any = None, copy: bool = True, **kwargs: Any) -> Any:
+    _note_upload(a)
     return DeviceArray(np.array(_unwrap(a), dtype=dtype, copy=copy, **kwargs))
 
 

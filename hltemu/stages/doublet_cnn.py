@@ -120,8 +120,10 @@ def _check_inputs(hits: Collection, doublets: Collection, model: DoubletCnn, be:
     return out[0], out[1]
 
 
-def _features(doublets: Collection, model: DoubletCnn, start: int, stop: int, xp: Any) -> Any:
-    """Normalised features of doublets ``start:stop`` (float32 ``(n, F)``), checked finite."""
+def _features(doublets: Collection, model: DoubletCnn, start: int, stop: int, xp: Any,
+              mean: Any = None, std: Any = None) -> Any:
+    """Normalised features of doublets ``start:stop`` (float32 ``(n, F)``), checked finite;
+    ``mean``/``std``: the model's on the device (:class:`Prepared`)."""
     cols = {c: doublets[c][start:stop] for c in DOUBLET_INPUTS}
     raw = raw_features(cols, model.features, xp)
     bad = ~xp.isfinite(raw)
@@ -129,7 +131,7 @@ def _features(doublets: Collection, model: DoubletCnn, start: int, stop: int, xp
         row, col = (int(v) for v in np.unravel_index(item(xp.argmax(bad)), raw.shape))
         raise PipelineError(f"doublet CNN feature {model.features[col]!r} is not finite for "
                             f"doublet row {start + row} (check the doublets columns it reads)")
-    return xp.ascontiguousarray(normalise(model, raw, xp))
+    return xp.ascontiguousarray(normalise(model, raw, xp, mean, std))
 
 
 # -- scoring -------------------------------------------------------------------------------------
@@ -156,6 +158,8 @@ class Prepared(NamedTuple):
     model: DoubletCnn
     arrays: dict[str, Any]
     encoder: tuple[Any, ...]
+    feature_mean: Any
+    feature_std: Any
 
 
 def prepare_model(model: DoubletCnn, backend: Backend) -> Prepared:
@@ -165,7 +169,9 @@ def prepare_model(model: DoubletCnn, backend: Backend) -> Prepared:
     enc = (k1, a["conv1.weight"].reshape(a["conv1.weight"].shape[0], -1), a["conv1.bias"], k2,
            a["conv2.weight"].reshape(a["conv2.weight"].shape[0], -1), a["conv2.bias"],
            a["embed.weight"], a["embed.bias"])
-    return Prepared(model, a, enc)
+    mean, std = (backend.to_device(np.asarray(v, dtype=np.float32))
+                 for v in (model.feature_mean, model.feature_std))
+    return Prepared(model, a, enc, mean, std)
 
 
 def prepare(cfg: DoubletCnnConfig, backend: Backend) -> Prepared:
@@ -263,7 +269,7 @@ def score_with(hits: Collection, doublets: Collection, prep: Prepared, be: Backe
     outer_layer = xp.asarray(doublets["outer_layer"], dtype=xp.int32)
     for s in range(0, n, chunk_size):
         e = min(s + chunk_size, n)
-        feats = _features(doublets, model, s, e, xp)
+        feats = _features(doublets, model, s, e, xp, prep.feature_mean, prep.feature_std)
         head(prep, xp, inner_pos[s:e], outer_pos[s:e], emb, feats, inner_layer[s:e],
              outer_layer[s:e], scores[s:e])
     return scores
