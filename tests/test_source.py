@@ -245,9 +245,10 @@ def test_no_import_cycle():
 
 
 # -- (b) io and jec without numba or the pipeline ----------------------------------------------
-def test_io_and_jec_load_neither_numba_nor_the_pipeline():
-    modules, _ = loaded_modules("import hltemu.io\nimport hltemu.jec")
+def test_config_io_and_jec_load_neither_numba_nor_the_pipeline():
+    modules, _ = loaded_modules("import hltemu.config\nimport hltemu.io\nimport hltemu.jec")
     assert "hltemu.io" in modules and "hltemu.jec.chain" in modules
+    assert "hltemu.config" in modules
     # numba-cuda installs a startup module _numba_cuda_redirector (a .pth file); not numba itself
     assert loaded(modules, "numba") == []
     assert loaded(modules, "hltemu.pipeline") == []
