@@ -21,7 +21,8 @@ from hltemu.backends import get_backend
 from hltemu.batch import Collection
 from hltemu.config import GenerateConfig, TopoclusterConfig
 from hltemu.io import read_collections
-from hltemu.stages.topocluster import topocluster, topocluster_metrics
+from hltemu.metrics import topocluster_metrics
+from hltemu.stages.topocluster import topocluster
 
 CACHE = Path.home() / ".cache" / "hltemu"
 

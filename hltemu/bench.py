@@ -55,10 +55,9 @@ def compare_backends(
     repeat: int = 3,
     config: Any = None,
 ) -> Any:
-    """A rich table: per stage, events/s on each backend and its speed-up over the first."""
-    from rich.table import Table
-
-    from hltemu import io
+    """A rich table: per stage, events/s on each backend and its speed-up over the first
+    (:func:`hltemu.ui.bench_table`)."""
+    from hltemu import io, ui
 
     if not backends:
         raise PipelineError("give at least one backend to compare")
@@ -67,16 +66,5 @@ def compare_backends(
         raise PipelineError("no stage to time: the input feeds none of the registered stages")
     batch = _read_one_batch(files, inputs, n_events)
     times = {b: time_backend(batch, b, chain, config, repeat) for b in backends}
-    base = backends[0]
-    t = Table(title=f"hltemu bench: {batch.n_events} events, best of {repeat}")
-    t.add_column("stage")
-    for b in backends:
-        t.add_column(f"{b} events/s", justify="right")
-    for b in backends[1:]:
-        t.add_column(f"{b}/{base}", justify="right")
-    for name in [*(st.name for st in chain), "total"]:
-        row = [name]
-        row += [f"{batch.n_events / times[b][name]:,.1f}" for b in backends]
-        row += [f"{times[base][name] / times[b][name]:.2f}x" for b in backends[1:]]
-        t.add_row(*row)
-    return t
+    return ui.bench_table(times, backends, [*(st.name for st in chain), "total"],
+                          batch.n_events, repeat)

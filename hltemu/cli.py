@@ -127,55 +127,25 @@ def cli() -> None:
 def info(config_path: str | None) -> None:
     """Versions, usable backends (GPU name or why none), stages and their settings."""
     from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
 
+    from hltemu import ui
     from hltemu.backends import get_backend, usable_backends
     from hltemu.config import ConfigError, describe
     from hltemu.pipeline import registered_stages
     from hltemu.profiling import nvtx_available, versions
 
     console = Console()
-    t = Table(title=f"hltemu {__version__}", show_header=False)
-    for k, v in versions().items():
-        t.add_row(k, escape(v))
     nvtx_state = "on" if nvtx_available() else "off (pip install 'hltemu[nvtx]')"
-    t.add_row("nvtx ranges", escape(nvtx_state))
-    console.print(t)
-
-    b = Table(title="backends")
-    b.add_column("backend")
-    b.add_column("usable")
-    b.add_column("device / reason", overflow="fold")
-    for name, (ok, why) in usable_backends().items():
-        b.add_row(name, "yes" if ok else "no", escape(why))
-    b.add_row("auto", "yes", get_backend("auto").name)
-    console.print(b)
+    console.print(ui.versions_table(f"hltemu {__version__}", versions(), nvtx_state))
+    console.print(ui.backends_table(usable_backends(), get_backend("auto").name))
 
     try:
         cfg = _load_config(config_path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     stages = registered_stages()
-    s = Table(title="stages (chain order)")
-    for col in ("stage", "needs", "adds", "backends", "what it does"):
-        s.add_column(col, overflow="fold")
-    if not stages:
-        s.add_row("(none registered)", "", "", "", "")
-    for name, st in stages.items():
-        s.add_row(name, ", ".join(st.needs), ", ".join(st.adds),
-                  ", ".join(sorted(st.implementations)), escape(st.doc))
-    console.print(s)
-    settings = Table(title=escape("settings (override with --config FILE.toml, one [stage] table "
-                                  "each)"))
-    for col in ("stage", "setting", "value", "unit"):
-        settings.add_column(col, overflow="fold")
-    for name in stages:
-        rows = describe(cfg[name])
-        for i, (key, value, unit, _doc) in enumerate(rows):
-            settings.add_row(name if i == 0 else "", key, escape(str(value)), escape(unit),
-                             end_section=i == len(rows) - 1)
-    console.print(settings)
+    console.print(ui.stages_table(stages))
+    console.print(ui.settings_table({name: describe(cfg[name]) for name in stages}))
 
 
 @cli.command()

@@ -36,6 +36,7 @@ EPYC) and 2.1e-6 cuda vs cpu (NVIDIA H200, 67,819 doublets, 2026-11-28);
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import zipfile
@@ -48,8 +49,9 @@ from typing import Any
 import numpy as np
 
 from hltemu.config import ConfigError
-from hltemu.geometry import N_PIXEL_LAYERS
+from hltemu.geometry import N_PIXEL_LAYERS, default_geometry, is_barrel_layer
 from hltemu.io import PIXEL_PAD_SHAPE
+from hltemu.kernels.doublet_cnn_limits import MAX_ACTIVATIONS, MAX_PATCH
 
 #: ``format`` entry of the JSON description.
 FORMAT = "hltemu-doublet-cnn"
@@ -58,14 +60,9 @@ FORMAT_VERSION = 1
 #: Scores of different backends agree within this (absolute); decisions may differ only for
 #: doublets whose score is this close to the working point.
 SCORE_TOLERANCE = 3.0e-5
-#: Largest activation map (channels x height x width) of an encoder convolution: the CUDA
-#: kernel keeps one per thread in local memory of this fixed size.
-MAX_ACTIVATIONS = 1024
-#: Largest input patch (input channels x kernel area) of an encoder convolution (CUDA scratch).
-MAX_PATCH = 256
-#: Ratio sensor thickness / pitch along local y of the default geometry (0.0285 / 0.0150 cm):
-#: a track at ``|dz/dr| = 1`` leaves a 1.9-pixel cluster along z in a barrel module.
-_LENGTH_PER_COT = 0.0285 / 0.0150
+# MAX_ACTIVATIONS (largest activation map, channels x height x width, of an encoder convolution)
+# and MAX_PATCH (largest input patch, input channels x kernel area) are the CUDA encoder's
+# per-thread scratch limits, defined once in hltemu.kernels.doublet_cnn_limits (imported above).
 
 
 class ModelError(ConfigError):
@@ -73,12 +70,23 @@ class ModelError(ConfigError):
 
 
 # -- input features ----------------------------------------------------------------------------
-def _length_ratio(barrel: Any, dr: Any, adz: Any, xp: Any) -> Any:
-    """Predicted cluster length along local y, in pixels: ``thickness/pitch * along/across``
-    (barrel: ``|dz|/dr``; disk: ``dr/|dz|``), capped at 20 pixels."""
+@functools.lru_cache(maxsize=1)
+def length_per_cot() -> float:
+    """Sensor thickness / pixel pitch along local y of the detector
+    (:func:`hltemu.geometry.default_geometry`; 0.0285 / 0.0150 cm by default): a track at
+    ``|dz/dr| = 1`` leaves a 1.9-pixel cluster along z in a barrel module."""
+    pixel = default_geometry().pixel
+    return pixel.thickness / pixel.pitch_y
+
+
+def _length_ratio(layer: Any, dr: Any, adz: Any, xp: Any) -> Any:
+    """Predicted cluster length along local y, in pixels, of a hit on pixel layer(s) ``layer``:
+    ``thickness/pitch * along/across`` (barrel: ``|dz|/dr``; disk: ``dr/|dz|``), capped at 20
+    pixels."""
+    barrel = is_barrel_layer(layer)
     along = xp.where(barrel, adz, dr)
     across = xp.maximum(xp.where(barrel, dr, adz), np.float32(1e-4))
-    return xp.minimum(np.float32(_LENGTH_PER_COT) * (along / across), np.float32(20.0))
+    return xp.minimum(np.float32(length_per_cot()) * (along / across), np.float32(20.0))
 
 
 def _f(column: str) -> Callable[[Mapping[str, Any], Any], Any]:
@@ -105,9 +113,9 @@ FEATURES: dict[str, tuple[str, str, Callable[[Mapping[str, Any], Any], Any]]] = 
     "outer_size_y": ("pixels", "outer cluster size along local y", _f("outer_size_y")),
     "inner_length": ("pixels", "cluster length along local y the doublet's r-z angle predicts "
                      "for the inner hit", lambda d, xp: _length_ratio(
-                         d["inner_layer"] < 4, d["dr"], xp.abs(d["dz"]), xp)),
+                         d["inner_layer"], d["dr"], xp.abs(d["dz"]), xp)),
     "outer_length": ("pixels", "the same for the outer hit", lambda d, xp: _length_ratio(
-        d["outer_layer"] < 4, d["dr"], xp.abs(d["dz"]), xp)),
+        d["outer_layer"], d["dr"], xp.abs(d["dz"]), xp)),
 }
 DEFAULT_FEATURES: tuple[str, ...] = tuple(FEATURES)
 #: ``doublets`` columns the features and the head read.

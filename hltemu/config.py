@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,6 +31,53 @@ import tomli_w
 
 class ConfigError(ValueError):
     """A configuration file or value that cannot be used."""
+
+
+class MovedKeyWarning(FutureWarning):
+    """A stage-table key that was removed because its value now has one source elsewhere (named
+    in the message); the key is ignored.
+
+    A :class:`FutureWarning` rather than a :class:`DeprecationWarning`: it is meant for whoever
+    wrote the TOML file, a user rather than a developer of the code that reads it, and Python
+    shows FutureWarning by default but hides DeprecationWarning outside ``__main__``.
+    """
+
+
+@dataclass(frozen=True)
+class MovedKey:
+    """A stage-table key removed from its config class because its value now comes from
+    ``source`` (for messages, e.g. ``"the detector geometry (...)"``); ``current()`` gives that
+    value (in ``unit``), ``hint`` says what to change instead.  The config class lists its
+    moved keys in a ``MOVED_KEYS`` class attribute; :func:`stage_config_from_dict` accepts
+    them (see :func:`check_moved_key`)."""
+
+    source: str
+    unit: str
+    current: Callable[[], float]
+    hint: str = ""
+
+
+def check_moved_key(name: str, moved: MovedKey, value: Any, where: str) -> None:
+    """Accept the value of the moved key ``name`` from a TOML table (``where``): a
+    :class:`MovedKeyWarning` naming the new source when it equals the source's value (files
+    saved before the move hold that value), a :class:`ConfigError` when it differs or is not a
+    number.  A different value is an error, not a warning, because the key used to set what the
+    stage computes and can no longer be honoured: ignoring it would change the results the file
+    asks for without stopping the run, and a warning scrolls past unseen in a batch job or on
+    a Dask worker's log.
+    """
+    unit = f" {moved.unit}" if moved.unit else ""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}.{name}: expected a number, got {value!r} (the key is no "
+                          f"longer read: the value is {moved.source})")
+    current = moved.current()
+    if float(value) != current:
+        raise ConfigError(
+            f"{where} {name} = {value}{unit} differs from {moved.source} = {current}{unit}, the "
+            f"value used now: the key is no longer read and {value}{unit} cannot be applied; "
+            f"remove the key{'; ' + moved.hint if moved.hint else ''}")
+    warnings.warn(f"{where} {name} is now taken from {moved.source} = {current}{unit}; the "
+                  "key is ignored (remove it)", MovedKeyWarning, stacklevel=4)
 
 
 def param(default: Any, unit: str = "", doc: str = "", **kwargs: Any) -> Any:
@@ -76,6 +125,10 @@ def stage_config_from_dict(cls: type, table: Mapping[str, Any], where: str = "")
     """Build the stage config ``cls`` from a TOML table, checking keys and types."""
     defaults = cls()
     names = {f.name for f in dataclasses.fields(cls)}
+    moved: Mapping[str, MovedKey] = getattr(cls, "MOVED_KEYS", {})
+    table = dict(table)
+    for key in sorted(set(table) & set(moved) - names):
+        check_moved_key(key, moved[key], table.pop(key), where)
     unknown = sorted(set(table) - names)
     if unknown:
         raise ConfigError(
@@ -351,6 +404,14 @@ class TriggerConfig:
     paths: tuple = param((), "", "names of the menu paths to run (empty: every path)")
 
 
+def _default_geometry() -> Any:
+    """:func:`hltemu.geometry.default_geometry`, imported when first needed (hltemu.geometry
+    imports this module)."""
+    from hltemu.geometry import default_geometry
+
+    return default_geometry()
+
+
 @dataclass(frozen=True)
 class DoubletsConfig:
     """Stage ``doublets``: Patatrack-style pixel doublets on pairs of Phase-1 pixel layers.
@@ -361,7 +422,36 @@ class DoubletsConfig:
     are the envelope of true doublets of prompt tracks with pT >= 0.8 GeV and |z0| <= 12 cm in
     the default geometry (phi window x 1.1 + 3 mrad, z window +- 1 cm, dr_max + 0.5 cm;
     ``tests/test_doublets.py`` checks the envelope).
+
+    The solenoid field of the pT cut and the pixel pitch along local y and sensor thickness of
+    the cluster-size cut are the detector's, read from :func:`hltemu.geometry.default_geometry`
+    (``DetectorConfig.b_field``, ``pixel_pitch_y``, ``pixel_thickness``), not set here.  The
+    former keys ``b_field``, ``pitch_y`` and ``sensor_thickness`` (:data:`MOVED_KEYS`) are still
+    accepted in a ``[doublets]`` table with a :class:`MovedKeyWarning` when they hold the
+    geometry's value, as every file saved before did; a different value is a
+    :class:`ConfigError` (see :func:`check_moved_key`: the file asked for cuts this code can no
+    longer make, and silently making others would change its results).
     """
+
+    #: Keys removed from ``[doublets]``: their values are the detector geometry's.
+    MOVED_KEYS: ClassVar[Mapping[str, MovedKey]] = MappingProxyType({
+        "b_field": MovedKey(
+            "the detector geometry (hltemu.geometry.default_geometry().b_field, "
+            "DetectorConfig.b_field)", "T", lambda: _default_geometry().b_field,
+            "the pT cut is set by [doublets] pt_min, which keeps the old curvature cut when "
+            "scaled by geometry field / old field"),
+        "pitch_y": MovedKey(
+            "the detector geometry (hltemu.geometry.default_geometry().pixel.pitch_y, "
+            "DetectorConfig.pixel_pitch_y)", "cm", lambda: _default_geometry().pixel.pitch_y,
+            "the cluster-size cut is set by [doublets] size_below, size_above, "
+            "cluster_cut_inner and cluster_cut_outer"),
+        "sensor_thickness": MovedKey(
+            "the detector geometry (hltemu.geometry.default_geometry().pixel.thickness, "
+            "DetectorConfig.pixel_thickness)", "cm",
+            lambda: _default_geometry().pixel.thickness,
+            "the cluster-size cut is set by [doublets] size_below, size_above, "
+            "cluster_cut_inner and cluster_cut_outer"),
+    })
 
     layer_pairs: tuple = param(
         ((0, 1), (0, 4), (0, 7), (1, 2), (1, 4), (1, 7), (4, 5), (7, 8), (2, 3), (2, 4),
@@ -389,16 +479,14 @@ class DoubletsConfig:
     eta_max: float = param(3.2, "", "largest |eta| of the doublet's r-z direction: "
                            "|dz/dr| <= sinh(eta_max)")
     pt_min: float = param(0.8, "GeV", "smallest pT of the circle through the beam line and both "
-                          "hits")
-    b_field: float = param(3.8, "T", "solenoid field, for pt_min")
+                          "hits (in the detector geometry's field)")
     cluster_cut_inner: bool = param(True, "", "cut on the inner hit's cluster length along "
                                     "local y against the doublet's r-z angle")
     cluster_cut_outer: bool = param(True, "", "the same cut on the outer hit")
     size_below: float = param(0.5, "pixels", "size_y may be this much below the prediction "
-                              "thickness * |dz/dr| / pitch_y (barrel), * |dr/dz| (disks)")
+                              "thickness * |dz/dr| / pitch_y (barrel), * |dr/dz| (disks), "
+                              "thickness and pitch_y of the detector geometry")
     size_above: float = param(2.5, "pixels", "size_y may be this much above the prediction")
-    sensor_thickness: float = param(0.0285, "cm", "pixel sensor thickness (cluster-size cut)")
-    pitch_y: float = param(0.0150, "cm", "pixel pitch along local y (cluster-size cut)")
     n_phi_bins: int = param(128, "", "phi bins of the search structure (per event and layer)")
     capacity: int = param(0, "doublets", "first size of the cuda output buffer (0: 4 per hit "
                           "+ 1024); grown and rerun when too small, never truncated")
@@ -430,7 +518,7 @@ class DoubletsConfig:
             if lo > hi:
                 raise ConfigError(f"[doublets] inner_z_min[{p}] = {lo} cm > inner_z_max[{p}] = "
                                   f"{hi} cm")
-        for name in ("z0_max", "eta_max", "pt_min", "b_field", "sensor_thickness", "pitch_y"):
+        for name in ("z0_max", "eta_max", "pt_min"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"[doublets] {name} must be > 0, got {getattr(self, name)}")
         if self.size_below < 0 or self.size_above < 0:

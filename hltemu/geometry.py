@@ -42,17 +42,36 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from hltemu.config import DetectorConfig
 
-#: Number of pixel layer ids (4 barrel layers + 2 x 3 disks).
-N_PIXEL_LAYERS = 10
-#: Barrel layer ids.
+#: c in GeV / (T m): a charge-1 particle of transverse momentum pt (GeV) in a field B (T) curls
+#: with radius pt / (C_LIGHT B) metres.
+C_LIGHT = 0.299792458
+
+#: Barrel layer ids (BPix1-4): the first ids.
 BARREL_LAYERS: tuple[int, ...] = (0, 1, 2, 3)
-#: Disk layer ids (+z then -z).
+#: Disk layer ids (+z then -z), following the barrel's.
 DISK_LAYERS: tuple[int, ...] = (4, 5, 6, 7, 8, 9)
+#: Number of barrel layer ids.
+N_BARREL_LAYERS = len(BARREL_LAYERS)
+#: Number of pixel layer ids (4 barrel layers + 2 x 3 disks).
+N_PIXEL_LAYERS = len(BARREL_LAYERS) + len(DISK_LAYERS)
+if BARREL_LAYERS + DISK_LAYERS != tuple(range(N_PIXEL_LAYERS)):  # pragma: no cover
+    raise AssertionError("pixel layer ids must be 0.. with the barrel first (is_barrel_layer)")
+
+
+def is_barrel_layer(layer: Any) -> Any:
+    """Whether pixel layer id(s) ``layer`` are barrel layers (:data:`BARREL_LAYERS`).
+
+    Elementwise for a NumPy or CuPy array (a bool array), a bool for an int.  The barrel ids
+    come first, so the test is one comparison with :data:`N_BARREL_LAYERS`, the same operation
+    on every backend.  The one barrel test of the package: use it rather than a literal.
+    """
+    return layer < N_BARREL_LAYERS
 
 
 @dataclass(frozen=True)

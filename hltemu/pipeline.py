@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hltemu import ui
 from hltemu.backends import Backend, get_backend
 from hltemu.batch import Collection, EventBatch
 from hltemu.profiling import RunReport, StageTimer
@@ -344,33 +345,7 @@ def _count_decisions(batch: EventBatch, report: RunReport) -> None:
             report.count("trigger accepts", name, int(batch.backend.to_host(col).sum()))
 
 
-class ProgressBar:
-    """A rich progress bar over ``total`` items named ``label`` (events, files), with elapsed
-    and remaining time (a thin wrapper so that the pipeline stays testable)."""
-
-    def __init__(self, total: int, label: str = "events") -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._p = Progress(
-            TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
-        )
-        self._p.start()
-        self._task = self._p.add_task(label, total=total)
-
-    def update(self, n: int) -> None:
-        self._p.advance(self._task, n)
-
-    def close(self) -> None:
-        self._p.stop()
-
-
-def _progress(enabled: bool, total: int) -> ProgressBar | None:
-    return ProgressBar(total) if enabled else None
+def _progress(enabled: bool, total: int) -> ui.ProgressBar | None:
+    """The run's progress bar over ``total`` events (:class:`hltemu.ui.ProgressBar`), or
+    ``None``; a hook that tests may replace."""
+    return ui.ProgressBar(total) if enabled else None

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hltemu import ui
 from hltemu.backends import Backend
 
 try:  # optional dependency: pip install 'hltemu[nvtx]'
@@ -130,30 +131,9 @@ class RunReport:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, default=float) + "\n")
 
     def table(self) -> Any:
-        """A :class:`rich.table.Table` of the per-stage throughput."""
-        from rich.table import Table
-
-        t = Table(title=f"hltemu run: {self.events} events on {self.backend} ({self.device})")
-        if self.warmup_seconds > 0:
-            t.caption = (f"not counted: {self.warmup_seconds:.2f} s of warm-up (kernel "
-                         "compilation) on the first event")
-        t.add_column("stage")
-        t.add_column("calls", justify="right")
-        t.add_column("events", justify="right")
-        t.add_column("seconds", justify="right")
-        t.add_column("events/s", justify="right")
-        t.add_column("share", justify="right")
-        for name, s in self.stages.items():
-            share = s.seconds / self.total_seconds if self.total_seconds > 0 else float("nan")
-            t.add_row(
-                name, str(s.calls), str(s.events), f"{s.seconds:.4f}",
-                f"{s.events_per_second:,.1f}", f"{100 * share:.1f}%",
-            )
-        t.add_row(
-            "total", "", str(self.events), f"{self.total_seconds:.4f}",
-            f"{self.events_per_second:,.1f}", "100.0%", style="bold",
-        )
-        return t
+        """A :class:`rich.table.Table` of the per-stage throughput
+        (:func:`hltemu.ui.report_table`)."""
+        return ui.report_table(self)
 
 
 class StageTimer:

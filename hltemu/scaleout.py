@@ -24,7 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hltemu.pipeline import PipelineError, ProgressBar, plan_chain, run_files
+from hltemu import ui
+from hltemu.pipeline import PipelineError, plan_chain, run_files
 from hltemu.profiling import RunReport
 
 
@@ -134,7 +135,7 @@ def run_files_dask(
                           str(outputs[i]) if outputs else None, warmup, pure=False)
             for i, f in enumerate(files)
         ]
-        bar = ProgressBar(len(files), "files") if progress else None
+        bar = ui.ProgressBar(len(files), "files") if progress else None
         try:
             for fut in distributed.as_completed(futures):
                 report.merge(fut.result())

@@ -30,11 +30,9 @@ import numba
 import numpy as np
 from numba import cuda
 
-#: Largest activation map (channels x height x width, float32 entries) the CUDA encoder accepts
-#: for its per-thread scratch; the model loader enforces the same (``hltemu.cnn.MAX_ACTIVATIONS``).
-MAX_ACTIVATIONS = 1024
-#: Largest input patch (input channels x kernel area, float32 entries) the CUDA encoder accepts.
-MAX_PATCH = 256
+# The largest activation map and input patch the CUDA encoder accepts for its per-thread
+# scratch; defined once, with the model loader (hltemu.cnn.validate) enforcing the same.
+from .doublet_cnn_limits import MAX_ACTIVATIONS, MAX_PATCH
 
 
 def scratch_sizes(pad_shape, conv1_shape, conv2_shape) -> tuple[int, int, int]:

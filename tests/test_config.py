@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import ClassVar
+
 import pytest
+import tomli_w
 from stage_fixtures import CellSumConfig, cell_sum_stage  # noqa: F401
 
-from hltemu.config import ConfigError, HLTConfig, describe, stage_config_from_dict
+from hltemu.config import (
+    ConfigError,
+    DoubletsConfig,
+    HLTConfig,
+    MovedKey,
+    MovedKeyWarning,
+    describe,
+    param,
+    stage_config_from_dict,
+)
+from hltemu.geometry import default_geometry
 
 
 def test_toml_round_trip(tmp_path, cell_sum_stage):  # noqa: F811
@@ -58,3 +75,92 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("[cell_sum\nscale = 1\n")
     with pytest.raises(ConfigError, match="broken.toml: not valid TOML"):
         HLTConfig.load(bad)
+
+
+# -- keys that moved elsewhere -----------------------------------------------------------------
+@dataclass(frozen=True)
+class _MovedConfig:
+    """A config whose former key ``width`` now comes from elsewhere (2.5 cm)."""
+
+    MOVED_KEYS: ClassVar = MappingProxyType({
+        "width": MovedKey("the test source (W)", "cm", lambda: 2.5, "use scale")})
+    scale: float = param(1.0, "", "a factor")
+
+
+def test_moved_key_equal_value_warns_and_is_ignored():
+    assert issubclass(MovedKeyWarning, FutureWarning)
+    assert [f.name for f in dataclasses.fields(_MovedConfig)] == ["scale"]
+    with pytest.warns(MovedKeyWarning) as rec:
+        cfg = stage_config_from_dict(_MovedConfig, {"width": 2.5, "scale": 3}, "f.toml: [t]")
+    assert cfg == _MovedConfig(scale=3.0)
+    assert [str(w.message) for w in rec] == [
+        "f.toml: [t] width is now taken from the test source (W) = 2.5 cm; the key is ignored "
+        "(remove it)"]
+
+
+@pytest.mark.parametrize("value, match", [
+    (3.0, r"f.toml: \[t\] width = 3.0 cm differs from the test source \(W\) = 2.5 cm, the "
+          r"value used now: the key is no longer read and 3.0 cm cannot be applied; remove the "
+          r"key; use scale"),
+    ("wide", r"f.toml: \[t\].width: expected a number, got 'wide' \(the key is no longer read: "
+             r"the value is the test source \(W\)\)"),
+    (True, r"\.width: expected a number, got True"),
+])
+def test_moved_key_other_value_is_an_error(value, match):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an error, and no warning before it
+        with pytest.raises(ConfigError, match=match):
+            stage_config_from_dict(_MovedConfig, {"width": value}, "f.toml: [t]")
+
+
+#: The [doublets] keys that moved to the detector geometry, with the geometry's values.
+DOUBLETS_MOVED = {"b_field": (3.8, "T", "default_geometry().b_field, DetectorConfig.b_field"),
+                  "pitch_y": (0.015, "cm", "default_geometry().pixel.pitch_y, "
+                              "DetectorConfig.pixel_pitch_y"),
+                  "sensor_thickness": (0.0285, "cm", "default_geometry().pixel.thickness, "
+                                       "DetectorConfig.pixel_thickness")}
+
+
+def test_doublets_keys_moved_to_the_geometry():
+    geom = default_geometry()
+    assert set(DoubletsConfig.MOVED_KEYS) == set(DOUBLETS_MOVED)
+    names = {f.name for f in dataclasses.fields(DoubletsConfig)}
+    assert not names & set(DOUBLETS_MOVED)
+    current = {k: m.current() for k, m in DoubletsConfig.MOVED_KEYS.items()}
+    assert current == {"b_field": geom.b_field, "pitch_y": geom.pixel.pitch_y,
+                       "sensor_thickness": geom.pixel.thickness}
+    assert current == {k: v for k, (v, _, _) in DOUBLETS_MOVED.items()}
+
+
+def test_old_doublets_file_loads_with_warnings_and_the_same_config(tmp_path):
+    """A [doublets] table as the code before the move saved it (every key, the moved ones at
+    their defaults) loads with one MovedKeyWarning per moved key naming the geometry, and gives
+    the configuration (hence the cuts and the results) of a file without them."""
+    old = HLTConfig.default().to_dict()["doublets"]
+    old.update({k: v for k, (v, _, _) in DOUBLETS_MOVED.items()})
+    path = tmp_path / "old.toml"
+    path.write_text(tomli_w.dumps({"doublets": old}))
+    with pytest.warns(MovedKeyWarning) as rec:
+        cfg = HLTConfig.load(path)
+    messages = sorted(str(w.message) for w in rec if w.category is MovedKeyWarning)
+    assert messages == sorted(
+        f"{path}: [doublets] {k} is now taken from the detector geometry (hltemu.geometry."
+        f"{src}) = {v} {unit}; the key is ignored (remove it)"
+        for k, (v, unit, src) in DOUBLETS_MOVED.items())
+    assert cfg["doublets"] == DoubletsConfig()
+    saved = tmp_path / "new.toml"
+    cfg.save(saved)
+    assert not set(DOUBLETS_MOVED) & set(HLTConfig.load(saved).to_dict()["doublets"])
+
+
+@pytest.mark.parametrize("key, value", [("b_field", 2.0), ("pitch_y", 0.01),
+                                        ("sensor_thickness", 0.03)])
+def test_doublets_moved_key_with_another_value_is_an_error(tmp_path, key, value):
+    path = tmp_path / "old.toml"
+    path.write_text(tomli_w.dumps({"doublets": {key: value}}))
+    geo, unit, src = DOUBLETS_MOVED[key]
+    with pytest.raises(ConfigError) as err:
+        HLTConfig.load(path)
+    assert str(err.value).startswith(
+        f"{path}: [doublets] {key} = {value} {unit} differs from the detector geometry "
+        f"(hltemu.geometry.{src}) = {geo} {unit}, the value used now")

@@ -434,6 +434,70 @@ def test_model_too_large_for_the_cuda_kernel(sample_hits, sample_doublets):
         score_doublets(sample_hits.to(be), sub.to(be), big, be)
 
 
+# -- constants defined once ------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_encoder_limits_are_defined_once():
+    """MAX_ACTIVATIONS and MAX_PATCH, which the model loader enforces and the CUDA encoder's
+    scratch relies on, are assigned in one module (hltemu.kernels.doublet_cnn_limits, which
+    imports nothing) and are the same objects in the loader and the kernels."""
+    import ast
+
+    import hltemu.kernels.doublet_cnn as kernel
+    import hltemu.kernels.doublet_cnn_limits as limits
+
+    import hltemu.cnn as cnn
+
+    assert (limits.MAX_ACTIVATIONS, limits.MAX_PATCH) == (1024, 256)
+    for mod in (cnn, kernel):
+        assert mod.MAX_ACTIVATIONS is limits.MAX_ACTIVATIONS and mod.MAX_PATCH is limits.MAX_PATCH
+    assigned = {}
+    for folder in (REPO / "hltemu", REPO / "kernels"):
+        for path in sorted(folder.rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                targets = (node.targets if isinstance(node, ast.Assign) else [node.target]
+                           if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else [])
+                for t in targets:
+                    if isinstance(t, ast.Name) and t.id in ("MAX_ACTIVATIONS", "MAX_PATCH"):
+                        assigned.setdefault(t.id, []).append(str(path.relative_to(REPO)))
+    assert assigned == {"MAX_ACTIVATIONS": ["kernels/doublet_cnn_limits.py"],
+                        "MAX_PATCH": ["kernels/doublet_cnn_limits.py"]}
+    tree = ast.parse((REPO / "kernels" / "doublet_cnn_limits.py").read_text(encoding="utf-8"))
+    assert not [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+
+
+def test_length_features_use_the_geometry(monkeypatch):
+    """inner_length / outer_length predict the cluster length with the detector geometry's
+    thickness / pitch along local y (exactly 0.0285 / 0.0150 by default, the ratio the features
+    were trained with) and its barrel layers (along z in the barrel, along r in the disks)."""
+    import hltemu.cnn as cnn
+    from hltemu.geometry import default_geometry
+
+    geom = default_geometry()
+    assert cnn.length_per_cot() == geom.pixel.thickness / geom.pixel.pitch_y == 0.0285 / 0.0150
+    d = {"inner_layer": np.array([0, 3, 4, 9], np.int32),
+         "outer_layer": np.array([1, 4, 5, 8], np.int32),
+         "dr": np.full(4, 2.0), "dz": np.array([1.0, -1.0, 4.0, -4.0])}
+    names = ("inner_length", "outer_length")
+    got = cnn.raw_features(d, names)
+    ratio = np.float32(0.0285 / 0.0150)
+    np.testing.assert_array_equal(got[:, 0], ratio * np.float32([0.5, 0.5, 0.5, 0.5]))
+    np.testing.assert_array_equal(got[:, 1], ratio * np.float32([0.5, 2.0, 0.5, 0.5]))
+    # another detector: the features follow it
+    other = dataclasses.replace(geom, pixel=dataclasses.replace(geom.pixel, thickness=0.0300,
+                                                                pitch_y=0.0100))
+    monkeypatch.setattr(cnn, "default_geometry", lambda: other)
+    cnn.length_per_cot.cache_clear()
+    try:
+        assert cnn.length_per_cot() == 3.0
+        np.testing.assert_array_equal(cnn.raw_features(d, names)[:, 0], np.float32(1.5))
+    finally:
+        monkeypatch.undo()
+        cnn.length_per_cot.cache_clear()
+    assert cnn.length_per_cot() == 0.0285 / 0.0150
+
+
 # -- the stage -----------------------------------------------------------------------------------
 def test_stage_in_pipeline(sample_hits, backend):
     """doublets -> doublet_cnn on each backend: filtered_doublets is the doublets with score >=

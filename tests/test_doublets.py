@@ -16,13 +16,19 @@ from hypothesis import strategies as st
 from hltemu.backends import cuda_status, get_backend
 from hltemu.batch import Collection, EventBatch
 from hltemu.config import ConfigError, DoubletsConfig, GenerateConfig, HLTConfig
-from hltemu.geometry import N_PIXEL_LAYERS, default_geometry
+from hltemu.geometry import (
+    BARREL_LAYERS,
+    C_LIGHT,
+    N_PIXEL_LAYERS,
+    default_geometry,
+    is_barrel_layer,
+)
+from hltemu.metrics import doublet_metrics
 from hltemu.pipeline import PipelineError, get_stage, run_batch
 from hltemu.stages.doublets import (
     DOUBLET_COLUMNS,
     GRID_CM,
     build_hit_table,
-    doublet_metrics,
     find_cuda,
     find_doublets,
     pair_table,
@@ -348,7 +354,8 @@ def test_every_doublet_passes_the_configured_cuts(ttbar_pu50):
     assert (np.abs(d["dphi"]) <= window + 1e-6).all()
     assert (np.abs(d["z0"]) <= cfg.z0_max + 1e-3).all()
     assert (d["dr"] > 0).all() and (d["dr"] <= np.asarray(cfg.dr_max)[d["pair"]] + 1e-6).all()
-    pt_est = 0.00299792458 * cfg.b_field / np.abs(d["curvature"])
+    geom = default_geometry()
+    pt_est = 0.00299792458 * geom.b_field / np.abs(d["curvature"])
     assert (pt_est >= cfg.pt_min * (1 - 1e-5)).all()
     assert (np.abs(d["dz"]) <= math.sinh(cfg.eta_max) * d["dr"] + 1e-4).all()
     lo = np.asarray(cfg.inner_z_min)[d["pair"]] - 1e-4
@@ -358,12 +365,57 @@ def test_every_doublet_passes_the_configured_cuts(ttbar_pu50):
     np.testing.assert_array_equal(pairs[d["pair"], 0], d["inner_layer"])
     np.testing.assert_array_equal(pairs[d["pair"], 1], d["outer_layer"])
     # cluster size of the inner hit against the doublet's angle
-    barrel = d["inner_layer"] < 4
+    barrel = is_barrel_layer(d["inner_layer"])
     with np.errstate(divide="ignore"):  # np.where evaluates both branches
         slope = np.where(barrel, np.abs(d["dz"]) / d["dr"], d["dr"] / np.abs(d["dz"]))
-    pred = cfg.sensor_thickness / cfg.pitch_y * slope
+    pred = geom.pixel.thickness / geom.pixel.pitch_y * slope
     resid = d["inner_size_y"] - pred
     assert (resid >= -cfg.size_below - 1e-4).all() and (resid <= cfg.size_above + 1e-4).all()
+
+
+def test_cut_tables_take_field_pitch_and_thickness_from_the_geometry():
+    """pair_table reads the solenoid field, the pitch along local y and the sensor thickness
+    from the detector geometry (the default one unless given), and the barrel flags from
+    is_barrel_layer; with the default geometry the tables are exactly those of the constants
+    the config used to restate (3.8 T, 0.0150 cm, 0.0285 cm), so the products do not move."""
+    geom = default_geometry()
+    table = pair_table(CFG)
+    g, um = table.global_cuts, 1.0 / GRID_CM
+    r_min_um = 100.0 * CFG.pt_min / (0.299792458 * 3.8) * um
+    assert C_LIGHT == 0.299792458
+    assert g[K.CUT_KAPPA2_MAX] == 1.0 / (r_min_um * r_min_um)
+    assert (g[K.CUT_PITCH], g[K.CUT_THICKNESS]) == (150.0, 285.0)
+    assert (g[K.CUT_PITCH], g[K.CUT_THICKNESS]) == (round(geom.pixel.pitch_y * um),
+                                                    round(geom.pixel.thickness * um))
+    pairs = np.asarray(CFG.layer_pairs)
+    for col, side in ((K.PAIR_INNER_BARREL, 0), (K.PAIR_OUTER_BARREL, 1)):
+        np.testing.assert_array_equal(table.cuts[:, col], np.isin(pairs[:, side], BARREL_LAYERS))
+    explicit = pair_table(CFG, geom)
+    for name in ("inner", "outer", "window", "cuts", "global_cuts", "by_layer", "layer_offsets"):
+        np.testing.assert_array_equal(getattr(explicit, name), getattr(table, name))
+    # another detector: the tables follow it
+    other = dataclasses.replace(geom, b_field=2.0, pixel=dataclasses.replace(
+        geom.pixel, pitch_y=0.0100, thickness=0.0300))
+    g2 = pair_table(CFG, other).global_cuts
+    r2 = 100.0 * CFG.pt_min / (C_LIGHT * 2.0) * um
+    assert g2[K.CUT_KAPPA2_MAX] == 1.0 / (r2 * r2)
+    assert (g2[K.CUT_PITCH], g2[K.CUT_THICKNESS]) == (100.0, 300.0)
+
+
+def test_old_config_keys_warn_and_do_not_change_the_doublets(tmp_path):
+    """[doublets] b_field, pitch_y and sensor_thickness at the geometry's values (as files
+    saved before they moved hold them) give a MovedKeyWarning each and the same doublets."""
+    from hltemu.config import MovedKeyWarning
+
+    path = tmp_path / "old.toml"
+    path.write_text("[doublets]\nb_field = 3.8\npitch_y = 0.015\nsensor_thickness = 0.0285\n"
+                    "pt_min = 0.8\n")
+    with pytest.warns(MovedKeyWarning, match="detector geometry") as rec:
+        cfg = HLTConfig.load(path)["doublets"]
+    assert len([w for w in rec if w.category is MovedKeyWarning]) == 3
+    assert cfg == CFG
+    hits = synthetic_batch(11, 3, 6, 20)["PixelHit"]
+    assert_same(run_backend(hits, cfg, "cpu"), run_backend(hits, CFG, "cpu"))
 
 
 def test_tighter_cuts_give_subsets(ttbar_pu0):
@@ -392,9 +444,10 @@ def test_defaults_keep_every_prompt_track_above_threshold():
     z0 = rng.uniform(-11.9, 11.9, n)
     cross = propagate(geom, pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta),
                       rng.choice([-1, 1], n), np.zeros(n), np.zeros(n), z0)
-    barrel = cross.layer < 4
+    barrel = is_barrel_layer(cross.layer)
     cot = np.abs(np.sinh(eta[cross.particle]))
-    pred = np.where(barrel, 1.9 * cot, 1.9 / cot)  # thickness / pitch * slope
+    ratio = geom.pixel.thickness / geom.pixel.pitch_y  # 1.9
+    pred = np.where(barrel, ratio * cot, ratio / cot)  # thickness / pitch * slope
     hits = Collection.from_counts([len(cross)], {
         "x": cross.x.astype(np.float32), "y": cross.y.astype(np.float32),
         "z": cross.z.astype(np.float32), "layer": cross.layer.astype(np.int32),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +14,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hltemu.config import ConfigError, DetectorConfig
-from hltemu.geometry import BarrelLayer, Disk, build_geometry, default_geometry
+from hltemu.geometry import (
+    BARREL_LAYERS,
+    DISK_LAYERS,
+    N_BARREL_LAYERS,
+    N_PIXEL_LAYERS,
+    BarrelLayer,
+    Disk,
+    build_geometry,
+    default_geometry,
+    is_barrel_layer,
+)
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -204,3 +219,75 @@ def test_detector_config_is_validated():
         DetectorConfig(calo_sections=("ECAL", "ECAL", "TILE", "HCAL", "HCAL"))
     with pytest.raises(ConfigError, match="hit_efficiency"):
         DetectorConfig(hit_efficiency=1.5)
+
+
+# -- one source for detector constants --------------------------------------------------------
+def test_default_detector_values_are_the_ones_the_cuts_used():
+    """The doublet cuts and the CNN features used to restate the field, the pitch along local y
+    and the sensor thickness (3.8 T, 0.0150 cm, 0.0285 cm); they now read the default geometry,
+    which must hold exactly these floats for every product to stay bit-identical."""
+    geom = default_geometry()
+    assert geom.b_field == 3.8 and geom.config.b_field == 3.8
+    assert geom.pixel.pitch_y == 0.0150 and geom.pixel.thickness == 0.0285
+    assert geom.pixel.thickness / geom.pixel.pitch_y == 0.0285 / 0.0150
+
+
+def test_barrel_layer_ids_match_the_default_geometry(geom):
+    pix = geom.pixel
+    assert BARREL_LAYERS + DISK_LAYERS == tuple(range(N_PIXEL_LAYERS)) == tuple(range(10))
+    assert N_BARREL_LAYERS == len(pix.barrel) == 4 and N_PIXEL_LAYERS == pix.n_layers
+    assert all(isinstance(pix.layer(i), BarrelLayer) for i in BARREL_LAYERS)
+    assert all(isinstance(pix.layer(i), Disk) for i in DISK_LAYERS)
+    ids = np.arange(N_PIXEL_LAYERS, dtype=np.int32)
+    np.testing.assert_array_equal(is_barrel_layer(ids), np.isin(ids, BARREL_LAYERS))
+    assert [bool(is_barrel_layer(i)) for i in range(10)] == [i in BARREL_LAYERS for i in range(10)]
+
+
+#: Names that make a compared expression a pixel layer id.
+_LAYER_WORDS = re.compile(r"layer|inner|outer|\blid\b")
+#: (operator, constant) pairs that split layer ids 0-3 from 4-9, with the constant on the right.
+_BARREL_SPLITS = {(ast.Lt, 4), (ast.GtE, 4), (ast.LtE, 3), (ast.Gt, 3)}
+_MIRROR = {ast.Lt: ast.Gt, ast.Gt: ast.Lt, ast.LtE: ast.GtE, ast.GtE: ast.LtE}
+
+
+def literal_barrel_tests(source: str) -> list[int]:
+    """Lines comparing a layer-like expression with a literal barrel boundary (``layer < 4``,
+    ``inner_layer >= 4``, ``lid <= 3``, ``4 > outer``, ...)."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Compare):
+            continue
+        operands = [node.left, *node.comparators]
+        for left, op, right in zip(operands[:-1], node.ops, operands[1:], strict=True):
+            for expr, op_type, const in ((left, type(op), right),
+                                         (right, _MIRROR.get(type(op)), left)):
+                if (isinstance(const, ast.Constant) and type(const.value) is int
+                        and (op_type, const.value) in _BARREL_SPLITS
+                        and _LAYER_WORDS.search(ast.unparse(expr))):
+                    lines.append(node.lineno)
+    return lines
+
+
+def test_the_finder_sees_literal_barrel_tests():
+    old = (
+        'cuts[:, 4] = inner < 4\n'
+        'b = d["outer_layer"] < 4\n'
+        'c = 4 > layer\n'
+        'e = lid <= 3\n'
+        'f = layer < N_BARREL_LAYERS\n'  # not a literal
+        'g = len(head) >= 4 + size\n'  # not a layer
+        'h = n_bins < 4\n'  # not a layer
+    )
+    assert literal_barrel_tests(old) == [1, 2, 3, 4]
+
+
+def test_no_literal_barrel_test_in_the_package():
+    """"Is a barrel layer" is :func:`hltemu.geometry.is_barrel_layer` (:data:`BARREL_LAYERS`);
+    no module of the package (hltemu/ and kernels/) writes it as ``layer < 4`` again."""
+    found = {}
+    for folder in (REPO / "hltemu", REPO / "kernels"):
+        for path in sorted(folder.rglob("*.py")):
+            lines = literal_barrel_tests(path.read_text(encoding="utf-8"))
+            if lines:
+                found[str(path.relative_to(REPO))] = lines
+    assert not found, f"barrel tests written with a literal layer id (use is_barrel_layer): {found}"

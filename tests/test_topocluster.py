@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from hltemu.backends import cuda_status, get_backend
 from hltemu.batch import Collection, EventBatch
 from hltemu.config import ConfigError, GenerateConfig, HLTConfig, TopoclusterConfig
+from hltemu.metrics import topocluster_metrics
 from hltemu.pipeline import PipelineError, get_stage, plan_chain, run_batch
 from hltemu.stages.topocluster import (
     CLUSTER_COLUMNS,
@@ -26,7 +27,6 @@ from hltemu.stages.topocluster import (
     noise_graph,
     row_arrays,
     topocluster,
-    topocluster_metrics,
 )
 
 BACKENDS = ("reference", "cpu", "cuda")

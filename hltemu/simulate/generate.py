@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from hltemu import ui
 from hltemu.backends import get_backend
 from hltemu.batch import Collection, EventBatch
 from hltemu.config import DetectorConfig, GenerateConfig
@@ -83,17 +84,8 @@ class GenerationStats:
         }
 
     def summary(self) -> Any:
-        """A rich table of the per-event means."""
-        from rich.table import Table
-
-        c = self.config
-        t = Table(title=f"{c.events} {c.process} events, pileup {c.pileup:g}, seed {c.seed}")
-        t.add_column("per event (mean)")
-        t.add_column("value", justify="right")
-        for k, v in self.means().items():
-            t.add_row(k, f"{v:.3f}" if "time" in k else f"{v:.1f}")
-        t.add_row("Pythia initialisation (s)", f"{self.init_seconds:.2f}")
-        return t
+        """A rich table of the per-event means (:func:`hltemu.ui.generation_table`)."""
+        return ui.generation_table(self)
 
 
 def _mean(values: list) -> float:
@@ -274,40 +266,27 @@ def generate_file(path: str | Path, cfg: GenerateConfig, detector: DetectorConfi
     t_start = time.perf_counter()
     gen = EventGenerator(cfg, detector)
     stats = GenerationStats(cfg, init_seconds=gen.init_seconds)
-    bar, task = None, None
-    if progress:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        bar = Progress(TextColumn(f"generating {cfg.process}, pileup {cfg.pileup:g}"),
-                       BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                       TimeRemainingColumn(), console=console, transient=False)
-        task = bar.add_task("events", total=cfg.events)
+    bar: ui.ProgressBar | None = None
 
     def on_event(ev: dict[str, dict[str, np.ndarray]], seconds: float) -> None:
         _event_stats(stats.per_event, gen.geometry, ev, seconds)
         if bar is not None:
-            bar.advance(task)
+            bar.update(1)
 
     try:
         writer = OutputWriter(path, compression=codec)
     except Exception as exc:
         raise SimulationError(f"cannot write {path}: {exc}") from None
     try:
-        if bar is not None:
-            bar.start()
+        if progress:
+            bar = ui.ProgressBar(cfg.events, "events", console=console,
+                                 text=f"generating {cfg.process}, pileup {cfg.pileup:g}")
         with writer:
             for batch in gen.batches(cfg.events, batch_size, on_event):
                 writer.write(batch, list(COLLECTIONS))
     finally:
         if bar is not None:
-            bar.stop()
+            bar.close()
     stats.events = cfg.events
     stats.seconds = time.perf_counter() - t_start
     return stats

@@ -30,12 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from hltemu.geometry import BarrelLayer, Disk, Geometry
+from hltemu.geometry import C_LIGHT, BarrelLayer, Disk, Geometry
 from hltemu.io import PIXEL_PAD_SHAPE
-
-#: c in GeV / (T m): a charge-1 particle of transverse momentum pt (GeV) in B (T) curls with
-#: radius pt / (C_LIGHT B) metres.
-C_LIGHT = 0.299792458
 
 
 def helix_radius(pt: np.ndarray, charge: np.ndarray, b_field: float) -> np.ndarray:

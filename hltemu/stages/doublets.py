@@ -3,7 +3,8 @@
 A doublet is a pair of pixel hits, one on the inner and one on the outer layer of a layer pair
 (:class:`~hltemu.config.DoubletsConfig`), that could come from one track of the luminous
 region.  The combinatorics are cut down as CMS Patatrack (``gpuPixelDoublets``) does, with cuts
-we chose for this detector (all in the config, with units):
+we chose for this detector (all in the config, with units; the field, pixel pitch and sensor
+thickness they use are the detector's, :func:`hltemu.geometry.default_geometry`):
 
 * **layer pairs**: the 19 pairs Patatrack uses: adjacent barrel layers, barrel to the first
   disks, adjacent disks, and jumps over one layer (both z sides);
@@ -74,7 +75,7 @@ import numpy as np
 from hltemu.backends import Backend
 from hltemu.batch import Collection, EventBatch
 from hltemu.config import DoubletsConfig
-from hltemu.geometry import N_PIXEL_LAYERS
+from hltemu.geometry import C_LIGHT, N_PIXEL_LAYERS, Geometry, default_geometry, is_barrel_layer
 from hltemu.ops import THREADS_PER_BLOCK, blocks
 from hltemu.pipeline import PipelineError, Stage, register
 from hltemu.xpsafe import any_true, bincount, item
@@ -83,8 +84,6 @@ from hltemu.xpsafe import any_true, bincount, item
 GRID_CM = 1.0e-4
 #: Largest |x|, |y|, |z| of a hit: keeps every sum in the cuts an exact integer in float64.
 MAX_COORDINATE_CM = 1000.0
-#: c in GeV / (T m): pT = C_LIGHT * B * R.
-C_LIGHT = 0.299792458
 #: PixelHit columns the stage reads.
 HIT_COLUMNS: tuple[str, ...] = ("x", "y", "z", "layer", "size_x", "size_y")
 
@@ -139,10 +138,14 @@ class PairTable:
         return int(self.inner.shape[0])
 
 
-def pair_table(cfg: DoubletsConfig) -> PairTable:
-    """Cut tables in the kernels' units (um, tan**2, um**-2) from ``cfg``."""
+def pair_table(cfg: DoubletsConfig, geometry: Geometry | None = None) -> PairTable:
+    """Cut tables in the kernels' units (um, tan**2, um**-2) from ``cfg`` and the detector
+    ``geometry`` (default: :func:`~hltemu.geometry.default_geometry`), which gives the solenoid
+    field of the pT cut, the pixel pitch along local y and the sensor thickness of the
+    cluster-size cut, and which layers are barrel layers."""
     from hltemu.kernels import doublets as K
 
+    geometry = default_geometry() if geometry is None else geometry
     um = 1.0 / GRID_CM
     pairs = np.array([tuple(p) for p in cfg.layer_pairs], dtype=np.int32).reshape(-1, 2)
     inner, outer = pairs[:, 0].copy(), pairs[:, 1].copy()
@@ -153,15 +156,15 @@ def pair_table(cfg: DoubletsConfig) -> PairTable:
     cuts[:, K.PAIR_INNER_Z_MIN] = np.asarray(cfg.inner_z_min, dtype=np.float64) * um
     cuts[:, K.PAIR_INNER_Z_MAX] = np.asarray(cfg.inner_z_max, dtype=np.float64) * um
     cuts[:, K.PAIR_DR_MAX] = np.asarray(cfg.dr_max, dtype=np.float64) * um
-    cuts[:, K.PAIR_INNER_BARREL] = inner < 4
-    cuts[:, K.PAIR_OUTER_BARREL] = outer < 4
+    cuts[:, K.PAIR_INNER_BARREL] = is_barrel_layer(inner)
+    cuts[:, K.PAIR_OUTER_BARREL] = is_barrel_layer(outer)
     g = np.zeros(K.N_CUT_COLUMNS, dtype=np.float64)
     g[K.CUT_Z0_MAX] = cfg.z0_max * um
-    r_min_um = 100.0 * cfg.pt_min / (C_LIGHT * cfg.b_field) * um  # helix radius of pt_min
+    r_min_um = 100.0 * cfg.pt_min / (C_LIGHT * geometry.b_field) * um  # helix radius of pt_min
     g[K.CUT_KAPPA2_MAX] = 1.0 / (r_min_um * r_min_um)
     g[K.CUT_COT_MAX] = math.sinh(cfg.eta_max)
-    g[K.CUT_PITCH] = round(cfg.pitch_y * um)
-    g[K.CUT_THICKNESS] = round(cfg.sensor_thickness * um)
+    g[K.CUT_PITCH] = round(geometry.pixel.pitch_y * um)
+    g[K.CUT_THICKNESS] = round(geometry.pixel.thickness * um)
     g[K.CUT_SIZE_BELOW] = cfg.size_below
     g[K.CUT_SIZE_ABOVE] = cfg.size_above
     g[K.CUT_SIZE_INNER] = float(cfg.cluster_cut_inner)
@@ -480,86 +483,3 @@ def find_doublets(hits: Collection, cfg: DoubletsConfig, be: Backend) -> Collect
     """The ``doublets`` collection of ``hits`` (a PixelHit collection on ``be``): the stage on
     a batch of just these hits."""
     return STAGE(EventBatch(be, hits.n_events, {"PixelHit": hits}), cfg)["doublets"]
-
-
-# -- metrics from truth -----------------------------------------------------------------------
-@dataclass(frozen=True)
-class DoubletMetrics:
-    """Doublet-finding figures of a batch.
-
-    ``efficiency``: found true doublets of selected particles / true doublets of selected
-    particles (pT > pt_min, |eta| < eta_max, charged, one hit on each layer of a configured
-    pair), ``None`` without GenPart; ``fake_fraction``: doublets whose hits do not come from
-    one particle / all doublets.  ``per_pair_efficiency`` has one entry per layer pair (NaN
-    where the pair has no true doublet).
-    """
-
-    n_events: int
-    n_doublets: int
-    n_fake: int
-    n_true_selected: int
-    n_found_selected: int
-    per_pair_efficiency: tuple[float, ...]
-
-    @property
-    def doublets_per_event(self) -> float:
-        return self.n_doublets / self.n_events if self.n_events else float("nan")
-
-    @property
-    def fake_fraction(self) -> float:
-        return self.n_fake / self.n_doublets if self.n_doublets else float("nan")
-
-    @property
-    def efficiency(self) -> float | None:
-        if self.n_true_selected < 0:
-            return None
-        if self.n_true_selected == 0:
-            return float("nan")
-        return self.n_found_selected / self.n_true_selected
-
-
-def doublet_metrics(hits: Collection, doublets: Collection, genpart: Collection | None,
-                    cfg: DoubletsConfig | None = None, pt_min: float = 0.9,
-                    eta_max: float = 2.5, max_vertex_rho: float | None = None) -> DoubletMetrics:
-    """Efficiency, fake fraction and doublets per event from truth (host arrays).
-
-    A true doublet is a pair of hits of one particle (``sim_index``, a GenPart row of the
-    event) on the inner and outer layer of one of ``cfg.layer_pairs``.  Selected particles
-    have ``pt > pt_min`` [GeV], ``|eta| < eta_max`` and, when ``max_vertex_rho`` [cm] is given,
-    a production vertex within that transverse distance of the beam line.
-    """
-    cfg = cfg or DoubletsConfig()
-    hits, doublets = hits.to_host(), doublets.to_host()
-    n_pairs = len(cfg.layer_pairs)
-    sim_d = doublets["sim_index"]
-    n_fake = int((sim_d < 0).sum())
-    if genpart is None:
-        return DoubletMetrics(hits.n_events, doublets.size, n_fake, -1, 0,
-                              tuple([float("nan")] * n_pairs))
-    gen = genpart.to_host()
-    # selected particles, as global GenPart rows
-    sel = (gen["pt"] > pt_min) & (np.abs(gen["eta"]) < eta_max) & (gen["charge"] != 0)
-    if max_vertex_rho is not None:
-        sel &= np.hypot(gen["vx"], gen["vy"]) < max_vertex_rho
-    # denominator: per (selected particle, layer) hit counts; pairs multiply
-    sim = hits["sim_index"]
-    ev = hits.event_index()
-    ok = sim >= 0
-    gid = np.where(ok, gen.offsets[ev] + np.where(ok, sim, 0), -1)
-    ok &= sel[np.where(ok, gid, 0)]
-    particles, inverse = np.unique(gid[ok], return_inverse=True)
-    per_layer = np.zeros((particles.shape[0], N_PIXEL_LAYERS), dtype=np.int64)
-    np.add.at(per_layer, (inverse, hits["layer"][ok]), 1)
-    # numerator: found doublets of one selected particle
-    ev_d = doublets.event_index()
-    true_d = sim_d >= 0
-    gid_d = gen.offsets[ev_d] + np.where(true_d, sim_d, 0)
-    found = true_d & sel[gid_d]
-    found_per_pair = np.bincount(doublets["pair"][found], minlength=n_pairs)
-    per_pair, n_true = [], 0
-    for p, (a, b) in enumerate(cfg.layer_pairs):
-        den = int((per_layer[:, a] * per_layer[:, b]).sum())
-        n_true += den
-        per_pair.append(found_per_pair[p] / den if den else float("nan"))
-    return DoubletMetrics(hits.n_events, doublets.size, n_fake, n_true, int(found.sum()),
-                          tuple(float(v) for v in per_pair))

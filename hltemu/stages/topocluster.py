@@ -87,10 +87,10 @@ table's ``mean1``), which grows as ``mu`` while the noise grows as ``sqrt(mu)`` 
 Inputs and outputs
 ------------------
 Needs ``CaloCell`` with columns ``id`` (cell id in the default geometry) and ``energy`` (GeV);
-``true_energy`` (GeV) is used by :func:`topocluster_metrics` only.  An event may hold every
-cell of the geometry (as ``hltemu generate`` writes) or any subset, in any order: neighbours
-missing from the event count as absent.  Ids out of range, ids repeated within an event, or
-energies that are not finite are errors naming the column, the event and the value.
+``true_energy`` (GeV) is used by :func:`~hltemu.metrics.topocluster_metrics` only.  An event
+may hold every cell of the geometry (as ``hltemu generate`` writes) or any subset, in any order:
+neighbours missing from the event count as absent.  Ids out of range, ids repeated within an
+event, or energies that are not finite are errors naming the column, the event and the value.
 
 Adds ``clusters`` (:data:`CLUSTER_COLUMNS`) and ``cell_cluster``, aligned row for row with
 ``CaloCell``: column ``cluster`` = the cell's cluster as an index into its event's
@@ -657,61 +657,3 @@ STAGE = register(Stage(
     doc="ATLAS 4-2-0 topological clusters of calorimeter cells by |E|/sigma_noise, electronic "
         "and pileup noise (GPU: tag propagation)",
 ))
-
-
-# -- metrics from truth -----------------------------------------------------------------------
-@dataclass(frozen=True)
-class TopoclusterMetrics:
-    """Clustering figures of a batch.
-
-    ``true_energy``: energy particles deposited in all cells (GeV); ``true_energy_in_clusters``:
-    the part of it in cells of a cluster; ``n_noise_clusters``: clusters none of whose cells
-    has any true energy.  The truth fields are NaN / -1 without ``CaloCell.true_energy``.
-    """
-
-    n_events: int
-    n_clusters: int
-    n_noise_clusters: int
-    n_positive_clusters: int
-    true_energy: float
-    true_energy_in_clusters: float
-
-    @property
-    def clusters_per_event(self) -> float:
-        return self.n_clusters / self.n_events if self.n_events else float("nan")
-
-    @property
-    def noise_clusters_per_event(self) -> float:
-        if self.n_noise_clusters < 0 or not self.n_events:
-            return float("nan")
-        return self.n_noise_clusters / self.n_events
-
-    @property
-    def containment(self) -> float:
-        """Fraction of the true deposited energy inside clusters."""
-        return (self.true_energy_in_clusters / self.true_energy if self.true_energy > 0
-                else float("nan"))
-
-
-def topocluster_metrics(cells: Collection, cell_cluster: Collection,
-                        clusters: Collection) -> TopoclusterMetrics:
-    """Clusters per event, energy containment and noise clusters from truth (host arrays)."""
-    cells, labels, clusters = cells.to_host(), cell_cluster.to_host(), clusters.to_host()
-    label = labels[LABEL_COLUMN]
-    n_pos = int((clusters["energy"] > 0).sum())
-    if "true_energy" not in cells:
-        return TopoclusterMetrics(cells.n_events, clusters.size, -1, n_pos, float("nan"),
-                                  float("nan"))
-    true = cells["true_energy"].astype(np.float64)
-    inside = label >= 0
-    global_cluster = clusters.offsets[cells.event_index()[inside]] + label[inside]
-    true_per_cluster = np.bincount(global_cluster, weights=true[inside] > 0,
-                                   minlength=clusters.size)
-    return TopoclusterMetrics(
-        n_events=cells.n_events,
-        n_clusters=clusters.size,
-        n_noise_clusters=int((true_per_cluster == 0).sum()),
-        n_positive_clusters=n_pos,
-        true_energy=float(true.sum()),
-        true_energy_in_clusters=float(true[inside].sum()),
-    )

@@ -1,0 +1,190 @@
+"""What the command line shows: the progress bar and the rich tables.
+
+Presentation only: each builder takes figures already computed (a
+:class:`~hltemu.profiling.RunReport`, a dict of timings, the registered stages) and returns a
+:class:`rich.table.Table` for the caller to print; nothing here measures, reads files or runs
+stages.  rich is imported inside the functions, so importing this module (as
+:mod:`hltemu.pipeline` and :mod:`hltemu.profiling` do) loads no rich.
+
+* :class:`ProgressBar`: the one progress bar, over events (``hltemu run``, ``hltemu
+  generate``) or files (a Dask run);
+* :func:`report_table`: per-stage throughput of a run (``hltemu run``,
+  :meth:`RunReport.table <hltemu.profiling.RunReport.table>`);
+* :func:`versions_table`, :func:`backends_table`, :func:`stages_table`,
+  :func:`settings_table`: the four tables of ``hltemu info``;
+* :func:`bench_table`: events/s per backend and the speed-ups (``hltemu bench``);
+* :func:`generation_table`: per-event means of ``hltemu generate``
+  (:meth:`GenerationStats.summary <hltemu.simulate.generate.GenerationStats.summary>`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hltemu.profiling import RunReport
+
+
+# -- progress ---------------------------------------------------------------------------------
+class ProgressBar:
+    """A rich progress bar over ``total`` items named ``label`` (events, files), with elapsed
+    and remaining time (a thin wrapper so that the pipeline stays testable).
+
+    ``text`` replaces the bar's leading text (default: ``label`` in bold); ``console`` is the
+    :class:`rich.console.Console` to draw on (default: rich's global one).  The bar is drawn
+    from construction until :meth:`close`.
+    """
+
+    def __init__(self, total: int, label: str = "events", *, text: str | None = None,
+                 console: Any = None) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._p = Progress(
+            TextColumn(f"[bold]{label}" if text is None else text), BarColumn(),
+            MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+            transient=False,
+        )
+        self._p.start()
+        self._task = self._p.add_task(label, total=total)
+
+    def update(self, n: int) -> None:
+        self._p.advance(self._task, n)
+
+    def close(self) -> None:
+        self._p.stop()
+
+
+# -- hltemu run -------------------------------------------------------------------------------
+def report_table(report: RunReport) -> Any:
+    """A :class:`rich.table.Table` of the per-stage throughput of ``report``."""
+    from rich.table import Table
+
+    t = Table(title=f"hltemu run: {report.events} events on {report.backend} ({report.device})")
+    if report.warmup_seconds > 0:
+        t.caption = (f"not counted: {report.warmup_seconds:.2f} s of warm-up (kernel "
+                     "compilation) on the first event")
+    t.add_column("stage")
+    t.add_column("calls", justify="right")
+    t.add_column("events", justify="right")
+    t.add_column("seconds", justify="right")
+    t.add_column("events/s", justify="right")
+    t.add_column("share", justify="right")
+    for name, s in report.stages.items():
+        share = s.seconds / report.total_seconds if report.total_seconds > 0 else float("nan")
+        t.add_row(
+            name, str(s.calls), str(s.events), f"{s.seconds:.4f}",
+            f"{s.events_per_second:,.1f}", f"{100 * share:.1f}%",
+        )
+    t.add_row(
+        "total", "", str(report.events), f"{report.total_seconds:.4f}",
+        f"{report.events_per_second:,.1f}", "100.0%", style="bold",
+    )
+    return t
+
+
+# -- hltemu info ------------------------------------------------------------------------------
+def versions_table(title: str, versions: Mapping[str, str], nvtx_state: str) -> Any:
+    """Package versions (:func:`hltemu.profiling.versions`) and whether NVTX ranges are on."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(title=title, show_header=False)
+    for k, v in versions.items():
+        t.add_row(k, escape(v))
+    t.add_row("nvtx ranges", escape(nvtx_state))
+    return t
+
+
+def backends_table(usable: Mapping[str, tuple[bool, str]], auto: str) -> Any:
+    """Each backend, whether it is usable and its device or why not
+    (:func:`hltemu.backends.usable_backends`), and the backend ``auto`` picks."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    b = Table(title="backends")
+    b.add_column("backend")
+    b.add_column("usable")
+    b.add_column("device / reason", overflow="fold")
+    for name, (ok, why) in usable.items():
+        b.add_row(name, "yes" if ok else "no", escape(why))
+    b.add_row("auto", "yes", auto)
+    return b
+
+
+def stages_table(stages: Mapping[str, Any]) -> Any:
+    """The registered stages (name -> :class:`~hltemu.pipeline.Stage`, in chain order)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    s = Table(title="stages (chain order)")
+    for col in ("stage", "needs", "adds", "backends", "what it does"):
+        s.add_column(col, overflow="fold")
+    if not stages:
+        s.add_row("(none registered)", "", "", "", "")
+    for name, st in stages.items():
+        s.add_row(name, ", ".join(st.needs), ", ".join(st.adds),
+                  ", ".join(sorted(st.implementations)), escape(st.doc))
+    return s
+
+
+def settings_table(settings: Mapping[str, Sequence[tuple[str, Any, str, str]]]) -> Any:
+    """Every stage's settings: stage name -> its rows ``(key, value, unit, doc)``
+    (:func:`hltemu.config.describe`)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(title=escape("settings (override with --config FILE.toml, one [stage] table "
+                           "each)"))
+    for col in ("stage", "setting", "value", "unit"):
+        t.add_column(col, overflow="fold")
+    for name, rows in settings.items():
+        for i, (key, value, unit, _doc) in enumerate(rows):
+            t.add_row(name if i == 0 else "", key, escape(str(value)), escape(unit),
+                      end_section=i == len(rows) - 1)
+    return t
+
+
+# -- hltemu bench -----------------------------------------------------------------------------
+def bench_table(times: Mapping[str, Mapping[str, float]], backends: Sequence[str],
+                rows: Sequence[str], n_events: int, repeat: int) -> Any:
+    """Per row (stage names, then ``total``): events/s on each backend and its speed-up over
+    the first; ``times[backend][row]`` is the best of ``repeat`` in seconds for ``n_events``."""
+    from rich.table import Table
+
+    base = backends[0]
+    t = Table(title=f"hltemu bench: {n_events} events, best of {repeat}")
+    t.add_column("stage")
+    for b in backends:
+        t.add_column(f"{b} events/s", justify="right")
+    for b in backends[1:]:
+        t.add_column(f"{b}/{base}", justify="right")
+    for name in rows:
+        row = [name]
+        row += [f"{n_events / times[b][name]:,.1f}" for b in backends]
+        row += [f"{times[base][name] / times[b][name]:.2f}x" for b in backends[1:]]
+        t.add_row(*row)
+    return t
+
+
+# -- hltemu generate --------------------------------------------------------------------------
+def generation_table(stats: Any) -> Any:
+    """The per-event means of a generation run
+    (:class:`~hltemu.simulate.generate.GenerationStats`)."""
+    from rich.table import Table
+
+    c = stats.config
+    t = Table(title=f"{c.events} {c.process} events, pileup {c.pileup:g}, seed {c.seed}")
+    t.add_column("per event (mean)")
+    t.add_column("value", justify="right")
+    for k, v in stats.means().items():
+        t.add_row(k, f"{v:.3f}" if "time" in k else f"{v:.1f}")
+    t.add_row("Pythia initialisation (s)", f"{stats.init_seconds:.2f}")
+    return t
