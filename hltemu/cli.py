@@ -110,9 +110,15 @@ class LazyGroup(click.Group):
         limit = formatter.width - 6 - max(len(name) for name, _ in rows)
         with formatter.section("Commands"):
             formatter.write_dl([
-                (name, cmd.get_short_help_str(limit) if cmd is not None else
-                 click.utils.make_default_short_help(LAZY_COMMANDS[name][2], limit))
+                (name, (cmd if cmd is not None else _summary_command(name))
+                 .get_short_help_str(limit))
                 for name, cmd in rows])
+
+
+def _summary_command(name: str) -> click.Command:
+    """A stand-in command holding a lazy command's stored help summary (shortened by click's
+    own rule, :meth:`click.Command.get_short_help_str`), so that listing it imports nothing."""
+    return click.Command(name, help=LAZY_COMMANDS[name][2])
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -279,7 +279,7 @@ def test_help_summaries_of_lazy_commands_are_the_commands_own():
         cmd = getattr(importlib.import_module(module), attr)
         assert cmd.name == name
         for limit in range(10, 121):
-            assert click.utils.make_default_short_help(summary, limit) == \
+            assert click.Command(name, help=summary).get_short_help_str(limit) == \
                 cmd.get_short_help_str(limit), (name, limit)
 
 
