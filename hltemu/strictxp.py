@@ -10,8 +10,9 @@ that is *not* an ``ndarray``) and ``xp`` becomes :data:`strict_numpy`, which ref
 * ``xp.bincount`` of an empty array (raises in CuPy < 14);
 * ``np.asarray`` / ``np.array`` of device data, and mixing host arrays into device arithmetic
   (CuPy raises ``TypeError``: implicit host <-> device conversions);
-* ``int()``, ``float()``, ``bool()``, ``operator.index()`` of a device array *inside a stage*
-  (a hidden synchronisation: the host waits for the device; ``if xp.any(bad):`` is one).
+* ``int()``, ``float()``, ``bool()`` of a device array *inside a stage* (a hidden
+  synchronisation: the host waits for the device; ``if xp.any(bad):`` is one), and
+  ``operator.index()`` of one anywhere (CuPy does not implement it).
 
 Intended reads from the device are explicit: :meth:`hltemu.backends.Backend.item`,
 :meth:`~hltemu.backends.Backend.to_host` (``.get()``), ``.item()``, ``.tolist()``.  Each refusal is
@@ -94,8 +95,8 @@ def _refuse_host_arrays(args: Any, what: str) -> None:
         elif isinstance(a, np.ndarray) and a.ndim > 0:
             raise StrictXPError(
                 f"{what}: a host NumPy array (shape {a.shape}) mixed with device arrays; CuPy "
-                "refuses implicit host-to-device conversion: upload it with "
-                "backend.to_device(...) / xp.asarray(...) first"
+                "refuses it in arithmetic and copies it to the device on every call when it "
+                "indexes: upload it once with backend.to_device(...) / xp.asarray(...)"
             )
 
 
@@ -178,8 +179,11 @@ class DeviceArray(NDArrayOperatorsMixin):
         return bool(self._a)
 
     def __index__(self) -> int:
-        _sync_refused("operator.index")
-        return self._a.__index__()
+        raise StrictXPError(
+            "operator.index() of a device array (a device array used as a Python integer, e.g. "
+            "a slice bound or a range() argument): CuPy does not implement it; read the value "
+            "with backend.item(x)"
+        )
 
     # -- NumPy protocols: compute on the storage, wrap the result -------------------------------
     def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:

@@ -59,6 +59,7 @@ def test_shim_is_the_simulator_xp():
     ("bool", r"bool\(\) of a device array inside stage 'planted'"),
     ("float", r"float\(\) of a device array inside stage 'planted'"),
     ("host_mix", r"host NumPy array .* mixed with device arrays"),
+    ("index", r"operator\.index\(\) of a device array"),
 ])
 def test_planted_trap_is_refused(trap, message):
     def planted(batch):
@@ -81,6 +82,8 @@ def test_planted_trap_is_refused(trap, message):
             return _event_level(batch, counts)
         if trap == "float":
             return _event_level(batch, xp.full(batch.n_events, float(obj["x"].sum())))
+        if trap == "index":
+            return _event_level(batch, obj["x"][: obj.offsets[-1]])
         if trap == "host_mix":
             return _event_level(batch, counts + np.ones(batch.n_events, dtype=np.int64))
         raise AssertionError(trap)
