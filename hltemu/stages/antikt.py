@@ -73,6 +73,7 @@ JEC range.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -413,28 +414,13 @@ def genjets_stage(batch: EventBatch, cfg: GenJetsConfig, clusterer: Any
     return {"genjets": jets}
 
 
-def run_antikt_reference(batch: EventBatch, cfg: AntiKtConfig) -> dict[str, Collection]:
-    return antikt_stage(batch, cfg, cluster_reference)
-
-
-def run_antikt_cpu(batch: EventBatch, cfg: AntiKtConfig) -> dict[str, Collection]:
-    return antikt_stage(batch, cfg, cluster_cpu)
-
-
-def run_antikt_cuda(batch: EventBatch, cfg: AntiKtConfig) -> dict[str, Collection]:
-    return antikt_stage(batch, cfg, cluster_cuda)
-
-
-def run_genjets_reference(batch: EventBatch, cfg: GenJetsConfig) -> dict[str, Collection]:
-    return genjets_stage(batch, cfg, cluster_reference)
-
-
-def run_genjets_cpu(batch: EventBatch, cfg: GenJetsConfig) -> dict[str, Collection]:
-    return genjets_stage(batch, cfg, cluster_cpu)
-
-
-def run_genjets_cuda(batch: EventBatch, cfg: GenJetsConfig) -> dict[str, Collection]:
-    return genjets_stage(batch, cfg, cluster_cuda)
+# one implementation per backend: the same stage body with that backend's clusterer
+run_antikt_reference = functools.partial(antikt_stage, clusterer=cluster_reference)
+run_antikt_cpu = functools.partial(antikt_stage, clusterer=cluster_cpu)
+run_antikt_cuda = functools.partial(antikt_stage, clusterer=cluster_cuda)
+run_genjets_reference = functools.partial(genjets_stage, clusterer=cluster_reference)
+run_genjets_cpu = functools.partial(genjets_stage, clusterer=cluster_cpu)
+run_genjets_cuda = functools.partial(genjets_stage, clusterer=cluster_cuda)
 
 
 STAGE = register(Stage(

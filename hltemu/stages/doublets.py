@@ -325,23 +325,20 @@ def find_cpu(table: HitTable, pairs: PairTable) -> tuple[np.ndarray, np.ndarray,
     return inner.astype(np.int64), outer.astype(np.int64), pair
 
 
-def work_items(table: HitTable, pairs: PairTable, xp: Any,
-               device_pairs: dict[str, Any] | None = None) -> tuple[Any, Any]:
+def work_items(table: HitTable, device_pairs: dict[str, Any], xp: Any) -> tuple[Any, Any]:
     """``(item_hit, item_pair)``: one entry per (sorted inner hit, layer pair of its layer).
 
     Built with ``searchsorted`` rather than ``repeat`` with array counts, which CuPy lacks.
-    ``device_pairs``: the pair tables already on the device (else uploaded here).
+    ``device_pairs``: the pair tables on the device (:func:`_kernel_args`).
     """
-    dev = device_pairs if device_pairs is not None else {
-        "layer_offsets": xp.asarray(pairs.layer_offsets), "by_layer": xp.asarray(pairs.by_layer)}
-    offsets = dev["layer_offsets"]
+    offsets = device_pairs["layer_offsets"]
     per_hit = (offsets[1:] - offsets[:-1])[table.layer]
     ends = xp.cumsum(per_hit)  # one past the last item of each hit
     n_items = item(ends[-1]) if table.n_hits else 0
     items = xp.arange(n_items, dtype=xp.int64)
     item_hit = xp.searchsorted(ends, items, side="right")
     k = items - (ends - per_hit)[item_hit]  # which of the hit's pairs
-    item_pair = dev["by_layer"][offsets[table.layer[item_hit]] + k]
+    item_pair = device_pairs["by_layer"][offsets[table.layer[item_hit]] + k]
     return item_hit.astype(xp.int32), item_pair.astype(xp.int32)
 
 
@@ -359,7 +356,7 @@ def find_cuda(table: HitTable, pairs: PairTable, be: Backend, capacity: int = 0,
 
     xp = be.xp
     dev = device_pairs if device_pairs is not None else _kernel_args(pairs, be)
-    item_hit, item_pair = work_items(table, pairs, xp, dev)
+    item_hit, item_pair = work_items(table, dev, xp)
     n_items = int(item_hit.shape[0])
     if capacity <= 0:
         capacity = 4 * table.n_hits + 1024

@@ -536,9 +536,9 @@ def kinematics_cuda(n_clusters: int, args: tuple[Any, ...]) -> None:
 
 
 def assemble(label: Any, rows: RowArrays, offsets: Any, n_events: int, graph: CellGraph,
-             be: Backend, kinematics: Any = None) -> tuple[Collection, Collection]:
+             be: Backend, kinematics: Any) -> tuple[Collection, Collection]:
     """``(clusters, cell_cluster)`` from label seeds (global rows), on ``be``; ``kinematics``
-    is :func:`kinematics_cpu` or :func:`kinematics_cuda` (default: cpu on NumPy arrays)."""
+    is :func:`kinematics_cpu` or :func:`kinematics_cuda`."""
     xp = be.xp
     dev = graph.on(be)
     n = int(label.shape[0])
@@ -569,8 +569,6 @@ def assemble(label: Any, rows: RowArrays, offsets: Any, n_events: int, graph: Ce
     if n_cl:
         args = (members, member_offsets.astype(xp.int64), rows.energy, row_eta, row_phi, heads,
                 out["energy"], out["eta"], out["phi"], out["n_cells"])
-        if kinematics is None:
-            kinematics = kinematics_cpu if xp is np else kinematics_cuda
         kinematics(n_cl, args)
     out["seed"] = rows.ids[heads].astype(xp.int32)
     out["seed_significance"] = rows.sig[heads]
