@@ -26,10 +26,9 @@ from _common import SAMPLE, skip_unless_gpu
 
 from hltemu.backends import get_backend
 from hltemu.cnn import SCORE_TOLERANCE, load_model, roc_auc
-from hltemu.config import DoubletsConfig
 from hltemu.io import read_collections
 from hltemu.stages.doublet_cnn import score_doublets
-from hltemu.stages.doublets import find_doublets
+from hltemu.stages.doublets import DoubletsConfig, find_doublets
 
 FILE = Path(os.environ.get("HLTEMU_BENCH_FILE", SAMPLE))
 BACKENDS = ["reference", "cpu", "cuda"]

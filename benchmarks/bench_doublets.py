@@ -17,9 +17,8 @@ import pytest
 from _common import SAMPLE, skip_unless_gpu
 
 from hltemu.backends import get_backend
-from hltemu.config import DoubletsConfig
 from hltemu.io import read_collections
-from hltemu.stages.doublets import find_doublets
+from hltemu.stages.doublets import DoubletsConfig, find_doublets
 
 BACKENDS = ["reference", "cpu", "cuda"]
 ROUNDS = {"reference": 1, "cpu": 10, "cuda": 20}

@@ -18,9 +18,8 @@ import pytest
 from _common import SAMPLE, skip_unless_gpu
 
 from hltemu.backends import get_backend
-from hltemu.config import TopoclusterConfig
 from hltemu.io import read_collections
-from hltemu.stages.topocluster import calorimeter_graph, topocluster
+from hltemu.stages.topocluster import TopoclusterConfig, calorimeter_graph, topocluster
 
 BACKENDS = ["reference", "cpu", "cuda"]
 ROUNDS = {"reference": 3, "cpu": 10, "cuda": 20}

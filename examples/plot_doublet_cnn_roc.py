@@ -26,10 +26,9 @@ import numpy as np
 
 from hltemu.backends import get_backend
 from hltemu.cnn import FEATURES, load_model, roc_auc, roc_curve
-from hltemu.config import DoubletsConfig
 from hltemu.io import read_collections
 from hltemu.stages.doublet_cnn import score_doublets
-from hltemu.stages.doublets import find_doublets
+from hltemu.stages.doublets import DoubletsConfig, find_doublets
 
 
 def cut_scores(d) -> dict[str, np.ndarray]:

@@ -19,10 +19,10 @@ import numpy as np
 
 from hltemu.backends import get_backend
 from hltemu.batch import Collection
-from hltemu.config import GenerateConfig, TopoclusterConfig
+from hltemu.config import GenerateConfig
 from hltemu.io import read_collections
 from hltemu.metrics import topocluster_metrics
-from hltemu.stages.topocluster import topocluster
+from hltemu.stages.topocluster import TopoclusterConfig, topocluster
 
 CACHE = Path.home() / ".cache" / "hltemu"
 

@@ -68,9 +68,9 @@ def _parse_stages(value: str | None) -> list[str] | None:
 
 
 def _load_config(path: str | None) -> HLTConfig:
-    from hltemu.config import HLTConfig
+    from hltemu.pipeline import load_config
 
-    return HLTConfig.load(path) if path else HLTConfig.default()
+    return load_config(path or None)
 
 
 def _lazy_command_names() -> list[str]:

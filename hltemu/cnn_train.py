@@ -41,9 +41,9 @@ from hltemu.cnn import (
     save_model,
     working_point_for,
 )
-from hltemu.config import DoubletsConfig
 from hltemu.geometry import N_PIXEL_LAYERS
 from hltemu.io import PIXEL_PAD_SHAPE
+from hltemu.stages.doublets import DoubletsConfig
 
 TORCH_MISSING = ("training the doublet CNN needs PyTorch, which is not installed: "
                  "pip install 'hltemu[train]'")

@@ -6,8 +6,11 @@ one table per stage, named as the stage (``[antikt]``, ``[doublets]``, ...); a s
 the file keeps its defaults.  Unknown tables or keys, and values of the wrong type, are errors
 naming the file, the table, the key and the valid choices.
 
-Stage modules register their config class with the stage (``Stage.config_type``); the config
-classes themselves live here, one after another, so that every cut is found in one file.
+Each stage's config class lives in its stage module and is registered with the stage
+(``Stage.config_type``); :class:`HLTConfig` is assembled from them by :mod:`hltemu.pipeline`.
+This module imports nothing from the package, so a stage can be added without editing it.  It
+also holds the detector description and the generator settings (:class:`DetectorConfig`,
+:class:`GenerateConfig`), read by :mod:`hltemu.geometry` and :mod:`hltemu.simulate`.
 """
 
 from __future__ import annotations
@@ -18,8 +21,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -150,44 +152,53 @@ def _to_toml_value(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class HLTConfig:
-    """The configuration of every registered stage, by stage name."""
+    """The configuration of a chain: one stage config per stage name.
+
+    This module knows no stage: the tables a TOML file may hold come from the caller as
+    ``config_types`` (stage name -> config dataclass), which :mod:`hltemu.pipeline` assembles
+    from each registered stage's ``config_type`` (:func:`hltemu.pipeline.load_config`,
+    :func:`~hltemu.pipeline.default_config`, :func:`~hltemu.pipeline.config_from_dict`).
+    """
 
     stages: Mapping[str, Any] = field(default_factory=dict)
 
     def __getitem__(self, stage: str) -> Any:
-        if stage in self.stages:
+        try:
             return self.stages[stage]
-        from hltemu.pipeline import get_stage
+        except KeyError:
+            raise ConfigError(f"no configuration for stage {stage!r}; the config has "
+                              f"{', '.join(self.stages) or '(none)'}") from None
 
-        return get_stage(stage).config_type()
+    def get(self, stage: str, config_type: type) -> Any:
+        """The config of ``stage``, or the defaults of ``config_type`` when the config has none
+        (a stage registered after the config was built)."""
+        return self.stages[stage] if stage in self.stages else config_type()
 
     @classmethod
-    def default(cls) -> HLTConfig:
-        from hltemu.pipeline import registered_stages
-
-        return cls({name: s.config_type() for name, s in registered_stages().items()})
+    def default(cls, config_types: Mapping[str, type]) -> HLTConfig:
+        """Every stage of ``config_types`` (name -> config dataclass) at its defaults."""
+        return cls({name: t() for name, t in config_types.items()})
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>") -> HLTConfig:
-        from hltemu.pipeline import registered_stages
-
-        stages = registered_stages()
-        out = {name: s.config_type() for name, s in stages.items()}
+    def from_dict(cls, data: Mapping[str, Any], config_types: Mapping[str, type],
+                  source: str = "<dict>") -> HLTConfig:
+        """One table per stage (``data[name]``), checked against ``config_types[name]``; a
+        stage without a table keeps its defaults, an unknown table is a :class:`ConfigError`
+        naming ``source`` and the valid tables."""
+        out = {name: t() for name, t in config_types.items()}
         for table, values in data.items():
-            if table not in stages:
-                raise ConfigError(
-                    f"{source}: unknown stage table [{table}]; stages: {', '.join(sorted(stages))}"
-                )
+            if table not in config_types:
+                raise ConfigError(f"{source}: unknown stage table [{table}]; stages: "
+                                  f"{', '.join(sorted(config_types))}")
             if not isinstance(values, Mapping):
                 raise ConfigError(f"{source}: [{table}] must be a table, got {values!r}")
-            out[table] = stage_config_from_dict(
-                stages[table].config_type, values, f"{source}: [{table}]"
-            )
+            out[table] = stage_config_from_dict(config_types[table], values,
+                                                f"{source}: [{table}]")
         return cls(out)
 
     @classmethod
-    def load(cls, path: str | Path) -> HLTConfig:
-        """Read a TOML file; errors name the file, table and key."""
+    def load(cls, path: str | Path, config_types: Mapping[str, type]) -> HLTConfig:
+        """Read a TOML file (see :meth:`from_dict`); errors name the file, table and key."""
         path = Path(path)
         try:
             data = tomllib.loads(path.read_text())
@@ -195,7 +206,7 @@ class HLTConfig:
             raise ConfigError(f"config file {str(path)!r} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(data, config_types, str(path))
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {
@@ -206,11 +217,6 @@ class HLTConfig:
     def save(self, path: str | Path) -> None:
         """Write every stage's settings as TOML, one table per stage."""
         Path(path).write_text(tomli_w.dumps(self.to_dict()))
-
-
-# ------------------------------------------------------------------------------------------
-# Stage configurations.  One frozen dataclass per stage, each field declared with param().
-# ------------------------------------------------------------------------------------------
 
 
 # ------------------------------------------------------------------------------------------
@@ -354,282 +360,3 @@ class GenerateConfig:
             raise ConfigError("beamspot sigmas must be >= 0 cm and truth_eta_max > 0")
 
 
-@dataclass(frozen=True)
-class RhoConfig:
-    """Stage ``rho``: median pT density of clusters on a fixed eta-phi grid (CMS fixed-grid rho).
-
-    The grid has ``round(2 eta_max / grid_spacing)`` rows in eta and ``round(2 pi /
-    grid_spacing)`` columns in phi, so cells are close to ``grid_spacing`` square; CMS's
-    ``fixedGridRhoFastjetAll`` uses eta_max 5.0 and spacing 0.55 (18 x 11 cells).
-    """
-
-    eta_max: float = param(5.0, "", "the grid covers -eta_max <= eta < eta_max")
-    grid_spacing: float = param(0.55, "", "requested cell size in eta and in phi [rad]")
-
-    def __post_init__(self) -> None:
-        if not (self.eta_max > 0 and self.grid_spacing > 0):
-            raise ConfigError(
-                f"eta_max and grid_spacing must be > 0, got {self.eta_max} and {self.grid_spacing}"
-            )
-
-
-@dataclass(frozen=True)
-class JecConfig:
-    """Stage ``jec``: the factorized jet energy corrections applied to ``jets``, in order.
-
-    Each entry is a CMS JEC text file (plain or gzipped; ``FILE#SECTION`` for one section of a
-    multi-section file), a correctionlib JSON correction ``FILE.json#NAME`` (a compound
-    correction's levels when NAME is one), or ``builtin:NAME`` for a file shipped in
-    ``hltemu/models``.  The default is CMS's Fall17 MC L2Relative for AK4 calorimeter jets (L2
-    and L3 in one level since 2017), shipped until ``derive-jec`` provides the emulator's own;
-    an empty list applies no correction (every factor 1).
-    """
-
-    levels: tuple = param(
-        ("builtin:Fall17_17Nov2017_V32_MC_L2Relative_AK4Calo.txt",), "",
-        "correction levels in the order applied (L1FastJet, L2Relative, L3Absolute, ...)",
-    )
-
-
-@dataclass(frozen=True)
-class TriggerConfig:
-    """Stage ``trigger``: per-event decisions of the paths of a trigger menu (TOML).
-
-    The menu lists paths (single jet pT, HT, n jets above pT, pixel-doublet multiplicity) with
-    thresholds and prescales; see ``hltemu/data/menu.toml``.  ``builtin:NAME`` is a menu shipped
-    in ``hltemu/data``.
-    """
-
-    menu: str = param("builtin:menu.toml", "", "trigger menu TOML file")
-    paths: tuple = param((), "", "names of the menu paths to run (empty: every path)")
-
-
-def _default_geometry() -> Any:
-    """:func:`hltemu.geometry.default_geometry`, imported when first needed (hltemu.geometry
-    imports this module)."""
-    from hltemu.geometry import default_geometry
-
-    return default_geometry()
-
-
-@dataclass(frozen=True)
-class DoubletsConfig:
-    """Stage ``doublets``: Patatrack-style pixel doublets on pairs of Phase-1 pixel layers.
-
-    Layer ids: 0-3 barrel BPix1-4, 4-6 disks +z 1-3, 7-9 disks -z 1-3.  The 19 layer pairs are
-    the ones CMS Patatrack builds (13 adjacent pairs, 2 barrel jumps, 4 forward jumps).  The
-    per-pair tuples have one entry per pair, in the order of ``layer_pairs``.  Their defaults
-    are the envelope of true doublets of prompt tracks with pT >= 0.8 GeV and |z0| <= 12 cm in
-    the default geometry (phi window x 1.1 + 3 mrad, z window +- 1 cm, dr_max + 0.5 cm;
-    ``tests/test_doublets.py`` checks the envelope).
-
-    The solenoid field of the pT cut and the pixel pitch along local y and sensor thickness of
-    the cluster-size cut are the detector's, read from :func:`hltemu.geometry.default_geometry`
-    (``DetectorConfig.b_field``, ``pixel_pitch_y``, ``pixel_thickness``), not set here.  The
-    former keys ``b_field``, ``pitch_y`` and ``sensor_thickness`` (:data:`MOVED_KEYS`) are still
-    accepted in a ``[doublets]`` table with a :class:`MovedKeyWarning` when they hold the
-    geometry's value, as every file saved before did; a different value is a
-    :class:`ConfigError` (see :func:`check_moved_key`: the file asked for cuts this code can no
-    longer make, and silently making others would change its results).
-    """
-
-    #: Keys removed from ``[doublets]``: their values are the detector geometry's.
-    MOVED_KEYS: ClassVar[Mapping[str, MovedKey]] = MappingProxyType({
-        "b_field": MovedKey(
-            "the detector geometry (hltemu.geometry.default_geometry().b_field, "
-            "DetectorConfig.b_field)", "T", lambda: _default_geometry().b_field,
-            "the pT cut is set by [doublets] pt_min, which keeps the old curvature cut when "
-            "scaled by geometry field / old field"),
-        "pitch_y": MovedKey(
-            "the detector geometry (hltemu.geometry.default_geometry().pixel.pitch_y, "
-            "DetectorConfig.pixel_pitch_y)", "cm", lambda: _default_geometry().pixel.pitch_y,
-            "the cluster-size cut is set by [doublets] size_below, size_above, "
-            "cluster_cut_inner and cluster_cut_outer"),
-        "sensor_thickness": MovedKey(
-            "the detector geometry (hltemu.geometry.default_geometry().pixel.thickness, "
-            "DetectorConfig.pixel_thickness)", "cm",
-            lambda: _default_geometry().pixel.thickness,
-            "the cluster-size cut is set by [doublets] size_below, size_above, "
-            "cluster_cut_inner and cluster_cut_outer"),
-    })
-
-    layer_pairs: tuple = param(
-        ((0, 1), (0, 4), (0, 7), (1, 2), (1, 4), (1, 7), (4, 5), (7, 8), (2, 3), (2, 4),
-         (2, 7), (5, 6), (8, 9), (0, 2), (1, 3), (0, 5), (0, 8), (4, 6), (7, 9)),
-        "", "(inner, outer) pixel layer ids of each layer pair; the pair id is the position")
-    phi_window: tuple = param(
-        (0.034, 0.107, 0.107, 0.036, 0.076, 0.076, 0.050, 0.050, 0.044, 0.044,
-         0.044, 0.040, 0.040, 0.066, 0.076, 0.106, 0.106, 0.071, 0.071),
-        "rad", "largest |phi_outer - phi_inner| per pair (below pi/2)")
-    inner_z_min: tuple = param(
-        (-20.0, -6.0, -24.0, -22.0, 4.0, -28.0, 28.0, -31.0, -23.0, 14.0,
-         -28.0, 38.0, -41.0, -17.0, -20.0, -4.0, -28.0, 28.0, -31.0),
-        "cm", "lowest z of the inner hit per pair")
-    inner_z_max: tuple = param(
-        (20.0, 24.0, 6.0, 22.0, 28.0, -4.0, 31.0, -28.0, 23.0, 28.0,
-         -14.0, 41.0, -38.0, 17.0, 20.0, 28.0, 4.0, 31.0, -28.0),
-        "cm", "highest z of the inner hit per pair")
-    dr_max: tuple = param(
-        (4.5, 14.0, 14.0, 5.0, 10.0, 10.0, 7.0, 7.0, 6.0, 6.0,
-         6.0, 5.5, 5.5, 8.5, 10.0, 14.0, 14.0, 10.0, 10.0),
-        "cm", "largest r_outer - r_inner per pair (r_outer > r_inner always)")
-    z0_max: float = param(12.0, "cm",
-                          "largest |z| where the doublet's r-z line meets the beam line "
-                          "(luminous region: sigma_z = 4 cm)")
-    eta_max: float = param(3.2, "", "largest |eta| of the doublet's r-z direction: "
-                           "|dz/dr| <= sinh(eta_max)")
-    pt_min: float = param(0.8, "GeV", "smallest pT of the circle through the beam line and both "
-                          "hits (in the detector geometry's field)")
-    cluster_cut_inner: bool = param(True, "", "cut on the inner hit's cluster length along "
-                                    "local y against the doublet's r-z angle")
-    cluster_cut_outer: bool = param(True, "", "the same cut on the outer hit")
-    size_below: float = param(0.5, "pixels", "size_y may be this much below the prediction "
-                              "thickness * |dz/dr| / pitch_y (barrel), * |dr/dz| (disks), "
-                              "thickness and pitch_y of the detector geometry")
-    size_above: float = param(2.5, "pixels", "size_y may be this much above the prediction")
-    n_phi_bins: int = param(128, "", "phi bins of the search structure (per event and layer)")
-    capacity: int = param(0, "doublets", "first size of the cuda output buffer (0: 4 per hit "
-                          "+ 1024); grown and rerun when too small, never truncated")
-
-    def __post_init__(self) -> None:
-        import math
-
-        n = len(self.layer_pairs)
-        pairs = [tuple(p) for p in self.layer_pairs]
-        if n == 0:
-            raise ConfigError("[doublets] layer_pairs must list at least one (inner, outer) pair")
-        for pair in pairs:
-            if (len(pair) != 2 or not all(isinstance(v, int) and 0 <= v <= 9 for v in pair)
-                    or pair[0] == pair[1]):
-                raise ConfigError(
-                    f"[doublets] layer_pairs: {pair!r} is not a pair of two different layer ids "
-                    "0-9 (0-3 barrel, 4-6 disks +z, 7-9 disks -z)")
-        if len(set(pairs)) != n:
-            raise ConfigError(f"[doublets] layer_pairs lists a pair twice: {self.layer_pairs!r}")
-        for name in ("phi_window", "inner_z_min", "inner_z_max", "dr_max"):
-            value = getattr(self, name)
-            if len(value) != n:
-                raise ConfigError(f"[doublets] {name} needs {n} entries (one per layer pair), "
-                                  f"got {len(value)}")
-        for p, w in enumerate(self.phi_window):
-            if not 0.0 < w < math.pi / 2:
-                raise ConfigError(f"[doublets] phi_window[{p}] = {w} rad is not in (0, pi/2)")
-        for p, (lo, hi) in enumerate(zip(self.inner_z_min, self.inner_z_max, strict=True)):
-            if lo > hi:
-                raise ConfigError(f"[doublets] inner_z_min[{p}] = {lo} cm > inner_z_max[{p}] = "
-                                  f"{hi} cm")
-        for name in ("z0_max", "eta_max", "pt_min"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"[doublets] {name} must be > 0, got {getattr(self, name)}")
-        if self.size_below < 0 or self.size_above < 0:
-            raise ConfigError("[doublets] size_below and size_above must be >= 0 pixels")
-        if not 1 <= self.n_phi_bins <= 4096:
-            raise ConfigError(f"[doublets] n_phi_bins must be 1-4096, got {self.n_phi_bins}")
-        if self.capacity < 0:
-            raise ConfigError(f"[doublets] capacity must be >= 0, got {self.capacity}")
-
-
-@dataclass(frozen=True)
-class TopoclusterConfig:
-    """Stage ``topocluster``: ATLAS-style 4-2-0 topological clustering of calorimeter cells.
-
-    Thresholds are on the cell significance ``|E| / sigma_noise`` (two-sided, as ATLAS), in
-    units of the cell's total noise ``sigma_noise = sqrt(sigma_el**2 + pileup_mu *
-    sigma_1**2)``: its electronic noise ``sigma_el`` (:mod:`hltemu.geometry`) and the pileup
-    noise of ``pileup_mu`` interactions, ``sigma_1`` being the RMS energy one minimum-bias
-    interaction leaves in the cell (per layer and eta ring, from the table ``pileup_noise``:
-    ``builtin:NAME`` in ``hltemu/models`` or a path; format: :mod:`hltemu.calo_noise`).
-    ``pileup_mu = 0``: electronic noise only (the table is then not read).  A cell passes a
-    threshold when its significance is strictly above it.  Seeds must pass ``seed_threshold``,
-    cells that grow a cluster (and merge clusters) ``grow_threshold``, the perimeter cells added
-    last ``perimeter_threshold``; ``0 <= perimeter_threshold <= grow_threshold <=
-    seed_threshold``.
-    """
-
-    seed_threshold: float = param(4.0, "sigma_noise", "seed cells: |E| / sigma above this")
-    grow_threshold: float = param(2.0, "sigma_noise", "growing cells: |E| / sigma above this")
-    perimeter_threshold: float = param(0.0, "sigma_noise",
-                                       "perimeter cells: |E| / sigma above this")
-    pileup_mu: float = param(50.0, "interactions", "<mu> the noise is tuned for: sigma_noise^2 "
-                             "= sigma_el^2 + pileup_mu sigma_1^2; 0 = electronic noise only")
-    pileup_noise: str = param("builtin:pileup_noise.npz", "",
-                              "table of sigma_1 per layer and eta ring (builtin:NAME or path)")
-
-    def __post_init__(self) -> None:
-        import math
-
-        values = (self.perimeter_threshold, self.grow_threshold, self.seed_threshold)
-        if not all(math.isfinite(v) for v in values) or not (
-                0.0 <= self.perimeter_threshold <= self.grow_threshold <= self.seed_threshold):
-            raise ConfigError(
-                "[topocluster] thresholds must be finite with 0 <= perimeter_threshold <= "
-                f"grow_threshold <= seed_threshold, got perimeter_threshold="
-                f"{self.perimeter_threshold}, grow_threshold={self.grow_threshold}, "
-                f"seed_threshold={self.seed_threshold}")
-        if not (math.isfinite(self.pileup_mu) and self.pileup_mu >= 0.0):
-            raise ConfigError(f"[topocluster] pileup_mu must be finite and >= 0 interactions, "
-                              f"got {self.pileup_mu}")
-        if not self.pileup_noise:
-            raise ConfigError("[topocluster] pileup_noise must name a table (builtin:NAME or a "
-                              "path), got an empty string")
-
-
-@dataclass(frozen=True)
-class DoubletCnnConfig:
-    """Stage ``doublet_cnn``: a small CNN scores each pixel doublet; doublets with a score below
-    the working point are dropped (kept ones go to ``filtered_doublets``).
-
-    ``weights`` names a model as ``builtin:NAME`` (shipped in ``hltemu/models``) or a path to
-    ``NAME.json`` + ``NAME.npz`` (either file or the common stem), e.g. one written by
-    ``hltemu train-doublet-cnn``.
-    """
-
-    weights: str = param("builtin:doublet_cnn", "", "doublet-CNN model (NAME.json + NAME.npz)")
-    working_point: float = param(-1.0, "", "keep doublets with score >= this (0-1); negative: "
-                                 "the model's own, which keeps 99% of true doublets")
-    chunk_size: int = param(262144, "", "hits or doublets per kernel launch (bounds memory)")
-
-    def __post_init__(self) -> None:
-        if not self.working_point <= 1.0:
-            raise ConfigError(f"[doublet_cnn] working_point must be <= 1 (negative: the model's "
-                              f"own), got {self.working_point}")
-        if self.chunk_size < 1:
-            raise ConfigError(f"[doublet_cnn] chunk_size must be >= 1, got {self.chunk_size}")
-
-
-@dataclass(frozen=True)
-class AntiKtConfig:
-    """Stage ``antikt``: anti-kT jets of calorimeter clusters (E-scheme), identical to FastJet.
-
-    Jets carry the nominal area ``pi R^2`` (see :mod:`hltemu.stages.antikt`).
-    """
-
-    R: float = param(0.4, "", "jet radius in the rapidity-azimuth plane")
-    pt_min: float = param(5.0, "GeV", "jets with pT below this are dropped (pT^2 >= pt_min^2 "
-                          "kept, as FastJet's inclusive_jets)")
-
-    def __post_init__(self) -> None:
-        import math
-
-        if not (self.R > 0 and math.isfinite(self.R)):
-            raise ConfigError(f"[antikt] R must be a finite number > 0, got {self.R}")
-        if not (self.pt_min >= 0 and math.isfinite(self.pt_min)):
-            raise ConfigError(f"[antikt] pt_min must be >= 0 GeV, got {self.pt_min}")
-
-
-@dataclass(frozen=True)
-class GenJetsConfig:
-    """Stage ``genjets``: anti-kT jets of generator final-state particles (``GenPart`` with
-    status 1), identical to FastJet; neutrinos are left out unless ``include_neutrinos``."""
-
-    R: float = param(0.4, "", "jet radius in the rapidity-azimuth plane")
-    pt_min: float = param(5.0, "GeV", "generator jets with pT below this are dropped")
-    include_neutrinos: bool = param(False, "", "cluster neutrinos (|pdgId| 12, 14, 16) too")
-
-    def __post_init__(self) -> None:
-        import math
-
-        if not (self.R > 0 and math.isfinite(self.R)):
-            raise ConfigError(f"[genjets] R must be a finite number > 0, got {self.R}")
-        if not (self.pt_min >= 0 and math.isfinite(self.pt_min)):
-            raise ConfigError(f"[genjets] pt_min must be >= 0 GeV, got {self.pt_min}")

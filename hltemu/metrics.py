@@ -35,8 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from hltemu.batch import Collection
-from hltemu.config import DoubletsConfig
 from hltemu.geometry import N_PIXEL_LAYERS
+from hltemu.stages.doublets import DoubletsConfig
 from hltemu.stages.topocluster import LABEL_COLUMN
 
 

@@ -15,15 +15,17 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hltemu import ui
 from hltemu.backends import Backend, get_backend
 from hltemu.batch import Collection, EventBatch
+from hltemu.config import HLTConfig
 from hltemu.profiling import RunReport, StageTimer
 from hltemu.strictxp import stage_scope
 
 StageFn = Callable[..., Mapping[str, Collection]]
+T = TypeVar("T")
 PrepareFn = Callable[[Any, Backend], Any]
 
 #: Stage modules imported to fill the registry (each calls :func:`register` on import).  The
@@ -40,6 +42,19 @@ class PipelineError(ValueError):
     """A chain that cannot run: unknown stage, missing input collection, no implementation."""
 
 
+def dispatch(variants: Mapping[str, T], backend: Backend, what: str) -> T:
+    """The entry of ``variants`` (backend name -> implementation) for ``backend``: the one
+    place a backend's name picks code.  Stages hand their implementations to :class:`Stage`;
+    a stage module's public helper that runs one step on a given backend (e.g.
+    :func:`hltemu.stages.topocluster.topocluster`) calls this with its own table.  A missing
+    entry is a :class:`PipelineError` naming ``what`` and the backends it has."""
+    try:
+        return variants[backend.name]
+    except KeyError:
+        raise PipelineError(f"{what} has no {backend.name!r} implementation; it has "
+                            f"{', '.join(sorted(variants))}") from None
+
+
 @dataclass(frozen=True)
 class Stage:
     """One step of the chain.
@@ -53,7 +68,8 @@ class Stage:
     adds:
         Collections the stage returns.
     config_type:
-        Frozen dataclass (in :mod:`hltemu.config`) holding the stage's settings.
+        Frozen dataclass holding the stage's settings (defined in the stage's module, its
+        fields declared with :func:`hltemu.config.param`).
     implementations:
         Backend name (``reference``, ``cpu``, ``cuda``) -> implementation,
         ``fn(batch, cfg) -> {name: Collection}``, or ``fn(batch, cfg, prepared)`` when the
@@ -77,14 +93,7 @@ class Stage:
 
     def __call__(self, batch: EventBatch, cfg: Any = None) -> dict[str, Collection]:
         """Run on ``batch`` (on its backend) and return the added collections."""
-        be = batch.backend.name
-        try:
-            fn = self.implementations[be]
-        except KeyError:
-            raise PipelineError(
-                f"stage {self.name!r} has no {be!r} implementation; it has "
-                f"{', '.join(sorted(self.implementations))}"
-            ) from None
+        fn = dispatch(self.implementations, batch.backend, f"stage {self.name!r}")
         missing = [n for n in self.needs if n not in batch]
         if missing:
             raise PipelineError(
@@ -178,6 +187,29 @@ def get_stage(name: str) -> Stage:
         ) from None
 
 
+def config_types() -> dict[str, type]:
+    """Stage name -> config dataclass of every registered stage, in chain order: the tables a
+    config file may hold."""
+    return {name: st.config_type for name, st in registered_stages().items()}
+
+
+def default_config() -> HLTConfig:
+    """Every registered stage at its defaults."""
+    return HLTConfig.default(config_types())
+
+
+def config_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> HLTConfig:
+    """A config from one table per stage (as a parsed TOML file); see
+    :meth:`~hltemu.config.HLTConfig.from_dict`."""
+    return HLTConfig.from_dict(data, config_types(), source)
+
+
+def load_config(path: str | Path | None = None) -> HLTConfig:
+    """The config in the TOML file ``path`` (``None``: :func:`default_config`), with a table
+    for any registered stage; errors name the file, table and key."""
+    return default_config() if path is None else HLTConfig.load(path, config_types())
+
+
 def plan_chain(
     requested: Sequence[str] | None, available: Iterable[str]
 ) -> tuple[list[Stage], list[str]]:
@@ -223,7 +255,7 @@ def run_batch(
     ``config`` is an :class:`~hltemu.config.HLTConfig` (``None``: every stage's defaults).
     """
     for st in chain:
-        cfg = config[st.name] if config is not None else st.config_type()
+        cfg = config.get(st.name, st.config_type) if config is not None else st.config_type()
         if timer is None:
             products = st(batch, cfg)
         else:

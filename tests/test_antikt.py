@@ -30,9 +30,15 @@ from hypothesis import strategies as st
 
 from hltemu.backends import get_backend
 from hltemu.batch import Collection, EventBatch
-from hltemu.config import AntiKtConfig, ConfigError, GenJetsConfig, HLTConfig
-from hltemu.pipeline import PipelineError, get_stage, plan_chain
-from hltemu.stages.antikt import JET_COLUMNS, antikt_jets, genparticle_vectors
+from hltemu.config import ConfigError
+from hltemu.pipeline import PipelineError, config_from_dict, get_stage, plan_chain
+from hltemu.stages.antikt import (
+    JET_COLUMNS,
+    AntiKtConfig,
+    GenJetsConfig,
+    antikt_jets,
+    genparticle_vectors,
+)
 
 RTOL = 1e-10
 fastjet = pytest.importorskip("fastjet")
@@ -340,11 +346,11 @@ def test_stage_antikt_errors():
 
 
 def test_config_tables():
-    cfg = HLTConfig.from_dict({"antikt": {"R": 0.6, "pt_min": 10}, "genjets": {"R": 0.8}})
+    cfg = config_from_dict({"antikt": {"R": 0.6, "pt_min": 10}, "genjets": {"R": 0.8}})
     assert cfg["antikt"] == AntiKtConfig(R=0.6, pt_min=10.0)
     assert cfg["genjets"].R == 0.8 and cfg["genjets"].include_neutrinos is False
     with pytest.raises(ConfigError, match="unknown key"):
-        HLTConfig.from_dict({"antikt": {"radius": 0.4}})
+        config_from_dict({"antikt": {"radius": 0.4}})
     chain, inputs = plan_chain(None, ["clusters", "GenPart"])
     assert {"antikt", "genjets"} <= {s.name for s in chain}
 

@@ -195,7 +195,7 @@ def test_cells_clusters_and_jets_link_up(run):
 def test_rho_and_corrected_jets(run):
     out, _, _, _ = run
     fastjet = pytest.importorskip("fastjet")
-    from hltemu.config import RhoConfig
+    from hltemu.stages.rho import RhoConfig
 
     cfg = RhoConfig()
     rho = _np(out["rho_rho"])

@@ -64,7 +64,7 @@ def test_info_lists_backends_and_stages(tmp_path):
     from hltemu import __version__
     from hltemu.backends import usable_backends
     from hltemu.config import HLTConfig, describe
-    from hltemu.pipeline import registered_stages
+    from hltemu.pipeline import default_config, load_config, registered_stages
 
     runner = CliRunner(env={"COLUMNS": "400"})  # wide enough that no cell wraps
     result = runner.invoke(cli, ["info"])
@@ -90,13 +90,13 @@ def test_info_lists_backends_and_stages(tmp_path):
         return [[name if i == 0 else "", key, str(value), unit]
                 for name in stages for i, (key, value, unit, _) in enumerate(describe(cfg[name]))]
 
-    assert rows[4] == settings(HLTConfig.default())
+    assert rows[4] == settings(default_config())
     toml = tmp_path / "c.toml"
     toml.write_text("[antikt]\npt_min = 12.5\n[rho]\ngrid_spacing = 0.8\n")
     result = runner.invoke(cli, ["info", "--config", str(toml)])
     assert result.exit_code == 0, result.output
     shown = _table_rows(result.output)[4]
-    assert shown == settings(HLTConfig.load(toml))
+    assert shown == settings(load_config(toml))
     assert ["", "pt_min", "12.5", "GeV"] in shown and ["", "grid_spacing", "0.8", ""] in shown
     assert shown != rows[4]
 

@@ -14,8 +14,6 @@ from stage_fixtures import CellSumConfig, cell_sum_stage  # noqa: F401
 
 from hltemu.config import (
     ConfigError,
-    DoubletsConfig,
-    HLTConfig,
     MovedKey,
     MovedKeyWarning,
     describe,
@@ -23,15 +21,17 @@ from hltemu.config import (
     stage_config_from_dict,
 )
 from hltemu.geometry import default_geometry
+from hltemu.pipeline import config_from_dict, default_config, load_config
+from hltemu.stages.doublets import DoubletsConfig
 
 
 def test_toml_round_trip(tmp_path, cell_sum_stage):  # noqa: F811
-    cfg = HLTConfig.from_dict({"cell_sum": {"scale": 2, "threshold": 0.5, "label": "E"}})
+    cfg = config_from_dict({"cell_sum": {"scale": 2, "threshold": 0.5, "label": "E"}})
     assert cfg["cell_sum"] == CellSumConfig(scale=2.0, threshold=0.5, label="E")
     path = tmp_path / "hlt.toml"
     cfg.save(path)
     assert "[cell_sum]" in path.read_text()
-    again = HLTConfig.load(path)
+    again = load_config(path)
     assert again["cell_sum"] == cfg["cell_sum"]
     assert again.to_dict() == cfg.to_dict()
 
@@ -45,14 +45,14 @@ def test_unknown_key_names_file_table_and_valid_keys(tmp_path, cell_sum_stage): 
     path = tmp_path / "bad.toml"
     path.write_text("[cell_sum]\nthreshhold = 1.0\n")
     with pytest.raises(ConfigError, match=r"bad.toml: \[cell_sum\]: unknown key\(s\) 'threshhold'; valid keys: label, scale, threshold"):
-        HLTConfig.load(path)
+        load_config(path)
 
 
 def test_unknown_stage_table(tmp_path, cell_sum_stage):  # noqa: F811
     path = tmp_path / "bad.toml"
     path.write_text("[no_such_stage]\nx = 1\n")
     with pytest.raises(ConfigError, match=r"unknown stage table \[no_such_stage\]; stages: .*cell_sum"):
-        HLTConfig.load(path)
+        load_config(path)
 
 
 @pytest.mark.parametrize(
@@ -70,11 +70,11 @@ def test_wrong_types(table, match):
 
 def test_missing_and_malformed_files(tmp_path):
     with pytest.raises(ConfigError, match="config file .*nope.toml' does not exist"):
-        HLTConfig.load(tmp_path / "nope.toml")
+        load_config(tmp_path / "nope.toml")
     bad = tmp_path / "broken.toml"
     bad.write_text("[cell_sum\nscale = 1\n")
     with pytest.raises(ConfigError, match="broken.toml: not valid TOML"):
-        HLTConfig.load(bad)
+        load_config(bad)
 
 
 # -- keys that moved elsewhere -----------------------------------------------------------------
@@ -136,12 +136,12 @@ def test_old_doublets_file_loads_with_warnings_and_the_same_config(tmp_path):
     """A [doublets] table as the code before the move saved it (every key, the moved ones at
     their defaults) loads with one MovedKeyWarning per moved key naming the geometry, and gives
     the configuration (hence the cuts and the results) of a file without them."""
-    old = HLTConfig.default().to_dict()["doublets"]
+    old = default_config().to_dict()["doublets"]
     old.update({k: v for k, (v, _, _) in DOUBLETS_MOVED.items()})
     path = tmp_path / "old.toml"
     path.write_text(tomli_w.dumps({"doublets": old}))
     with pytest.warns(MovedKeyWarning) as rec:
-        cfg = HLTConfig.load(path)
+        cfg = load_config(path)
     messages = sorted(str(w.message) for w in rec if w.category is MovedKeyWarning)
     assert messages == sorted(
         f"{path}: [doublets] {k} is now taken from the detector geometry (hltemu.geometry."
@@ -150,7 +150,7 @@ def test_old_doublets_file_loads_with_warnings_and_the_same_config(tmp_path):
     assert cfg["doublets"] == DoubletsConfig()
     saved = tmp_path / "new.toml"
     cfg.save(saved)
-    assert not set(DOUBLETS_MOVED) & set(HLTConfig.load(saved).to_dict()["doublets"])
+    assert not set(DOUBLETS_MOVED) & set(load_config(saved).to_dict()["doublets"])
 
 
 @pytest.mark.parametrize("key, value", [("b_field", 2.0), ("pitch_y", 0.01),
@@ -160,7 +160,7 @@ def test_doublets_moved_key_with_another_value_is_an_error(tmp_path, key, value)
     path.write_text(tomli_w.dumps({"doublets": {key: value}}))
     geo, unit, src = DOUBLETS_MOVED[key]
     with pytest.raises(ConfigError) as err:
-        HLTConfig.load(path)
+        load_config(path)
     assert str(err.value).startswith(
         f"{path}: [doublets] {key} = {value} {unit} differs from the detector geometry "
         f"(hltemu.geometry.{src}) = {geo} {unit}, the value used now")

@@ -51,9 +51,10 @@ from hltemu import io
 from hltemu.backends import cuda_status, get_backend
 from hltemu.batch import Collection, EventBatch, counts_to_offsets
 from hltemu.cnn import SCORE_TOLERANCE, load_model
-from hltemu.config import DoubletCnnConfig, DoubletsConfig
 from hltemu.ops import THREADS_PER_BLOCK
 from hltemu.pipeline import get_stage, plan_chain, run_batch
+from hltemu.stages.doublet_cnn import DoubletCnnConfig
+from hltemu.stages.doublets import DoubletsConfig
 
 SAMPLE = Path(str(resources.files("hltemu") / "data" / "sample.root"))
 

@@ -37,18 +37,19 @@ from hltemu.cnn import (
     save_model,
     working_point_for,
 )
-from hltemu.config import ConfigError, DoubletCnnConfig, DoubletsConfig, HLTConfig
+from hltemu.config import ConfigError, HLTConfig
 from hltemu.io import read_collections
 from hltemu.ops import THREADS_PER_BLOCK
-from hltemu.pipeline import PipelineError, get_stage, run_batch
+from hltemu.pipeline import PipelineError, get_stage, load_config, run_batch
 from hltemu.stages.doublet_cnn import (
     OUTPUT,
+    DoubletCnnConfig,
     _cuda_encoder,
     get_model,
     score_doublets,
     select_doublets,
 )
-from hltemu.stages.doublets import find_doublets
+from hltemu.stages.doublets import DoubletsConfig, find_doublets
 
 SAMPLE = Path(__file__).resolve().parents[1] / "hltemu" / "data" / "sample.root"
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -663,20 +664,20 @@ def test_config_round_trip(tmp_path, saved):
     HLTConfig({"doublet_cnn": cfg}).save(path)
     assert tomllib.loads(path.read_text())["doublet_cnn"] == {
         "weights": str(saved), "working_point": 0.5, "chunk_size": 97}
-    assert HLTConfig.load(path)["doublet_cnn"] == cfg
+    assert load_config(path)["doublet_cnn"] == cfg
     path.write_text("[doublet_cnn]\nworking_point = 0.5\nchunk_size = 97\n")
-    loaded = HLTConfig.load(path)
+    loaded = load_config(path)
     assert loaded["doublet_cnn"] == DoubletCnnConfig(working_point=0.5, chunk_size=97)
     assert loaded["doublet_cnn"].weights == "builtin:doublet_cnn"
     assert loaded["doublets"] == DoubletsConfig()
     path.write_text("[doublet_cnn]\nworking_point = 'tight'\n")
     with pytest.raises(ConfigError, match=r"hlt\.toml: \[doublet_cnn\]\.working_point: expected "
                                           r"a number, got 'tight'"):
-        HLTConfig.load(path)
+        load_config(path)
     path.write_text("[doublet_cnn]\nworkingpoint = 0.5\n")
     with pytest.raises(ConfigError, match=r"unknown key\(s\) 'workingpoint'; valid keys: "
                                           "chunk_size, weights, working_point"):
-        HLTConfig.load(path)
+        load_config(path)
     # the loaded working point (not the model's) selects the doublets in the chain
     be = get_backend("cpu")
     hits = read_collections(SAMPLE, ["PixelHit"])["PixelHit"].select_events(0, 1)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from hltemu.backends import cuda_status, get_backend
 from hltemu.batch import Collection, EventBatch
-from hltemu.config import ConfigError, DoubletsConfig, GenerateConfig, HLTConfig
+from hltemu.config import ConfigError, GenerateConfig
 from hltemu.geometry import (
     BARREL_LAYERS,
     C_LIGHT,
@@ -24,10 +24,18 @@ from hltemu.geometry import (
     is_barrel_layer,
 )
 from hltemu.metrics import doublet_metrics
-from hltemu.pipeline import PipelineError, get_stage, run_batch
+from hltemu.pipeline import (
+    PipelineError,
+    config_from_dict,
+    default_config,
+    get_stage,
+    load_config,
+    run_batch,
+)
 from hltemu.stages.doublets import (
     DOUBLET_COLUMNS,
     GRID_CM,
+    DoubletsConfig,
     build_hit_table,
     find_cuda,
     find_doublets,
@@ -411,7 +419,7 @@ def test_old_config_keys_warn_and_do_not_change_the_doublets(tmp_path):
     path.write_text("[doublets]\nb_field = 3.8\npitch_y = 0.015\nsensor_thickness = 0.0285\n"
                     "pt_min = 0.8\n")
     with pytest.warns(MovedKeyWarning, match="detector geometry") as rec:
-        cfg = HLTConfig.load(path)["doublets"]
+        cfg = load_config(path)["doublets"]
     assert len([w for w in rec if w.category is MovedKeyWarning]) == 3
     assert cfg == CFG
     hits = synthetic_batch(11, 3, 6, 20)["PixelHit"]
@@ -529,7 +537,7 @@ def test_stage_in_pipeline_and_output_is_writable(ttbar_pu0, tmp_path):
     assert stage.needs == ("PixelHit",) and stage.adds == ("doublets",)
     batch = EventBatch(get_backend("cpu"), ttbar_pu0.n_events,
                        {"PixelHit": ttbar_pu0["PixelHit"]})
-    run_batch(batch, [stage], HLTConfig.default())
+    run_batch(batch, [stage], default_config())
     d = batch["doublets"]
     assert set(d.columns) == set(DOUBLET_COLUMNS)
     for name, (dtype, _, _) in DOUBLET_COLUMNS.items():
@@ -602,9 +610,9 @@ def test_config_errors(change, message):
 
 
 def test_config_toml_round_trip(tmp_path):
-    cfg = HLTConfig.from_dict({"doublets": {"pt_min": 1.2, "n_phi_bins": 64}})
+    cfg = config_from_dict({"doublets": {"pt_min": 1.2, "n_phi_bins": 64}})
     path = tmp_path / "hlt.toml"
     cfg.save(path)
-    back = HLTConfig.load(path)["doublets"]
+    back = load_config(path)["doublets"]
     assert back == dataclasses.replace(CFG, pt_min=1.2, n_phi_bins=64)
     assert back.layer_pairs == CFG.layer_pairs

@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 from hltemu import jec
 from hltemu.backends import cuda_simulator_enabled, cuda_status, get_backend
 from hltemu.batch import Collection, EventBatch
-from hltemu.config import ConfigError, HLTConfig, JecConfig
-from hltemu.pipeline import PipelineError, get_stage
+from hltemu.config import ConfigError
+from hltemu.pipeline import PipelineError, get_stage, load_config
+from hltemu.stages.jec import JecConfig
 
 JEC_DIR = Path(__file__).resolve().parent / "data" / "jec"
 REAL_FILES = sorted(JEC_DIR.iterdir())
@@ -771,7 +772,7 @@ def test_stage_errors():
 def test_config_table_reads_levels(tmp_path):
     toml = tmp_path / "hlt.toml"
     toml.write_text(f'[jec]\nlevels = ["{PUPPI[0]}", "{PUPPI[1]}"]\n')
-    cfg = HLTConfig.load(toml)["jec"]
+    cfg = load_config(toml)["jec"]
     assert cfg.levels == (str(PUPPI[0]), str(PUPPI[1]))
     assert jec.load_chain(cfg.levels).names == ["L1FastJet", "L2Relative"]
     default = jec.load_chain(JecConfig().levels)

@@ -18,13 +18,13 @@ from hltemu.calo_noise import (
     save_table,
     total_noise,
 )
-from hltemu.config import TopoclusterConfig
 from hltemu.geometry import default_geometry
-from hltemu.pipeline import PipelineError
+from hltemu.pipeline import PipelineError, config_from_dict
 from hltemu.simulate.pileup_noise import derive_pileup_noise, main
 from hltemu.stages.topocluster import (
     LABEL_COLLECTION,
     CellGraph,
+    TopoclusterConfig,
     calorimeter_graph,
     noise_graph,
     topocluster,
@@ -238,7 +238,6 @@ def test_bad_tables_are_named(tmp_path, table):
         load_table(write_table(tmp_path / "prov.npz", table, provenance=np.asarray("{bad")))
     # the error reaches the stage's caller as a PipelineError through the pipeline too
     from hltemu.batch import EventBatch
-    from hltemu.config import HLTConfig
     from hltemu.pipeline import plan_chain, run_batch
 
     be = get_backend("cpu")
@@ -246,7 +245,7 @@ def test_bad_tables_are_named(tmp_path, table):
                                          "energy": np.ones(1, np.float32)})
     batch = EventBatch(be, 1, {"CaloCell": cells})
     chain, _ = plan_chain(["topocluster"], ["CaloCell"])
-    cfg = HLTConfig.from_dict({"topocluster": {"pileup_noise": str(garbage)}})
+    cfg = config_from_dict({"topocluster": {"pileup_noise": str(garbage)}})
     with pytest.raises(PipelineError, match="garbage.npz"):
         run_batch(batch, chain, cfg)
 

@@ -9,8 +9,7 @@ from stage_fixtures import CELL_SUM, cell_sum_stage  # noqa: F401
 from hltemu import pipeline
 from hltemu.backends import get_backend
 from hltemu.batch import Collection, EventBatch
-from hltemu.config import HLTConfig
-from hltemu.pipeline import PipelineError, plan_chain, run_batch
+from hltemu.pipeline import PipelineError, config_from_dict, plan_chain, run_batch
 from hltemu.profiling import RunReport, StageTimer
 
 
@@ -52,7 +51,7 @@ def test_stage_call_errors(cell_sum_stage):  # noqa: F811
 
 @pytest.mark.parametrize("seed", range(5))
 def test_chain_agrees_across_backends_and_is_timed(cell_sum_stage, backend, seed):  # noqa: F811
-    cfg = HLTConfig.from_dict({"cell_sum": {"threshold": 0.25, "scale": 2.0}})
+    cfg = config_from_dict({"cell_sum": {"threshold": 0.25, "scale": 2.0}})
     ref = run_batch(_cells_batch(seed, 7), [CELL_SUM], cfg)["cell_sum"]["sum"]
     batch = _cells_batch(seed, 7).to(backend)
     report = RunReport(backend.name, backend.device)

@@ -13,9 +13,9 @@ from pythia_inputs import sample_clusters
 
 from hltemu.backends import get_backend
 from hltemu.batch import Collection, EventBatch
-from hltemu.config import ConfigError, HLTConfig, RhoConfig
-from hltemu.pipeline import PipelineError, get_stage
-from hltemu.stages.rho import cluster_pt, rho_grid
+from hltemu.config import ConfigError
+from hltemu.pipeline import PipelineError, config_from_dict, get_stage
+from hltemu.stages.rho import RhoConfig, cluster_pt, rho_grid
 
 RTOL = 1e-12  # backends: the same sums in the same order; cosh may differ in the last bit
 
@@ -190,7 +190,7 @@ def test_config_errors():
     with pytest.raises(ConfigError, match="grid_spacing must be > 0|must be > 0"):
         RhoConfig(grid_spacing=0.0)
     with pytest.raises(ConfigError, match=r"\[rho\]: eta_max"):
-        HLTConfig.from_dict({"rho": {"eta_max": -1.0}}, "hlt.toml")
+        config_from_dict({"rho": {"eta_max": -1.0}}, "hlt.toml")
     clusters = clusters_from([[1.0]], [[0.0]], [[0.0]])
     with pytest.raises(ConfigError, match="more than the 1024"):
         run_rho("cpu", clusters, RhoConfig(grid_spacing=0.05))

@@ -3,6 +3,8 @@
 * the module-level import graph of ``hltemu`` (``hltemu/`` and ``kernels/``, installed as
   ``hltemu.kernels``) has no cycle;
 * importing :mod:`hltemu.io` and :mod:`hltemu.jec` loads neither Numba nor the pipeline;
+  :mod:`hltemu.config` imports no hltemu module at all (stage configs live with the stages);
+* every module of :mod:`hltemu.stages` is imported and registers a stage, with no list to edit;
 * ``hltemu --help`` loads none of uproot, awkward, pythia8mc, torch, the generator
   (:mod:`hltemu.simulate`), the CNN training or the stages;
 * reconstruction does not import the generator: no module outside :mod:`hltemu.simulate`
@@ -254,6 +256,27 @@ def test_config_io_and_jec_load_neither_numba_nor_the_pipeline():
     assert loaded(modules, "hltemu.pipeline") == []
 
 
+def test_config_imports_nothing_from_the_package():
+    """Stage configs live in the stage modules and reach :class:`hltemu.config.HLTConfig`
+    through the registry, so ``hltemu.config`` imports no hltemu module, not even lazily."""
+    assert import_graph(lazy=True)["hltemu.config"] == set()
+
+
+def test_every_stage_module_is_found_without_a_list():
+    """Adding a stage touches its module (and its kernel): ``hltemu.stages`` imports every
+    module of the package, and each registers a stage."""
+    import hltemu.stages
+    from hltemu.pipeline import registered_stages
+
+    files = sorted(p.stem for p in (REPO / "hltemu" / "stages").glob("*.py")
+                   if not p.stem.startswith("_"))
+    assert sorted(m.rpartition(".")[2] for m in hltemu.stages.stage_modules()) == files
+    stages = list(registered_stages().values())
+    for f in files:
+        module = importlib.import_module(f"hltemu.stages.{f}")
+        assert any(any(v is st for st in stages) for v in vars(module).values()), f
+
+
 # -- (c) hltemu --help ---------------------------------------------------------------------------
 HELP_MUST_NOT_LOAD = ("uproot", "awkward", "pythia8mc", "torch", "hltemu.simulate",
                       "hltemu.cnn_train", "hltemu.stages")
@@ -331,26 +354,39 @@ def backend_name_comparisons(source: str) -> list[int]:
             if any(isinstance(n, ast.Constant) and n.value in BACKEND_WORDS for n in names):
                 lines.append(node.lineno)
                 break
-            if (isinstance(op, ast.Attribute) and op.attr == "name"
-                    and isinstance(op.value, ast.Name)
-                    and op.value.id in ("be", "backend", "b")):
+            if _is_backend_name(op):
                 lines.append(node.lineno)
                 break
     return lines
+
+
+def _is_backend_name(node: ast.AST) -> bool:
+    return (isinstance(node, ast.Attribute) and node.attr == "name"
+            and isinstance(node.value, ast.Name) and node.value.id in ("be", "backend", "b"))
+
+
+def backend_name_lookups(source: str) -> list[int]:
+    """Lines that index a table by a backend's name (``ENGINES[be.name]``): that is
+    :func:`hltemu.pipeline.dispatch`'s job."""
+    return sorted({node.lineno for node in ast.walk(ast.parse(source))
+                   if isinstance(node, ast.Subscript) and _is_backend_name(node.slice)})
 
 
 def test_the_finder_sees_backend_comparisons():
     code = ('if be.name == "cuda": pass\nif backend.name in ("cpu", "cuda"): pass\n'
             'x = p.name == "HLT_X"\nif kind == "cpu": pass\n')
     assert backend_name_comparisons(code) == [1, 2, 4]
+    assert backend_name_lookups("f = T[be.name]\ng = T[name]\nh = U[backend.name](x)\n") == [1, 3]
 
 
 def test_no_stage_compares_a_backend_name():
     """The pipeline dispatches: a stage gives one implementation per backend and never looks
-    at the backend's name itself (a lookup table of per-backend functions is allowed)."""
+    at the backend's name itself, neither in a comparison nor to index a table (a public
+    helper's table of per-backend functions goes through :func:`hltemu.pipeline.dispatch`)."""
     found = {}
     for path in sorted((REPO / "hltemu" / "stages").glob("*.py")):
-        lines = backend_name_comparisons(path.read_text())
+        source = path.read_text()
+        lines = sorted(backend_name_comparisons(source) + backend_name_lookups(source))
         if lines:
             found[path.name] = lines
     assert not found, f"backend-name comparisons in stages (file: lines): {found}"

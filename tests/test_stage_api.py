@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from hltemu import pipeline
 from hltemu.backends import get_backend
 from hltemu.batch import Collection, EventBatch
-from hltemu.config import HLTConfig, param
-from hltemu.pipeline import Stage, plan_chain, run_batch
+from hltemu.config import param
+from hltemu.pipeline import Stage, config_from_dict, load_config, plan_chain, run_batch
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def test_a_toml_table_configures_it_and_prepare_runs_once_per_config_and_backend
         weight_stage, tmp_path):
     toml = tmp_path / "hlt.toml"
     toml.write_text("[cluster_weight]\nn_bins = 4\nslope = 2.0\n")
-    cfg = HLTConfig.load(toml)
+    cfg = load_config(toml)
     assert cfg["cluster_weight"] == ClusterWeightConfig(n_bins=4, slope=2.0)
     results = {}
     for name in ("reference", "cpu", "cuda"):
@@ -128,7 +128,7 @@ def test_a_toml_table_configures_it_and_prepare_runs_once_per_config_and_backend
     for name, got in results.items():
         np.testing.assert_allclose(got, expect, rtol=1e-15, err_msg=name)
     # another config is prepared anew, the first one is still cached
-    run_batch(_clusters(9, 2), [STAGE], HLTConfig.from_dict({"cluster_weight": {"n_bins": 2}}))
+    run_batch(_clusters(9, 2), [STAGE], config_from_dict({"cluster_weight": {"n_bins": 2}}))
     run_batch(_clusters(9, 2), [STAGE], cfg)
     assert len(PREPARE_CALLS) == 4 and PREPARE_CALLS[-1][1].n_bins == 2
 

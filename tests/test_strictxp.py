@@ -30,7 +30,7 @@ def _batch(counts=(3, 0, 2)) -> EventBatch:
 
 
 def _stage(fn) -> Stage:
-    from hltemu.config import AntiKtConfig  # any frozen config dataclass will do
+    from hltemu.stages.antikt import AntiKtConfig  # any frozen config dataclass will do
 
     impl = {"cuda": lambda batch, cfg: {"out": fn(batch)}}
     return Stage("planted", ("Obj",), ("out",), AntiKtConfig, impl)

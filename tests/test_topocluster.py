@@ -14,14 +14,23 @@ from hypothesis import strategies as st
 
 from hltemu.backends import cuda_status, get_backend
 from hltemu.batch import Collection, EventBatch
-from hltemu.config import ConfigError, GenerateConfig, HLTConfig, TopoclusterConfig
+from hltemu.config import ConfigError, GenerateConfig
 from hltemu.metrics import topocluster_metrics
-from hltemu.pipeline import PipelineError, get_stage, plan_chain, run_batch
+from hltemu.pipeline import (
+    PipelineError,
+    config_from_dict,
+    default_config,
+    get_stage,
+    load_config,
+    plan_chain,
+    run_batch,
+)
 from hltemu.stages.topocluster import (
     CLUSTER_COLUMNS,
     LABEL_COLLECTION,
     LABEL_COLUMN,
     CellGraph,
+    TopoclusterConfig,
     calorimeter_graph,
     labels_cuda,
     noise_graph,
@@ -575,14 +584,14 @@ def test_pileup_config_errors(kwargs):
 def test_config_toml_round_trip(tmp_path):
     path = tmp_path / "hlt.toml"
     path.write_text("[topocluster]\nseed_threshold = 6\ngrow_threshold = 3.0\n")
-    cfg = HLTConfig.load(path)["topocluster"]
+    cfg = load_config(path)["topocluster"]
     assert cfg == TopoclusterConfig(6.0, 3.0, 0.0)
     path.write_text("[topocluster]\npileup_mu = 200\npileup_noise = \"my.npz\"\n")
-    cfg = HLTConfig.load(path)["topocluster"]
+    cfg = load_config(path)["topocluster"]
     assert cfg.pileup_mu == 200.0 and isinstance(cfg.pileup_mu, float)
     assert cfg.pileup_noise == "my.npz"
     with pytest.raises(ConfigError, match="perimeter_threshold"):
-        HLTConfig.from_dict({"topocluster": {"perimeter_threshold": 5.0}})
+        config_from_dict({"topocluster": {"perimeter_threshold": 5.0}})
 
 
 def test_calorimeter_graph_is_the_geometry_and_cached():
@@ -608,7 +617,7 @@ def test_stage_in_pipeline_feeds_rho_and_writes(tmp_path):
     batch = EventBatch(be, 2, {"CaloCell": cells})
     chain_, inputs = plan_chain(["topocluster", "rho"], ["CaloCell"])
     assert inputs == ["CaloCell"]
-    run_batch(batch, chain_, HLTConfig.default())
+    run_batch(batch, chain_, default_config())
     assert batch["clusters"].size > 100 and batch[LABEL_COLLECTION].size == cells.size
     rho = be.to_host(batch["rho"]["rho"])
     assert np.all(rho > 0)

@@ -16,10 +16,17 @@ from pythia_inputs import sample_clusters, sample_jets
 
 from hltemu.backends import get_backend
 from hltemu.batch import Collection, EventBatch
-from hltemu.config import ConfigError, HLTConfig, TriggerConfig
-from hltemu.pipeline import PipelineError, _count_decisions, get_stage, run_batch
+from hltemu.config import ConfigError
+from hltemu.pipeline import (
+    PipelineError,
+    _count_decisions,
+    config_from_dict,
+    default_config,
+    get_stage,
+    run_batch,
+)
 from hltemu.profiling import RunReport
-from hltemu.stages.trigger import ANY_PATH, TriggerPath, decide_reference, load_menu
+from hltemu.stages.trigger import ANY_PATH, TriggerConfig, TriggerPath, decide_reference, load_menu
 
 
 def write_menu(tmp_path: Path, text: str) -> str:
@@ -257,7 +264,7 @@ def test_chain_on_pythia_events(backend, tmp_path):
         be = get_backend(b)
         batch = EventBatch(be, n, {"clusters": clusters.to(be), "jets": jets.to(be),
                                    "filtered_doublets": doublets.to(be)})
-        run_batch(batch, chain, HLTConfig.default())
+        run_batch(batch, chain, default_config())
         out[b] = batch
     ref, got = out["reference"], out[backend.name]
     np.testing.assert_allclose(got["rho"].to_host()["rho"], ref["rho"]["rho"], rtol=1e-12)
@@ -299,7 +306,7 @@ def test_cli_run_prints_per_path_accept_counts(tmp_path):
     result = CliRunner().invoke(cli, [*args, "--config", str(cfg_path)])
     assert result.exit_code == 0, result.output
     batch = EventBatch(be, jets.n_events, {"clusters": clusters, "jets": jets})
-    cfg = HLTConfig.from_dict({"trigger": {"paths": jet_paths}})
+    cfg = config_from_dict({"trigger": {"paths": jet_paths}})
     run_batch(batch, [get_stage(s) for s in ("rho", "jec", "trigger")], cfg)
     assert "trigger accepts" in result.output
     for name, col in batch["trigger"].columns.items():

@@ -21,8 +21,10 @@ import pytest
 from hltemu import io, strictxp
 from hltemu.backends import cuda_simulator_enabled, get_backend
 from hltemu.batch import Collection, EventBatch
-from hltemu.config import DoubletsConfig, RhoConfig, TopoclusterConfig
 from hltemu.pipeline import plan_chain, run_batch
+from hltemu.stages.doublets import DoubletsConfig
+from hltemu.stages.rho import RhoConfig
+from hltemu.stages.topocluster import TopoclusterConfig
 
 pytestmark = pytest.mark.skipif(not (cuda_simulator_enabled() and strictxp.enabled()),
                                 reason="counts uploads through the simulator's strict xp")

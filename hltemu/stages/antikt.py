@@ -75,16 +75,52 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from hltemu.backends import Backend
 from hltemu.batch import Collection, EventBatch
-from hltemu.config import AntiKtConfig, ConfigError, GenJetsConfig
+from hltemu.config import ConfigError, param
 from hltemu.kernels.antikt import MAX_RAP, dist, momentum_factor, rap_phi
-from hltemu.pipeline import PipelineError, Stage, register
+from hltemu.pipeline import PipelineError, Stage, dispatch, register
 from hltemu.xpsafe import any_true, bincount, event_index, item
+
+
+@dataclass(frozen=True)
+class AntiKtConfig:
+    """Stage ``antikt``: anti-kT jets of calorimeter clusters (E-scheme), identical to FastJet.
+
+    Jets carry the nominal area ``pi R^2`` (see :mod:`hltemu.stages.antikt`).
+    """
+
+    R: float = param(0.4, "", "jet radius in the rapidity-azimuth plane")
+    pt_min: float = param(5.0, "GeV", "jets with pT below this are dropped (pT^2 >= pt_min^2 "
+                          "kept, as FastJet's inclusive_jets)")
+
+    def __post_init__(self) -> None:
+        if not (self.R > 0 and math.isfinite(self.R)):
+            raise ConfigError(f"[antikt] R must be a finite number > 0, got {self.R}")
+        if not (self.pt_min >= 0 and math.isfinite(self.pt_min)):
+            raise ConfigError(f"[antikt] pt_min must be >= 0 GeV, got {self.pt_min}")
+
+
+@dataclass(frozen=True)
+class GenJetsConfig:
+    """Stage ``genjets``: anti-kT jets of generator final-state particles (``GenPart`` with
+    status 1), identical to FastJet; neutrinos are left out unless ``include_neutrinos``."""
+
+    R: float = param(0.4, "", "jet radius in the rapidity-azimuth plane")
+    pt_min: float = param(5.0, "GeV", "generator jets with pT below this are dropped")
+    include_neutrinos: bool = param(False, "", "cluster neutrinos (|pdgId| 12, 14, 16) too")
+
+    def __post_init__(self) -> None:
+        if not (self.R > 0 and math.isfinite(self.R)):
+            raise ConfigError(f"[genjets] R must be a finite number > 0, got {self.R}")
+        if not (self.pt_min >= 0 and math.isfinite(self.pt_min)):
+            raise ConfigError(f"[genjets] pt_min must be >= 0 GeV, got {self.pt_min}")
+
 
 #: Columns of the ``jets`` and ``genjets`` collections.
 JET_COLUMNS: tuple[str, ...] = ("pt", "eta", "phi", "mass", "px", "py", "pz", "E", "area",
@@ -328,7 +364,8 @@ def antikt_jets(px: Any, py: Any, pz: Any, e: Any, offsets: Any, radius: float, 
     xp = backend.xp
     args = [xp.ascontiguousarray(xp.asarray(a, dtype=xp.float64)) for a in (px, py, pz, e)]
     offsets = xp.asarray(offsets, dtype=xp.int64)
-    clusterer = clusterer if clusterer is not None else CLUSTERERS[backend.name]
+    if clusterer is None:
+        clusterer = dispatch(CLUSTERERS, backend, "anti-kT clustering")
     raw = clusterer(*args, offsets, radius, backend)
     return make_jets(raw, offsets, radius, pt_min, xp)
 

@@ -31,6 +31,7 @@ decisions can differ only for doublets whose score is that close to the working 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -48,10 +49,34 @@ from hltemu.cnn import (
     normalise,
     raw_features,
 )
-from hltemu.config import DoubletCnnConfig
+from hltemu.config import ConfigError, param
 from hltemu.ops import THREADS_PER_BLOCK, blocks
-from hltemu.pipeline import PipelineError, Stage, register
+from hltemu.pipeline import PipelineError, Stage, dispatch, register
 from hltemu.xpsafe import any_true, item
+
+
+@dataclass(frozen=True)
+class DoubletCnnConfig:
+    """Stage ``doublet_cnn``: a small CNN scores each pixel doublet; doublets with a score below
+    the working point are dropped (kept ones go to ``filtered_doublets``).
+
+    ``weights`` names a model as ``builtin:NAME`` (shipped in ``hltemu/models``) or a path to
+    ``NAME.json`` + ``NAME.npz`` (either file or the common stem), e.g. one written by
+    ``hltemu train-doublet-cnn``.
+    """
+
+    weights: str = param("builtin:doublet_cnn", "", "doublet-CNN model (NAME.json + NAME.npz)")
+    working_point: float = param(-1.0, "", "keep doublets with score >= this (0-1); negative: "
+                                 "the model's own, which keeps 99% of true doublets")
+    chunk_size: int = param(262144, "", "hits or doublets per kernel launch (bounds memory)")
+
+    def __post_init__(self) -> None:
+        if not self.working_point <= 1.0:
+            raise ConfigError(f"[doublet_cnn] working_point must be <= 1 (negative: the model's "
+                              f"own), got {self.working_point}")
+        if self.chunk_size < 1:
+            raise ConfigError(f"[doublet_cnn] chunk_size must be >= 1, got {self.chunk_size}")
+
 
 #: Name of the collection of kept doublets.
 OUTPUT = "filtered_doublets"
@@ -279,8 +304,8 @@ def score_doublets(hits: Collection, doublets: Collection, model: DoubletCnn, be
                    chunk_size: int = 1 << 18) -> Any:
     """CNN score of every doublet on ``be`` (:func:`score_with` with ``be``'s engine and the
     model's weights uploaded for this call; the stage keeps them on the device instead)."""
-    return score_with(hits, doublets, prepare_model(model, be), be, ENGINES[be.name],
-                      chunk_size)
+    engine = dispatch(ENGINES, be, "doublet-CNN scoring")
+    return score_with(hits, doublets, prepare_model(model, be), be, engine, chunk_size)
 
 
 def select_doublets(doublets: Collection, scores: Any, working_point: float, xp: Any

@@ -1,7 +1,7 @@
 """Stage ``doublets``: pixel doublets on pairs of Phase-1 pixel layers, Patatrack style.
 
 A doublet is a pair of pixel hits, one on the inner and one on the outer layer of a layer pair
-(:class:`~hltemu.config.DoubletsConfig`), that could come from one track of the luminous
+(:class:`DoubletsConfig`), that could come from one track of the luminous
 region.  The combinatorics are cut down as CMS Patatrack (``gpuPixelDoublets``) does, with cuts
 we chose for this detector (all in the config, with units; the field, pixel pitch and sensor
 thickness they use are the detector's, :func:`hltemu.geometry.default_geometry`):
@@ -67,18 +67,136 @@ Positions are those of the 1 um grid the cuts see (the hit resolution is 10-30 u
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from types import MappingProxyType
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
 from hltemu.backends import Backend
 from hltemu.batch import Collection, EventBatch
-from hltemu.config import DoubletsConfig
+from hltemu.config import ConfigError, MovedKey, param
 from hltemu.geometry import C_LIGHT, N_PIXEL_LAYERS, Geometry, default_geometry, is_barrel_layer
 from hltemu.ops import THREADS_PER_BLOCK, blocks
 from hltemu.pipeline import PipelineError, Stage, register
 from hltemu.xpsafe import any_true, bincount, item
+
+
+@dataclass(frozen=True)
+class DoubletsConfig:
+    """Stage ``doublets``: Patatrack-style pixel doublets on pairs of Phase-1 pixel layers.
+
+    Layer ids: 0-3 barrel BPix1-4, 4-6 disks +z 1-3, 7-9 disks -z 1-3.  The 19 layer pairs are
+    the ones CMS Patatrack builds (13 adjacent pairs, 2 barrel jumps, 4 forward jumps).  The
+    per-pair tuples have one entry per pair, in the order of ``layer_pairs``.  Their defaults
+    are the envelope of true doublets of prompt tracks with pT >= 0.8 GeV and |z0| <= 12 cm in
+    the default geometry (phi window x 1.1 + 3 mrad, z window +- 1 cm, dr_max + 0.5 cm;
+    ``tests/test_doublets.py`` checks the envelope).
+
+    The solenoid field of the pT cut and the pixel pitch along local y and sensor thickness of
+    the cluster-size cut are the detector's, read from :func:`hltemu.geometry.default_geometry`
+    (``DetectorConfig.b_field``, ``pixel_pitch_y``, ``pixel_thickness``), not set here.  The
+    former keys ``b_field``, ``pitch_y`` and ``sensor_thickness`` (:data:`MOVED_KEYS`) are still
+    accepted in a ``[doublets]`` table with a :class:`MovedKeyWarning` when they hold the
+    geometry's value, as every file saved before did; a different value is a
+    :class:`ConfigError` (see :func:`check_moved_key`: the file asked for cuts this code can no
+    longer make, and silently making others would change its results).
+    """
+
+    #: Keys removed from ``[doublets]``: their values are the detector geometry's.
+    MOVED_KEYS: ClassVar[Mapping[str, MovedKey]] = MappingProxyType({
+        "b_field": MovedKey(
+            "the detector geometry (hltemu.geometry.default_geometry().b_field, "
+            "DetectorConfig.b_field)", "T", lambda: default_geometry().b_field,
+            "the pT cut is set by [doublets] pt_min, which keeps the old curvature cut when "
+            "scaled by geometry field / old field"),
+        "pitch_y": MovedKey(
+            "the detector geometry (hltemu.geometry.default_geometry().pixel.pitch_y, "
+            "DetectorConfig.pixel_pitch_y)", "cm", lambda: default_geometry().pixel.pitch_y,
+            "the cluster-size cut is set by [doublets] size_below, size_above, "
+            "cluster_cut_inner and cluster_cut_outer"),
+        "sensor_thickness": MovedKey(
+            "the detector geometry (hltemu.geometry.default_geometry().pixel.thickness, "
+            "DetectorConfig.pixel_thickness)", "cm",
+            lambda: default_geometry().pixel.thickness,
+            "the cluster-size cut is set by [doublets] size_below, size_above, "
+            "cluster_cut_inner and cluster_cut_outer"),
+    })
+
+    layer_pairs: tuple = param(
+        ((0, 1), (0, 4), (0, 7), (1, 2), (1, 4), (1, 7), (4, 5), (7, 8), (2, 3), (2, 4),
+         (2, 7), (5, 6), (8, 9), (0, 2), (1, 3), (0, 5), (0, 8), (4, 6), (7, 9)),
+        "", "(inner, outer) pixel layer ids of each layer pair; the pair id is the position")
+    phi_window: tuple = param(
+        (0.034, 0.107, 0.107, 0.036, 0.076, 0.076, 0.050, 0.050, 0.044, 0.044,
+         0.044, 0.040, 0.040, 0.066, 0.076, 0.106, 0.106, 0.071, 0.071),
+        "rad", "largest |phi_outer - phi_inner| per pair (below pi/2)")
+    inner_z_min: tuple = param(
+        (-20.0, -6.0, -24.0, -22.0, 4.0, -28.0, 28.0, -31.0, -23.0, 14.0,
+         -28.0, 38.0, -41.0, -17.0, -20.0, -4.0, -28.0, 28.0, -31.0),
+        "cm", "lowest z of the inner hit per pair")
+    inner_z_max: tuple = param(
+        (20.0, 24.0, 6.0, 22.0, 28.0, -4.0, 31.0, -28.0, 23.0, 28.0,
+         -14.0, 41.0, -38.0, 17.0, 20.0, 28.0, 4.0, 31.0, -28.0),
+        "cm", "highest z of the inner hit per pair")
+    dr_max: tuple = param(
+        (4.5, 14.0, 14.0, 5.0, 10.0, 10.0, 7.0, 7.0, 6.0, 6.0,
+         6.0, 5.5, 5.5, 8.5, 10.0, 14.0, 14.0, 10.0, 10.0),
+        "cm", "largest r_outer - r_inner per pair (r_outer > r_inner always)")
+    z0_max: float = param(12.0, "cm",
+                          "largest |z| where the doublet's r-z line meets the beam line "
+                          "(luminous region: sigma_z = 4 cm)")
+    eta_max: float = param(3.2, "", "largest |eta| of the doublet's r-z direction: "
+                           "|dz/dr| <= sinh(eta_max)")
+    pt_min: float = param(0.8, "GeV", "smallest pT of the circle through the beam line and both "
+                          "hits (in the detector geometry's field)")
+    cluster_cut_inner: bool = param(True, "", "cut on the inner hit's cluster length along "
+                                    "local y against the doublet's r-z angle")
+    cluster_cut_outer: bool = param(True, "", "the same cut on the outer hit")
+    size_below: float = param(0.5, "pixels", "size_y may be this much below the prediction "
+                              "thickness * |dz/dr| / pitch_y (barrel), * |dr/dz| (disks), "
+                              "thickness and pitch_y of the detector geometry")
+    size_above: float = param(2.5, "pixels", "size_y may be this much above the prediction")
+    n_phi_bins: int = param(128, "", "phi bins of the search structure (per event and layer)")
+    capacity: int = param(0, "doublets", "first size of the cuda output buffer (0: 4 per hit "
+                          "+ 1024); grown and rerun when too small, never truncated")
+
+    def __post_init__(self) -> None:
+        n = len(self.layer_pairs)
+        pairs = [tuple(p) for p in self.layer_pairs]
+        if n == 0:
+            raise ConfigError("[doublets] layer_pairs must list at least one (inner, outer) pair")
+        for pair in pairs:
+            if (len(pair) != 2 or not all(isinstance(v, int) and 0 <= v <= 9 for v in pair)
+                    or pair[0] == pair[1]):
+                raise ConfigError(
+                    f"[doublets] layer_pairs: {pair!r} is not a pair of two different layer ids "
+                    "0-9 (0-3 barrel, 4-6 disks +z, 7-9 disks -z)")
+        if len(set(pairs)) != n:
+            raise ConfigError(f"[doublets] layer_pairs lists a pair twice: {self.layer_pairs!r}")
+        for name in ("phi_window", "inner_z_min", "inner_z_max", "dr_max"):
+            value = getattr(self, name)
+            if len(value) != n:
+                raise ConfigError(f"[doublets] {name} needs {n} entries (one per layer pair), "
+                                  f"got {len(value)}")
+        for p, w in enumerate(self.phi_window):
+            if not 0.0 < w < math.pi / 2:
+                raise ConfigError(f"[doublets] phi_window[{p}] = {w} rad is not in (0, pi/2)")
+        for p, (lo, hi) in enumerate(zip(self.inner_z_min, self.inner_z_max, strict=True)):
+            if lo > hi:
+                raise ConfigError(f"[doublets] inner_z_min[{p}] = {lo} cm > inner_z_max[{p}] = "
+                                  f"{hi} cm")
+        for name in ("z0_max", "eta_max", "pt_min"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"[doublets] {name} must be > 0, got {getattr(self, name)}")
+        if self.size_below < 0 or self.size_above < 0:
+            raise ConfigError("[doublets] size_below and size_above must be >= 0 pixels")
+        if not 1 <= self.n_phi_bins <= 4096:
+            raise ConfigError(f"[doublets] n_phi_bins must be 1-4096, got {self.n_phi_bins}")
+        if self.capacity < 0:
+            raise ConfigError(f"[doublets] capacity must be >= 0, got {self.capacity}")
+
 
 #: Grid the hit coordinates are rounded to before the cuts: 1 um, in cm.
 GRID_CM = 1.0e-4

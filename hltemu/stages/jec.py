@@ -1,6 +1,6 @@
 """Stage ``jec``: the factorized CMS jet energy corrections, level after level.
 
-The levels listed in :class:`~hltemu.config.JecConfig` (CMS text files or correctionlib JSON,
+The levels listed in :class:`JecConfig` (CMS text files or correctionlib JSON,
 read by :mod:`hltemu.jec`) are applied in order; each level sees the pT and energy the previous
 one left (CMS FactorizedJetCorrector), together with the jet's eta, phi, area and the event's
 rho.
@@ -22,15 +22,35 @@ against cpu on an NVIDIA H200 (2026-11-28, the sample's jets): at most 3.3e-15 r
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from hltemu.batch import Collection, EventBatch
-from hltemu.config import ConfigError, JecConfig
+from hltemu.config import ConfigError, param
 from hltemu.jec import JEC_VARIABLES, JecChain, JecError, JecTables, load_chain, values_matrix
 from hltemu.ops import THREADS_PER_BLOCK, blocks
 from hltemu.pipeline import PipelineError, Stage, register
+
+
+@dataclass(frozen=True)
+class JecConfig:
+    """Stage ``jec``: the factorized jet energy corrections applied to ``jets``, in order.
+
+    Each entry is a CMS JEC text file (plain or gzipped; ``FILE#SECTION`` for one section of a
+    multi-section file), a correctionlib JSON correction ``FILE.json#NAME`` (a compound
+    correction's levels when NAME is one), or ``builtin:NAME`` for a file shipped in
+    ``hltemu/models``.  The default is CMS's Fall17 MC L2Relative for AK4 calorimeter jets (L2
+    and L3 in one level since 2017), shipped until ``derive-jec`` provides the emulator's own;
+    an empty list applies no correction (every factor 1).
+    """
+
+    levels: tuple = param(
+        ("builtin:Fall17_17Nov2017_V32_MC_L2Relative_AK4Calo.txt",), "",
+        "correction levels in the order applied (L1FastJet, L2Relative, L3Absolute, ...)",
+    )
+
 
 #: Jet column each CMS variable is read from (Rho comes from the ``rho`` collection).
 JET_COLUMNS: dict[str, str] = {

@@ -1,7 +1,7 @@
 """Stage ``rho``: the event's median pT density, CMS fixed-grid style.
 
 The eta-phi plane ``-eta_max <= eta < eta_max``, ``0 <= phi < 2 pi`` is cut into a fixed grid
-(:class:`~hltemu.config.RhoConfig`); each cell's density is the summed pT of the clusters in it
+(:class:`RhoConfig`); each cell's density is the summed pT of the clusters in it
 divided by its area, and rho is the median over all cells, empty ones included (as FastJet's
 ``GridMedianBackgroundEstimator``, which CMS's ``fixedGridRhoFastjetAll`` uses).  Clusters are
 massless: pT = E / cosh(eta); clusters with E <= 0 (noise) are left out.
@@ -17,14 +17,35 @@ may differ in the last bit between NumPy, Numba and CUDA (cuda vs cpu on an NVID
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from hltemu.batch import Collection, EventBatch
-from hltemu.config import ConfigError, RhoConfig
+from hltemu.config import ConfigError, param
 from hltemu.ops import THREADS_PER_BLOCK, blocks
 from hltemu.pipeline import PipelineError, Stage, register
+
+
+@dataclass(frozen=True)
+class RhoConfig:
+    """Stage ``rho``: median pT density of clusters on a fixed eta-phi grid (CMS fixed-grid rho).
+
+    The grid has ``round(2 eta_max / grid_spacing)`` rows in eta and ``round(2 pi /
+    grid_spacing)`` columns in phi, so cells are close to ``grid_spacing`` square; CMS's
+    ``fixedGridRhoFastjetAll`` uses eta_max 5.0 and spacing 0.55 (18 x 11 cells).
+    """
+
+    eta_max: float = param(5.0, "", "the grid covers -eta_max <= eta < eta_max")
+    grid_spacing: float = param(0.55, "", "requested cell size in eta and in phi [rad]")
+
+    def __post_init__(self) -> None:
+        if not (self.eta_max > 0 and self.grid_spacing > 0):
+            raise ConfigError(
+                f"eta_max and grid_spacing must be > 0, got {self.eta_max} and {self.grid_spacing}"
+            )
+
 
 #: Cluster columns this stage reads.
 CLUSTER_COLUMNS: tuple[str, ...] = ("energy", "eta", "phi")

@@ -5,7 +5,7 @@ The rule
 Each cell has a significance ``S = |E| / sigma`` (``E`` its measured energy, ``sigma`` its
 total noise, electronic and pileup, see below; two-sided, as ATLAS: large negative noise
 fluctuations seed and grow clusters too).  With the thresholds of
-:class:`~hltemu.config.TopoclusterConfig` (``seed`` 4 > ``grow`` 2 > ``perimeter`` 0 by default,
+:class:`TopoclusterConfig` (``seed`` 4 > ``grow`` 2 > ``perimeter`` 0 by default,
 a cell passing a threshold when ``S`` is *strictly* above it):
 
 1. **Cluster cores.** Take the graph of *growing* cells (``S > grow``; seeds are growing cells
@@ -46,10 +46,10 @@ Noise and pileup
 ----------------
 As ATLAS, thresholds are on the *total* noise ``sigma = sqrt(sigma_el**2 + mu * sigma_1**2)``
 (:func:`noise_graph`): ``sigma_el`` the cell's electronic noise (:mod:`hltemu.geometry`),
-``mu`` = :attr:`~hltemu.config.TopoclusterConfig.pileup_mu` the mean pileup the noise is tuned
+``mu`` = :attr:`TopoclusterConfig.pileup_mu` the mean pileup the noise is tuned
 for (default 50; 0 = electronic noise only), and ``sigma_1`` the RMS energy one minimum-bias
 interaction leaves in the cell, per layer and eta ring, from the table
-:attr:`~hltemu.config.TopoclusterConfig.pileup_noise` (shipped: ``hltemu/models/
+:attr:`TopoclusterConfig.pileup_noise` (shipped: ``hltemu/models/
 pileup_noise.npz``, 40,000 Pythia minimum-bias interactions through the toy calorimeter; the
 table format in :mod:`hltemu.calo_noise`, its derivation in
 :mod:`hltemu.simulate.pileup_noise`).  At ``mu = 50`` the pileup noise (median over cells)
@@ -130,10 +130,54 @@ import numpy as np
 
 from hltemu.backends import Backend
 from hltemu.batch import Collection, EventBatch, counts_to_offsets
-from hltemu.config import TopoclusterConfig
+from hltemu.config import ConfigError, param
 from hltemu.ops import THREADS_PER_BLOCK, blocks
-from hltemu.pipeline import PipelineError, Stage, register
+from hltemu.pipeline import PipelineError, Stage, dispatch, register
 from hltemu.xpsafe import any_true, bincount, item
+
+
+@dataclass(frozen=True)
+class TopoclusterConfig:
+    """Stage ``topocluster``: ATLAS-style 4-2-0 topological clustering of calorimeter cells.
+
+    Thresholds are on the cell significance ``|E| / sigma_noise`` (two-sided, as ATLAS), in
+    units of the cell's total noise ``sigma_noise = sqrt(sigma_el**2 + pileup_mu *
+    sigma_1**2)``: its electronic noise ``sigma_el`` (:mod:`hltemu.geometry`) and the pileup
+    noise of ``pileup_mu`` interactions, ``sigma_1`` being the RMS energy one minimum-bias
+    interaction leaves in the cell (per layer and eta ring, from the table ``pileup_noise``:
+    ``builtin:NAME`` in ``hltemu/models`` or a path; format: :mod:`hltemu.calo_noise`).
+    ``pileup_mu = 0``: electronic noise only (the table is then not read).  A cell passes a
+    threshold when its significance is strictly above it.  Seeds must pass ``seed_threshold``,
+    cells that grow a cluster (and merge clusters) ``grow_threshold``, the perimeter cells added
+    last ``perimeter_threshold``; ``0 <= perimeter_threshold <= grow_threshold <=
+    seed_threshold``.
+    """
+
+    seed_threshold: float = param(4.0, "sigma_noise", "seed cells: |E| / sigma above this")
+    grow_threshold: float = param(2.0, "sigma_noise", "growing cells: |E| / sigma above this")
+    perimeter_threshold: float = param(0.0, "sigma_noise",
+                                       "perimeter cells: |E| / sigma above this")
+    pileup_mu: float = param(50.0, "interactions", "<mu> the noise is tuned for: sigma_noise^2 "
+                             "= sigma_el^2 + pileup_mu sigma_1^2; 0 = electronic noise only")
+    pileup_noise: str = param("builtin:pileup_noise.npz", "",
+                              "table of sigma_1 per layer and eta ring (builtin:NAME or path)")
+
+    def __post_init__(self) -> None:
+        values = (self.perimeter_threshold, self.grow_threshold, self.seed_threshold)
+        if not all(math.isfinite(v) for v in values) or not (
+                0.0 <= self.perimeter_threshold <= self.grow_threshold <= self.seed_threshold):
+            raise ConfigError(
+                "[topocluster] thresholds must be finite with 0 <= perimeter_threshold <= "
+                f"grow_threshold <= seed_threshold, got perimeter_threshold="
+                f"{self.perimeter_threshold}, grow_threshold={self.grow_threshold}, "
+                f"seed_threshold={self.seed_threshold}")
+        if not (math.isfinite(self.pileup_mu) and self.pileup_mu >= 0.0):
+            raise ConfigError(f"[topocluster] pileup_mu must be finite and >= 0 interactions, "
+                              f"got {self.pileup_mu}")
+        if not self.pileup_noise:
+            raise ConfigError("[topocluster] pileup_noise must name a table (builtin:NAME or a "
+                              "path), got an empty string")
+
 
 #: CaloCell columns the stage reads.
 CELL_COLUMNS: tuple[str, ...] = ("id", "energy")
@@ -615,7 +659,7 @@ def topocluster(cells: Collection, cfg: TopoclusterConfig, be: Backend,
     the significance, and ``cfg.pileup_mu`` / ``cfg.pileup_noise`` play no part.
     """
     graph = graph if graph is not None else noise_graph(cfg)
-    clusters, labels = ALGORITHMS[be.name](cells, cfg, be, graph)
+    clusters, labels = dispatch(ALGORITHMS, be, "topoclustering")(cells, cfg, be, graph)
     return {"clusters": clusters, LABEL_COLLECTION: labels}
 
 

@@ -50,9 +50,23 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from hltemu.batch import Collection, EventBatch
-from hltemu.config import ConfigError, TriggerConfig
+from hltemu.config import ConfigError, param
 from hltemu.ops import THREADS_PER_BLOCK, blocks
 from hltemu.pipeline import PipelineError, Stage, register
+
+
+@dataclass(frozen=True)
+class TriggerConfig:
+    """Stage ``trigger``: per-event decisions of the paths of a trigger menu (TOML).
+
+    The menu lists paths (single jet pT, HT, n jets above pT, pixel-doublet multiplicity) with
+    thresholds and prescales; see ``hltemu/data/menu.toml``.  ``builtin:NAME`` is a menu shipped
+    in ``hltemu/data``.
+    """
+
+    menu: str = param("builtin:menu.toml", "", "trigger menu TOML file")
+    paths: tuple = param((), "", "names of the menu paths to run (empty: every path)")
+
 
 #: Column of the ``trigger`` collection holding the OR of all paths.
 ANY_PATH = "any_path"
