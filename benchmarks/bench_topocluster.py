@@ -18,8 +18,9 @@ import pytest
 from _common import SAMPLE, skip_unless_gpu
 
 from hltemu.backends import get_backend
+from hltemu.cell_graph import calorimeter_graph
 from hltemu.io import read_collections
-from hltemu.stages.topocluster import TopoclusterConfig, calorimeter_graph, topocluster
+from hltemu.stages.topocluster import TopoclusterConfig, topocluster
 
 BACKENDS = ["reference", "cpu", "cuda"]
 ROUNDS = {"reference": 3, "cpu": 10, "cuda": 20}

@@ -18,14 +18,13 @@ from hltemu.calo_noise import (
     save_table,
     total_noise,
 )
+from hltemu.cell_graph import CellGraph, calorimeter_graph
 from hltemu.geometry import default_geometry
 from hltemu.pipeline import PipelineError, config_from_dict
 from hltemu.simulate.pileup_noise import derive_pileup_noise, main
 from hltemu.stages.topocluster import (
     LABEL_COLLECTION,
-    CellGraph,
     TopoclusterConfig,
-    calorimeter_graph,
     noise_graph,
     topocluster,
 )

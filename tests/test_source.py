@@ -326,7 +326,7 @@ def test_no_module_outside_simulate_imports_it():
     assert not lazy, f"modules import hltemu.simulate: {lazy}"
 
 
-@pytest.mark.parametrize("module", ["hltemu.calo_noise"])
+@pytest.mark.parametrize("module", ["hltemu.calo_noise", "hltemu.cell_graph"])
 def test_reconstruction_side_module_imports_no_generator(module):
     tree = ast.parse(source_modules()[module].read_text(encoding="utf-8"))
     reached = {n for node in import_nodes(tree, lazy=True)

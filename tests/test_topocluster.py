@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from hltemu.backends import cuda_status, get_backend
 from hltemu.batch import Collection, EventBatch
+from hltemu.cell_graph import CellGraph, calorimeter_graph
 from hltemu.config import ConfigError, GenerateConfig
 from hltemu.metrics import topocluster_metrics
 from hltemu.pipeline import (
@@ -29,9 +30,7 @@ from hltemu.stages.topocluster import (
     CLUSTER_COLUMNS,
     LABEL_COLLECTION,
     LABEL_COLUMN,
-    CellGraph,
     TopoclusterConfig,
-    calorimeter_graph,
     labels_cuda,
     noise_graph,
     row_arrays,
