@@ -12,7 +12,7 @@ from typing import Any
 
 from hltemu.backends import get_backend
 from hltemu.batch import EventBatch
-from hltemu.pipeline import PipelineError, plan_chain, run_batch
+from hltemu.pipeline import PipelineError, plan, run_batch
 from hltemu.profiling import RunReport, StageTimer
 
 
@@ -61,7 +61,8 @@ def compare_backends(
 
     if not backends:
         raise PipelineError("give at least one backend to compare")
-    chain, inputs = plan_chain(stages, io.common_collections(files))
+    planned = plan(stages, io.common_collections(files), config)
+    chain, inputs, config = planned.stages, planned.inputs, planned.config
     if not chain:
         raise PipelineError("no stage to time: the input feeds none of the registered stages")
     batch = _read_one_batch(files, inputs, n_events)

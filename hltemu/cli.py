@@ -18,7 +18,7 @@ import importlib.util
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -71,6 +71,14 @@ def _load_config(path: str | None) -> HLTConfig:
     from hltemu.pipeline import load_config
 
     return load_config(path or None)
+
+
+def _print_plan(console: Any, summary: dict) -> None:
+    """Print what a run will do (stages, those skipped and why, notes) before it starts."""
+    from hltemu import ui
+
+    for line in ui.plan_lines(summary):
+        console.print(line)
 
 
 def _lazy_command_names() -> list[str]:
@@ -131,13 +139,16 @@ def cli() -> None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="Show the settings of this TOML config instead of the defaults.")
 def info(config_path: str | None) -> None:
-    """Versions, usable backends (GPU name or why none), stages and their settings."""
+    """Versions, usable backends (GPU name or why none), stages and their settings.
+
+    With --config, the file is checked as a run would check it before reading any event (keys
+    and types, every file it names, the menu's paths): a broken config exits 1."""
     from rich.console import Console
 
     from hltemu import ui
     from hltemu.backends import get_backend, usable_backends
     from hltemu.config import ConfigError, describe
-    from hltemu.pipeline import registered_stages
+    from hltemu.pipeline import PipelineError, check_config, registered_stages
     from hltemu.profiling import nvtx_available, versions
 
     console = Console()
@@ -147,10 +158,11 @@ def info(config_path: str | None) -> None:
 
     try:
         cfg = _load_config(config_path)
-    except ConfigError as exc:
+        check_config(cfg)
+    except (ConfigError, PipelineError) as exc:
         raise click.ClickException(str(exc)) from None
     stages = registered_stages()
-    console.print(ui.stages_table(stages))
+    console.print(ui.stages_table(stages, cfg))
     console.print(ui.settings_table({name: describe(cfg[name]) for name in stages}))
 
 
@@ -211,6 +223,7 @@ def run(files: tuple[str, ...], backend: str, stages: str | None, batch_size: in
                 inputs, backend=backend, stages=_parse_stages(stages), config=cfg,
                 batch_size=batch_size, max_events=max_events, output=output,
                 report_path=report_path, progress=progress, warmup=warmup,
+                on_plan=lambda p: _print_plan(console, p.summary()),
             )
     except _user_errors() as exc:
         raise click.ClickException(str(exc)) from None

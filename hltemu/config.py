@@ -82,12 +82,28 @@ def check_moved_key(name: str, moved: MovedKey, value: Any, where: str) -> None:
                   "key is ignored (remove it)", MovedKeyWarning, stacklevel=4)
 
 
-def param(default: Any, unit: str = "", doc: str = "", **kwargs: Any) -> Any:
+#: Prefix of a file shipped with hltemu (``builtin:NAME``), never resolved against a directory.
+BUILTIN_PREFIX = "builtin:"
+
+
+def param(default: Any, unit: str = "", doc: str = "", path: bool = False, **kwargs: Any) -> Any:
     """A dataclass field with its unit (``"GeV"``, ``"cm"``, ``"rad"``, ``""``) and description.
 
     Mutable defaults (lists, dicts) are given as tuples; TOML arrays are read back as tuples.
+    ``path=True``: the value is a file (or a tuple of files), which a relative path in a TOML
+    file names relative to that file's directory (:func:`resolve_path`).
     """
-    return field(default=default, metadata={"unit": unit, "doc": doc}, **kwargs)
+    return field(default=default, metadata={"unit": unit, "doc": doc, "path": path}, **kwargs)
+
+
+def resolve_path(value: str, base_dir: str | Path | None) -> str:
+    """``value`` (a file name, ``builtin:NAME`` or ``FILE#SECTION``) relative to ``base_dir``:
+    unchanged when it is absolute, built-in or ``base_dir`` is ``None``."""
+    if base_dir is None or value.startswith(BUILTIN_PREFIX) or not value:
+        return value
+    if Path(value).is_absolute():
+        return value
+    return str(Path(base_dir) / value)
 
 
 def describe(cfg: Any) -> list[tuple[str, Any, str, str]]:
@@ -123,8 +139,11 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
     return value
 
 
-def stage_config_from_dict(cls: type, table: Mapping[str, Any], where: str = "") -> Any:
-    """Build the stage config ``cls`` from a TOML table, checking keys and types."""
+def stage_config_from_dict(cls: type, table: Mapping[str, Any], where: str = "",
+                           base_dir: str | Path | None = None) -> Any:
+    """Build the stage config ``cls`` from a TOML table, checking keys and types; file-valued
+    fields (``param(path=True)``) given as relative paths are taken relative to ``base_dir``
+    (the directory of the TOML file; ``None``: left as written)."""
     defaults = cls()
     names = {f.name for f in dataclasses.fields(cls)}
     moved: Mapping[str, MovedKey] = getattr(cls, "MOVED_KEYS", {})
@@ -138,6 +157,12 @@ def stage_config_from_dict(cls: type, table: Mapping[str, Any], where: str = "")
             f"valid keys: {', '.join(sorted(names))}"
         )
     values = {k: _coerce(v, getattr(defaults, k), f"{where}.{k}") for k, v in table.items()}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("path") and f.name in values:
+            v = values[f.name]
+            values[f.name] = (tuple(resolve_path(e, base_dir) if isinstance(e, str) else e
+                                    for e in v) if isinstance(v, tuple)
+                              else resolve_path(v, base_dir) if isinstance(v, str) else v)
     try:
         return dataclasses.replace(defaults, **values)
     except (TypeError, ValueError) as exc:
@@ -181,10 +206,11 @@ class HLTConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], config_types: Mapping[str, type],
-                  source: str = "<dict>") -> HLTConfig:
+                  source: str = "<dict>", base_dir: str | Path | None = None) -> HLTConfig:
         """One table per stage (``data[name]``), checked against ``config_types[name]``; a
         stage without a table keeps its defaults, an unknown table is a :class:`ConfigError`
-        naming ``source`` and the valid tables."""
+        naming ``source`` and the valid tables.  Relative file names resolve against
+        ``base_dir`` (see :func:`stage_config_from_dict`)."""
         out = {name: t() for name, t in config_types.items()}
         for table, values in data.items():
             if table not in config_types:
@@ -193,12 +219,14 @@ class HLTConfig:
             if not isinstance(values, Mapping):
                 raise ConfigError(f"{source}: [{table}] must be a table, got {values!r}")
             out[table] = stage_config_from_dict(config_types[table], values,
-                                                f"{source}: [{table}]")
+                                                f"{source}: [{table}]", base_dir)
         return cls(out)
 
     @classmethod
     def load(cls, path: str | Path, config_types: Mapping[str, type]) -> HLTConfig:
-        """Read a TOML file (see :meth:`from_dict`); errors name the file, table and key."""
+        """Read a TOML file (see :meth:`from_dict`); errors name the file, table and key.
+        Relative file names in it (menu, correction files, model, noise table) are taken
+        relative to the file's directory, not the working directory."""
         path = Path(path)
         try:
             data = tomllib.loads(path.read_text())
@@ -206,7 +234,7 @@ class HLTConfig:
             raise ConfigError(f"config file {str(path)!r} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-        return cls.from_dict(data, config_types, str(path))
+        return cls.from_dict(data, config_types, str(path), path.parent)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {

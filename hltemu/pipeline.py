@@ -42,6 +42,35 @@ class PipelineError(ValueError):
     """A chain that cannot run: unknown stage, missing input collection, no implementation."""
 
 
+class CannotRun(PipelineError):
+    """A stage that has nothing to do with the collections the chain will have (raised by the
+    planner or a stage's ``plan``): the default chain leaves it out and says why, an explicit
+    ``--stages`` list fails with the message."""
+
+
+@dataclass(frozen=True)
+class Planned:
+    """What a stage's ``plan`` hook returns: the config to run with (narrowed to what the chain
+    provides), notes to print (one line each), and facts for the report and the output's
+    provenance (JSON values, e.g. ``{"dropped_paths": [...]}``)."""
+
+    config: Any
+    notes: tuple[str, ...] = ()
+    facts: Mapping[str, Any] = field(default_factory=dict)
+
+
+def check_only(check: Callable[[Any], Any]) -> Callable[[Any, frozenset[str]], Planned]:
+    """A ``plan`` hook that runs ``check(cfg)`` (reads and checks the files the config names,
+    raising an error that names them) and keeps the config as it is."""
+
+    def plan_hook(cfg: Any, available: frozenset[str]) -> Planned:
+        check(cfg)
+        return Planned(cfg)
+
+    plan_hook.__doc__ = f"Check the config with {getattr(check, '__name__', check)} before the run."
+    return plan_hook
+
+
 def dispatch(variants: Mapping[str, T], backend: Backend, what: str) -> T:
     """The entry of ``variants`` (backend name -> implementation) for ``backend``: the one
     place a backend's name picks code.  Stages hand their implementations to :class:`Stage`;
@@ -64,7 +93,9 @@ class Stage:
     name:
         Stage name used on the command line, in TOML tables and in the report.
     needs:
-        Collections the stage reads (from the input file or from earlier stages).
+        Collections the stage reads (from the input file or from earlier stages): a tuple, or
+        a function of the stage's config returning one (the trigger's come from its menu).
+        :meth:`needs_for` gives them for a config; the chain order uses the defaults'.
     adds:
         Collections the stage returns.
     config_type:
@@ -81,25 +112,39 @@ class Stage:
         (device tables, weights, compiled formulas, neighbour graphs), built once per
         (config, backend) and cached by the pipeline (:func:`prepared`), then passed to the
         implementation as its third argument.
+    plan:
+        Optional ``plan(cfg, available) -> Planned``, called by the planner before any event
+        is read, with the collections the chain will have when the stage runs: it reads and
+        checks every file the config names (menu, correction files, model), raising
+        :class:`~hltemu.config.ConfigError` or :class:`PipelineError` naming it, and may narrow
+        the config to what ``available`` allows (:class:`Planned`), or raise
+        :class:`CannotRun` when nothing is left to do.
     """
 
     name: str
-    needs: tuple[str, ...]
+    needs: tuple[str, ...] | Callable[[Any], Sequence[str]]
     adds: tuple[str, ...]
     config_type: type
     implementations: Mapping[str, StageFn] = field(default_factory=dict)
     doc: str = ""
     prepare: PrepareFn | None = None
+    plan: Callable[[Any, frozenset[str]], Planned] | None = None
+
+    def needs_for(self, cfg: Any = None) -> tuple[str, ...]:
+        """The collections the stage reads with ``cfg`` (``None``: the defaults)."""
+        if not callable(self.needs):
+            return tuple(self.needs)
+        return tuple(self.needs(cfg if cfg is not None else self.config_type()))
 
     def __call__(self, batch: EventBatch, cfg: Any = None) -> dict[str, Collection]:
         """Run on ``batch`` (on its backend) and return the added collections."""
         fn = dispatch(self.implementations, batch.backend, f"stage {self.name!r}")
-        missing = [n for n in self.needs if n not in batch]
+        cfg = cfg if cfg is not None else self.config_type()
+        missing = [n for n in self.needs_for(cfg) if n not in batch]
         if missing:
             raise PipelineError(
                 f"stage {self.name!r} needs collection(s) {missing}; the batch has {sorted(batch)}"
             )
-        cfg = cfg if cfg is not None else self.config_type()
         with stage_scope(self.name):
             if self.prepare is None:
                 out = dict(fn(batch, cfg))
@@ -154,7 +199,7 @@ def chain_order(stages: Sequence[Stage]) -> list[Stage]:
     for st in stages:
         for coll in st.adds:
             makers.setdefault(coll, set()).add(st.name)
-    after = {st.name: {m for n in st.needs for m in makers.get(n, ()) if m != st.name}
+    after = {st.name: {m for n in st.needs_for() for m in makers.get(n, ()) if m != st.name}
              for st in stages}
     done: list[Stage] = []
     left = {st.name: st for st in stages}
@@ -210,41 +255,106 @@ def load_config(path: str | Path | None = None) -> HLTConfig:
     return default_config() if path is None else HLTConfig.load(path, config_types())
 
 
-def plan_chain(
-    requested: Sequence[str] | None, available: Iterable[str]
-) -> tuple[list[Stage], list[str]]:
-    """Order and check a chain; return the stages and the input collections they need.
+@dataclass
+class Plan:
+    """A chain checked before any event is read (:func:`plan`).
 
-    ``requested=None`` means every registered stage that can run on ``available`` input
-    collections (in chain order).  An explicit list keeps its order and must be runnable:
-    every need comes from the input or from an earlier stage, else :class:`PipelineError`
-    names the stage, the missing collection and the stages that would add it.
+    ``stages`` in run order; ``inputs``: the input collections they read; ``config``: the
+    config to run with (each stage's as its ``plan`` hook narrowed it); ``skipped``: stage ->
+    why the default chain leaves it out; ``notes``: lines to print; ``facts``: stage -> what
+    its plan hook reports (e.g. the trigger's ``dropped_paths``), for the report and the
+    output's provenance.
+    """
+
+    stages: list[Stage]
+    inputs: list[str]
+    config: HLTConfig
+    skipped: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    facts: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready: the stages run, those skipped and why, the notes and facts."""
+        return {"stages": [st.name for st in self.stages], "inputs": list(self.inputs),
+                "skipped": dict(self.skipped), "notes": list(self.notes),
+                "facts": {k: dict(v) for k, v in self.facts.items()}}
+
+
+def _missing_need(st: Stage, need: str, available: set[str], stages: Mapping[str, Stage],
+                  short: bool = False) -> str:
+    makers = [s.name for s in stages.values() if need in s.adds]
+    if short:
+        return f"needs {need!r}, which neither the input nor an earlier stage provides"
+    hint = f"; add stage {' or '.join(map(repr, makers))} before it" if makers else ""
+    return (f"stage {st.name!r} needs collection {need!r}, which neither the input "
+            f"(has {sorted(available)}) nor an earlier stage provides{hint}")
+
+
+def plan(requested: Sequence[str] | None, available: Iterable[str], config: Any = None
+         ) -> Plan:
+    """Order and check a chain before any event is read.
+
+    ``requested=None`` means every registered stage that can run on the ``available`` input
+    collections, in chain order; each stage left out is in :attr:`Plan.skipped` with the
+    reason.  An explicit list keeps its order and must be runnable: a need that neither the
+    input nor an earlier stage provides is a :class:`PipelineError` naming the stage, the
+    collection and the stages that would add it.  ``config`` (an
+    :class:`~hltemu.config.HLTConfig`, ``None``: defaults) gives each stage's needs and goes
+    through each stage's ``plan`` hook, which checks the files it names and may narrow it.
     """
     stages = registered_stages()
     available = set(available)
-    if requested is None:
-        chain, have = [], set(available)
-        for st in stages.values():
-            if all(n in have for n in st.needs):
-                chain.append(st)
-                have |= set(st.adds)
-    else:
-        chain = [get_stage(n) for n in requested]
-    have, inputs = set(available), []
+    chain = list(stages.values()) if requested is None else [get_stage(n) for n in requested]
+    config = config if config is not None else HLTConfig({})
+    result = Plan([], [], config)
+    fitted: dict[str, Any] = dict(config.stages)
+    have = set(available)
     for st in chain:
-        for need in st.needs:
-            if need in have:
-                if need in available and need not in inputs:
-                    inputs.append(need)
-                continue
-            makers = [s.name for s in stages.values() if need in s.adds]
-            hint = f"; add stage {' or '.join(map(repr, makers))} before it" if makers else ""
-            raise PipelineError(
-                f"stage {st.name!r} needs collection {need!r}, which neither the input "
-                f"(has {sorted(available)}) nor an earlier stage provides{hint}"
-            )
+        cfg = config.get(st.name, st.config_type)
+        try:
+            if st.plan is not None:
+                planned = st.plan(cfg, frozenset(have))
+                cfg = planned.config
+            else:
+                planned = Planned(cfg)
+            for need in st.needs_for(cfg):
+                if need not in have:
+                    raise CannotRun(_missing_need(st, need, available, stages,
+                                                  short=requested is None))
+        except CannotRun as exc:
+            if requested is not None:
+                raise
+            result.skipped[st.name] = str(exc)
+            continue
+        for need in st.needs_for(cfg):
+            if need in available and need not in result.inputs:
+                result.inputs.append(need)
+        result.stages.append(st)
+        fitted[st.name] = cfg
+        result.notes.extend(planned.notes)
+        if planned.facts:
+            result.facts[st.name] = dict(planned.facts)
         have |= set(st.adds)
-    return chain, inputs
+    result.config = HLTConfig(fitted)
+    return result
+
+
+def check_config(config: HLTConfig) -> Plan:
+    """Check every stage's settings as a run would before reading (each stage's ``plan`` hook:
+    the files the config names are read, the menu's paths checked), as if every collection a
+    stage needs or adds were there; the error names the stage, file or key."""
+    stages = registered_stages()
+    everything = {c for st in stages.values()
+                  for c in (*st.needs_for(config.get(st.name, st.config_type)), *st.adds)}
+    return plan(None, everything, config)
+
+
+def plan_chain(
+    requested: Sequence[str] | None, available: Iterable[str], config: Any = None
+) -> tuple[list[Stage], list[str]]:
+    """The stages and input collections of :func:`plan` (same rules and errors)."""
+    p = plan(requested, available, config)
+    return p.stages, p.inputs
 
 
 def run_batch(
@@ -277,6 +387,7 @@ def run_files(
     report_path: str | Path | None = None,
     progress: bool = False,
     warmup: bool = True,
+    on_plan: Callable[[Plan], None] | None = None,
 ) -> RunReport:
     """Read ``files`` in batches, run the chain on ``backend``, write products and a report.
 
@@ -293,15 +404,28 @@ def run_files(
         ROOT file for the products (the collections the stages add, plus ``Event``).
     report_path:
         JSON file for the throughput report.
+
+        Neither may be the same file as an input or as each other
+        (:class:`~hltemu.outputs.OutputPathError` before anything is read).  Both are written
+        to temporary files beside them, created before the first event is read (so a missing
+        or unwritable directory fails then), and renamed to their names only when the whole
+        run succeeded (:func:`~hltemu.outputs.atomic_output`); an error or Ctrl-C leaves
+        neither.  A run of 0 events writes neither and warns
+        (:class:`~hltemu.outputs.NoOutputWarning`).
     warmup:
         Before timing, run the chain once on the first event of the first batch so that the
         Numba (CUDA) kernels are compiled outside the measurement (``cpu`` and ``cuda``; the
         ``reference`` backend compiles nothing).  Its wall time is reported as
         ``warmup_seconds``; its products are discarded.
+    on_plan:
+        Called with the :class:`Plan` (stages run and skipped, notes) once the chain is
+        checked, before any event is read; its summary is also in the report (``plan``).
     """
+    import contextlib
     import time
 
     from hltemu import io
+    from hltemu.outputs import atomic_output, check_outputs
 
     if batch_size < 1:
         raise PipelineError(f"batch size must be >= 1, got {batch_size}")
@@ -311,50 +435,83 @@ def run_files(
     files = [str(f) for f in files]
     if not files:
         raise PipelineError("no input files given")
+    check_outputs([("output file", output), ("report file", report_path)], files)
     present = io.common_collections(files)
-    chain, inputs = plan_chain(stages, present)
+    planned = plan(stages, present, config)
+    chain, inputs, config = planned.stages, planned.inputs, planned.config
+    if on_plan is not None:
+        on_plan(planned)
     to_read = list(dict.fromkeys([*inputs, *([io.EVENT] if io.EVENT in present else [])]))
     products = [name for st in chain for name in st.adds]
     n_total = io.count_events(files)
     if max_events is not None:
         n_total = min(n_total, max_events)
 
-    report = RunReport(be.name, be.device, inputs=files)
+    report = RunReport(be.name, be.device, inputs=files, plan=planned.summary())
     timer = StageTimer(be, report)
-    writer = io.OutputWriter(output) if output is not None else None
-    bar = _progress(progress, n_total)
-    t0 = time.perf_counter()
-    try:
-        batches = io.iterate_batches(
-            files, {n: None for n in to_read}, batch_size=batch_size, max_events=max_events,
-            backend=be,
-        )
-        while True:
-            with timer.stage("read", 0):
-                batch = next(batches, None)
-            if batch is None:
-                break
-            report.stages["read"].events += batch.n_events
-            if warmup and be.name != "reference" and batch.n_events and chain:
-                report.warmup_seconds += _warm_up(batch, chain, config)
-                warmup = False
-            run_batch(batch, chain, config, timer)
-            _count_decisions(batch, report)
+    with contextlib.ExitStack() as outs:
+        # temporary files now: a missing or unwritable directory fails before the first event
+        out = (outs.enter_context(atomic_output(output, "output file"))
+               if output is not None else None)
+        rep = (outs.enter_context(atomic_output(report_path, "report file"))
+               if report_path is not None else None)
+        writer = io.OutputWriter(out.path, name=out.final) if out is not None else None
+        bar = _progress(progress, n_total)
+        t0 = time.perf_counter()
+        try:
+            batches = io.iterate_batches(
+                files, {n: None for n in to_read}, batch_size=batch_size,
+                max_events=max_events, backend=be,
+            )
+            while True:
+                with timer.stage("read", 0):
+                    batch = next(batches, None)
+                if batch is None:
+                    break
+                report.stages["read"].events += batch.n_events
+                if warmup and be.name != "reference" and batch.n_events and chain:
+                    report.warmup_seconds += _warm_up(batch, chain, config)
+                    warmup = False
+                run_batch(batch, chain, config, timer)
+                _count_decisions(batch, report)
+                if writer is not None:
+                    with timer.stage("write", batch.n_events):
+                        writer.write(batch,
+                                     [*([io.EVENT] if io.EVENT in batch else []), *products])
+                report.events += batch.n_events
+                if bar is not None:
+                    bar.update(batch.n_events)
+        finally:
             if writer is not None:
-                with timer.stage("write", batch.n_events):
-                    writer.write(batch, [*([io.EVENT] if io.EVENT in batch else []), *products])
-            report.events += batch.n_events
+                writer.close()
             if bar is not None:
-                bar.update(batch.n_events)
-    finally:
-        if writer is not None:
-            writer.close()
-        if bar is not None:
-            bar.close()
-    report.total_seconds = time.perf_counter() - t0 - report.warmup_seconds
-    if report_path is not None:
-        report.save(report_path)
+                bar.close()
+        report.total_seconds = time.perf_counter() - t0 - report.warmup_seconds
+        _commit_outputs(report, out, rep)
     return report
+
+
+def _commit_outputs(report: RunReport, out: Any, rep: Any) -> None:
+    """Finish a run's outputs (:class:`~hltemu.outputs.AtomicOutput` s or ``None``): write the
+    report into its temporary file, then rename both to their names.  After 0 events both are
+    discarded instead, with a :class:`~hltemu.outputs.NoOutputWarning` naming them."""
+    import warnings
+
+    from hltemu.outputs import NoOutputWarning
+
+    pending = [o for o in (out, rep) if o is not None]
+    if report.events == 0:
+        for o in pending:
+            o.discard()
+        if pending:
+            names = " and ".join(str(o.final) for o in pending)
+            warnings.warn(f"no events were processed: {names} not written", NoOutputWarning,
+                          stacklevel=3)
+        return
+    if rep is not None:
+        rep.path.write_text(report.to_json())
+    for o in pending:
+        o.commit()
 
 
 def _warm_up(batch: EventBatch, chain: Sequence[Stage], config: Any) -> float:

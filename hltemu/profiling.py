@@ -81,6 +81,12 @@ class RunReport:
     counters: dict[str, dict[str, float]] = field(default_factory=dict)
     inputs: list[str] = field(default_factory=list)
     warmup_seconds: float = 0.0
+    #: The planned chain (:meth:`hltemu.pipeline.Plan.summary`): stages run, skipped and why,
+    #: notes, facts such as the trigger's ``dropped_paths``.
+    plan: dict[str, Any] = field(default_factory=dict)
+    #: Dask tasks that ran again because the worker they were assigned to was lost (its
+    #: process died) before they finished; 0 for a local run (:mod:`hltemu.scaleout`).
+    retried_tasks: int = 0
 
     def record(self, name: str, n_events: int, seconds: float) -> None:
         s = self.stages.setdefault(name, StageStats())
@@ -98,6 +104,7 @@ class RunReport:
             mine.seconds += s.seconds
         self.events += other.events
         self.warmup_seconds += other.warmup_seconds
+        self.retried_tasks += other.retried_tasks
         for group, values in other.counters.items():
             for key, value in values.items():
                 self.count(group, key, value)
@@ -124,11 +131,22 @@ class RunReport:
             "events_per_second": self.events_per_second,
             "stages": {k: v.to_dict() for k, v in self.stages.items()},
             "counters": self.counters,
+            "plan": self.plan,
+            "retried_tasks": self.retried_tasks,
             "versions": versions(),
         }
 
+    def to_json(self) -> str:
+        """:meth:`to_dict` as indented JSON text."""
+        return json.dumps(self.to_dict(), indent=2, default=float) + "\n"
+
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, default=float) + "\n")
+        """Write :meth:`to_json` to ``path`` atomically (:func:`hltemu.outputs.atomic_output`:
+        a complete file or none, never a truncated one)."""
+        from hltemu.outputs import atomic_output
+
+        with atomic_output(path, "report file") as out:
+            out.path.write_text(self.to_json())
 
     def table(self) -> Any:
         """A :class:`rich.table.Table` of the per-stage throughput

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from hltemu import ui
-from hltemu.pipeline import PipelineError, plan_chain, run_files
+from hltemu.pipeline import PipelineError, plan, run_files
 from hltemu.profiling import RunReport
 
 
@@ -109,7 +109,9 @@ def run_files_dask(
     if sum(x is not None for x in (n_workers, scheduler, client)) > 1:
         raise ScaleOutError("give at most one of n_workers, scheduler and client")
     io.count_events(files)  # validates every file (one clear error) before anything runs
-    plan_chain(stages, io.common_collections(files))
+    # the whole chain checked on the client (config, menu, correction files, model) before
+    # a cluster starts; each worker plans the same chain again
+    planned = plan(stages, io.common_collections(files), config)
     outputs = output_paths(files, output) if output is not None else []
     distributed = _import_distributed()
 
@@ -126,7 +128,7 @@ def run_files_dask(
         except (OSError, TimeoutError) as exc:
             raise ScaleOutError(f"cannot reach the Dask scheduler {scheduler!r}: {exc}") from None
     device = "dask: " + ", ".join(sorted(client.scheduler_info()["workers"]))[:200]
-    report = RunReport(str(backend), device, inputs=files)
+    report = RunReport(str(backend), device, inputs=files, plan=planned.summary())
     stage_list = list(stages) if stages is not None else None
     t0 = time.perf_counter()
     try:

@@ -68,9 +68,15 @@ def report_table(report: RunReport) -> Any:
     from rich.table import Table
 
     t = Table(title=f"hltemu run: {report.events} events on {report.backend} ({report.device})")
+    notes = []
     if report.warmup_seconds > 0:
-        t.caption = (f"not counted: {report.warmup_seconds:.2f} s of warm-up (kernel "
-                     "compilation) on the first event")
+        notes.append(f"not counted: {report.warmup_seconds:.2f} s of warm-up (kernel "
+                        "compilation) on the first event")
+    if report.retried_tasks:
+        notes.append(f"{report.retried_tasks} Dask task(s) run again after their worker was "
+                        "lost")
+    if notes:
+        t.caption = "\n".join(notes)
     t.add_column("stage")
     t.add_column("calls", justify="right")
     t.add_column("events", justify="right")
@@ -119,8 +125,9 @@ def backends_table(usable: Mapping[str, tuple[bool, str]], auto: str) -> Any:
     return b
 
 
-def stages_table(stages: Mapping[str, Any]) -> Any:
-    """The registered stages (name -> :class:`~hltemu.pipeline.Stage`, in chain order)."""
+def stages_table(stages: Mapping[str, Any], config: Any = None) -> Any:
+    """The registered stages (name -> :class:`~hltemu.pipeline.Stage`, in chain order), with
+    their needs under ``config`` (an :class:`~hltemu.config.HLTConfig`; ``None``: defaults)."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -130,7 +137,8 @@ def stages_table(stages: Mapping[str, Any]) -> Any:
     if not stages:
         s.add_row("(none registered)", "", "", "", "")
     for name, st in stages.items():
-        s.add_row(name, ", ".join(st.needs), ", ".join(st.adds),
+        cfg = config.get(name, st.config_type) if config is not None else None
+        s.add_row(name, ", ".join(st.needs_for(cfg)), ", ".join(st.adds),
                   ", ".join(sorted(st.implementations)), escape(st.doc))
     return s
 
@@ -188,3 +196,15 @@ def generation_table(stats: Any) -> Any:
         t.add_row(k, f"{v:.3f}" if "time" in k else f"{v:.1f}")
     t.add_row("Pythia initialisation (s)", f"{stats.init_seconds:.2f}")
     return t
+
+
+def plan_lines(summary: Mapping[str, Any]) -> list[str]:
+    """What a run will do, from :meth:`hltemu.pipeline.Plan.summary`: the stages that run, each
+    stage left out and why, and the planner's notes (one line each, rich markup)."""
+    from rich.markup import escape
+
+    lines = [f"[bold]stages:[/bold] {escape(', '.join(summary['stages']) or '(none)')}"]
+    lines += [f"[yellow]skipped[/yellow] {escape(name)}: {escape(why)}"
+              for name, why in summary["skipped"].items()]
+    lines += [f"[yellow]note[/yellow] {escape(note)}" for note in summary["notes"]]
+    return lines

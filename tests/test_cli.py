@@ -79,7 +79,7 @@ def test_info_lists_backends_and_stages(tmp_path):
     assert rows[3] == want
     assert [r[0] for r in rows[3]] == ["reference", "cpu", "cuda", "auto"]
     stages = registered_stages()
-    assert rows[5] == [[name, ", ".join(st.needs), ", ".join(st.adds),
+    assert rows[5] == [[name, ", ".join(st.needs_for()), ", ".join(st.adds),
                         ", ".join(sorted(st.implementations)), st.doc]
                        for name, st in stages.items()]
     order = [r[0] for r in rows[5]]

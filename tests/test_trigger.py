@@ -4,6 +4,7 @@ backends on random menus and events, the rho -> jec -> trigger chain on Pythia e
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -18,11 +19,13 @@ from hltemu.backends import get_backend
 from hltemu.batch import Collection, EventBatch
 from hltemu.config import ConfigError
 from hltemu.pipeline import (
+    CannotRun,
     PipelineError,
     _count_decisions,
     config_from_dict,
     default_config,
     get_stage,
+    plan,
     run_batch,
 )
 from hltemu.profiling import RunReport
@@ -135,12 +138,66 @@ def test_hand_checked_decisions(tmp_path, backend):
 def test_paths_selection_and_missing_doublets(tmp_path):
     menu = write_menu(tmp_path, MENU)
     jets = jets_from([[(60.0, 0.0)]])
-    with pytest.raises(PipelineError, match=r"\['Doublets5'\].*'doublets'.*\[trigger\] paths"):
+    with pytest.raises(PipelineError, match=r"'trigger' needs collection\(s\) \['doublets'\]"):
         run_trigger("cpu", jets, TriggerConfig(menu=menu))
     got = run_trigger("cpu", jets, TriggerConfig(menu=menu, paths=("HT100", "J50")))
     assert sorted(got) == ["HT100", "J50", ANY_PATH]  # menu order kept, doublets not needed
     with pytest.raises(ConfigError, match=r"\['J60'\] not in menu.*J50, Quad20"):
         run_trigger("cpu", jets, TriggerConfig(menu=menu, paths=("J60",)))
+
+
+def test_needs_come_from_the_menu(tmp_path):
+    stage = get_stage("trigger")
+    menu = write_menu(tmp_path, MENU)
+    assert stage.needs_for(TriggerConfig(menu=menu)) == ("corrected_jets", "doublets")
+    assert stage.needs_for(TriggerConfig(menu=menu, paths=("J50",))) == ("corrected_jets",)
+    assert stage.needs_for(TriggerConfig(menu=menu, paths=("Doublets5",))) == ("doublets",)
+    assert stage.needs_for() == ("corrected_jets", "filtered_doublets")  # the default menu
+
+
+def test_planner_drops_paths_the_chain_cannot_feed(tmp_path):
+    """Default chain on calorimeter-only input: the doublet path is dropped with a note and a
+    fact; the jet paths run; a path named in [trigger] paths is an error instead."""
+    menu = write_menu(tmp_path, MENU)
+    cfg = config_from_dict({"trigger": {"menu": menu}})
+    p = plan(["topocluster", "antikt", "rho", "jec", "trigger"], ["CaloCell"], cfg)
+    assert [st.name for st in p.stages] == ["topocluster", "antikt", "rho", "jec", "trigger"]
+    assert p.config["trigger"].paths == ("J50", "Quad20", "HT100", "J50_PS3", "Off")
+    assert p.facts == {"trigger": {"dropped_paths": ["Doublets5"]}}
+    assert p.notes == ["trigger: path Doublets5 dropped: needs 'doublets' (made by stage "
+                       "'doublets'), which this chain does not have"]
+    named = config_from_dict({"trigger": {"menu": menu, "paths": ["J50", "Doublets5"]}})
+    with pytest.raises(PipelineError, match=r"\[trigger\] paths names Doublets5, which needs "
+                                            r"'doublets' \(made by stage 'doublets'\)"):
+        plan(["topocluster", "antikt", "rho", "jec", "trigger"], ["CaloCell"], named)
+    # with pixels the whole menu runs and nothing is noted
+    full = plan(None, ["CaloCell", "PixelHit"], cfg)
+    assert full.config["trigger"].paths == () and not full.notes and not full.facts
+
+
+def test_planner_skips_a_trigger_with_nothing_to_run(tmp_path):
+    menu = write_menu(tmp_path, MENU.split("[[path]]\nname = \"J50\"")[0] + """
+[[path]]
+name = "D1"
+type = "doublets"
+n_min = 1
+""")
+    cfg = config_from_dict({"trigger": {"menu": menu}})
+    p = plan(None, ["CaloCell"], cfg)
+    assert "trigger" not in [st.name for st in p.stages]
+    assert "no path of menu" in p.skipped["trigger"] and "D1 needs 'doublets'" in p.skipped["trigger"]
+    with pytest.raises(CannotRun, match="no path of menu"):
+        plan(["topocluster", "antikt", "rho", "jec", "trigger"], ["CaloCell"], cfg)
+    # a doublets-only menu runs without any jets
+    got = run_trigger("cpu", jets_from([[], [(60.0, 0.0)]]), TriggerConfig(menu=menu),
+                      {"doublets": Collection.from_counts([0, 2], {"x": np.zeros(2)})})
+    assert got["D1"].tolist() == [False, True]
+
+
+def test_broken_menu_fails_at_planning(tmp_path):
+    bad = write_menu(tmp_path, "[[path]]\nname = 'X'\ntype = 'nope'\n")
+    with pytest.raises(ConfigError, match="'type' = 'nope'"):
+        plan(None, ["CaloCell"], config_from_dict({"trigger": {"menu": bad}}))
 
 
 @pytest.mark.parametrize("text, message", [
@@ -295,16 +352,23 @@ def test_cli_run_prints_per_path_accept_counts(tmp_path):
     out_root, report = tmp_path / "out.root", tmp_path / "report.json"
     args = ["run", str(path), "--backend", "cpu", "--stages", "rho,jec,trigger", "--no-progress",
             "--output", str(out_root), "--report", str(report)]
-    # the default menu's doublet path needs stages doublets and doublet_cnn: the error says so
+    # the default menu's doublet path needs stages doublets and doublet_cnn: it is dropped
+    # before the run, with a note naming the path, the collection and the stage that makes it
     result = CliRunner().invoke(cli, args)
-    assert result.exit_code == 1 and "HLT_PixelDoublets8000" in result.output
-    assert "filtered_doublets" in result.output and "doublet_cnn" in result.output
-    # a file without pixel hits runs the menu's jet paths
-    jet_paths = [p.name for p in load_menu(TriggerConfig().menu) if p.kind != "doublets"]
-    cfg_path = tmp_path / "jets-only.toml"
-    cfg_path.write_text("[trigger]\npaths = [" + ", ".join(f'"{p}"' for p in jet_paths) + "]\n")
-    result = CliRunner().invoke(cli, [*args, "--config", str(cfg_path)])
     assert result.exit_code == 0, result.output
+    note = " ".join(result.output.split())
+    assert ("note trigger: path HLT_PixelDoublets8000 dropped: needs 'filtered_doublets' (made "
+            "by stage 'doublet_cnn')") in note
+    assert "stages: rho, jec, trigger" in note
+    assert json.loads(report.read_text())["plan"]["facts"] == {
+        "trigger": {"dropped_paths": ["HLT_PixelDoublets8000"]}}
+    jet_paths = [p.name for p in load_menu(TriggerConfig().menu) if p.kind != "doublets"]
+    # naming the doublet path explicitly is an error, before anything is read
+    cfg_path = tmp_path / "named.toml"
+    cfg_path.write_text('[trigger]\npaths = ["HLT_CaloJet80", "HLT_PixelDoublets8000"]\n')
+    named = CliRunner().invoke(cli, [*args, "--config", str(cfg_path)])
+    assert named.exit_code == 1
+    assert "[trigger] paths names HLT_PixelDoublets8000" in " ".join(named.output.split())
     batch = EventBatch(be, jets.n_events, {"clusters": clusters, "jets": jets})
     cfg = config_from_dict({"trigger": {"paths": jet_paths}})
     run_batch(batch, [get_stage(s) for s in ("rho", "jec", "trigger")], cfg)

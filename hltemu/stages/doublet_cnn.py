@@ -51,7 +51,7 @@ from hltemu.cnn import (
 )
 from hltemu.config import ConfigError, param
 from hltemu.ops import THREADS_PER_BLOCK, blocks
-from hltemu.pipeline import PipelineError, Stage, dispatch, register
+from hltemu.pipeline import PipelineError, Stage, check_only, dispatch, register
 from hltemu.xpsafe import any_true, item
 
 
@@ -65,7 +65,8 @@ class DoubletCnnConfig:
     ``hltemu train-doublet-cnn``.
     """
 
-    weights: str = param("builtin:doublet_cnn", "", "doublet-CNN model (NAME.json + NAME.npz)")
+    weights: str = param("builtin:doublet_cnn", "", "doublet-CNN model (NAME.json + NAME.npz)",
+                         path=True)
     working_point: float = param(-1.0, "", "keep doublets with score >= this (0-1); negative: "
                                  "the model's own, which keeps 99% of true doublets")
     chunk_size: int = param(262144, "", "hits or doublets per kernel launch (bounds memory)")
@@ -322,6 +323,14 @@ def select_doublets(doublets: Collection, scores: Any, working_point: float, xp:
     return Collection(offsets, cols)
 
 
+def check_model(cfg: DoubletCnnConfig) -> DoubletCnn:
+    """The model ``cfg.weights`` names, read and checked (errors name the key and its files)."""
+    try:
+        return get_model(cfg.weights)
+    except ConfigError as exc:
+        raise type(exc)(f"[doublet_cnn] weights = {cfg.weights!r}: {exc}") from None
+
+
 def working_point(cfg: DoubletCnnConfig, model: DoubletCnn) -> float:
     """The score threshold: ``cfg.working_point``, or the model's own when it is negative."""
     return model.working_point if cfg.working_point < 0 else float(cfg.working_point)
@@ -347,6 +356,7 @@ STAGE = register(Stage(
     adds=(OUTPUT,),
     config_type=DoubletCnnConfig,
     prepare=prepare,
+    plan=check_only(check_model),
     implementations={"reference": run_reference, "cpu": run_cpu, "cuda": run_cuda},
     doc="CNN over both hits' charge pads + doublet features; keeps doublets with score >= "
         "working point (filtered_doublets)",

@@ -31,7 +31,7 @@ from hltemu.batch import Collection, EventBatch
 from hltemu.config import ConfigError, param
 from hltemu.jec import JEC_VARIABLES, JecChain, JecError, JecTables, load_chain, values_matrix
 from hltemu.ops import THREADS_PER_BLOCK, blocks
-from hltemu.pipeline import PipelineError, Stage, register
+from hltemu.pipeline import PipelineError, Stage, check_only, register
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class JecConfig:
     levels: tuple = param(
         ("builtin:Fall17_17Nov2017_V32_MC_L2Relative_AK4Calo.txt",), "",
         "correction levels in the order applied (L1FastJet, L2Relative, L3Absolute, ...)",
+        path=True,
     )
 
 
@@ -187,6 +188,7 @@ STAGE = register(Stage(
     adds=("corrected_jets",),
     config_type=JecConfig,
     prepare=prepare,
+    plan=check_only(chain_for),
     implementations={"reference": run_reference, "cpu": run_cpu, "cuda": run_cuda},
     doc="factorized CMS jet energy corrections (L1FastJet, L2Relative, L3Absolute, residuals)",
 ))

@@ -133,7 +133,7 @@ from hltemu.batch import Collection, EventBatch, counts_to_offsets
 from hltemu.cell_graph import CellGraph, graph_of
 from hltemu.config import ConfigError, param
 from hltemu.ops import THREADS_PER_BLOCK, blocks
-from hltemu.pipeline import PipelineError, Stage, dispatch, register
+from hltemu.pipeline import PipelineError, Stage, check_only, dispatch, register
 from hltemu.xpsafe import any_true, bincount, item
 
 
@@ -161,7 +161,8 @@ class TopoclusterConfig:
     pileup_mu: float = param(50.0, "interactions", "<mu> the noise is tuned for: sigma_noise^2 "
                              "= sigma_el^2 + pileup_mu sigma_1^2; 0 = electronic noise only")
     pileup_noise: str = param("builtin:pileup_noise.npz", "",
-                              "table of sigma_1 per layer and eta ring (builtin:NAME or path)")
+                              "table of sigma_1 per layer and eta ring (builtin:NAME or path)",
+                              path=True)
 
     def __post_init__(self) -> None:
         values = (self.perimeter_threshold, self.grow_threshold, self.seed_threshold)
@@ -593,6 +594,7 @@ STAGE = register(Stage(
     adds=("clusters", LABEL_COLLECTION),
     config_type=TopoclusterConfig,
     prepare=prepare,
+    plan=check_only(noise_graph),
     implementations={"reference": run_reference, "cpu": run_cpu, "cuda": run_cuda},
     doc="ATLAS 4-2-0 topological clusters of calorimeter cells by |E|/sigma_noise, electronic "
         "and pileup noise (GPU: tag propagation)",

@@ -20,9 +20,11 @@ Kinds and their keys (``prescale`` everywhere, default 1):
 ``doublets``    ``n_min``, ``collection`` (default ``doublets``): at least n_min objects
                 (pixel doublets) in that collection
 
-Jets are ``corrected_jets`` (stage ``jec``).  Needs: ``corrected_jets``; a ``doublets`` path also
-reads its collection, and the stage stops with an error naming the path and the stage that
-makes the collection when it is absent (or leave the path out with ``[trigger] paths``).
+Jets are ``corrected_jets`` (stage ``jec``).  The stage's needs come from its menu: the jets
+for jet paths, the counted collection for ``doublets`` paths.  Before any event is read the
+planner drops the menu's paths whose collection the chain will not have, with a note (and
+``dropped_paths`` in the report); ``any_path`` is the OR of the paths that run.  A path named
+in ``[trigger] paths`` that cannot run is an error, as is a chain where no path can run.
 
 Adds ``trigger``: one row per event, one bool column per path, plus ``any_path`` (the OR).
 The pipeline sums the bool columns into the run report ("trigger accepts"), and ``hltemu run``
@@ -37,7 +39,7 @@ import math
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -52,7 +54,7 @@ else:  # pragma: no cover
 from hltemu.batch import Collection, EventBatch
 from hltemu.config import ConfigError, param
 from hltemu.ops import THREADS_PER_BLOCK, blocks
-from hltemu.pipeline import PipelineError, Stage, register
+from hltemu.pipeline import CannotRun, PipelineError, Planned, Stage, register
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class TriggerConfig:
     in ``hltemu/data``.
     """
 
-    menu: str = param("builtin:menu.toml", "", "trigger menu TOML file")
+    menu: str = param("builtin:menu.toml", "", "trigger menu TOML file", path=True)
     paths: tuple = param((), "", "names of the menu paths to run (empty: every path)")
 
 
@@ -214,6 +216,54 @@ def menu_paths(cfg: TriggerConfig) -> tuple[TriggerPath, ...]:
     return tuple(p for p in paths if p.name in cfg.paths)
 
 
+#: The jets the jet paths cut on.
+JETS = "corrected_jets"
+
+
+def path_needs(path: TriggerPath) -> tuple[str, ...]:
+    """The collections ``path`` reads: its counted collection, or the jets."""
+    return (path.collection,) if path.kind == "doublets" else (JETS,)
+
+
+def needs(cfg: TriggerConfig) -> tuple[str, ...]:
+    """The stage's needs: what the selected paths of the menu read (the menu is read once)."""
+    return tuple(dict.fromkeys(n for p in menu_paths(cfg) for n in path_needs(p)))
+
+
+def _makers(name: str) -> str:
+    from hltemu.pipeline import registered_stages
+
+    makers = [s.name for s in registered_stages().values() if name in s.adds]
+    return f"stage {' or '.join(map(repr, makers))}" if makers else "no stage"
+
+
+def plan(cfg: TriggerConfig, available: frozenset[str]) -> Planned:
+    """Read and check the menu before any event; keep the paths whose collections the chain
+    will have.  A path left out is a note and a ``dropped_paths`` fact when the menu's paths
+    are taken by default, an error when ``[trigger] paths`` names it; no path left is
+    :class:`~hltemu.pipeline.CannotRun`."""
+    paths = menu_paths(cfg)
+    missing = {p.name: [n for n in path_needs(p) if n not in available] for p in paths}
+    dropped = [p for p in paths if missing[p.name]]
+    if not dropped:
+        return Planned(cfg)
+    why = {p.name: ", ".join(f"{n!r} (made by {_makers(n)})" for n in missing[p.name])
+           for p in dropped}
+    if cfg.paths:
+        raise PipelineError(
+            "[trigger] paths names " + "; ".join(f"{n}, which needs {w}" for n, w in why.items())
+            + f", not in the input or made by an earlier stage (the chain will have "
+            f"{sorted(available)}); add the stage or leave the path out")
+    kept = [p for p in paths if not missing[p.name]]
+    if not kept:
+        raise CannotRun(f"stage 'trigger': no path of menu {cfg.menu!r} can run: "
+                        + "; ".join(f"{n} needs {w}" for n, w in why.items()))
+    notes = tuple(f"trigger: path {n} dropped: needs {w}, which this chain does not have"
+                  for n, w in why.items())
+    return Planned(replace(cfg, paths=tuple(p.name for p in kept)), notes,
+                   {"dropped_paths": list(why)})
+
+
 def prescaler_pass(entries: np.ndarray, prescale: int) -> np.ndarray:
     """CMS prescaler with offset 0: event number ``entry + 1`` passes when divisible."""
     if prescale <= 0:
@@ -301,8 +351,13 @@ def check_counted(batch: EventBatch, prep: Prepared) -> None:
 
 
 def _jets(batch: EventBatch) -> tuple[Any, Any, Any]:
+    """``(pt, eta, offsets)`` of the jets; none in every event when the batch has no jets,
+    which only a menu without jet paths runs on (the stage checks its needs first)."""
     xp = batch.backend.xp
-    jets = batch["corrected_jets"]
+    if JETS not in batch:
+        empty = xp.zeros(0, dtype=xp.float64)
+        return empty, empty, xp.zeros(batch.n_events + 1, dtype=xp.int64)
+    jets = batch[JETS]
     return (xp.asarray(jets["pt"], dtype=xp.float64), xp.asarray(jets["eta"], dtype=xp.float64),
             jets.offsets)
 
@@ -374,10 +429,11 @@ def run_cuda(batch: EventBatch, cfg: TriggerConfig, prep: Prepared) -> dict[str,
 
 STAGE = register(Stage(
     name="trigger",
-    needs=("corrected_jets",),
+    needs=needs,
     adds=("trigger",),
     config_type=TriggerConfig,
     prepare=prepare,
+    plan=plan,
     implementations={"reference": run_reference, "cpu": run_cpu, "cuda": run_cuda},
     doc="trigger menu: single jet, multi-jet, HT and pixel-doublet paths with prescales",
 ))
