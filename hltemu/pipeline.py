@@ -119,6 +119,10 @@ class Stage:
         :class:`~hltemu.config.ConfigError` or :class:`PipelineError` naming it, and may narrow
         the config to what ``available`` allows (:class:`Planned`), or raise
         :class:`CannotRun` when nothing is left to do.
+    count:
+        Optional ``count(products, backend) -> {group: {key: value}}``: figures of one batch's
+        products (e.g. the trigger's accepts per path) that the run report adds up
+        (:meth:`~hltemu.profiling.RunReport.count`).
     """
 
     name: str
@@ -129,6 +133,8 @@ class Stage:
     doc: str = ""
     prepare: PrepareFn | None = None
     plan: Callable[[Any, frozenset[str]], Planned] | None = None
+    count: Callable[[Mapping[str, Collection], Backend], Mapping[str, Mapping[str, float]]] | None \
+        = None
 
     def needs_for(self, cfg: Any = None) -> tuple[str, ...]:
         """The collections the stage reads with ``cfg`` (``None``: the defaults)."""
@@ -313,7 +319,12 @@ def plan(requested: Sequence[str] | None, available: Iterable[str], config: Any 
         cfg = config.get(st.name, st.config_type)
         try:
             if st.plan is not None:
-                planned = st.plan(cfg, frozenset(have))
+                try:
+                    planned = st.plan(cfg, frozenset(have))
+                except CannotRun as exc:
+                    if requested is None:
+                        raise
+                    raise CannotRun(f"stage {st.name!r}: {exc}") from None
                 cfg = planned.config
             else:
                 planned = Planned(cfg)
@@ -473,7 +484,7 @@ def run_files(
                     report.warmup_seconds += _warm_up(batch, chain, config)
                     warmup = False
                 run_batch(batch, chain, config, timer)
-                _count_decisions(batch, report)
+                count_products(batch, chain, report)
                 if writer is not None:
                     with timer.stage("write", batch.n_events):
                         writer.write(batch,
@@ -524,14 +535,14 @@ def _warm_up(batch: EventBatch, chain: Sequence[Stage], config: Any) -> float:
     return time.perf_counter() - t0
 
 
-def _count_decisions(batch: EventBatch, report: RunReport) -> None:
-    """Accumulate per-path accept counts from a ``trigger`` collection, when there is one."""
-    if "trigger" not in batch:
-        return
-    trig = batch["trigger"]
-    for name, col in trig.columns.items():
-        if col.dtype == bool:
-            report.count("trigger accepts", name, int(batch.backend.to_host(col).sum()))
+def count_products(batch: EventBatch, chain: Sequence[Stage], report: RunReport) -> None:
+    """Add each stage's figures of ``batch``'s products (its ``count`` hook) to ``report``."""
+    for st in chain:
+        if st.count is not None:
+            counts = st.count({name: batch[name] for name in st.adds}, batch.backend)
+            for group, values in counts.items():
+                for key, value in values.items():
+                    report.count(group, key, value)
 
 
 def _progress(enabled: bool, total: int) -> ui.ProgressBar | None:

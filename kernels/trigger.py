@@ -6,7 +6,8 @@ path come as parallel arrays (``pt_min`` [GeV], ``eta_max``, ``ht_min`` [GeV], `
 ``offsets``; ``counts`` (n_events, n_count_columns) int64 holds object multiplicities (e.g.
 doublets per event) that multiplicity paths read through ``count_col``.
 
-A path accepts an event when its prescaler lets the event through and its filter passes:
+A path accepts an event when its prescaler lets the event through and its filter passes (the
+decision before the prescaler, the filter's alone, is returned too):
 the prescaler counts events from 1 (``entry + 1``) and lets through every ``prescale``-th one
 (0 disables the path), as CMS's HLTPrescaler with offset 0.  Jet cuts are inclusive
 (``pt >= pt_min``, ``|eta| <= eta_max``), as CMS's HLT jet filters.  HT sums jet pT in input
@@ -55,13 +56,12 @@ def _make(jit):
     prescaler = jit(_prescaler)
 
     def decide_event(i, pt, eta, offsets, counts, first_entry, kind, pt_min, eta_max, ht_min,
-                     n_min, prescale, count_col, out):
+                     n_min, prescale, count_col, out, out_pre):
         for p in range(kind.shape[0]):
-            ok = False
-            if prescaler(first_entry + i, prescale[p]):
-                ok = path_filter(i, p, pt, eta, offsets, counts, kind, pt_min, eta_max,
-                                 ht_min, n_min, count_col)
-            out[i, p] = ok
+            ok = path_filter(i, p, pt, eta, offsets, counts, kind, pt_min, eta_max, ht_min,
+                             n_min, count_col)
+            out_pre[i, p] = ok
+            out[i, p] = ok and prescaler(first_entry + i, prescale[p])
 
     return jit(decide_event)
 
@@ -72,21 +72,22 @@ _decide_event_cuda = _make(cuda.jit(device=True))
 
 @numba.njit(parallel=True, cache=True)
 def trigger_cpu(pt, eta, offsets, counts, first_entry, kind, pt_min, eta_max, ht_min, n_min,
-                prescale, count_col, out):
-    """``out[i, p]`` = decision of path ``p`` for event ``i`` (bool), in parallel over events.
+                prescale, count_col, out, out_pre):
+    """``out[i, p]`` = decision of path ``p`` for event ``i`` (bool), in parallel over events;
+    ``out_pre[i, p]`` the decision before the prescaler (the filter alone).
 
     ``first_entry`` is the entry number of event 0 in its file (drives the prescalers).
     """
     for i in numba.prange(out.shape[0]):
         _decide_event_cpu(i, pt, eta, offsets, counts, first_entry, kind, pt_min, eta_max,
-                          ht_min, n_min, prescale, count_col, out)
+                          ht_min, n_min, prescale, count_col, out, out_pre)
 
 
 @cuda.jit(cache=True)
 def trigger_cuda(pt, eta, offsets, counts, first_entry, kind, pt_min, eta_max, ht_min, n_min,
-                 prescale, count_col, out):
+                 prescale, count_col, out, out_pre):
     """One thread per event: same arguments and result as :func:`trigger_cpu`."""
     i = cuda.grid(1)
     if i < out.shape[0]:
         _decide_event_cuda(i, pt, eta, offsets, counts, first_entry, kind, pt_min, eta_max,
-                           ht_min, n_min, prescale, count_col, out)
+                           ht_min, n_min, prescale, count_col, out, out_pre)

@@ -21,8 +21,8 @@ from hltemu.config import ConfigError
 from hltemu.pipeline import (
     CannotRun,
     PipelineError,
-    _count_decisions,
     config_from_dict,
+    count_products,
     default_config,
     get_stage,
     plan,
@@ -39,11 +39,12 @@ def write_menu(tmp_path: Path, text: str) -> str:
 
 
 def run_trigger(backend, jets: Collection, cfg: TriggerConfig, extra=None,
-                first_entry: int = 0) -> dict[str, np.ndarray]:
+                first_entry: int = 0, collection: str = "trigger") -> dict[str, np.ndarray]:
+    """The stage's ``collection`` (``trigger`` or ``trigger_pre``) as host arrays."""
     be = get_backend(backend)
     colls = {"corrected_jets": jets.to(be), **{k: v.to(be) for k, v in (extra or {}).items()}}
     batch = EventBatch(be, jets.n_events, colls, first_entry=first_entry)
-    out = get_stage("trigger")(batch, cfg)["trigger"]
+    out = get_stage("trigger")(batch, cfg)[collection]
     assert out.per_event
     return {k: be.to_host(v) for k, v in out.columns.items()}
 
@@ -133,6 +134,14 @@ def test_hand_checked_decisions(tmp_path, backend):
     shifted = run_trigger(backend, jets_from(events), TriggerConfig(menu=menu),
                           {"doublets": doublets}, first_entry=1)
     assert shifted["J50_PS3"].tolist() == [False, True, False, False, False, False]
+    # before the prescalers: J50_PS3 is its filter alone and Off is the pT > 0 filter
+    pre = run_trigger(backend, jets_from(events), TriggerConfig(menu=menu),
+                      {"doublets": doublets}, collection="trigger_pre")
+    for name in ("J50", "Quad20", "HT100", "Doublets5"):
+        assert pre[name].tolist() == expected[name], name
+    assert pre["J50_PS3"].tolist() == [True, True, False, False, False, False]
+    assert pre["Off"].tolist() == [True, True, True, True, True, False]
+    assert pre[ANY_PATH].tolist() == [True, True, True, True, True, True]
 
 
 def test_paths_selection_and_missing_doublets(tmp_path):
@@ -163,7 +172,8 @@ def test_planner_drops_paths_the_chain_cannot_feed(tmp_path):
     p = plan(["topocluster", "antikt", "rho", "jec", "trigger"], ["CaloCell"], cfg)
     assert [st.name for st in p.stages] == ["topocluster", "antikt", "rho", "jec", "trigger"]
     assert p.config["trigger"].paths == ("J50", "Quad20", "HT100", "J50_PS3", "Off")
-    assert p.facts == {"trigger": {"dropped_paths": ["Doublets5"]}}
+    assert p.facts == {"trigger": {"dropped_paths": ["Doublets5"], "prescales": {
+        "J50": 1, "Quad20": 1, "HT100": 1, "J50_PS3": 3, "Off": 0}}}
     assert p.notes == ["trigger: path Doublets5 dropped: needs 'doublets' (made by stage "
                        "'doublets'), which this chain does not have"]
     named = config_from_dict({"trigger": {"menu": menu, "paths": ["J50", "Doublets5"]}})
@@ -172,7 +182,9 @@ def test_planner_drops_paths_the_chain_cannot_feed(tmp_path):
         plan(["topocluster", "antikt", "rho", "jec", "trigger"], ["CaloCell"], named)
     # with pixels the whole menu runs and nothing is noted
     full = plan(None, ["CaloCell", "PixelHit"], cfg)
-    assert full.config["trigger"].paths == () and not full.notes and not full.facts
+    assert full.config["trigger"].paths == () and not full.notes
+    assert full.facts == {"trigger": {"prescales": {
+        "J50": 1, "Quad20": 1, "HT100": 1, "J50_PS3": 3, "Off": 0, "Doublets5": 1}}}
 
 
 def test_planner_skips_a_trigger_with_nothing_to_run(tmp_path):
@@ -271,7 +283,10 @@ def test_backends_agree_on_random_menus(case):
     for b in ("cpu", "cuda"):
         got = _kernel_decisions(b, paths, jets, doublets, first_entry)
         for p in paths:
-            np.testing.assert_array_equal(got[p.name], ref[p.name], err_msg=f"{b} {p}")
+            np.testing.assert_array_equal(got.accept[p.name], ref.accept[p.name],
+                                          err_msg=f"{b} {p}")
+            np.testing.assert_array_equal(got.before_prescale[p.name],
+                                          ref.before_prescale[p.name], err_msg=f"{b} {p}")
 
 
 def _kernel_decisions(backend, paths, jets, doublets, first_entry):
@@ -282,7 +297,7 @@ def _kernel_decisions(backend, paths, jets, doublets, first_entry):
                                            "doublets": doublets.to(be)}, first_entry=first_entry)
     prep = T.prepare_paths(paths, be)
     out = T.decide_cpu(batch, prep) if backend == "cpu" else T.decide_cuda(batch, prep)
-    return {k: be.to_host(v) for k, v in out.items()}
+    return T.Decisions(*({k: be.to_host(v) for k, v in d.items()} for d in out))
 
 
 def test_reference_against_a_plain_loop():
@@ -302,8 +317,9 @@ def test_reference_against_a_plain_loop():
             passed = {"single_jet": len(good) >= 1, "multi_jet": len(good) >= p.n_min,
                       "ht": sum(pt[k] for k in good) >= p.ht_min,
                       "doublets": n_doublets[i] >= p.n_min}[p.kind]
+            assert ref.before_prescale[p.name][i] == passed, (p.name, i)
             passed = passed and p.prescale > 0 and (i + 1) % p.prescale == 0
-            assert ref[p.name][i] == passed, (p.name, i)
+            assert ref.accept[p.name][i] == passed, (p.name, i)
 
 
 def test_chain_on_pythia_events(backend, tmp_path):
@@ -330,7 +346,7 @@ def test_chain_on_pythia_events(backend, tmp_path):
     for name, col in ref["trigger"].columns.items():
         np.testing.assert_array_equal(got["trigger"].to_host()[name], col, err_msg=name)
     report = RunReport(backend.name, backend.device)
-    _count_decisions(got, report)
+    count_products(got, chain, report)
     counts = report.counters["trigger accepts"]
     assert set(counts) == set(ref["trigger"].columns)
     assert counts[ANY_PATH] == int(ref["trigger"][ANY_PATH].sum()) > 0
@@ -360,8 +376,8 @@ def test_cli_run_prints_per_path_accept_counts(tmp_path):
     assert ("note trigger: path HLT_PixelDoublets8000 dropped: needs 'filtered_doublets' (made "
             "by stage 'doublet_cnn')") in note
     assert "stages: rho, jec, trigger" in note
-    assert json.loads(report.read_text())["plan"]["facts"] == {
-        "trigger": {"dropped_paths": ["HLT_PixelDoublets8000"]}}
+    assert json.loads(report.read_text())["plan"]["facts"]["trigger"]["dropped_paths"] == [
+        "HLT_PixelDoublets8000"]
     jet_paths = [p.name for p in load_menu(TriggerConfig().menu) if p.kind != "doublets"]
     # naming the doublet path explicitly is an error, before anything is read
     cfg_path = tmp_path / "named.toml"

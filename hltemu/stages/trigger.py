@@ -26,9 +26,11 @@ planner drops the menu's paths whose collection the chain will not have, with a 
 ``dropped_paths`` in the report); ``any_path`` is the OR of the paths that run.  A path named
 in ``[trigger] paths`` that cannot run is an error, as is a chain where no path can run.
 
-Adds ``trigger``: one row per event, one bool column per path, plus ``any_path`` (the OR).
-The pipeline sums the bool columns into the run report ("trigger accepts"), and ``hltemu run``
-prints each path's accept count and fraction.  Decisions are discrete and identical on every
+Adds ``trigger`` (decisions after the prescalers: what the HLT keeps) and ``trigger_pre`` (the
+same before the prescalers: each path's filter alone, for rates and efficiencies free of
+prescales): one row per event, one bool column per path, plus ``any_path`` (the OR).  The run
+report counts both per path ("trigger accepts", "trigger accepts before prescale"), and
+``hltemu run`` prints them with each path's prescale.  Decisions are discrete and identical on every
 backend (HT is summed in the same order everywhere).
 """
 
@@ -72,6 +74,8 @@ class TriggerConfig:
 
 #: Column of the ``trigger`` collection holding the OR of all paths.
 ANY_PATH = "any_path"
+#: The decisions after the prescalers (what the HLT keeps) and before them (the filters alone).
+OUTPUT, OUTPUT_PRE = "trigger", "trigger_pre"
 
 #: Path kind -> (required keys, optional keys with defaults).
 PATH_KINDS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
@@ -241,12 +245,13 @@ def plan(cfg: TriggerConfig, available: frozenset[str]) -> Planned:
     """Read and check the menu before any event; keep the paths whose collections the chain
     will have.  A path left out is a note and a ``dropped_paths`` fact when the menu's paths
     are taken by default, an error when ``[trigger] paths`` names it; no path left is
-    :class:`~hltemu.pipeline.CannotRun`."""
+    :class:`~hltemu.pipeline.CannotRun`.  The facts also give each kept path's ``prescales``
+    (for the run's trigger table)."""
     paths = menu_paths(cfg)
     missing = {p.name: [n for n in path_needs(p) if n not in available] for p in paths}
     dropped = [p for p in paths if missing[p.name]]
     if not dropped:
-        return Planned(cfg)
+        return Planned(cfg, facts={"prescales": {p.name: p.prescale for p in paths}})
     why = {p.name: ", ".join(f"{n!r} (made by {_makers(n)})" for n in missing[p.name])
            for p in dropped}
     if cfg.paths:
@@ -256,12 +261,13 @@ def plan(cfg: TriggerConfig, available: frozenset[str]) -> Planned:
             f"{sorted(available)}); add the stage or leave the path out")
     kept = [p for p in paths if not missing[p.name]]
     if not kept:
-        raise CannotRun(f"stage 'trigger': no path of menu {cfg.menu!r} can run: "
+        raise CannotRun(f"no path of menu {cfg.menu!r} can run: "
                         + "; ".join(f"{n} needs {w}" for n, w in why.items()))
     notes = tuple(f"trigger: path {n} dropped: needs {w}, which this chain does not have"
                   for n, w in why.items())
     return Planned(replace(cfg, paths=tuple(p.name for p in kept)), notes,
-                   {"dropped_paths": list(why)})
+                   {"prescales": {p.name: p.prescale for p in kept},
+                    "dropped_paths": list(why)})
 
 
 def prescaler_pass(entries: np.ndarray, prescale: int) -> np.ndarray:
@@ -271,17 +277,26 @@ def prescaler_pass(entries: np.ndarray, prescale: int) -> np.ndarray:
     return (entries + 1) % prescale == 0
 
 
+class Decisions(NamedTuple):
+    """Per-path decisions, path name -> bool ``(n_events,)``: ``accept`` after the prescaler
+    (what the HLT keeps), ``before_prescale`` the path's filter alone (for rates and
+    efficiencies free of prescales)."""
+
+    accept: dict[str, Any]
+    before_prescale: dict[str, Any]
+
+
 def decide_reference(pt: np.ndarray, eta: np.ndarray, offsets: np.ndarray,
                      counts: Mapping[str, np.ndarray], first_entry: int,
-                     paths: Sequence[TriggerPath]) -> dict[str, np.ndarray]:
-    """Decision per path and event (NumPy, written to be read): name -> bool ``(n_events,)``.
+                     paths: Sequence[TriggerPath]) -> Decisions:
+    """Decisions per path and event (NumPy, written to be read).
 
     ``counts`` maps a collection name to its objects per event (for ``doublets`` paths).
     """
     n = offsets.shape[0] - 1
     event = np.repeat(np.arange(n), np.diff(offsets))
     entries = first_entry + np.arange(n, dtype=np.int64)
-    out: dict[str, np.ndarray] = {}
+    out = Decisions({}, {})
     for p in paths:
         if p.kind == "doublets":
             passed = counts[p.collection] >= p.n_min
@@ -295,7 +310,8 @@ def decide_reference(pt: np.ndarray, eta: np.ndarray, offsets: np.ndarray,
                 passed = n_good >= p.n_min
             else:
                 passed = ht >= p.ht_min
-        out[p.name] = prescaler_pass(entries, p.prescale) & passed
+        out.before_prescale[p.name] = np.asarray(passed, dtype=bool)
+        out.accept[p.name] = prescaler_pass(entries, p.prescale) & passed
     return out
 
 
@@ -373,46 +389,71 @@ def decide_kernel_inputs(batch: EventBatch, prep: Prepared) -> tuple[Any, ...]:
     return (*_jets(batch), counts, batch.first_entry)
 
 
-def decide_cpu(batch: EventBatch, prep: Prepared) -> dict[str, Any]:
-    """Decision per path (bool ``(n_events,)``) with the Numba kernel."""
+def _columns(out: Any, out_pre: Any, prep: Prepared, xp: Any) -> Decisions:
+    return Decisions({p.name: xp.ascontiguousarray(out[:, i]) for i, p in enumerate(prep.paths)},
+                     {p.name: xp.ascontiguousarray(out_pre[:, i])
+                      for i, p in enumerate(prep.paths)})
+
+
+def decide_cpu(batch: EventBatch, prep: Prepared) -> Decisions:
+    """Decisions per path (bool ``(n_events,)``) with the Numba kernel."""
     from hltemu.kernels.trigger import trigger_cpu
 
     out = np.zeros((batch.n_events, len(prep.paths)), dtype=bool)
+    out_pre = np.zeros_like(out)
     args = decide_kernel_inputs(batch, prep)
     if batch.n_events and prep.paths:
-        trigger_cpu(*args, *prep.arrays, out)
-    return {p.name: np.ascontiguousarray(out[:, i]) for i, p in enumerate(prep.paths)}
+        trigger_cpu(*args, *prep.arrays, out, out_pre)
+    return _columns(out, out_pre, prep, np)
 
 
-def decide_cuda(batch: EventBatch, prep: Prepared) -> dict[str, Any]:
-    """Decision per path with the CUDA kernel, one thread per event."""
+def decide_cuda(batch: EventBatch, prep: Prepared) -> Decisions:
+    """Decisions per path with the CUDA kernel, one thread per event."""
     from hltemu.kernels.trigger import trigger_cuda
 
     xp, n = batch.backend.xp, batch.n_events
     out = xp.zeros((n, len(prep.paths)), dtype=bool)
+    out_pre = xp.zeros((n, len(prep.paths)), dtype=bool)
     args = decide_kernel_inputs(batch, prep)
     if n and prep.paths:
-        trigger_cuda[blocks(n), THREADS_PER_BLOCK](*args, *prep.arrays, out)
-    return {p.name: xp.ascontiguousarray(out[:, i]) for i, p in enumerate(prep.paths)}
+        trigger_cuda[blocks(n), THREADS_PER_BLOCK](*args, *prep.arrays, out, out_pre)
+    return _columns(out, out_pre, prep, xp)
 
 
-def decide_batch_reference(batch: EventBatch, prep: Prepared) -> dict[str, Any]:
-    """Decision per path with :func:`decide_reference` (NumPy)."""
+def decide_batch_reference(batch: EventBatch, prep: Prepared) -> Decisions:
+    """Decisions per path with :func:`decide_reference` (NumPy)."""
     check_counted(batch, prep)
     counts = {c: np.asarray(batch[c].counts) for c in prep.count_names}
     pt, eta, offsets = _jets(batch)
     return decide_reference(pt, eta, offsets, counts, batch.first_entry, prep.paths)
 
 
-def trigger_collection(decisions: dict[str, Any], prep: Prepared, xp: Any,
-                       n_events: int) -> dict[str, Collection]:
-    """The ``trigger`` collection: one bool column per path plus ``any_path``."""
+def _with_any(decisions: Mapping[str, Any], prep: Prepared, xp: Any, n_events: int
+              ) -> Collection:
     cols = dict(decisions)
     any_path = xp.zeros(n_events, dtype=bool)
     for p in prep.paths:
         any_path = any_path | cols[p.name]
     cols[ANY_PATH] = any_path
-    return {"trigger": Collection.event_level(cols, xp)}
+    return Collection.event_level(cols, xp)
+
+
+def trigger_collection(decisions: Decisions, prep: Prepared, xp: Any,
+                       n_events: int) -> dict[str, Collection]:
+    """``trigger`` (after the prescalers) and ``trigger_pre`` (before): one bool column per path
+    plus ``any_path``, their OR."""
+    return {OUTPUT: _with_any(decisions.accept, prep, xp, n_events),
+            OUTPUT_PRE: _with_any(decisions.before_prescale, prep, xp, n_events)}
+
+
+def accept_counts(products: Mapping[str, Collection], backend: Any
+                  ) -> dict[str, dict[str, float]]:
+    """The run report's counters: events accepted per path, after and before the prescalers
+    (the pipeline adds them up over batches)."""
+    return {group: {name: int(backend.to_host(col).sum())
+                    for name, col in products[coll].columns.items()}
+            for group, coll in (("trigger accepts", OUTPUT),
+                                ("trigger accepts before prescale", OUTPUT_PRE))}
 
 
 def run_reference(batch: EventBatch, cfg: TriggerConfig, prep: Prepared) -> dict[str, Collection]:
@@ -430,10 +471,11 @@ def run_cuda(batch: EventBatch, cfg: TriggerConfig, prep: Prepared) -> dict[str,
 STAGE = register(Stage(
     name="trigger",
     needs=needs,
-    adds=("trigger",),
+    adds=(OUTPUT, OUTPUT_PRE),
     config_type=TriggerConfig,
     prepare=prepare,
     plan=plan,
+    count=accept_counts,
     implementations={"reference": run_reference, "cpu": run_cpu, "cuda": run_cuda},
     doc="trigger menu: single jet, multi-jet, HT and pixel-doublet paths with prescales",
 ))
