@@ -450,9 +450,10 @@ def run_files(
     present = io.common_collections(files)
     planned = plan(stages, present, config)
     chain, inputs, config = planned.stages, planned.inputs, planned.config
+    to_read = list(dict.fromkeys([*inputs, *([io.EVENT] if io.EVENT in present else [])]))
+    planned.notes.extend(io.reading_notes(files, {n: None for n in to_read}))
     if on_plan is not None:
         on_plan(planned)
-    to_read = list(dict.fromkeys([*inputs, *([io.EVENT] if io.EVENT in present else [])]))
     products = [name for st in chain for name in st.adds]
     n_total = io.count_events(files)
     if max_events is not None:

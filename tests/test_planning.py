@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from hltemu import io
@@ -87,3 +88,61 @@ def test_nanoaod_says_what_is_skipped(tmp_path, cms_nanoaod):
         assert f"skipped {stage}: {why}" in text
     assert plan["skipped"]["trigger"].startswith("no path of menu 'builtin:menu.toml' can run: "
                                                  "HLT_CaloJet40 needs 'corrected_jets'")
+
+
+def _calo_file(tmp_path, name: str, **dtypes) -> str:
+    """The sample's first 4 events of CaloCell (+ Event), columns cast to ``dtypes``."""
+    colls = io.read_collections(str(builtin_sample()), ["CaloCell", io.EVENT])
+    be = get_backend("reference")
+    batch = EventBatch(be, next(iter(colls.values())).n_events, colls).select_events(0, 4)
+    cells = batch["CaloCell"]
+    for col, dtype in dtypes.items():
+        cells.columns[col] = np.asarray(cells.columns[col]).astype(dtype)
+    path = tmp_path / name
+    with io.OutputWriter(path) as w:
+        w.write(batch, ["CaloCell", io.EVENT])
+    return str(path)
+
+
+def test_float64_energies_are_read_as_float32_with_a_note(tmp_path):
+    f64 = _calo_file(tmp_path, "f64.root", energy=np.float64)
+    f32 = _calo_file(tmp_path, "f32.root")
+    notes = io.reading_notes([f64], ["CaloCell"])
+    assert notes == [f"{f64}: branch 'CaloCell_energy' is float64, read as float32 (rounded to "
+                     "float32 precision)"]
+    a = next(io.iterate_batches(f64, ["CaloCell"]))["CaloCell"]
+    b = next(io.iterate_batches(f32, ["CaloCell"]))["CaloCell"]
+    assert a["energy"].dtype == np.float32
+    np.testing.assert_array_equal(a["energy"], b["energy"])  # float32 -> float64 -> float32
+    result, out, _ = _run(tmp_path, f64, "--backend", "cpu", "--stages", "topocluster")
+    assert result.exit_code == 0, result.output
+    assert "read as float32" in _flat(result.output)
+
+
+def test_integers_that_do_not_fit_are_an_error(tmp_path):
+    ok = _calo_file(tmp_path, "i64.root", id=np.int64)
+    assert io.reading_notes([ok], ["CaloCell"]) == [
+        f"{ok}: branch 'CaloCell_id' is int64, read as int32"]
+    colls = io.read_collections(ok, ["CaloCell", io.EVENT])
+    ids = colls["CaloCell"]["id"].astype(np.int64)
+    ids[3] = 2**40
+    colls["CaloCell"].columns["id"] = ids
+    bad = tmp_path / "overflow.root"
+    with io.OutputWriter(bad) as w:
+        w.write(EventBatch(get_backend("reference"), 4, colls), ["CaloCell", io.EVENT])
+    with pytest.raises(io.InputError, match=r"branch 'CaloCell_id' holds 1099511627776, which "
+                                            r"does not fit int32 \(entries 0-3\)"):
+        next(io.iterate_batches(str(bad), ["CaloCell"]))
+    # a float branch where the schema has integers is refused, naming the branch
+    flt = _calo_file(tmp_path, "fid.root", id=np.float32)
+    with pytest.raises(io.InputError, match="'CaloCell_id' of collection 'CaloCell' has dtype "
+                                            "float32, expected int32"):
+        io.reading_notes([flt], ["CaloCell"])
+
+
+def test_collections_not_in_every_file_are_named(tmp_path, cms_nanoaod):
+    calo = _calo_file(tmp_path, "calo.root")
+    notes = io.reading_notes([calo, str(cms_nanoaod)], [])
+    assert notes[0] == f"{calo}: collection(s) CaloCell, Event not in every input file, so not read"
+    assert notes[1].startswith(f"{cms_nanoaod}: collection(s) HTXS, btagWeight, CaloMET, ")
+    assert notes[1].endswith(" more not in every input file, so not read") and len(notes) == 2

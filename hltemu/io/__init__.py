@@ -49,7 +49,7 @@ is the jagged collection ``C``.  :class:`OutputWriter` always writes a TTree.
 
 from hltemu.io.errors import InputError, OutputError
 from hltemu.io.layout import Paths, common_collections, count_events, read_metadata
-from hltemu.io.reader import iterate_batches, read_collections
+from hltemu.io.reader import iterate_batches, read_collections, reading_notes
 from hltemu.io.schema import (
     EVENT,
     INPUT_SCHEMA,
@@ -78,6 +78,7 @@ __all__ = [
     "count_events",
     "describe_schema",
     "iterate_batches",
+    "reading_notes",
     "read_collections",
     "read_metadata",
 ]

@@ -50,6 +50,8 @@ class _Column:
     ``branch`` is read (for an RNTuple record field, ``branch.field``); ``shape`` is the inner
     shape of a row as returned (``None``: unknown yet, resolved from the schema).  A column
     ``stored_flat`` comes as ``prod(shape)`` values per row, counted by ``counter`` (TTree).
+    ``source_dtype``: the file's dtype when the schema's (``dtype``) differs and the reader
+    converts (float to float; integer to integer, checked to fit).
     """
 
     name: str
@@ -59,6 +61,8 @@ class _Column:
     stored_flat: bool = False
     counter: str | None = None
     field: str | None = None
+    #: The dtype stored in the file when it differs from ``dtype`` (converted on reading).
+    source_dtype: np.dtype | None = None
 
     @property
     def read_name(self) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import awkward as ak
@@ -44,6 +44,35 @@ class _CollPlan:
             if c.counter:
                 names.append(c.counter)
         return names
+
+
+def convertible(source: np.dtype, target: np.dtype) -> bool:
+    """Whether the reader converts a branch of dtype ``source`` to the schema's ``target``:
+    float to float (float64 energies to float32 lose precision beyond float32's, which the
+    chain computes in anyway) and integer to integer (each value checked to fit)."""
+    kinds = {source.kind, target.kind}
+    return kinds <= {"f"} or kinds <= {"i", "u"}
+
+
+def _convert(values: np.ndarray, c: _Column, where: str, first_entry: int, n_events: int
+             ) -> np.ndarray:
+    """``values`` (the file's ``c.source_dtype``) as ``c.dtype``; an integer that does not fit
+    is an :class:`InputError` naming the branch, the value and the entries read."""
+    if c.dtype.kind in "iu" and values.size:
+        info = np.iinfo(c.dtype)
+        flat = values.reshape(-1)
+        bad = np.flatnonzero((flat < info.min) | (flat > info.max))
+        if bad.size:
+            raise InputError(
+                f"{where}: branch {c.read_name!r} holds {flat[bad[0]]}, which does not fit "
+                f"{c.dtype} (entries {first_entry}-{first_entry + n_events - 1})")
+    return values.astype(c.dtype)
+
+
+def _as_planned(values: np.ndarray, c: _Column, where: str, first_entry: int, n_events: int
+                ) -> np.ndarray:
+    return values if c.source_dtype is None else _convert(values, c, where, first_entry,
+                                                          n_events)
 
 
 def _plan_collection(
@@ -99,10 +128,13 @@ def _plan_collection(
             c = _Column(c.name, c.branch, c.dtype, shape, c.stored_flat, c.counter, c.field)
         if cspec is not None:
             if c.dtype != cspec.dtype:
-                raise InputError(
-                    f"{where}: branch {c.branch!r} of collection {name!r} has dtype {c.dtype}, "
-                    f"expected {cspec.dtype} ({cspec.unit or 'no unit'}: {cspec.doc})"
-                )
+                if not convertible(c.dtype, np.dtype(cspec.dtype)):
+                    raise InputError(
+                        f"{where}: branch {c.branch!r} of collection {name!r} has dtype "
+                        f"{c.dtype}, expected {cspec.dtype} ({cspec.unit or 'no unit'}: "
+                        f"{cspec.doc}); only float to float and integer to integer are converted"
+                    )
+                c = replace(c, dtype=np.dtype(cspec.dtype), source_dtype=c.dtype)
             if tuple(shape) != tuple(cspec.shape):
                 raise InputError(
                     f"{where}: branch {c.branch!r} of collection {name!r} has inner shape "
@@ -186,7 +218,8 @@ def _to_collection(chunk: Any, plan: _CollPlan, where: str, first_entry: int) ->
     """Convert the awkward arrays of one chunk into a host :class:`Collection`."""
     n = len(chunk)
     if plan.per_event:
-        cols = {c.name: _numpy(chunk[c.branch]) for c in plan.columns}
+        cols = {c.name: _as_planned(_numpy(chunk[c.branch]), c, where, first_entry, n)
+                for c in plan.columns}
         return Collection(np.arange(n + 1, dtype=np.int64), cols, per_event=True)
     counts: np.ndarray | None = None
     source = ""
@@ -217,6 +250,7 @@ def _to_collection(chunk: Any, plan: _CollPlan, where: str, first_entry: int) ->
             raise _counter_mismatch(
                 where, first_entry, c.read_name, n_values, counts * per_row, what
             )
+        flat = _as_planned(flat, c, where, first_entry, n)
         cols[c.name] = flat.reshape(-1, *c.shape) if c.stored_flat else flat
     if counts is None:  # no column and no counter: cannot happen for a planned collection
         raise InputError(f"{where}: collection {plan.name!r} has nothing to read")
@@ -268,6 +302,39 @@ def _read_file(
             colls = {name: _to_collection(chunk, p, where, start) for name, p in plans.items()}
             yield EventBatch(ref, n, colls, lay.path, start).to(be)
             start += n
+
+
+def reading_notes(
+    files: Paths,
+    collections: Mapping[str, Sequence[str] | None] | Sequence[str] | None = None,
+    tree: str = TREE_NAME,
+    schema: Mapping[str, CollectionSpec] = INPUT_SCHEMA,
+) -> list[str]:
+    """What reading ``collections`` of ``files`` (as :func:`iterate_batches` would) converts or
+    leaves out, one line each: branches whose dtype is converted to the schema's, and
+    collections present in some files but not all (only the common ones are read).  Problems
+    that stop the reading raise :class:`InputError` here, before any event is read."""
+    paths = [os.fspath(p) for p in _as_paths(files)]
+    layouts = [_inspect(p, tree) for p in paths]
+    notes = []
+    for lay, plans in zip(layouts, _plan(layouts, collections, schema), strict=True):
+        for plan in plans.values():
+            for c in plan.columns:
+                if c.source_dtype is not None:
+                    loss = (" (rounded to float32 precision)" if c.source_dtype.kind == "f"
+                            and c.dtype.itemsize < c.source_dtype.itemsize else "")
+                    notes.append(f"{lay.path}: branch {c.read_name!r} is {c.source_dtype}, read "
+                                 f"as {c.dtype}{loss}")
+    if len(layouts) > 1:
+        everywhere = set.intersection(*(set(lay.collections) for lay in layouts))
+        for lay in layouts:
+            only = [c for c in lay.collections if c not in everywhere]
+            if only:
+                shown = ", ".join(only[:8]) + (f" and {len(only) - 8} more" if len(only) > 8
+                                               else "")
+                notes.append(f"{lay.path}: collection(s) {shown} not in every input file, so "
+                             "not read")
+    return notes
 
 
 def iterate_batches(
