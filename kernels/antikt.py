@@ -3,7 +3,15 @@
 Definitions (FastJet 3.5, ``PseudoJet`` and ``ClusterSequence``), all float64:
 
 * rapidity and azimuth of a 4-vector ``(px, py, pz, E)``: :func:`rap_phi` (phi in [0, 2 pi);
-  ``E == |pz|`` with ``pT == 0`` gives ``+-(1e5 + |pz|)``; a tachyonic mass counts as 0);
+  ``E == |pz|`` with ``pT == 0`` gives ``+-(1e5 + |pz|)``; a tachyonic mass counts as 0; the
+  division by ``(E + |pz|)^2`` is IEEE-754's, also by zero: ``E + |pz| == 0`` (e.g. ``(0, 0,
+  -3, -3)``, or ``(1e-170, 0, 0, 1e-170)`` whose squares underflow) gives ``0 / 0``, a NaN
+  rapidity, and with ``pT > 0`` gives ``x / 0 = +inf``, an infinite rapidity (``-inf`` for
+  ``pz > 0``), as FastJet 3.5);
+* a NaN distance (from a NaN rapidity, or between two jets at the same infinite rapidity) is
+  below nothing, as in FastJet's comparisons, and an infinite one is not below ``R^2``: a jet of
+  NaN or infinite rapidity is nobody's NN and has none, so it becomes an inclusive jet on its
+  own;
 * the momentum factor of anti-kT ``k = 1 / kt2`` (``1e300`` when ``kt2 <= 1e-300``);
 * the geometric distance ``dR2 = dphi^2 + drap^2`` with ``dphi = |phi_i - phi_j|`` folded to
   ``2 pi - dphi`` above pi (:func:`dist`);
@@ -67,11 +75,13 @@ import math
 
 from .ieee import PY_OPS
 
-#: FastJet's MaxRap: rapidity given to pT = 0, E = |pz| momenta (plus |pz|).
+#: FastJet's MaxRap: rapidity given to pT = 0, E = |pz| momenta (plus |pz|), and the
+#: pseudorapidity of jets with px = py = 0.
 MAX_RAP = 1.0e5
 PI = math.pi
 TWO_PI = 2.0 * math.pi
 INF = math.inf
+NAN = math.nan
 
 
 # ------------------------------------------------------------------------------------------
@@ -84,9 +94,12 @@ def _make(jit, mul, add, sub, div):
     NumPy distances use the same order)."""
 
     def rap_phi(px, py, pz, e):
-        """FastJet's rapidity and azimuth [rad] in [0, 2 pi) of one 4-vector [GeV]:
-        ``kt2 = px^2 + py^2``, ``phi = atan2(py, px)``, ``m2 = (E + pz)(E - pz) - kt2``,
-        ``rap = -+ log((kt2 + max(m2, 0)) / (E + |pz|)^2) / 2`` (sign of pz)."""
+        """FastJet's rapidity (dimensionless) and azimuth [rad] in [0, 2 pi) of one 4-vector
+        [GeV]: ``kt2 = px^2 + py^2`` [GeV^2], ``phi = atan2(py, px)`` (0 for ``kt2 == 0``),
+        ``m2 = (E + pz)(E - pz) - kt2``, ``rap = -+ log((kt2 + max(m2, 0)) / (E + |pz|)^2) / 2``
+        (sign of pz), the quotient IEEE-754's for a zero divisor (``0 / 0``: NaN, ``x / 0``:
+        ``+inf``), written out so that no target raises; ``+-(MAX_RAP + |pz|)`` when
+        ``E == |pz|`` and ``kt2 == 0``."""
         kt2 = add(mul(px, px), mul(py, py))
         if kt2 == 0.0:
             phi = 0.0
@@ -105,13 +118,20 @@ def _make(jit, mul, add, sub, div):
             m2 = sub(mul(add(e, pz), sub(e, pz)), kt2)
             eff = m2 if 0.0 < m2 else 0.0
             epz = add(e, apz)
-            arg = div(add(kt2, eff), mul(epz, epz))
+            num = add(kt2, eff)
+            den = mul(epz, epz)
+            if den != 0.0:
+                arg = div(num, den)
+            elif num == 0.0:
+                arg = NAN  # 0 / 0: E + |pz| == 0 (or underflows), kt2 + max(m2, 0) == 0
+            else:
+                arg = INF  # x / +0 with x > 0: E + |pz| == 0 (or underflows), kt2 > 0
             if arg > 0.0:
                 rap = mul(0.5, math.log(arg))
             elif arg == 0.0:
                 rap = -INF
             else:
-                rap = math.nan
+                rap = NAN
             if pz > 0.0:
                 rap = -rap
         return rap, phi

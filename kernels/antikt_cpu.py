@@ -18,8 +18,14 @@ jets are adjacent in memory; the initial NN search visits each pair of jets once
 
 Numba cache (``cache=True``): a cached kernel is invalidated by its own file only, and the
 kernels here compile in code of ``kernels/antikt.py`` (``_make``, ``MAX_RAP``, ``PI``,
-``TWO_PI``, ``INF``) and ``kernels/ieee.py`` (``CPU_OPS``).  After editing either, clear this
-module's cache (``kernels/__pycache__/antikt_cpu.*``, the ``.nbi`` and ``.nbc`` files).
+``TWO_PI``, ``INF``, ``NAN``) and ``kernels/ieee.py`` (``CPU_OPS``).  After editing either,
+clear this module's cache (``kernels/__pycache__/antikt_cpu.*``, the ``.nbi`` and ``.nbc``
+files).
+
+Non-finite rapidities (FastJet's, of inputs with ``E + |pz| == 0``: see
+:mod:`hltemu.kernels.antikt`) are clustered as FastJet does: the rapidity range that sizes the
+tiles skips NaN, :func:`tile_index` puts a NaN position in tile 0 and infinite rapidities in
+the edge tiles, and the distance comparisons (``d < best``) never take a NaN distance.
 """
 
 from __future__ import annotations
@@ -65,17 +71,23 @@ def tiling(rap_lo, rap_hi, radius, n):
 
 
 def tile_index(rap, phi, rap_min, rap_width, n_rap, phi_width, n_phi):
-    """Tile of a (rap, phi) point; out-of-range rapidities go to the edge tiles."""
+    """Tile of a (rap, phi) point [rad for phi]; out-of-range rapidities go to the edge tiles,
+    a NaN position to tile 0 (a NaN rapidity is at no finite distance from anything, so any
+    tile will do; ``int(nan)`` is undefined in compiled code)."""
     x = (rap - rap_min) / rap_width
-    if x < 0.0:
-        ir = 0
-    elif x >= n_rap:
+    if x >= n_rap:
         ir = n_rap - 1
-    else:
+    elif x >= 0.0:
         ir = int(x)
-    ip = int(phi / phi_width)
-    if ip >= n_phi:
+    else:  # negative or NaN
+        ir = 0
+    q = phi / phi_width
+    if q >= n_phi:
         ip = n_phi - 1
+    elif q >= 0.0:
+        ip = int(q)
+    else:
+        ip = 0
     return ir * n_phi + ip
 
 
@@ -174,8 +186,10 @@ def cluster_event_cpu(px, py, pz, e, radius, jet_of, jpx, jpy, jpz, je, jfirst):
         r, p = _rap_phi_cpu(px[i], py[i], pz[i], e[i])
         in_rap[i] = r
         in_phi[i] = p
-        rap_lo = min(rap_lo, r)
-        rap_hi = max(rap_hi, r)
+        if r < rap_lo:  # comparisons, not min/max: a NaN rapidity leaves the range alone
+            rap_lo = r
+        if r > rap_hi:
+            rap_hi = r
     rap_min, rap_w, n_rap, phi_w, n_phi = _tiling_cpu(rap_lo, rap_hi, radius, n)
     n_tiles = n_rap * n_phi
     # internal ids 0..n-1 in tile order (counting sort), so that a tile's jets are adjacent

@@ -12,10 +12,17 @@ reductions in shared memory; the NN updates run one thread per slot.  Thread 0 m
 (merge or beam) and moves the slots; what the other threads need of it is the block's state
 ``st``, a shared int64 array whose slots are the ``ST_*`` constants below.
 
+Non-finite rapidities (FastJet's, of inputs with ``E + |pz| == 0``: see
+:mod:`hltemu.kernels.antikt`) need nothing here: every NN search and update compares a
+distance with ``<`` against ``R^2`` or the best one so far, which a NaN or infinite distance
+never passes, as in FastJet, and ``diJ`` (a distance below ``R^2`` times a momentum factor) is
+never NaN.
+
 Numba cache (``cache=True``): a cached kernel is invalidated by its own file only, and
 ``antikt_cuda`` compiles in code of ``kernels/antikt.py`` (``_make``, ``MAX_RAP``, ``PI``,
-``TWO_PI``, ``INF``) and ``kernels/ieee.py`` (``CUDA_OPS``).  After editing either, clear this
-module's cache (``kernels/__pycache__/antikt_cuda.*``, the ``.nbi`` and ``.nbc`` files).
+``TWO_PI``, ``INF``, ``NAN``) and ``kernels/ieee.py`` (``CUDA_OPS``).  After editing either,
+clear this module's cache (``kernels/__pycache__/antikt_cuda.*``, the ``.nbi`` and ``.nbc``
+files).
 Under the CUDA simulator the kernel runs as Python and reads the module's globals at run time
 (``tests/test_cuda_sizes.py`` sets ``CUDA_THREADS`` here to 128).
 """

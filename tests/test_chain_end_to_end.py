@@ -55,6 +55,7 @@ PRODUCTS: dict[str, tuple[bool, list[str]]] = {
     "rho": (False, ["rho"]),
     "corrected_jets": (True, [*JET_COLUMNS, "pt_raw", "factor", "factor_L2Relative"]),
     "trigger": (False, [*(p["name"] for p in MENU["path"]), "any_path"]),
+    "trigger_pre": (False, [*(p["name"] for p in MENU["path"]), "any_path"]),
 }
 STAGES = ["doublets", "doublet_cnn", "topocluster", "antikt", "genjets", "rho", "jec", "trigger"]
 
@@ -220,10 +221,12 @@ def test_rho_and_corrected_jets(run):
     assert (rho > 0).all()
 
 
-def _decide(path: dict, pt: np.ndarray, eta: np.ndarray, n_filtered: int, entry: int) -> bool:
-    """A menu path on one event, from the menu's own description (hltemu/data/menu.toml)."""
+def _decide(path: dict, pt: np.ndarray, eta: np.ndarray, n_filtered: int, entry: int | None
+            ) -> bool:
+    """A menu path on one event, from the menu's own description (hltemu/data/menu.toml);
+    ``entry=None``: before the prescaler."""
     prescale = path.get("prescale", 1)
-    if prescale == 0 or (entry + 1) % prescale:  # every N-th event of the file, from 1
+    if entry is not None and (prescale == 0 or (entry + 1) % prescale):  # every N-th, from 1
         return False
     kind = path["type"]
     if kind == "doublets":
@@ -244,10 +247,13 @@ def test_trigger_bits_follow_the_corrected_jets(run):
         assert str(b.type.content) == "bool", p["name"]
         bits[p["name"]] = _np(b)
     n_filtered = _np(out["nfiltered_doublets"])
+    pre = {p["name"]: _np(out[f"trigger_pre_{p['name']}"]) for p in MENU["path"]}
     for i, cj in enumerate(_events(out, "corrected_jets", ["pt", "eta"])):
         for p in MENU["path"]:
             want = _decide(p, cj["pt"], cj["eta"], int(n_filtered[i]), i)
             assert bits[p["name"]][i] == want, (i, p["name"], cj["pt"][:4])
+            want_pre = _decide(p, cj["pt"], cj["eta"], int(n_filtered[i]), None)
+            assert pre[p["name"]][i] == want_pre, (i, p["name"], cj["pt"][:4])
         # a single-jet path fires iff some corrected jet passes its threshold (unprescaled)
         passing = (cj["pt"] >= 260.0) & (np.abs(cj["eta"]) <= 5.0)
         assert bits["HLT_CaloJet260"][i] == passing.any()
@@ -259,6 +265,7 @@ def test_trigger_bits_follow_the_corrected_jets(run):
                 and bits[p["name"]].any() and not bits[p["name"]].all()]
         assert both, f"no {kind} path both fires and not: choose another seed"
     assert not bits["HLT_CaloJet40"].any()  # prescale 10: the 10th event would be the first
+    assert pre["HLT_CaloJet40"].any()  # before its prescaler the path fires
     # the report's and the printed accept counts are the sums of the bits
     accepts = report["counters"]["trigger accepts"]
     for name, b in {**bits, "any_path": any_path}.items():

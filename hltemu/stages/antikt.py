@@ -1,12 +1,16 @@
 """Stages ``antikt`` and ``genjets``: anti-kT jets identical to FastJet's.
 
 The algorithm (Cacciari, Salam, Soyez 2008) with FastJet's definitions, in float64: inputs are
-4-vectors ``(px, py, pz, E)`` [GeV]; rapidity and azimuth as FastJet's ``PseudoJet`` computes
-them (``E == |pz|`` with ``pT == 0`` gives rapidity ``+-(1e5 + |pz|)``, a tachyonic mass counts as
-0); ``d_ij = min(pT_i^-2, pT_j^-2) dR_ij^2 / R^2`` with ``dR^2 = dphi^2 + drap^2``, ``d_iB =
-pT_i^-2``; the smallest is merged (E-scheme: 4-vectors added) or, for a beam distance, becomes
-an inclusive jet.  Jets with ``pT >= pt_min`` are kept (FastJet's ``inclusive_jets(pt_min)``
-tests ``pT^2 >= pt_min^2``; we do too).
+4-vectors ``(px, py, pz, E)`` [GeV]; rapidity and azimuth [rad] as FastJet's ``PseudoJet``
+computes them (``E == |pz|`` with ``pT == 0`` gives rapidity ``+-(1e5 + |pz|)``, a tachyonic
+mass counts as 0, and ``E + |pz| == 0``, e.g. ``(0, 0, -3, -3)`` GeV, divides by zero as
+IEEE-754 does: a NaN rapidity for ``pT == 0``, an infinite one for ``pT > 0``; such an input is
+at no finite distance from anything and becomes a jet on its own, as in FastJet); ``d_ij =
+min(pT_i^-2, pT_j^-2) dR_ij^2 / R^2`` with ``dR^2 = dphi^2 + drap^2``, ``d_iB = pT_i^-2``; the
+smallest is merged (E-scheme: 4-vectors added) or, for a beam distance, becomes an inclusive
+jet.  Inputs with a NaN or infinite component are refused (:func:`check_vectors`).  Jets with
+``pT >= pt_min`` are kept (FastJet's ``inclusive_jets(pt_min)`` tests ``pT^2 >= pt_min^2``; we
+do too).
 
 Exact agreement with FastJet: the merge sequence is decided with FastJet's own arithmetic
 (unnormalised ``diJ = dR^2 * min(1/kt2)``, beam ``R^2 / kt2``, its phi folding and rapidity)
@@ -30,7 +34,13 @@ events, ``benchmarks/device_scale.py``): identical constituents, jet counts and
 ``n_constituents``; cuda vs cpu ``pt``/``eta``/``phi`` within 5.2e-16 relative, ``px``..``E``
 within 3.4e-15 (the cluster 4-vectors are computed by CuPy, whose ``cos``/``sinh`` may round
 differently), ``mass`` within 3.9e-8 of ``E`` (``sqrt(E^2 - p^2)`` cancels for light jets).
-Tolerances stated with a 10x margin: 5e-14 relative, ``mass`` 4e-7 ``E``.
+Tolerances stated with a 10x margin: 5e-14 relative, ``mass`` 4e-7 ``E``.  (That measurement
+predates FastJet's ``eta`` and ``mass`` formulas below, which replaced ``asinh(pz / pt)`` and
+``pt^2`` in place of ``kt2``: ``mass`` of jets with identical 4-vectors is now identical;
+``eta`` goes through ``theta = pi + atan(pt / pz)`` for ``pz < 0``, where a last-bit
+difference of ``atan`` can move ``theta`` by one ulp of pi and ``eta`` by ``4.4e-16 /
+sin(theta)``: 3e-14 absolute (6e-15 relative) at ``eta = -5``, 2.4e-13 (3.5e-14) at ``-7``;
+not yet measured on a GPU.)
 
 Stage ``antikt``
 ----------------
@@ -55,14 +65,25 @@ Final-state particles (``status == 1``), without neutrinos (|pdgId| 12, 14, 16) 
 Jet columns
 -----------
 ================ ====== ==============================================================
-pt               GeV    ``sqrt(px^2 + py^2)``
-eta              \\-     ``asinh(pz / pt)`` (``+-1e5`` for pt = 0, as FastJet)
-phi              rad    ``atan2(py, px)`` in [-pi, pi]
-mass             GeV    ``sqrt(m2)``, ``-sqrt(-m2)`` when ``m2 = E^2 - p^2 < 0`` (FastJet)
+pt               GeV    ``sqrt(kt2)``, ``kt2 = px^2 + py^2`` [GeV^2]
+eta              \\-     FastJet's ``eta()``: ``-log(tan(theta / 2))``, ``theta = atan(pt /
+                        pz)`` [rad] moved to [0, pi]; ``+1e5`` when ``px == py == 0``
+                        (either sign of pz), 0 when ``pz == 0``, ``+inf`` when ``kt2``
+                        underflows to 0 (either sign of pz)
+phi              rad    ``atan2(py, px)`` in [-pi, pi]; 0 when ``kt2 == 0`` (FastJet)
+mass             GeV    FastJet's ``m()``: ``m2 = (E + pz)(E - pz) - kt2`` [GeV^2],
+                        ``sqrt(m2)``, ``-sqrt(-m2)`` when ``m2 < 0`` (``-0.0`` for
+                        ``m2 = -0.0``, as FastJet)
 px, py, pz, E    GeV    E-scheme sum of the constituents
 area             \\-     ``pi R^2``: the nominal anti-kT area (see below)
 n_constituents   \\-     inputs in the jet (int64)
 ================ ====== ==============================================================
+
+``eta`` and ``mass`` are FastJet's formulas, operation for operation, so they equal FastJet's
+values where NumPy's (CuPy's) ``atan``, ``tan``, ``log`` and ``sqrt`` round as the C library
+does (``sqrt`` always; the others to within a last bit).  FastJet's eta is not ``asinh(pz /
+pt)``: it saturates near -37.3 for ``pz < 0`` and ``pt / |pz| < 1e-16``, and its rounding
+near ``eta = 0`` is ~1e-16 absolute.
 
 Area: jets carry the nominal area ``pi R^2``.  Anti-kT jets are cones of radius R around hard
 jets (their FastJet active area is ``pi R^2`` within a few percent above ~20 GeV); soft jets
@@ -179,11 +200,15 @@ def cluster_reference_event(px: np.ndarray, py: np.ndarray, pz: np.ndarray, e: n
     nnd = np.full(n, r2)
 
     def distances(i: int, m: int) -> np.ndarray:
-        """dR^2 from slot i to slots 0..m-1 (slot i itself: infinity)."""
-        dphi = np.abs(phi[:m] - phi[i])
-        dphi = np.where(dphi > math.pi, 2.0 * math.pi - dphi, dphi)
-        drap = rap[:m] - rap[i]
-        d = dphi * dphi + drap * drap
+        """dR^2 from slot i to slots 0..m-1 (slot i itself: infinity).  A NaN distance (a NaN
+        rapidity, or two jets at the same infinite rapidity) is below nothing in FastJet's
+        comparisons: it reads as infinity here, so that ``argmin`` does not pick it."""
+        with np.errstate(invalid="ignore"):  # inf - inf: NaN, on purpose
+            dphi = np.abs(phi[:m] - phi[i])
+            dphi = np.where(dphi > math.pi, 2.0 * math.pi - dphi, dphi)
+            drap = rap[:m] - rap[i]
+            d = dphi * dphi + drap * drap
+        d[np.isnan(d)] = np.inf
         d[i] = np.inf
         return d
 
@@ -316,6 +341,30 @@ CLUSTERERS: dict[str, Any] = {"reference": cluster_reference, "cpu": cluster_cpu
 # ------------------------------------------------------------------------------------------
 # From raw clustering to the jets collection (NumPy or CuPy, the same code on every backend)
 # ------------------------------------------------------------------------------------------
+def fastjet_eta(px: Any, py: Any, pz: Any, pt: Any, xp: Any) -> Any:
+    """FastJet's pseudorapidity (``PseudoJet::eta()``, dimensionless) of jets with momenta
+    ``px, py, pz`` and ``pt = sqrt(px^2 + py^2)`` [GeV]: ``MAX_RAP`` (+1e5, either sign of pz)
+    when ``px == py == 0``, 0 when ``pz == 0``, else ``-log(tan(theta / 2))`` with ``theta =
+    atan(pt / pz)`` [rad], plus pi when negative (``+inf`` when ``theta`` is 0 or -0, i.e.
+    ``pt`` underflows to 0)."""
+    on_axis = (px == 0) & (py == 0)
+    transverse = pz == 0
+    theta = xp.arctan(pt / xp.where(transverse, 1.0, pz))
+    theta = xp.where(theta < 0, theta + math.pi, theta)
+    t = xp.tan(theta / 2)
+    eta = xp.where(t > 0, -xp.log(xp.where(t > 0, t, 1.0)), math.inf)  # -log(+-0) = +inf
+    return xp.where(on_axis, MAX_RAP, xp.where(transverse, 0.0, eta))
+
+
+def fastjet_mass(pz: Any, e: Any, kt2: Any, xp: Any) -> Any:
+    """FastJet's ``PseudoJet::m()`` [GeV] of jets with ``pz``, ``E`` [GeV] and ``kt2 = px^2 +
+    py^2`` [GeV^2]: ``m2 = (E + pz)(E - pz) - kt2``, ``sqrt(m2)``, or ``-sqrt(-m2)`` when
+    ``m2 < 0`` (``sqrt(-0.0) = -0.0`` as in C++)."""
+    m2 = (e + pz) * (e - pz) - kt2
+    root = xp.sqrt(xp.where(m2 < 0, -m2, m2))
+    return xp.where(m2 < 0, -root, root)
+
+
 def make_jets(raw: Clustering, offsets: Any, radius: float, pt_min: float,
               xp: Any) -> tuple[Collection, Any]:
     """The ``jets`` collection (pT cut, sorted) and each input's jet row within its event."""
@@ -338,17 +387,15 @@ def make_jets(raw: Clustering, offsets: Any, radius: float, pt_min: float,
     new_row[rows] = xp.arange(rows.shape[0], dtype=xp.int64) - jets_off[:-1][jev]
     jet_row = new_row[offsets[:-1][ev] + raw.jet_of] if n else xp.zeros(0, xp.int64)
     jpx, jpy, jpz, je = raw.px[rows], raw.py[rows], raw.pz[rows], raw.E[rows]
-    jpt = xp.sqrt(jpx * jpx + jpy * jpy)
-    m2 = (je + jpz) * (je - jpz) - jpt * jpt
-    safe = xp.where(jpt > 0, jpt, 1.0)
-    eta = xp.where(jpt > 0, xp.arcsinh(jpz / safe), xp.where(jpz >= 0, MAX_RAP, -MAX_RAP))
+    jkt2 = kt2[rows]
+    jpt = xp.sqrt(jkt2)
     glob = xp.where(jet_row >= 0, jets_off[:-1][ev] + jet_row, rows.shape[0])
     n_const = bincount(glob, rows.shape[0] + 1, xp)[: rows.shape[0]]
     cols = {
         "pt": jpt,
-        "eta": eta,
-        "phi": xp.arctan2(jpy, jpx),
-        "mass": xp.where(m2 < 0, -xp.sqrt(xp.abs(m2)), xp.sqrt(xp.abs(m2))),
+        "eta": fastjet_eta(jpx, jpy, jpz, jpt, xp),
+        "phi": xp.where(jkt2 == 0, 0.0, xp.arctan2(jpy, jpx)),
+        "mass": fastjet_mass(jpz, je, jkt2, xp),
         "px": jpx, "py": jpy, "pz": jpz, "E": je,
         "area": xp.full(rows.shape[0], math.pi * radius * radius, dtype=xp.float64),
         "n_constituents": n_const.astype(xp.int64),
@@ -356,14 +403,42 @@ def make_jets(raw: Clustering, offsets: Any, radius: float, pt_min: float,
     return Collection(jets_off, cols), jet_row
 
 
+def check_vectors(px: Any, py: Any, pz: Any, e: Any, offsets: Any, xp: Any,
+                  origin: tuple[str, str, Any, Any] | None = None) -> None:
+    """Refuse 4-vectors [GeV] with a NaN or infinite component, which anti-kT cannot cluster
+    (FastJet's rapidity and distances of them are meaningless), with a
+    :class:`~hltemu.pipeline.PipelineError` naming the event and the particle.  ``origin``:
+    ``(stage, collection, rows, offsets)``, the rows of the collection the inputs come from and
+    its offsets, so that the error names the collection's row."""
+    bad = ~(xp.isfinite(px) & xp.isfinite(py) & xp.isfinite(pz) & xp.isfinite(e))
+    if not any_true(bad):
+        return
+    row = item(xp.flatnonzero(bad)[0])
+    ev = item(event_index(offsets, int(px.shape[0]), xp)[row])
+    vec = ", ".join(f"{item(a[row])!r}" for a in (px, py, pz, e))
+    if origin is None:
+        where = f"anti-kT: event {ev}, particle {row - item(offsets[ev])} (input row {row})"
+    else:
+        stage, name, rows, src_offsets = origin
+        src = item(rows[row])
+        where = (f"stage {stage!r}: event {ev}, collection {name!r} row {src} (row "
+                 f"{src - item(src_offsets[ev])} of the event)")
+    raise PipelineError(f"{where} has a non-finite 4-vector (px, py, pz, E) = ({vec}) GeV, "
+                        "which anti-kT cannot cluster")
+
+
 def antikt_jets(px: Any, py: Any, pz: Any, e: Any, offsets: Any, radius: float, pt_min: float,
-                backend: Backend, clusterer: Any = None) -> tuple[Collection, Any]:
+                backend: Backend, clusterer: Any = None,
+                origin: tuple[str, str, Any, Any] | None = None) -> tuple[Collection, Any]:
     """Anti-kT jets of 4-vectors [GeV] on ``backend``: the jets collection (columns
     :data:`JET_COLUMNS`) and each input's jet row within its event (-1: below ``pt_min``).
-    ``clusterer``: one of :data:`CLUSTERERS` (default: ``backend``'s)."""
+    ``clusterer``: one of :data:`CLUSTERERS` (default: ``backend``'s).  Every finite 4-vector
+    is clustered as FastJet clusters it (``E + |pz| == 0`` included); a non-finite one is
+    refused by :func:`check_vectors` (``origin``: see there)."""
     xp = backend.xp
     args = [xp.ascontiguousarray(xp.asarray(a, dtype=xp.float64)) for a in (px, py, pz, e)]
     offsets = xp.asarray(offsets, dtype=xp.int64)
+    check_vectors(*args, offsets, xp, origin)
     if clusterer is None:
         clusterer = dispatch(CLUSTERERS, backend, "anti-kT clustering")
     raw = clusterer(*args, offsets, radius, backend)
@@ -415,7 +490,8 @@ def antikt_stage(batch: EventBatch, cfg: AntiKtConfig, clusterer: Any) -> dict[s
     e, eta, phi = energy[rows], eta[rows], phi[rows]
     pt = e / xp.cosh(eta)
     jets, jet_row = antikt_jets(pt * xp.cos(phi), pt * xp.sin(phi), pt * xp.sinh(eta), e,
-                                offsets, cfg.R, cfg.pt_min, be, clusterer)
+                                offsets, cfg.R, cfg.pt_min, be, clusterer,
+                                origin=("antikt", "clusters", rows, clusters.offsets))
     cluster_jet = xp.full(clusters.size, -1, dtype=xp.int64)
     cluster_jet[rows] = jet_row
     return {"jets": jets, "cluster_jet": Collection(clusters.offsets, {"jet": cluster_jet})}
@@ -445,9 +521,10 @@ def genjets_stage(batch: EventBatch, cfg: GenJetsConfig, clusterer: Any
     """The ``genjets`` stage with ``clusterer`` (one of :data:`CLUSTERERS`)."""
     be = batch.backend
     _check_radius(cfg.R, "genjets")
-    px, py, pz, e, _, offsets = genparticle_vectors(batch["GenPart"], cfg.include_neutrinos,
-                                                    be.xp)
-    jets, _ = antikt_jets(px, py, pz, e, offsets, cfg.R, cfg.pt_min, be, clusterer)
+    gen = batch["GenPart"]
+    px, py, pz, e, rows, offsets = genparticle_vectors(gen, cfg.include_neutrinos, be.xp)
+    jets, _ = antikt_jets(px, py, pz, e, offsets, cfg.R, cfg.pt_min, be, clusterer,
+                          origin=("genjets", "GenPart", rows, gen.offsets))
     return {"genjets": jets}
 
 
