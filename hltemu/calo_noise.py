@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hltemu.config import BUILTIN_PREFIX, shipped_dir, spec_path
+
 #: Prefix of a table shipped in ``hltemu/models``.
-BUILTIN = "builtin:"
+BUILTIN = BUILTIN_PREFIX
 
 #: Arrays of a table file: name -> (dtype kind, meaning).
 TABLE_ARRAYS: dict[str, tuple[str, str]] = {
@@ -103,15 +104,12 @@ def total_noise(sigma_el: np.ndarray, sigma1: np.ndarray, mu: float) -> np.ndarr
 # -- files --------------------------------------------------------------------------------------
 def models_dir() -> Path:
     """The folder of shipped tables and models (``hltemu/models``)."""
-    return Path(str(resources.files("hltemu") / "models"))
+    return shipped_dir("models")
 
 
 def table_path(spec: str | Path) -> Path:
     """The file of a table given as ``builtin:NAME`` (in ``hltemu/models``) or a path."""
-    spec = str(spec)
-    if spec.startswith(BUILTIN):
-        return models_dir() / spec[len(BUILTIN):]
-    return Path(spec)
+    return spec_path(spec)
 
 
 def save_table(path: str | Path, table: PileupNoiseTable) -> None:

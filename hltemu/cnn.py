@@ -42,13 +42,12 @@ import math
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hltemu.config import ConfigError
+from hltemu.config import BUILTIN_PREFIX, ConfigError, shipped_dir, spec_path
 from hltemu.geometry import N_PIXEL_LAYERS, default_geometry, is_barrel_layer
 from hltemu.io import PIXEL_PAD_SHAPE
 from hltemu.kernels.doublet_cnn_limits import MAX_ACTIVATIONS, MAX_PATCH
@@ -334,16 +333,12 @@ def validate(m: DoubletCnn, where: str = "") -> None:
 # -- files ---------------------------------------------------------------------------------------
 def models_dir() -> Path:
     """The folder of shipped models (``hltemu/models``)."""
-    return Path(str(resources.files("hltemu") / "models"))
+    return shipped_dir("models")
 
 
 def model_paths(spec: str | Path) -> tuple[Path, Path]:
     """``(json, npz)`` of a model given as ``builtin:NAME``, a stem, or either file."""
-    spec = str(spec)
-    if spec.startswith("builtin:"):
-        path = models_dir() / spec[len("builtin:"):]
-    else:
-        path = Path(spec)
+    path = spec_path(spec)
     if path.suffix in (".json", ".npz"):
         path = path.with_suffix("")
     return path.with_name(path.name + ".json"), path.with_name(path.name + ".npz")
@@ -395,7 +390,7 @@ def load_model(spec: str | Path) -> DoubletCnn:
     for p in (json_path, npz_path):
         if not p.is_file():
             hint = ""
-            if str(spec).startswith("builtin:"):
+            if str(spec).startswith(BUILTIN_PREFIX):
                 shipped = sorted(q.stem for q in models_dir().glob("*.npz"))
                 hint = f"; shipped models: {', '.join('builtin:' + s for s in shipped) or 'none'}"
             raise ModelError(f"doublet CNN file {p} does not exist (a model is NAME.json + "

@@ -20,6 +20,7 @@ import sys
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,21 @@ def param(default: Any, unit: str = "", doc: str = "", path: bool = False, **kwa
     file names relative to that file's directory (:func:`resolve_path`).
     """
     return field(default=default, metadata={"unit": unit, "doc": doc, "path": path}, **kwargs)
+
+
+def shipped_dir(folder: str = "models") -> Path:
+    """A folder of files shipped with hltemu: ``hltemu/models`` (corrections, CNN models,
+    pileup-noise tables) or ``hltemu/data`` (menus, the sample)."""
+    return Path(str(resources.files("hltemu") / folder))
+
+
+def spec_path(spec: str | Path, folder: str = "models") -> Path:
+    """The file a config value names: ``builtin:NAME`` is ``NAME`` in :func:`shipped_dir`
+    (``folder``), anything else a path as written.  The one place ``builtin:`` is read."""
+    spec = str(spec)
+    if spec.startswith(BUILTIN_PREFIX):
+        return shipped_dir(folder) / spec[len(BUILTIN_PREFIX):]
+    return Path(spec)
 
 
 def resolve_path(value: str, base_dir: str | Path | None) -> str:

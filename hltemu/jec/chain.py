@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from hltemu.config import BUILTIN_PREFIX, shipped_dir, spec_path
 from hltemu.jec import opcodes as K
 from hltemu.jec.cms_text import JEC_VARIABLES, JecLevel, _length, read_jec_text
 from hltemu.jec.correctionlib_json import read_correctionlib
@@ -23,12 +23,19 @@ from hltemu.jec.errors import JecError
 
 def builtin_path(name: str) -> Path:
     """A correction file shipped in ``hltemu/models``."""
-    root = Path(str(resources.files("hltemu") / "models"))
-    path = root / name
+    root = shipped_dir("models")
+    path = spec_path(BUILTIN_PREFIX + name)
     if not path.is_file():
         shipped = sorted(p.name for p in root.iterdir() if p.suffix in (".txt", ".json", ".gz"))
         raise JecError(f"no built-in correction {name!r}; shipped: {', '.join(shipped) or 'none'}")
     return path
+
+
+def _entry_path(spec: str) -> Path:
+    """The file of an entry without its ``#SECTION`` (a built-in one checked to exist)."""
+    if spec.startswith(BUILTIN_PREFIX):
+        return builtin_path(spec[len(BUILTIN_PREFIX):])
+    return spec_path(spec)
 
 
 def load_level(entry: str) -> list[JecLevel]:
@@ -40,7 +47,7 @@ def load_level(entry: str) -> list[JecLevel]:
     ``builtin:NAME`` for a file in ``hltemu/models``.
     """
     spec, _, name = entry.partition("#")
-    path = builtin_path(spec[len("builtin:"):]) if spec.startswith("builtin:") else Path(spec)
+    path = _entry_path(spec)
     if _is_json(path):
         return read_correctionlib(path, name or None)
     return [read_jec_text(path, name or None)]
@@ -63,7 +70,7 @@ def load_chain(entries: Sequence[str]) -> JecChain:
     stamps = []
     for e in entries:
         spec = e.partition("#")[0]
-        p = builtin_path(spec[len("builtin:"):]) if spec.startswith("builtin:") else Path(spec)
+        p = _entry_path(spec)
         stamps.append(p.stat().st_mtime if p.exists() else -1.0)
     return _load_chain_cached(entries, tuple(stamps))
 

@@ -42,7 +42,6 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -54,7 +53,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from hltemu.batch import Collection, EventBatch
-from hltemu.config import ConfigError, param
+from hltemu.config import BUILTIN_PREFIX, ConfigError, param, shipped_dir, spec_path
 from hltemu.ops import THREADS_PER_BLOCK, blocks
 from hltemu.pipeline import CannotRun, PipelineError, Planned, Stage, register
 
@@ -109,16 +108,18 @@ class TriggerPath:
 
 def builtin_menu(name: str) -> Path:
     """A menu shipped in ``hltemu/data``."""
-    root = Path(str(resources.files("hltemu") / "data"))
-    path = root / name
+    path = spec_path(BUILTIN_PREFIX + name, "data")
     if not path.is_file():
+        root = shipped_dir("data")
         shipped = sorted(p.name for p in root.glob("*.toml")) if root.is_dir() else []
         raise ConfigError(f"no built-in menu {name!r}; shipped: {', '.join(shipped) or 'none'}")
     return path
 
 
 def _menu_path(spec: str) -> Path:
-    return builtin_menu(spec[len("builtin:"):]) if spec.startswith("builtin:") else Path(spec)
+    if spec.startswith(BUILTIN_PREFIX):
+        return builtin_menu(spec[len(BUILTIN_PREFIX):])
+    return spec_path(spec)
 
 
 def load_menu(spec: str) -> tuple[TriggerPath, ...]:
