@@ -2,7 +2,8 @@
 
 Errors a user can cause (bad file, branch, backend, stage or config) are printed as one line
 naming the culprit and the valid choices, with exit status 1 (2 for bad usage); never a
-traceback from deep inside uproot or a kernel.
+traceback from deep inside uproot or a kernel.  Ctrl-C prints ``interrupted`` and exits 130,
+leaving no output file (:mod:`hltemu.outputs`).
 
 Imports are lazy: this module imports click and what the options need (the backend names), and
 each command imports what it needs when it runs, so ``hltemu --help`` loads neither uproot,
@@ -39,16 +40,22 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+#: Exit status after Ctrl-C (128 + SIGINT, as a shell reports a process killed by SIGINT).
+EXIT_INTERRUPTED = 130
+
+
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors shown to the user as a one-line message."""
     from hltemu.backends import BackendError
     from hltemu.batch import BatchError
     from hltemu.config import ConfigError
     from hltemu.io import InputError
+    from hltemu.outputs import OutputPathError
     from hltemu.pipeline import PipelineError
     from hltemu.scaleout import ScaleOutError
 
-    return (BackendError, PipelineError, ConfigError, InputError, BatchError, ScaleOutError)
+    return (BackendError, PipelineError, ConfigError, InputError, BatchError, ScaleOutError,
+            OutputPathError)
 
 
 def builtin_sample() -> Path:
@@ -95,6 +102,17 @@ class LazyGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*self.commands, *_lazy_command_names()})
+
+    def invoke(self, ctx: click.Context) -> object:
+        """Run the command; Ctrl-C (``KeyboardInterrupt``) prints ``interrupted`` and exits
+        with :data:`EXIT_INTERRUPTED` (click alone would print ``Aborted!`` and exit 1).  The
+        command's outputs have already removed their temporary files on the way out
+        (:func:`hltemu.outputs.atomic_output`)."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.commands and cmd_name in _lazy_command_names():
@@ -174,8 +192,8 @@ def info(config_path: str | None) -> None:
               help="Comma-separated stages in order (default: every stage the input can feed).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True,
               help="Events per batch.")
-@click.option("--max-events", "-n", type=click.IntRange(min=0), default=None,
-              help="Stop after this many events.")
+@click.option("--max-events", "-n", type=click.IntRange(min=-1), default=None,
+              help="Stop after this many events (-1: all).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default="hltemu-output.root",
               show_default=True, help="ROOT file for the products.")
 @click.option("--report", "-r", "report_path", type=click.Path(dir_okay=False),
@@ -197,43 +215,69 @@ def run(files: tuple[str, ...], backend: str, stages: str | None, batch_size: in
         max_events: int | None, output: str, report_path: str, config_path: str | None,
         progress: bool, warmup: bool, workers: int | None, scheduler: str | None) -> None:
     """Run the HLT chain over FILES (default: the built-in ttbar sample)."""
+    import warnings
+
     from rich.console import Console
 
+    from hltemu.outputs import NoOutputWarning, check_outputs
     from hltemu.pipeline import run_files
 
     console = Console()
     inputs = list(files) or [str(builtin_sample())]
     distributed = workers is not None or scheduler is not None
+    if max_events == -1:
+        max_events = None
     if distributed and max_events is not None:
         raise click.UsageError("--max-events applies to a local run, not with --workers or "
                                "--scheduler (a Dask task is a whole file)")
+    caught: list[warnings.WarningMessage] = []
     try:
+        # the config file is an input too: no output may replace it
+        check_outputs([("output file", None if distributed else output),
+                       ("report file", report_path)], [config_path])
         cfg = _load_config(config_path)
-        if distributed:
-            from hltemu.scaleout import run_files_dask
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", NoOutputWarning)
+            if distributed:
+                from hltemu.scaleout import run_files_dask
 
-            report, written = run_files_dask(
-                inputs, backend=backend, stages=_parse_stages(stages), config=cfg,
-                batch_size=batch_size, output=output, report_path=report_path,
-                n_workers=workers, scheduler=scheduler, progress=progress, warmup=warmup,
-            )
-            output = ", ".join(map(str, written))
-        else:
-            report = run_files(
-                inputs, backend=backend, stages=_parse_stages(stages), config=cfg,
-                batch_size=batch_size, max_events=max_events, output=output,
-                report_path=report_path, progress=progress, warmup=warmup,
-                on_plan=lambda p: _print_plan(console, p.summary()),
-            )
+                report, written = run_files_dask(
+                    inputs, backend=backend, stages=_parse_stages(stages), config=cfg,
+                    batch_size=batch_size, output=output, report_path=report_path,
+                    n_workers=workers, scheduler=scheduler, progress=progress, warmup=warmup,
+                    on_plan=lambda p: _print_plan(console, p.summary()),
+                )
+                output = ", ".join(map(str, written))
+            else:
+                report = run_files(
+                    inputs, backend=backend, stages=_parse_stages(stages), config=cfg,
+                    batch_size=batch_size, max_events=max_events, output=output,
+                    report_path=report_path, progress=progress, warmup=warmup,
+                    on_plan=lambda p: _print_plan(console, p.summary()),
+                )
     except _user_errors() as exc:
         raise click.ClickException(str(exc)) from None
+    finally:
+        for w in caught:  # a run of 0 events writes nothing: one line says so; others as usual
+            if issubclass(w.category, NoOutputWarning):
+                click.echo(f"warning: {w.message}", err=True)
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+    from hltemu import ui
+
     console.print(report.table())
+    trigger = ui.trigger_table(report)
+    if trigger is not None:
+        console.print(trigger)
     for group, counts in report.counters.items():
+        if group in ui.TRIGGER_GROUPS:
+            continue
         console.print(f"[bold]{group}[/bold]")
         for key, value in counts.items():
             frac = value / report.events if report.events else float("nan")
             console.print(f"  {key:<32s} {int(value):>8d}  ({100 * frac:.2f}%)")
-    console.print(f"output: {output}\nreport: {report_path}")
+    if report.events:
+        console.print(f"output: {output}\nreport: {report_path}")
 
 
 @cli.command()

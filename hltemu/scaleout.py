@@ -12,6 +12,14 @@ all workers together); ``total_seconds`` is the client's wall time from submissi
 result, so the total events/s is the cluster's throughput.  Trigger decisions are identical to
 a serial run: prescales count events from 1 in each file, and a task is one whole file.
 
+Faults and outputs: every per-file output and the merged report are checked against the
+inputs and each other before anything is read (:func:`hltemu.outputs.check_outputs`), and
+written under a temporary name renamed only on success (:func:`hltemu.outputs.atomic_output`).
+When a worker process dies, Dask runs its tasks again elsewhere (up to
+``distributed.scheduler.allowed-failures`` times); the new attempt first removes the temporary
+file the dead one left, so each output appears once, complete.  The merged report counts such
+tasks (:attr:`~hltemu.profiling.RunReport.retried_tasks`).
+
 GPU workers: start one worker per device (``dask-cuda``'s ``LocalCUDACluster`` or one
 ``dask worker`` per GPU with ``CUDA_VISIBLE_DEVICES``) and pass its scheduler address with
 ``--backend cuda``; each task then runs on its worker's device (not yet tried on a GPU).
@@ -19,13 +27,22 @@ GPU workers: start one worker per device (``dask-cuda``'s ``LocalCUDACluster`` o
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from hltemu import ui
-from hltemu.pipeline import PipelineError, plan, run_files
+from hltemu.outputs import (
+    AtomicOutput,
+    NoOutputWarning,
+    atomic_output,
+    check_outputs,
+    remove_temporaries,
+)
+from hltemu.pipeline import PipelineError, Plan, plan, run_files
 from hltemu.profiling import RunReport
 
 
@@ -55,7 +72,11 @@ def output_paths(files: Sequence[str | Path], output: str | Path) -> list[Path]:
 
 def _run_one(path: str, backend: str, stages: list[str] | None, config: Any, batch_size: int,
              output: str | None, warmup: bool) -> RunReport:
-    """The task: the chain on one file (runs on a worker)."""
+    """The task: the chain on one file (runs on a worker).  The file's output belongs to this
+    task alone, so temporary files of it are those of an earlier attempt whose worker was
+    killed, and are removed first."""
+    if output is not None:
+        remove_temporaries(output)
     return run_files([path], backend=backend, stages=stages, config=config,
                      batch_size=batch_size, output=output, progress=False, warmup=warmup)
 
@@ -75,6 +96,7 @@ def run_files_dask(
     progress: bool = False,
     warmup: bool = True,
     connect_timeout: float = 30.0,
+    on_plan: Callable[[Plan], None] | None = None,
 ) -> tuple[RunReport, list[Path]]:
     """Run the chain over ``files`` on a Dask cluster, one task per file.
 
@@ -96,8 +118,14 @@ def run_files_dask(
         A connected :class:`distributed.Client` to use as it is.
     connect_timeout:
         Seconds to wait for ``scheduler`` before giving up with :class:`ScaleOutError`.
+    on_plan:
+        Called with the chain's :class:`~hltemu.pipeline.Plan`, checked on the client before a
+        cluster starts (as :func:`hltemu.pipeline.run_files`).
 
-    Returns the merged report and the output files written (in input order).
+    Returns the merged report and the output files written (in input order; a file of 0
+    events gets none, with a :class:`~hltemu.outputs.NoOutputWarning`).  An output that is the
+    same file as an input, or an unwritable report or output directory, is an
+    :class:`~hltemu.outputs.OutputPathError` before anything is submitted.
     """
     from hltemu import io
 
@@ -108,16 +136,65 @@ def run_files_dask(
         raise PipelineError(f"batch size must be >= 1, got {batch_size}")
     if sum(x is not None for x in (n_workers, scheduler, client)) > 1:
         raise ScaleOutError("give at most one of n_workers, scheduler and client")
+    outputs = output_paths(files, output) if output is not None else []
+    check_outputs([*(("output file", p) for p in outputs), ("report file", report_path)], files)
     io.count_events(files)  # validates every file (one clear error) before anything runs
     # the whole chain checked on the client (config, menu, correction files, model) before
     # a cluster starts; each worker plans the same chain again
     planned = plan(stages, io.common_collections(files), config)
-    outputs = output_paths(files, output) if output is not None else []
+    if on_plan is not None:
+        on_plan(planned)
     distributed = _import_distributed()
+    if outputs:  # the workers write beside ``output``: fail now if that directory is not writable
+        AtomicOutput(outputs[0], "output file").discard()
 
+    with contextlib.ExitStack() as stack:
+        rep = (stack.enter_context(atomic_output(report_path, "report file"))
+               if report_path is not None else None)
+        stack.callback(_sweep, outputs)  # what tasks killed with their worker left
+        report, done = _submit_and_merge(
+            distributed, files, outputs, planned.summary(), backend, stages, config, batch_size,
+            warmup, progress, n_workers, scheduler, client, connect_timeout)
+        per_file = list(zip(outputs, done, strict=False))  # outputs: none, or one per file
+        written = [p for p, events in per_file if events > 0]
+        empty = [str(p) for p, events in per_file if events == 0]
+        if report.events == 0 and rep is not None:
+            rep.discard()
+            empty.append(str(rep.final))
+        if empty:
+            warnings.warn(f"no events were processed: {', '.join(empty)} not written",
+                          NoOutputWarning, stacklevel=2)
+        if rep is not None and report.events > 0:
+            rep.path.write_text(report.to_json())
+            rep.commit()
+    return report, written
+
+
+def _sweep(outputs: Sequence[Path]) -> None:
+    """Remove the temporary files of ``outputs`` left by tasks whose worker was killed."""
+    for path in outputs:
+        remove_temporaries(path)
+
+
+def _lost_attempts(keys: list[str], dask_scheduler: Any = None) -> dict[str, int]:
+    """Runs on the scheduler: task key -> how many times a worker the task was assigned to
+    was lost (its process died) before the task finished; Dask then runs the task again."""
+    tasks = dask_scheduler.tasks
+    return {k: int(tasks[k].suspicious) for k in keys if k in tasks}
+
+
+def _submit_and_merge(distributed: Any, files: list[str], outputs: list[Path],
+                      plan_summary: dict[str, Any], backend: str,
+                      stages: Sequence[str] | None, config: Any, batch_size: int, warmup: bool,
+                      progress: bool, n_workers: int | None, scheduler: str | None, client: Any,
+                      connect_timeout: float) -> tuple[RunReport, list[int]]:
+    """Connect (or start a cluster), run one task per file and merge the reports; returns the
+    merged report and the events of each file (input order)."""
     own_cluster = None
     owns_client = client is None
     if owns_client:
+        where = (f"cannot reach the Dask scheduler {scheduler!r}" if scheduler is not None
+                 else "cannot start a local Dask cluster")
         try:
             if scheduler is not None:
                 client = distributed.Client(scheduler, timeout=f"{connect_timeout}s")
@@ -125,34 +202,56 @@ def run_files_dask(
                 own_cluster = distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1,
                                                        dashboard_address=":0")
                 client = distributed.Client(own_cluster)
-        except (OSError, TimeoutError) as exc:
-            raise ScaleOutError(f"cannot reach the Dask scheduler {scheduler!r}: {exc}") from None
-    device = "dask: " + ", ".join(sorted(client.scheduler_info()["workers"]))[:200]
-    report = RunReport(str(backend), device, inputs=files, plan=planned.summary())
-    stage_list = list(stages) if stages is not None else None
-    t0 = time.perf_counter()
+        except (OSError, TimeoutError, ValueError, TypeError) as exc:
+            if own_cluster is not None:
+                own_cluster.close()
+            raise ScaleOutError(f"{where}: {_one_line(exc)}") from None
     try:
+        device = "dask: " + ", ".join(sorted(client.scheduler_info()["workers"]))[:200]
+        report = RunReport(str(backend), device, inputs=files, plan=plan_summary)
+        stage_list = list(stages) if stages is not None else None
+        t0 = time.perf_counter()
         futures = [
             client.submit(_run_one, f, str(backend), stage_list, config, batch_size,
                           str(outputs[i]) if outputs else None, warmup, pure=False)
             for i, f in enumerate(files)
         ]
+        index = {fut.key: i for i, fut in enumerate(futures)}
+        events = [0] * len(files)
         bar = ui.ProgressBar(len(files), "files") if progress else None
         try:
             for fut in distributed.as_completed(futures):
-                report.merge(fut.result())
+                try:
+                    one = fut.result()
+                except distributed.KilledWorker:
+                    import dask
+
+                    raise ScaleOutError(
+                        f"the task of {files[index[fut.key]]} was lost with its worker more than "
+                        f"{dask.config.get('distributed.scheduler.allowed-failures')} times "
+                        "(a worker process died each time); giving up") from None
+                report.merge(one)
+                events[index[fut.key]] = one.events
                 if bar is not None:
                     bar.update(1)
         finally:
             if bar is not None:
                 bar.close()
+        report.total_seconds = time.perf_counter() - t0
+        try:
+            lost = client.run_on_scheduler(_lost_attempts, list(index))
+        except Exception:  # a scheduler that refuses to run functions: retries not counted
+            lost = {}
+        report.retried_tasks = sum(1 for n in lost.values() if n > 0)
+        return report, events
     finally:
         if owns_client:
             client.close()
         if own_cluster is not None:
             own_cluster.close()
-    report.total_seconds = time.perf_counter() - t0
-    if report_path is not None:
-        report.save(report_path)
-    return report, outputs
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 

@@ -70,8 +70,9 @@ def report_table(report: RunReport) -> Any:
     t = Table(title=f"hltemu run: {report.events} events on {report.backend} ({report.device})")
     notes = []
     if report.warmup_seconds > 0:
-        notes.append(f"not counted: {report.warmup_seconds:.2f} s of warm-up (kernel "
-                        "compilation) on the first event")
+        notes.append(f"not counted: {report.warmup_seconds:.2f} s of warm-up on the first "
+                     "event (kernels compiled or loaded from Numba's cache, device tables, "
+                     "calorimeter graph, imports)")
     if report.retried_tasks:
         notes.append(f"{report.retried_tasks} Dask task(s) run again after their worker was "
                         "lost")
@@ -208,3 +209,35 @@ def plan_lines(summary: Mapping[str, Any]) -> list[str]:
               for name, why in summary["skipped"].items()]
     lines += [f"[yellow]note[/yellow] {escape(note)}" for note in summary["notes"]]
     return lines
+
+
+#: Report counter groups the trigger table shows (filled by the trigger stage's count hook).
+TRIGGER_GROUPS = ("trigger accepts", "trigger accepts before prescale")
+
+
+def trigger_table(report: RunReport) -> Any:
+    """Accepts per trigger path of ``report``: prescale, events passing the path's filter
+    (before the prescaler) and events accepted, with fractions of all events; ``None`` when
+    the run had no trigger."""
+    from rich.table import Table
+
+    after = report.counters.get(TRIGGER_GROUPS[0])
+    if not after:
+        return None
+    before = report.counters.get(TRIGGER_GROUPS[1], {})
+    prescales = report.plan.get("facts", {}).get("trigger", {}).get("prescales", {})
+    t = Table(title="trigger paths")
+    for col, justify in (("path", "left"), ("prescale", "right"), ("before prescale", "right"),
+                         ("accepted", "right"), ("accepted %", "right")):
+        t.add_column(col, justify=justify)
+    n = report.events
+
+    def pct(k: float) -> str:
+        return f"{100 * k / n:.2f}%" if n else "n/a"
+
+    for name, k in after.items():
+        ps = prescales.get(name)
+        shown = "off (0)" if ps == 0 else "" if ps is None else f"1/{ps}" if ps > 1 else "1"
+        t.add_row(name, shown, f"{int(before.get(name, 0))} ({pct(before.get(name, 0))})",
+                  str(int(k)), pct(k))
+    return t

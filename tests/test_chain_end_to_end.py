@@ -266,8 +266,17 @@ def test_trigger_bits_follow_the_corrected_jets(run):
         assert both, f"no {kind} path both fires and not: choose another seed"
     assert not bits["HLT_CaloJet40"].any()  # prescale 10: the 10th event would be the first
     assert pre["HLT_CaloJet40"].any()  # before its prescaler the path fires
-    # the report's and the printed accept counts are the sums of the bits
+    # the report's and the printed accept counts are the sums of the bits, with the prescale
     accepts = report["counters"]["trigger accepts"]
+    before = report["counters"]["trigger accepts before prescale"]
+    pre_any = _np(out["trigger_pre_any_path"])
+    rows = {cells[0]: cells[1:] for line in text.splitlines() if line.startswith("│")
+            for cells in [[c.strip() for c in line.strip("│").split("│")]]}
+    prescales = {p["name"]: p.get("prescale", 1) for p in MENU["path"]}
     for name, b in {**bits, "any_path": any_path}.items():
-        assert accepts[name] == int(b.sum()), name
-        assert f"{name:<32s} {int(b.sum()):>8d}  ({100 * b.mean():.2f}%)" in text, name
+        k_pre = int((pre[name] if name in pre else pre_any).sum())
+        assert accepts[name] == int(b.sum()) and before[name] == k_pre, name
+        ps = prescales.get(name)
+        shown_ps = "" if ps is None else "off (0)" if ps == 0 else "1" if ps == 1 else f"1/{ps}"
+        assert rows[name] == [shown_ps, f"{k_pre} ({100 * k_pre / b.size:.2f}%)",
+                              str(int(b.sum())), f"{100 * b.mean():.2f}%"], name

@@ -588,7 +588,7 @@ def test_config_toml_round_trip(tmp_path):
     path.write_text("[topocluster]\npileup_mu = 200\npileup_noise = \"my.npz\"\n")
     cfg = load_config(path)["topocluster"]
     assert cfg.pileup_mu == 200.0 and isinstance(cfg.pileup_mu, float)
-    assert cfg.pileup_noise == "my.npz"
+    assert cfg.pileup_noise == str(tmp_path / "my.npz")  # relative to the config file
     with pytest.raises(ConfigError, match="perimeter_threshold"):
         config_from_dict({"topocluster": {"perimeter_threshold": 5.0}})
 

@@ -388,12 +388,14 @@ def test_cli_run_prints_per_path_accept_counts(tmp_path):
     batch = EventBatch(be, jets.n_events, {"clusters": clusters, "jets": jets})
     cfg = config_from_dict({"trigger": {"paths": jet_paths}})
     run_batch(batch, [get_stage(s) for s in ("rho", "jec", "trigger")], cfg)
-    assert "trigger accepts" in result.output
+    assert "trigger paths" in result.output
+    rows = {cells[0]: cells[1:] for line in result.output.splitlines() if line.startswith("│")
+            for cells in [[c.strip() for c in line.strip("│").split("│")]]}
     for name, col in batch["trigger"].columns.items():
-        k = int(col.sum())
-        line = next(ln for ln in result.output.splitlines() if ln.strip().startswith(name + " "))
-        assert line.split()[1] == str(k), line
-        assert f"({100 * k / jets.n_events:.2f}%)" in line
+        k, k_pre = int(col.sum()), int(batch["trigger_pre"][name].sum())
+        assert rows[name][1:] == [f"{k_pre} ({100 * k_pre / jets.n_events:.2f}%)", str(k),
+                                  f"{100 * k / jets.n_events:.2f}%"], rows[name]
+    assert rows["HLT_CaloJet40"][0] == "1/10" and rows["HLT_CaloJet80"][0] == "1"
     back = io.read_collections(str(out_root), ["trigger", "corrected_jets"])
     np.testing.assert_array_equal(back["trigger"]["HLT_CaloJet80"],
                                   batch["trigger"]["HLT_CaloJet80"])

@@ -57,10 +57,13 @@ class OutputWriter:
     """
 
     def __init__(self, path: str | os.PathLike, tree: str = TREE_NAME,
-                 compression: Any = None) -> None:
+                 compression: Any = None, name: str | os.PathLike | None = None) -> None:
         """``compression``: an uproot compression (e.g. ``uproot.LZMA(9)``); ``None`` keeps
-        uproot's default (ZLIB level 1)."""
+        uproot's default (ZLIB level 1).  ``name``: the file named in error messages
+        (default ``path``), e.g. the final name when ``path`` is the temporary file of
+        :func:`hltemu.outputs.atomic_output`."""
         self.path = os.fspath(path)
+        self.name = os.fspath(name) if name is not None else self.path
         self.tree_name = tree
         self.n_events = 0
         self._tree: Any = None
@@ -70,7 +73,7 @@ class OutputWriter:
             kwargs = {} if compression is None else {"compression": compression}
             self._file: Any = uproot.recreate(Path(self.path), **kwargs)
         except Exception as exc:
-            raise OutputError(f"cannot create output file {self.path}: {exc}") from None
+            raise OutputError(f"cannot create output file {self.name}: {exc}") from None
 
     def __enter__(self) -> OutputWriter:
         return self
@@ -97,12 +100,12 @@ class OutputWriter:
         """Append the collections ``names`` (``None``: all) of ``batch`` as ``batch.n_events``
         new entries.  Arrays on a GPU are copied to the host first."""
         if self._file is None:
-            raise OutputError(f"output file {self.path} is closed")
+            raise OutputError(f"output file {self.name} is closed")
         names = list(batch.collections) if names is None else list(dict.fromkeys(names))
         missing = [n for n in names if n not in batch]
         if missing:
             raise OutputError(
-                f"cannot write collection(s) {missing} to {self.path}: the batch has "
+                f"cannot write collection(s) {missing} to {self.name}: the batch has "
                 f"{sorted(batch.collections)}"
             )
         colls = {n: batch[n].to_host() for n in names}
@@ -122,7 +125,7 @@ class OutputWriter:
     def _describe(self, name: str, coll: Collection) -> tuple[bool, _ColumnKeys]:
         if not _COLLECTION_NAME.fullmatch(name):
             raise OutputError(
-                f"collection name {name!r} cannot be a branch prefix in {self.path}: use letters, "
+                f"collection name {name!r} cannot be a branch prefix in {self.name}: use letters, "
                 "digits and '_', starting with a letter"
             )
         cols = {}
@@ -130,7 +133,7 @@ class OutputWriter:
             if not _COLUMN_NAME.fullmatch(col):
                 raise OutputError(
                     f"column name {col!r} of collection {name!r} cannot be a branch name in "
-                    f"{self.path}: use letters, digits and '_'"
+                    f"{self.name}: use letters, digits and '_'"
                 )
             dt = arr.dtype
             if dt.kind not in _NUMERIC_KINDS or dt.itemsize > 8 or dt == np.float16:
@@ -147,23 +150,23 @@ class OutputWriter:
         assert self._layout is not None
         if set(layout) != set(self._layout):
             return (
-                f"output file {self.path}: this batch writes collections {sorted(layout)}, the "
+                f"output file {self.name}: this batch writes collections {sorted(layout)}, the "
                 f"first batch wrote {sorted(self._layout)}"
             )
         for n, (per_event, cols) in layout.items():
             first_pe, first_cols = self._layout[n]
             if per_event != first_pe:
                 return (
-                    f"output file {self.path}: collection {n!r} is "
+                    f"output file {self.name}: collection {n!r} is "
                     f"{'event-level' if per_event else 'jagged'} in this batch, "
                     f"{'event-level' if first_pe else 'jagged'} in the first batch written"
                 )
             if cols != first_cols:
                 return (
-                    f"output file {self.path}: collection {n!r} has columns {cols} (dtype, "
+                    f"output file {self.name}: collection {n!r} has columns {cols} (dtype, "
                     f"inner shape), the first batch wrote {first_cols}"
                 )
-        return f"output file {self.path}: batch layout differs from the first batch"
+        return f"output file {self.name}: batch layout differs from the first batch"
 
     def _branch_names(self, name: str, per_event: bool, cols: Mapping[str, Any]) -> list[str]:
         if per_event:
@@ -179,7 +182,7 @@ class OutputWriter:
             for b in self._branch_names(n, pe, cols):
                 if b in seen:
                     raise OutputError(
-                        f"output file {self.path}: collections {seen[b]!r} and {n!r} would both "
+                        f"output file {self.name}: collections {seen[b]!r} and {n!r} would both "
                         f"write the branch {b!r}; rename one of them"
                     )
                 seen[b] = n
@@ -189,7 +192,7 @@ class OutputWriter:
         try:
             self._tree = self._file.mktree(self.tree_name, types)
         except Exception as exc:
-            raise OutputError(f"output file {self.path}: cannot create tree: {exc}") from None
+            raise OutputError(f"output file {self.name}: cannot create tree: {exc}") from None
         self._layout = layout
         self._write_metadata(layout)
 

@@ -39,11 +39,13 @@ def generate(events: int, process: str, pileup: float, seed: int, sqrt_s: float,
     """Generate EVENTS Pythia 8 events with pileup through the CMS-like toy detector.
 
     Writes generator particles (GenPart), pixel hits with charge pads (PixelHit) and every
-    calorimeter cell with noise (CaloCell), truth included, to OUTPUT.
+    calorimeter cell with noise (CaloCell), truth included, to OUTPUT: under a temporary name,
+    renamed to OUTPUT only when every event is in it (an error or Ctrl-C leaves no OUTPUT).
     """
     from rich.console import Console
 
     from hltemu.config import ConfigError, GenerateConfig
+    from hltemu.outputs import AtomicOutput, OutputPathError, check_outputs
     from hltemu.simulate.generate import SimulationError, generate_file
 
     console = Console()
@@ -53,9 +55,12 @@ def generate(events: int, process: str, pileup: float, seed: int, sqrt_s: float,
     except ConfigError as exc:
         raise click.BadParameter(str(exc)) from None
     try:
+        check_outputs([("output file", output), ("run record", record_path)])
+        if record_path is not None:  # its directory is writable: fail now, not after the run
+            AtomicOutput(record_path, "run record").discard()
         stats = generate_file(output, cfg, batch_size=batch_size, progress=progress,
                               console=console, compression=compression)
-    except (ConfigError, SimulationError) as exc:
+    except (ConfigError, SimulationError, OutputPathError) as exc:
         raise click.ClickException(str(exc)) from None
     console.print(stats.summary())
     if record_path is not None:
@@ -64,7 +69,10 @@ def generate(events: int, process: str, pileup: float, seed: int, sqrt_s: float,
         command = (f"hltemu generate --events {events} --process {process} --pileup {pileup:g} "
                    f"--seed {seed} --sqrt-s {sqrt_s:g} --pthat-min {pthat_min:g} "
                    f"--batch-size {batch_size} --compression {compression} --output {output}")
-        save_run_record(record_path, cfg, command=command)
+        try:
+            save_run_record(record_path, cfg, command=command)
+        except OutputPathError as exc:
+            raise click.ClickException(str(exc)) from None
     if plots_dir is not None:
         from hltemu.simulate.plots import PlotError, make_plots
 

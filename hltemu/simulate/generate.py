@@ -258,35 +258,43 @@ def generate_file(path: str | Path, cfg: GenerateConfig, detector: DetectorConfi
 
     ``progress`` shows a rich progress bar (on ``console``); ``compression`` is a key of
     :data:`COMPRESSIONS`.  Returns the run's statistics.
+
+    The file is written under a temporary name beside ``path``, created before Pythia starts
+    (a missing or unwritable directory is an :class:`~hltemu.outputs.OutputPathError` at
+    once), and renamed to ``path`` only once every event is in it
+    (:func:`~hltemu.outputs.atomic_output`): an error or Ctrl-C leaves no file at ``path``
+    (an earlier file there stays as it was) and no temporary file.
     """
     from hltemu.io import OutputWriter
+    from hltemu.outputs import atomic_output
 
     codec = _compression(compression)
 
     t_start = time.perf_counter()
-    gen = EventGenerator(cfg, detector)
-    stats = GenerationStats(cfg, init_seconds=gen.init_seconds)
     bar: ui.ProgressBar | None = None
+    with atomic_output(path, "output file") as out:
+        gen = EventGenerator(cfg, detector)
+        stats = GenerationStats(cfg, init_seconds=gen.init_seconds)
 
-    def on_event(ev: dict[str, dict[str, np.ndarray]], seconds: float) -> None:
-        _event_stats(stats.per_event, gen.geometry, ev, seconds)
-        if bar is not None:
-            bar.update(1)
+        def on_event(ev: dict[str, dict[str, np.ndarray]], seconds: float) -> None:
+            _event_stats(stats.per_event, gen.geometry, ev, seconds)
+            if bar is not None:
+                bar.update(1)
 
-    try:
-        writer = OutputWriter(path, compression=codec)
-    except Exception as exc:
-        raise SimulationError(f"cannot write {path}: {exc}") from None
-    try:
-        if progress:
-            bar = ui.ProgressBar(cfg.events, "events", console=console,
-                                 text=f"generating {cfg.process}, pileup {cfg.pileup:g}")
-        with writer:
-            for batch in gen.batches(cfg.events, batch_size, on_event):
-                writer.write(batch, list(COLLECTIONS))
-    finally:
-        if bar is not None:
-            bar.close()
+        try:
+            writer = OutputWriter(out.path, compression=codec, name=path)
+        except Exception as exc:
+            raise SimulationError(f"cannot write {path}: {exc}") from None
+        try:
+            if progress:
+                bar = ui.ProgressBar(cfg.events, "events", console=console,
+                                     text=f"generating {cfg.process}, pileup {cfg.pileup:g}")
+            with writer:
+                for batch in gen.batches(cfg.events, batch_size, on_event):
+                    writer.write(batch, list(COLLECTIONS))
+        finally:
+            if bar is not None:
+                bar.close()
     stats.events = cfg.events
     stats.seconds = time.perf_counter() - t_start
     return stats
@@ -316,10 +324,14 @@ def run_record(cfg: GenerateConfig, detector: DetectorConfig | None = None,
 
 def save_run_record(path: str | Path, cfg: GenerateConfig, detector: DetectorConfig | None = None,
                     command: str = "") -> None:
-    """Write :func:`run_record` as TOML to ``path``."""
+    """Write :func:`run_record` as TOML to ``path`` (atomically:
+    :func:`~hltemu.outputs.atomic_output`)."""
     import tomli_w
 
-    Path(path).write_text(
-        "# Settings that reproduce a file made by `hltemu generate` (see `command`).\n"
-        + tomli_w.dumps(run_record(cfg, detector, command)))
+    from hltemu.outputs import atomic_output
+
+    text = ("# Settings that reproduce a file made by `hltemu generate` (see `command`).\n"
+            + tomli_w.dumps(run_record(cfg, detector, command)))
+    with atomic_output(path, "run record") as out:
+        out.path.write_text(text)
 
