@@ -459,7 +459,8 @@ def run_files(
     if max_events is not None:
         n_total = min(n_total, max_events)
 
-    report = RunReport(be.name, be.device, inputs=files, plan=planned.summary())
+    report = RunReport(be.name, be.device, inputs=files, plan=planned.summary(),
+                       config={st.name: config.to_dict().get(st.name, {}) for st in chain})
     timer = StageTimer(be, report)
     with contextlib.ExitStack() as outs:
         # temporary files now: a missing or unwritable directory fails before the first event
@@ -476,6 +477,8 @@ def run_files(
                 max_events=max_events, backend=be,
             )
             while True:
+                t_batch = time.perf_counter()
+                warm = report.warmup_seconds
                 with timer.stage("read", 0):
                     batch = next(batches, None)
                 if batch is None:
@@ -491,6 +494,10 @@ def run_files(
                         writer.write(batch,
                                      [*([io.EVENT] if io.EVENT in batch else []), *products])
                 report.events += batch.n_events
+                per_file = report.files.setdefault(batch.source, {"events": 0, "seconds": 0.0})
+                per_file["events"] += batch.n_events
+                per_file["seconds"] += (time.perf_counter() - t_batch
+                                        - (report.warmup_seconds - warm))
                 if bar is not None:
                     bar.update(batch.n_events)
         finally:
@@ -520,6 +527,8 @@ def _commit_outputs(report: RunReport, out: Any, rep: Any) -> None:
             warnings.warn(f"no events were processed: {names} not written", NoOutputWarning,
                           stacklevel=3)
         return
+    if out is not None:
+        report.outputs.append(str(out.final))
     if rep is not None:
         rep.path.write_text(report.to_json())
     for o in pending:

@@ -9,8 +9,11 @@ the stage that queued it.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import platform
+import shlex
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -87,6 +90,22 @@ class RunReport:
     #: Dask tasks that ran again because the worker they were assigned to was lost (its
     #: process died) before they finished; 0 for a local run (:mod:`hltemu.scaleout`).
     retried_tasks: int = 0
+    #: The resolved configuration of every stage that ran (TOML tables as dicts; file names as
+    #: the run used them).
+    config: dict[str, Any] = field(default_factory=dict)
+    #: The command line (``sys.argv``) and when the run started (UTC, ISO 8601).
+    command: str = field(default_factory=lambda: shlex.join(sys.argv))
+    started_utc: str = field(
+        default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"))
+    #: Files written (the ROOT output(s); the report itself is not listed).
+    outputs: list[str] = field(default_factory=list)
+    #: Per input file: ``{"events": n, "seconds": s}``, ``seconds`` the wall time of its
+    #: batches (reading, stages, writing; warm-up excluded).
+    files: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: Seconds to start or reach the Dask cluster (0 for a local run), not in ``total_seconds``'s
+    #: stage rows.
+    startup_seconds: float = 0.0
 
     def record(self, name: str, n_events: int, seconds: float) -> None:
         s = self.stages.setdefault(name, StageStats())
@@ -105,6 +124,13 @@ class RunReport:
         self.events += other.events
         self.warmup_seconds += other.warmup_seconds
         self.retried_tasks += other.retried_tasks
+        self.outputs.extend(o for o in other.outputs if o not in self.outputs)
+        for name, figures in other.files.items():
+            mine_f = self.files.setdefault(name, {"events": 0, "seconds": 0.0})
+            for key, value in figures.items():
+                mine_f[key] = mine_f.get(key, 0) + value
+        if not self.config:
+            self.config = dict(other.config)
         for group, values in other.counters.items():
             for key, value in values.items():
                 self.count(group, key, value)
@@ -133,6 +159,12 @@ class RunReport:
             "counters": self.counters,
             "plan": self.plan,
             "retried_tasks": self.retried_tasks,
+            "startup_seconds": self.startup_seconds,
+            "command": self.command,
+            "started_utc": self.started_utc,
+            "config": self.config,
+            "outputs": self.outputs,
+            "files": self.files,
             "versions": versions(),
         }
 

@@ -192,6 +192,7 @@ def _submit_and_merge(distributed: Any, files: list[str], outputs: list[Path],
     merged report and the events of each file (input order)."""
     own_cluster = None
     owns_client = client is None
+    t_start = time.perf_counter()
     if owns_client:
         where = (f"cannot reach the Dask scheduler {scheduler!r}" if scheduler is not None
                  else "cannot start a local Dask cluster")
@@ -208,7 +209,8 @@ def _submit_and_merge(distributed: Any, files: list[str], outputs: list[Path],
             raise ScaleOutError(f"{where}: {_one_line(exc)}") from None
     try:
         device = "dask: " + ", ".join(sorted(client.scheduler_info()["workers"]))[:200]
-        report = RunReport(str(backend), device, inputs=files, plan=plan_summary)
+        report = RunReport(str(backend), device, inputs=files, plan=plan_summary,
+                           startup_seconds=time.perf_counter() - t_start)
         stage_list = list(stages) if stages is not None else None
         t0 = time.perf_counter()
         futures = [

@@ -73,6 +73,9 @@ def report_table(report: RunReport) -> Any:
         notes.append(f"not counted: {report.warmup_seconds:.2f} s of warm-up on the first "
                      "event (kernels compiled or loaded from Numba's cache, device tables, "
                      "calorimeter graph, imports)")
+    if report.startup_seconds > 0:
+        notes.append(f"not counted: {report.startup_seconds:.2f} s to start or reach the Dask "
+                     "cluster")
     if report.retried_tasks:
         notes.append(f"{report.retried_tasks} Dask task(s) run again after their worker was "
                         "lost")

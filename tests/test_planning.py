@@ -146,3 +146,27 @@ def test_collections_not_in_every_file_are_named(tmp_path, cms_nanoaod):
     assert notes[0] == f"{calo}: collection(s) CaloCell, Event not in every input file, so not read"
     assert notes[1].startswith(f"{cms_nanoaod}: collection(s) HTXS, btagWeight, CaloMET, ")
     assert notes[1].endswith(" more not in every input file, so not read") and len(notes) == 2
+
+
+def test_report_records_config_command_time_outputs_and_files(tmp_path):
+    import datetime
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[antikt]\nR = 0.6\n")
+    result, out, report = _run(tmp_path, str(builtin_sample()), "--backend", "cpu", "-n", "7",
+                               "--batch-size", "3", "--config", str(cfg))
+    assert result.exit_code == 0, result.output
+    rep = json.loads(report.read_text())
+    assert rep["config"]["antikt"] == {"R": 0.6, "pt_min": 5.0}
+    assert rep["config"]["trigger"]["menu"] == "builtin:menu.toml"
+    assert rep["plan"]["facts"]["trigger"]["menu_file"].endswith("menu.toml")
+    assert [p["name"] for p in rep["plan"]["facts"]["trigger"]["paths"]][:2] == [
+        "HLT_CaloJet40", "HLT_CaloJet80"]
+    assert rep["outputs"] == [str(out)]
+    assert rep["files"][str(builtin_sample())]["events"] == 7
+    assert 0 < rep["files"][str(builtin_sample())]["seconds"] <= rep["total_seconds"] + 1e-6
+    started = datetime.datetime.fromisoformat(rep["started_utc"])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    assert started.tzinfo is not None and 0 <= (now - started).total_seconds() < 600
+    assert isinstance(rep["command"], str) and rep["command"]
+    assert rep["startup_seconds"] == 0

@@ -94,6 +94,15 @@ def test_cli_workers_on_real_stages_equal_serial(tmp_path):
     assert "d-0000-a.root" in r.output and "d-0001-b.root" in r.output
     report = json.loads(rep.read_text())
     assert report["events"] == 20 and report["stages"]["antikt"]["events"] == 20
+    # the report says where time went and what was written: Dask start-up apart from the
+    # stages, per-file events and seconds, each per-file output
+    assert report["startup_seconds"] > 0
+    assert sorted(report["outputs"]) == [str(tmp_path / "d-0000-a.root"),
+                                         str(tmp_path / "d-0001-b.root")]
+    assert {k: v["events"] for k, v in report["files"].items()} == {str(a): 10, str(b): 10}
+    assert all(v["seconds"] > 0 for v in report["files"].values())
+    assert report["plan"]["stages"] == stages.split(",")
+    assert report["config"]["antikt"] == {"R": 0.4, "pt_min": 5.0}
     serial = tmp_path / "s.root"
     run_files([a], backend="cpu", stages=stages.split(","), output=serial)
     want = io.read_collections(serial, ["clusters", "corrected_jets"])

@@ -172,8 +172,15 @@ def test_planner_drops_paths_the_chain_cannot_feed(tmp_path):
     p = plan(["topocluster", "antikt", "rho", "jec", "trigger"], ["CaloCell"], cfg)
     assert [st.name for st in p.stages] == ["topocluster", "antikt", "rho", "jec", "trigger"]
     assert p.config["trigger"].paths == ("J50", "Quad20", "HT100", "J50_PS3", "Off")
-    assert p.facts == {"trigger": {"dropped_paths": ["Doublets5"], "prescales": {
-        "J50": 1, "Quad20": 1, "HT100": 1, "J50_PS3": 3, "Off": 0}}}
+    facts = p.facts["trigger"]
+    assert facts["dropped_paths"] == ["Doublets5"] and facts["menu_file"] == menu
+    assert facts["prescales"] == {"J50": 1, "Quad20": 1, "HT100": 1, "J50_PS3": 3, "Off": 0}
+    assert facts["paths"][:3] == [
+        {"name": "J50", "type": "single_jet", "pt_min": 50.0, "eta_max": 2.4, "prescale": 1},
+        {"name": "Quad20", "type": "multi_jet", "n_min": 4, "pt_min": 20.0, "eta_max": 5.0,
+         "prescale": 1},
+        {"name": "HT100", "type": "ht", "ht_min": 100.0, "jet_pt_min": 30.0, "eta_max": 3.0,
+         "prescale": 1}]
     assert p.notes == ["trigger: path Doublets5 dropped: needs 'doublets' (made by stage "
                        "'doublets'), which this chain does not have"]
     named = config_from_dict({"trigger": {"menu": menu, "paths": ["J50", "Doublets5"]}})
@@ -183,8 +190,12 @@ def test_planner_drops_paths_the_chain_cannot_feed(tmp_path):
     # with pixels the whole menu runs and nothing is noted
     full = plan(None, ["CaloCell", "PixelHit"], cfg)
     assert full.config["trigger"].paths == () and not full.notes
-    assert full.facts == {"trigger": {"prescales": {
-        "J50": 1, "Quad20": 1, "HT100": 1, "J50_PS3": 3, "Off": 0, "Doublets5": 1}}}
+    assert full.facts["trigger"]["prescales"] == {
+        "J50": 1, "Quad20": 1, "HT100": 1, "J50_PS3": 3, "Off": 0, "Doublets5": 1}
+    assert "dropped_paths" not in full.facts["trigger"]
+    assert full.facts["trigger"]["paths"][3] == {"name": "Doublets5", "type": "doublets",
+                                                 "n_min": 5, "collection": "doublets",
+                                                 "prescale": 1}
 
 
 def test_planner_skips_a_trigger_with_nothing_to_run(tmp_path):

@@ -230,6 +230,18 @@ def path_needs(path: TriggerPath) -> tuple[str, ...]:
     return (path.collection,) if path.kind == "doublets" else (JETS,)
 
 
+def path_summary(path: TriggerPath) -> dict[str, Any]:
+    """A path as its menu table states it (name, type, its kind's keys, prescale), for the run
+    report and provenance."""
+    keys = {"single_jet": ("pt_min", "eta_max"), "multi_jet": ("n_min", "pt_min", "eta_max"),
+            "ht": ("ht_min", "pt_min", "eta_max"), "doublets": ("n_min", "collection")}
+    out: dict[str, Any] = {"name": path.name, "type": path.kind}
+    for key in keys[path.kind]:
+        out["jet_pt_min" if path.kind == "ht" and key == "pt_min" else key] = getattr(path, key)
+    out["prescale"] = path.prescale
+    return out
+
+
 def needs(cfg: TriggerConfig) -> tuple[str, ...]:
     """The stage's needs: what the selected paths of the menu read (the menu is read once)."""
     return tuple(dict.fromkeys(n for p in menu_paths(cfg) for n in path_needs(p)))
@@ -251,8 +263,10 @@ def plan(cfg: TriggerConfig, available: frozenset[str]) -> Planned:
     paths = menu_paths(cfg)
     missing = {p.name: [n for n in path_needs(p) if n not in available] for p in paths}
     dropped = [p for p in paths if missing[p.name]]
+    menu = {"menu_file": str(_menu_path(cfg.menu))}
     if not dropped:
-        return Planned(cfg, facts={"prescales": {p.name: p.prescale for p in paths}})
+        return Planned(cfg, facts={**menu, "paths": [path_summary(p) for p in paths],
+                                   "prescales": {p.name: p.prescale for p in paths}})
     why = {p.name: ", ".join(f"{n!r} (made by {_makers(n)})" for n in missing[p.name])
            for p in dropped}
     if cfg.paths:
@@ -267,7 +281,8 @@ def plan(cfg: TriggerConfig, available: frozenset[str]) -> Planned:
     notes = tuple(f"trigger: path {n} dropped: needs {w}, which this chain does not have"
                   for n, w in why.items())
     return Planned(replace(cfg, paths=tuple(p.name for p in kept)), notes,
-                   {"prescales": {p.name: p.prescale for p in kept},
+                   {**menu, "paths": [path_summary(p) for p in kept],
+                    "prescales": {p.name: p.prescale for p in kept},
                     "dropped_paths": list(why)})
 
 
