@@ -233,9 +233,9 @@ def _decide(path: dict, pt: np.ndarray, eta: np.ndarray, n_filtered: int, entry:
         assert path["collection"] == "filtered_doublets"
         return n_filtered >= path["n_min"]
     if kind == "ht":
-        good = (pt >= path["jet_pt_min"]) & (np.abs(eta) <= path.get("eta_max", 5.0))
+        good = (pt >= path["jet_pt_min"]) & (np.abs(eta) <= path.get("eta_max", 3.0))
         return pt[good].sum() >= path["ht_min"]
-    good = (pt >= path["pt_min"]) & (np.abs(eta) <= path.get("eta_max", 5.0))
+    good = (pt >= path["pt_min"]) & (np.abs(eta) <= path.get("eta_max", 3.0))
     return good.sum() >= (path["n_min"] if kind == "multi_jet" else 1)
 
 
@@ -255,7 +255,7 @@ def test_trigger_bits_follow_the_corrected_jets(run):
             want_pre = _decide(p, cj["pt"], cj["eta"], int(n_filtered[i]), None)
             assert pre[p["name"]][i] == want_pre, (i, p["name"], cj["pt"][:4])
         # a single-jet path fires iff some corrected jet passes its threshold (unprescaled)
-        passing = (cj["pt"] >= 260.0) & (np.abs(cj["eta"]) <= 5.0)
+        passing = (cj["pt"] >= 260.0) & (np.abs(cj["eta"]) <= 3.0)
         assert bits["HLT_CaloJet260"][i] == passing.any()
     any_path = _np(out["trigger_any_path"])
     np.testing.assert_array_equal(any_path, np.logical_or.reduce(list(bits.values())))

@@ -29,7 +29,14 @@ from hltemu.pipeline import (
     run_batch,
 )
 from hltemu.profiling import RunReport
-from hltemu.stages.trigger import ANY_PATH, TriggerConfig, TriggerPath, decide_reference, load_menu
+from hltemu.stages.trigger import (
+    ANY_PATH,
+    TriggerConfig,
+    TriggerPath,
+    decide_reference,
+    load_menu,
+    parse_menu,
+)
 
 
 def write_menu(tmp_path: Path, text: str) -> str:
@@ -70,6 +77,7 @@ name = "Quad20"
 type = "multi_jet"
 n_min = 4
 pt_min = 20.0
+eta_max = 5.0
 
 [[path]]
 name = "HT100"
@@ -87,6 +95,7 @@ n_min = 5
 name = "J50_PS3"
 type = "single_jet"
 pt_min = 50.0
+eta_max = 5.0
 prescale = 3
 
 [[path]]
@@ -103,6 +112,10 @@ def test_default_menu_loads():
                                        "ht", "ht", "doublets"]
     assert paths[-1].collection == "filtered_doublets" and paths[-1].n_min == 8000
     assert paths[0].prescale == 10 and paths[4].pt_min == 30.0 and paths[4].ht_min == 250.0
+    # inside the calorimeter's acceptance, |eta| < 3, which is also the default
+    assert all(p.eta_max <= 3.0 for p in paths if p.kind != "doublets")
+    assert parse_menu({"path": [{"name": "J", "type": "single_jet", "pt_min": 1.0}]})[0].eta_max \
+        == 3.0
 
 
 def test_hand_checked_decisions(tmp_path, backend):

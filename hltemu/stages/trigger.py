@@ -7,13 +7,13 @@ the format)::
     name = "HLT_CaloJet80"     # a valid branch name, unique in the menu
     type = "single_jet"        # single_jet | multi_jet | ht | doublets
     pt_min = 80.0              # GeV
-    eta_max = 5.0
+    eta_max = 3.0
     prescale = 1               # accept every N-th event the path sees; 0 disables the path
 
 Kinds and their keys (``prescale`` everywhere, default 1):
 
-``single_jet``  ``pt_min`` [GeV], ``eta_max`` (default 5.0): a jet with pT >= pt_min and
-                |eta| <= eta_max
+``single_jet``  ``pt_min`` [GeV], ``eta_max`` (default 3.0, the calorimeter's acceptance): a
+                jet with pT >= pt_min and |eta| <= eta_max
 ``multi_jet``   ``n_min``, ``pt_min``, ``eta_max``: at least n_min such jets
 ``ht``          ``ht_min`` [GeV], ``jet_pt_min`` [GeV], ``eta_max``: scalar sum of the pT of
                 jets passing jet_pt_min and eta_max >= ht_min
@@ -76,11 +76,14 @@ ANY_PATH = "any_path"
 #: The decisions after the prescalers (what the HLT keeps) and before them (the filters alone).
 OUTPUT, OUTPUT_PRE = "trigger", "trigger_pre"
 
+#: Default ``eta_max`` of jet paths: the calorimeter's acceptance (|eta| < 3 in every layer of
+#: the default geometry, ``DetectorConfig.calo_eta_max``); no jet is found beyond it.
+DEFAULT_ETA_MAX = 3.0
 #: Path kind -> (required keys, optional keys with defaults).
 PATH_KINDS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
-    "single_jet": (("pt_min",), {"eta_max": 5.0}),
-    "multi_jet": (("n_min", "pt_min"), {"eta_max": 5.0}),
-    "ht": (("ht_min", "jet_pt_min"), {"eta_max": 5.0}),
+    "single_jet": (("pt_min",), {"eta_max": DEFAULT_ETA_MAX}),
+    "multi_jet": (("n_min", "pt_min"), {"eta_max": DEFAULT_ETA_MAX}),
+    "ht": (("ht_min", "jet_pt_min"), {"eta_max": DEFAULT_ETA_MAX}),
     "doublets": (("n_min",), {"collection": "doublets"}),
 }
 _COMMON_KEYS = {"name": None, "type": None, "prescale": 1}
