@@ -406,7 +406,7 @@ def run_files(
     ----------
     files:
         Input ROOT files in the hltemu input schema (or any file with the collections the
-        chain needs, e.g. CMS NanoAOD ``GenPart`` for ``genjets``).
+        chain needs, e.g. an hltemu output for ``--stages trigger``).
     stages:
         Stage names, or ``None`` for every registered stage the input can feed.
     batch_size, max_events:
@@ -454,6 +454,11 @@ def run_files(
     planned.notes.extend(io.reading_notes(files, {n: None for n in to_read}))
     if on_plan is not None:
         on_plan(planned)
+    if not chain:
+        raise PipelineError(
+            f"no stage can run on {', '.join(files)}: "
+            + "; ".join(f"{n} {why}" for n, why in planned.skipped.items())
+            if planned.skipped else f"no stage to run on {', '.join(files)}")
     products = [name for st in chain for name in st.adds]
     n_total = io.count_events(files)
     if max_events is not None:
