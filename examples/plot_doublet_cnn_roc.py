@@ -26,6 +26,7 @@ import numpy as np
 
 from hltemu.backends import get_backend
 from hltemu.cnn import FEATURES, load_model, roc_auc, roc_curve
+from hltemu.extras import require_or_exit
 from hltemu.io import read_collections
 from hltemu.stages.doublet_cnn import score_doublets
 from hltemu.stages.doublets import DoubletsConfig, find_doublets
@@ -60,6 +61,7 @@ def main() -> None:
     parser.add_argument("--backend", default="cpu", help="reference, cpu or cuda")
     args = parser.parse_args()
     path = args.file or str(resources.files("hltemu") / "data" / "sample.root")
+    require_or_exit("plots", "examples/plot_doublet_cnn_roc.py", modules=("matplotlib",))
 
     import matplotlib
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from importlib import resources
 
+from hltemu.extras import require_or_exit
 from hltemu.simulate.plots import make_plots
 
 
@@ -23,6 +24,7 @@ def main() -> None:
                         help="ROOT file written by hltemu generate (default: built-in sample)")
     parser.add_argument("--out", default="simulation-plots", help="output directory")
     args = parser.parse_args()
+    require_or_exit("plots", "examples/plot_simulation.py")
     path = args.file or str(resources.files("hltemu") / "data" / "sample.root")
     for written in make_plots(path, args.out):
         print(written)

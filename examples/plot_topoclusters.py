@@ -7,7 +7,8 @@ event with more than 1000 cells, and the same for events without particles (nois
 
     python examples/plot_topoclusters.py --events 50 --pileups 0 50 200 --plot topo.png
 
-``--plot`` draws the first event of the first pileup: EM1 cells coloured by cluster.
+``--plot`` (needs ``pip install 'hltemu[plots]'``) draws the first event of the first
+pileup: EM1 cells coloured by cluster.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 from hltemu.backends import get_backend
 from hltemu.batch import Collection
 from hltemu.config import GenerateConfig
+from hltemu.extras import require_or_exit
 from hltemu.io import read_collections
 from hltemu.metrics import topocluster_metrics
 from hltemu.stages.topocluster import TopoclusterConfig, topocluster
@@ -110,6 +112,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=2024)
     ap.add_argument("--plot", default=None, help="PNG path for an event display")
     args = ap.parse_args()
+    if args.plot:  # before generating anything
+        require_or_exit("plots", "examples/plot_topoclusters.py --plot", modules=("matplotlib",))
     cfg = TopoclusterConfig()
     rows = {}
     first = None

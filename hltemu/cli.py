@@ -154,13 +154,24 @@ def cli() -> None:
 
 
 @cli.command()
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="Show the settings of this TOML config instead of the defaults.")
-def info(config_path: str | None) -> None:
+def info(file: str | None, config_path: str | None) -> None:
     """Versions, usable backends (GPU name or why none), stages and their settings.
 
     With --config, the file is checked as a run would check it before reading any event (keys
-    and types, every file it names, the menu's paths): a broken config exits 1."""
+    and types, every file it names, the menu's paths): a broken config exits 1.
+
+    With FILE (a ROOT file), what it holds instead: entries, collections, event identifiers
+    (runs, lumi blocks, event numbers, duplicates) and its provenance, the JSON object that
+    hltemu generate and hltemu run write into their outputs (settings, versions, command
+    line; for generate Pythia's cross-section and the pileup generated)."""
+    if file is not None:
+        if config_path is not None:
+            raise click.UsageError("give FILE or --config, not both")
+        _file_info(file)
+        return
     from rich.console import Console
 
     from hltemu import ui
@@ -182,6 +193,31 @@ def info(config_path: str | None) -> None:
     stages = registered_stages()
     console.print(ui.stages_table(stages, cfg))
     console.print(ui.settings_table({name: describe(cfg[name]) for name in stages}))
+
+
+def _file_info(path: str) -> None:
+    """``hltemu info FILE``: the file's table (:func:`hltemu.ui.file_table`) and provenance."""
+    import json
+
+    from rich.console import Console
+
+    from hltemu import io, ui
+
+    try:
+        collections = io.common_collections([path])
+        entries = io.count_events([path])
+        ids = io.event_id_summary(path)
+        provenance = io.read_provenance(path)
+    except io.InputError as exc:
+        raise click.ClickException(str(exc)) from None
+    console = Console()
+    console.print(ui.file_table(path, entries, collections, ids))
+    if provenance is None:
+        console.print(f"{path}: no provenance (no {io.PROVENANCE_KEY!r} object: not written by "
+                      "hltemu generate or run, or written before they recorded it)")
+        return
+    console.print(f"[bold]provenance[/bold] ({provenance.get('kind', 'unknown kind')}):")
+    console.print_json(json.dumps(provenance))
 
 
 @cli.command()

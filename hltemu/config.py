@@ -378,12 +378,33 @@ class GenerateConfig:
     events: int = param(10, "", "number of events")
     process: str = param("ttbar", "", f"hard process: {', '.join(GENERATE_PROCESSES)}")
     pileup: float = param(0.0, "", "mean number of pileup interactions (Poisson), 0-200")
-    seed: int = param(1, "", "random seed; the same seed gives the same file bit for bit")
+    seed: int = param(1, "", "random seed; the same seed and settings give the same values in "
+                             "every branch")
     sqrt_s: float = param(13600.0, "GeV", "centre-of-mass energy")
     pthat_min: float = param(30.0, "GeV", "minimum pT-hat of the qcd process")
     beamspot_sigma_z: float = param(4.0, "cm", "luminous region length (Gaussian sigma in z)")
     beamspot_sigma_xy: float = param(0.0012, "cm", "luminous region width (sigma in x and y)")
     truth_eta_max: float = param(5.0, "", "final-state particles kept in GenPart up to this |eta|")
+    # -- event identifiers (the scheme: hltemu.io.schema) -------------------------------------
+    run: int | None = param(None, "", "run number of every event (uint32); None: the seed")
+    lumi: int = param(1, "", "luminosity block of every event (uint32, >= 1): the index of the "
+                             "file within a production that shares a run number")
+    first_event: int | None = param(None, "", "number of the first event (uint64); None: "
+                                              "(lumi - 1) * events + 1")
+
+    @property
+    def run_number(self) -> int:
+        """The run number written: :attr:`run`, or the seed when it is ``None``."""
+        return self.seed if self.run is None else self.run
+
+    @property
+    def first_event_number(self) -> int:
+        """The first event number written: :attr:`first_event`, or ``(lumi - 1) * events + 1``
+        (files of equal ``events`` and consecutive lumi blocks number their events
+        consecutively)."""
+        if self.first_event is not None:
+            return self.first_event
+        return (self.lumi - 1) * self.events + 1
 
     def __post_init__(self) -> None:
         if self.process not in GENERATE_PROCESSES:
@@ -402,5 +423,27 @@ class GenerateConfig:
             )
         if self.beamspot_sigma_z < 0 or self.beamspot_sigma_xy < 0 or self.truth_eta_max <= 0:
             raise ConfigError("beamspot sigmas must be >= 0 cm and truth_eta_max > 0")
+        self._check_event_ids()
+
+    def _check_event_ids(self) -> None:
+        """Run and lumi block fit uint32, every event number uint64 (the branch types)."""
+        max_u32, max_u64 = 2**32 - 1, 2**64 - 1
+        for name in ("run", "lumi", "first_event"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
+        if self.run is None and self.seed > max_u32:
+            raise ConfigError(f"seed {self.seed} is too large for a run number (uint32, at most "
+                              f"{max_u32}); set the run number (--run)")
+        if self.run is not None and not 0 <= self.run <= max_u32:
+            raise ConfigError(f"run must be between 0 and {max_u32} (uint32), got {self.run}")
+        if not 1 <= self.lumi <= max_u32:
+            raise ConfigError(f"lumi must be between 1 and {max_u32} (uint32), got {self.lumi}")
+        if self.first_event is not None and self.first_event < 0:
+            raise ConfigError(f"first_event must be >= 0, got {self.first_event}")
+        last = self.first_event_number + max(self.events, 1) - 1
+        if last > max_u64:
+            raise ConfigError(f"the last event number {last} is too large (uint64, at most "
+                              f"{max_u64}); lower first_event or lumi")
 
 

@@ -505,6 +505,9 @@ def run_files(
                                         - (report.warmup_seconds - warm))
                 if bar is not None:
                     bar.update(batch.n_events)
+            if writer is not None:
+                writer.set_provenance(_run_provenance(be, planned, files, report, batch_size,
+                                                      max_events))
         finally:
             if writer is not None:
                 writer.close()
@@ -513,6 +516,23 @@ def run_files(
         report.total_seconds = time.perf_counter() - t0 - report.warmup_seconds
         _commit_outputs(report, out, rep)
     return report
+
+
+def _run_provenance(be: Backend, planned: Plan, files: Sequence[str], report: RunReport,
+                    batch_size: int, max_events: int | None) -> dict[str, Any]:
+    """What an output of :func:`run_files` records about how it was made (written into the
+    file, :func:`hltemu.io.read_provenance`): backend and device, the planned chain (stages,
+    skipped and why, notes, the trigger's dropped paths), the resolved config of the stages
+    that ran, every input with its own provenance, the events and the batch size."""
+    from hltemu import io
+
+    prov = io.provenance_header("run")
+    prov.update({
+        "backend": be.name, "device": be.device, "stages": [st.name for st in planned.stages],
+        "config": report.config, "plan": planned.summary(), "inputs": io.input_provenance(files),
+        "events": report.events, "batch_size": batch_size, "max_events": max_events,
+    })
+    return prov
 
 
 def _commit_outputs(report: RunReport, out: Any, rep: Any) -> None:

@@ -14,7 +14,8 @@ stages.  rich is imported inside the functions, so importing this module (as
   :func:`settings_table`: the four tables of ``hltemu info``;
 * :func:`bench_table`: events/s per backend and the speed-ups (``hltemu bench``);
 * :func:`generation_table`: per-event means of ``hltemu generate``
-  (:meth:`GenerationStats.summary <hltemu.simulate.generate.GenerationStats.summary>`).
+  (:meth:`GenerationStats.summary <hltemu.simulate.generate.GenerationStats.summary>`);
+* :func:`file_table`: what a ROOT file holds (``hltemu info FILE``).
 """
 
 from __future__ import annotations
@@ -199,6 +200,40 @@ def generation_table(stats: Any) -> Any:
     for k, v in stats.means().items():
         t.add_row(k, f"{v:.3f}" if "time" in k else f"{v:.1f}")
     t.add_row("Pythia initialisation (s)", f"{stats.init_seconds:.2f}")
+    hard = (getattr(stats, "pythia", None) or {}).get("hard_process")
+    if hard:  # Pythia's estimate from the events generated, mb -> pb
+        t.add_row(f"{c.process} cross-section, Pythia (pb)",
+                  f"{hard['sigma_gen_mb'] * 1e9:.4g} ± {hard['sigma_err_mb'] * 1e9:.2g}")
+    return t
+
+
+# -- hltemu info FILE -------------------------------------------------------------------------
+def file_table(path: str, entries: int, collections: Sequence[str],
+               ids: Mapping[str, Any] | None) -> Any:
+    """What a ROOT file holds (``hltemu info FILE``): entries, collections and its event
+    identifiers (:func:`hltemu.io.event_id_summary`: runs, lumi-block and event ranges,
+    duplicated identifiers)."""
+    from rich.table import Table
+
+    t = Table(title=path, show_header=False)
+    t.add_column("key")
+    t.add_column("value")
+    t.add_row("entries", str(entries))
+    t.add_row("collections", ", ".join(collections) or "none")
+    if ids is None:
+        t.add_row("event identifiers", "none (no run, luminosityBlock, event branches)")
+        return t
+    t.add_row("event identifiers", ", ".join(ids["columns"]))
+    if "runs" in ids:
+        more = f" (and {ids['n_runs'] - len(ids['runs'])} more)" if ids["n_runs"] > len(
+            ids["runs"]) else ""
+        t.add_row("runs", ", ".join(map(str, ids["runs"])) + more)
+    for key in ("luminosityBlock", "event"):
+        if key in ids:
+            lo, hi = ids[key]
+            t.add_row(key, f"{lo} to {hi}")
+    dup = ids["duplicates"]
+    t.add_row("duplicated identifiers", "none" if dup == 0 else f"[red]{dup} entries[/red]")
     return t
 
 

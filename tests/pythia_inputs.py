@@ -1,9 +1,10 @@
 """Pythia-generated inputs for the rho, jec and trigger tests.
 
 The built-in sample (``hltemu/data/sample.root``: 10 Pythia 8 ttbar events with 50 pileup
-interactions) provides final-state particles.  They stand in for calorimeter clusters (as
-massless objects, E = pT cosh(eta)), and FastJet's anti-kT (R = 0.4, active areas) makes jets
-from them, so that these tests do not depend on the topocluster and antikt stages.
+interactions) provides its calorimeter cells (rho's input) and final-state particles.  The
+particles stand in for calorimeter clusters (as massless objects, E = pT cosh(eta)), and
+FastJet's anti-kT (R = 0.4, active areas) makes jets from them, so that these tests do not
+depend on the topocluster and antikt stages.
 """
 
 from __future__ import annotations
@@ -33,6 +34,16 @@ def _final_state() -> list[dict[str, np.ndarray]]:
         keep = ev["status"] == 1
         events.append({k: np.asarray(v[keep]) for k, v in ev.items()})
     return events
+
+
+@functools.lru_cache(maxsize=1)
+def sample_cells() -> Collection:
+    """The sample's ``CaloCell`` (every cell, noise included): the input of stage ``rho``."""
+    from hltemu.io import read_collections
+
+    if not SAMPLE.is_file():
+        pytest.skip(f"built-in sample {SAMPLE} missing")
+    return read_collections(str(SAMPLE), ["CaloCell"])["CaloCell"]
 
 
 def sample_clusters() -> Collection:

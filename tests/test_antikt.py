@@ -843,8 +843,10 @@ def test_hltemu_run_on_cms_nanoaod_skips_genjets_with_the_reason(tmp_path, cms_n
     runner = CliRunner(env={"COLUMNS": "400"})
     out = runner.invoke(cli, ["run", str(cms_nanoaod), "-b", "cpu", "-n", "2", "--no-progress",
                               "-o", str(tmp_path / "o.root"), "-r", str(tmp_path / "r.json")])
-    assert out.exit_code == 0, out.output
+    # no stage can run on NanoAOD: every stage is listed with its reason, then one error
+    assert out.exit_code == 1, out.output
     assert f"skipped genjets: {NANOAOD_PLAN}" in " ".join(out.output.split())
+    assert not (tmp_path / "o.root").exists()
     explicit = runner.invoke(cli, ["run", str(cms_nanoaod), "-b", "cpu", "-n", "2",
                                    "--no-progress", "--stages", "genjets",
                                    "-o", str(tmp_path / "e.root")])

@@ -21,7 +21,7 @@ Agreement rules (:func:`assert_same_products`):
 * discrete outputs exactly: offsets, every integer and boolean column (constituent assignment
   ``cluster_jet``, doublet sets, cluster labels ``cell_cluster``, trigger bits, counts);
 * float64 columns within ``F64_RTOL`` = 1e-12 relative (the agreement the stages document:
-  topocluster, rho and jec state 1e-12; anti-kT merges in the same order on every backend) plus
+  topocluster and jec state 1e-12, rho is bit-identical; anti-kT merges in the same order on every backend) plus
   an absolute ``F64_ATOL_OF_MAX`` = 1e-12 of the column's largest magnitude, for values that are
   sums which cancel to about zero (a jet's px, a noise cluster's energy);
 * jet ``mass`` within ``MASS_ATOL_OF_E`` = 4e-7 of the jet's energy besides: ``m^2 = E^2 - p^2``
@@ -311,26 +311,6 @@ def test_topocluster_cuda_on_a_full_event(sample, monkeypatch):
     assert n_clusters > 2 * THREADS_PER_BLOCK
     assert log.of("cluster_kinematics_cuda") == [(-(-n_clusters // THREADS_PER_BLOCK),
                                                   THREADS_PER_BLOCK)]
-    assert_same_products(want, got)
-
-
-def test_rho_cuda_on_300_events(cpu_products, monkeypatch):
-    """Stage ``rho``, one thread per event: the sample's clusters tiled to 300 events (3 blocks,
-    the last one partly idle), each copy turned in phi so that every copy has its own rho."""
-    import hltemu.kernels.rho as K
-
-    be = cuda_backend()
-    log = LaunchLog(monkeypatch)
-    log.watch(K, "rho_cuda")
-    clusters, copy = tile(cpu_products["clusters"], 30)
-    phi = clusters.columns["phi"] + 0.37 * copy
-    clusters.columns["phi"] = (phi + np.pi) % (2.0 * np.pi) - np.pi
-    batch = EventBatch(get_backend("cpu"), 300, {"clusters": clusters})
-
-    want = run_stage("rho", batch)
-    got = run_stage("rho", batch.to(be))
-    assert log.of("rho_cuda") == [(3, THREADS_PER_BLOCK)]
-    assert np.unique(want["rho"]["rho"]).size > 100
     assert_same_products(want, got)
 
 

@@ -2,7 +2,10 @@
 
 The recorded values (``tests/data/golden_sample.npz``) were made with ``python
 tests/test_golden.py`` at commit 039aca0, before the architecture change (one shape for every
-stage, io/ and jec/ packages) that must leave every product unchanged.  Integer,
+stage, io/ and jec/ packages) that must leave every product unchanged.  Regenerated when the
+sample was remade with NanoAOD's event identifiers (the same events): ``Event_event`` gave way
+to ``run``, ``luminosityBlock``, ``event`` and ``Event_weight``; the ``genjets_*`` branches
+then took in the hard-scatter default of genjets (commit 13e9b58); nothing else moved.  Integer,
 boolean and float32 branches must be bit-identical (a SHA-256 of their flattened bytes and of
 the per-event counts; float32 columns are float64 results rounded once, so a change below 1e-12
 relative does not move them); float64 branches are stored whole and must agree to 1e-12

@@ -770,7 +770,13 @@ def test_cms_nanoaod_collections(cms_nanoaod):
         "LHEPdfWeight",
     ):
         assert name in present, name
-    # branches without '_' that are not counters belong to no collection
+    # the event identifiers run, luminosityBlock, event are the columns of Event
+    ids = io.read_collections(cms_nanoaod, [io.EVENT])[io.EVENT]
+    assert list(ids.columns) == ["run", "luminosityBlock", "event"] and ids.per_event
+    tree = uproot.open(cms_nanoaod)["Events"]
+    for col in ids.columns:
+        np.testing.assert_array_equal(ids[col], tree[col].array(library="np"))
+    # other branches without '_' that are not counters belong to no collection
     for name in (
         "run",
         "event",

@@ -172,3 +172,12 @@ def test_report_records_config_command_time_outputs_and_files(tmp_path):
     assert started.tzinfo is not None and 0 <= (now - started).total_seconds() < 600
     assert isinstance(rep["command"], str) and rep["command"]
     assert rep["startup_seconds"] == 0
+    # the output records the same inside the file
+    prov = io.read_provenance(out)
+    assert prov["kind"] == "run" and prov["backend"] == "cpu" and prov["events"] == 7
+    assert prov["stages"] == rep["plan"]["stages"] and prov["config"] == rep["config"]
+    assert prov["plan"]["facts"]["trigger"]["prescales"]["HLT_CaloJet40"] == 10
+    (inp,) = prov["inputs"]
+    assert inp["file"] == str(builtin_sample()) and inp["provenance"]["kind"] == "generate"
+    shown = CliRunner(env={"COLUMNS": "200"}).invoke(cli, ["info", str(out)])
+    assert shown.exit_code == 0 and '"kind": "run"' in shown.output

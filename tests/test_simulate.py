@@ -377,7 +377,9 @@ def test_generate_file_writes_the_input_schema(tmp_path):
         assert c.n_events == 3
         for col, cs in spec.columns.items():
             assert c[col].dtype == cs.dtype and c[col].shape[1:] == cs.shape, (name, col)
-    assert colls[EVENT]["event"].tolist() == [0, 1, 2]
+    ev = colls[EVENT]  # identifiers: run = seed, lumi block 1, events from 1
+    assert ev["run"].tolist() == [2] * 3 and ev["luminosityBlock"].tolist() == [1] * 3
+    assert ev["event"].tolist() == [1, 2, 3] and ev["weight"].tolist() == [1.0] * 3
     assert np.array_equal(colls["CaloCell"].counts, [88320] * 3)
     # the same run again gives the same content
     again = tmp_path / "again.root"

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pythia_inputs import sample_clusters, sample_jets
+from pythia_inputs import sample_cells, sample_jets
 
 from hltemu.backends import get_backend
 from hltemu.batch import Collection, EventBatch
@@ -347,11 +347,12 @@ def test_reference_against_a_plain_loop():
 
 
 def test_chain_on_pythia_events(backend, tmp_path):
-    """rho -> jec -> trigger on the sample's particles and FastJet jets, on every backend."""
-    clusters, jets = sample_clusters(), sample_jets()
+    """rho -> jec -> trigger on the sample's calorimeter cells and FastJet jets of its
+    particles, on every backend."""
+    cells, jets = sample_cells(), sample_jets()
     n = jets.n_events
     if backend.name == "cuda":
-        clusters, jets, n = clusters.select_events(0, 2), jets.select_events(0, 2), 2
+        cells, jets, n = cells.select_events(0, 2), jets.select_events(0, 2), 2
     chain = [get_stage(s) for s in ("rho", "jec", "trigger")]
     # stand-in CNN-filtered doublets (only their multiplicity matters), either side of 8000
     doublets = Collection.from_counts(np.arange(n) * 1000 + 5000,
@@ -359,7 +360,7 @@ def test_chain_on_pythia_events(backend, tmp_path):
     out = {}
     for b in ("reference", backend.name):
         be = get_backend(b)
-        batch = EventBatch(be, n, {"clusters": clusters.to(be), "jets": jets.to(be),
+        batch = EventBatch(be, n, {"CaloCell": cells.to(be), "jets": jets.to(be),
                                    "filtered_doublets": doublets.to(be)})
         run_batch(batch, chain, default_config())
         out[b] = batch
@@ -379,16 +380,16 @@ def test_chain_on_pythia_events(backend, tmp_path):
 
 
 def test_cli_run_prints_per_path_accept_counts(tmp_path):
-    """`hltemu run` on a file holding clusters and jets prints each path's accepts."""
+    """`hltemu run` on a file holding calorimeter cells and jets prints each path's accepts."""
     from hltemu import io
     from hltemu.cli import cli
 
-    clusters, jets = sample_clusters(), sample_jets()
+    cells, jets = sample_cells(), sample_jets()
     path = tmp_path / "jets.root"
     be = get_backend("reference")
     with io.OutputWriter(path) as w:
-        w.write(EventBatch(be, jets.n_events, {"clusters": clusters, "jets": jets}),
-                ["clusters", "jets"])
+        w.write(EventBatch(be, jets.n_events, {"CaloCell": cells, "jets": jets}),
+                ["CaloCell", "jets"])
     out_root, report = tmp_path / "out.root", tmp_path / "report.json"
     args = ["run", str(path), "--backend", "cpu", "--stages", "rho,jec,trigger", "--no-progress",
             "--output", str(out_root), "--report", str(report)]
@@ -409,7 +410,7 @@ def test_cli_run_prints_per_path_accept_counts(tmp_path):
     named = CliRunner().invoke(cli, [*args, "--config", str(cfg_path)])
     assert named.exit_code == 1
     assert "[trigger] paths names HLT_PixelDoublets8000" in " ".join(named.output.split())
-    batch = EventBatch(be, jets.n_events, {"clusters": clusters, "jets": jets})
+    batch = EventBatch(be, jets.n_events, {"CaloCell": cells, "jets": jets})
     cfg = config_from_dict({"trigger": {"paths": jet_paths}})
     run_batch(batch, [get_stage(s) for s in ("rho", "jec", "trigger")], cfg)
     assert "trigger paths" in result.output

@@ -5,7 +5,7 @@ simulator) runs on the cuda backend under the simulator over 3 batches of one sa
 cut to a phi window so that the simulator is quick.  The CuPy-strict shim records every host
 array that becomes device data (:func:`hltemu.strictxp.record_uploads`); the batches' inputs are
 uploaded before the chain runs and are not counted.  Every constant table (CNN weights and
-feature normalisation, doublet pair tables, the rho grid, the trigger menu arrays, the
+feature normalisation, doublet pair tables, the rho tower and grid tables, the trigger menu arrays, the
 calorimeter cell graph and noise, the JEC tables) must be uploaded exactly once over the 3
 batches, and the later batches must upload nothing the first one did.
 """

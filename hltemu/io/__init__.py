@@ -12,8 +12,10 @@ Modules of this package (every public name is re-exported here): :mod:`~hltemu.i
 (the declarations, :func:`describe_schema`), :mod:`~hltemu.io.errors`,
 :mod:`~hltemu.io.layout` (validation: opening a file and finding its collections;
 :func:`read_metadata`, :func:`count_events`, :func:`common_collections`),
-:mod:`~hltemu.io.reader` (reading: :func:`iterate_batches`, :func:`read_collections`) and
-:mod:`~hltemu.io.writer` (writing: :class:`OutputWriter`).
+:mod:`~hltemu.io.reader` (reading: :func:`iterate_batches`, :func:`read_collections`),
+:mod:`~hltemu.io.writer` (writing: :class:`OutputWriter`) and :mod:`~hltemu.io.provenance`
+(the provenance object: :func:`read_provenance`, :func:`provenance_header`,
+:func:`input_provenance`, :func:`event_id_summary`).
 
 How branches map to collections
 -------------------------------
@@ -30,9 +32,13 @@ The reader works on files hltemu did not write (e.g. CMS NanoAOD), by these rule
 * a scalar (or fixed-size array) branch ``C_x`` with no counter ``nC`` is column ``x`` of the
   event-level collection ``C`` (NanoAOD's ``HLT_*`` trigger bits become the collection
   ``HLT``, ``PV_*`` the collection ``PV``); the name is split at its first ``_``;
-* branches with no ``_`` that are not counters (NanoAOD's ``run``, ``luminosityBlock``,
-  ``event``, ``genWeight``, ``fixedGridRhoFastjetAll``) belong to no collection and are not
-  read; so are branches of types other than numbers and booleans (strings, objects);
+* the scalar branches ``run``, ``luminosityBlock`` and ``event`` (NanoAOD's event
+  identifiers, which ``hltemu generate`` writes too) are the columns of those names of the
+  event-level collection ``Event``, beside its ``Event_*`` branches; a legacy ``Event_event``
+  is its column ``event`` (a file with both ``event`` and ``Event_event`` is refused);
+* other branches with no ``_`` that are not counters (NanoAOD's ``genWeight``,
+  ``fixedGridRhoFastjetAll``) belong to no collection and are not read; so are branches of
+  types other than numbers and booleans (strings, objects);
 * a branch that breaks these rules for a collection (a scalar ``C_x`` beside a counter ``nC``,
   a jagged ``C_x`` counted by something other than ``nC``) makes that collection unreadable,
   with an :class:`InputError` naming the branch when the collection is asked for.
@@ -40,7 +46,10 @@ The reader works on files hltemu did not write (e.g. CMS NanoAOD), by these rule
 Files written by :class:`OutputWriter` carry a ``hltemu_metadata`` object (a ``TObjString``
 holding JSON: the hltemu version, the tree, every collection with its columns, dtypes and
 inner shapes); the reader uses it to resolve collection names that contain ``_`` and inner
-shapes of N-D columns of collections not in the schema.
+shapes of N-D columns of collections not in the schema.  They may also carry a
+``hltemu_provenance`` object (JSON: how the file was made, :mod:`~hltemu.io.provenance`;
+:func:`read_provenance`).  The event identifiers and how ``hltemu generate`` numbers events
+are described in :mod:`~hltemu.io.schema`.
 
 RNTuples (what ``f[name] = {...}`` writes with uproot >= 5.7) are read too, with the same
 rules, where a jagged field needs no counter and a field ``C`` of type ``var * {x, y, ...}``
@@ -49,24 +58,44 @@ is the jagged collection ``C``.  :class:`OutputWriter` always writes a TTree.
 
 from hltemu.io.errors import InputError, OutputError
 from hltemu.io.layout import Paths, common_collections, count_events, read_metadata
+from hltemu.io.provenance import (
+    PROVENANCE_FORMAT,
+    command_line,
+    dumps_provenance,
+    event_id_summary,
+    input_provenance,
+    package_versions,
+    provenance_header,
+    read_provenance,
+)
 from hltemu.io.reader import iterate_batches, read_collections, reading_notes
 from hltemu.io.schema import (
     EVENT,
+    EVENT_ID_COLUMNS,
     INPUT_SCHEMA,
+    MAX_EVENT,
+    MAX_RUN,
     METADATA_KEY,
     PIXEL_PAD_SHAPE,
+    PROVENANCE_KEY,
     TREE_NAME,
     CollectionSpec,
     ColumnSpec,
+    branch_name,
     describe_schema,
 )
 from hltemu.io.writer import OutputWriter
 
 __all__ = [
     "EVENT",
+    "EVENT_ID_COLUMNS",
     "INPUT_SCHEMA",
+    "MAX_EVENT",
+    "MAX_RUN",
     "METADATA_KEY",
     "PIXEL_PAD_SHAPE",
+    "PROVENANCE_FORMAT",
+    "PROVENANCE_KEY",
     "TREE_NAME",
     "CollectionSpec",
     "ColumnSpec",
@@ -74,11 +103,19 @@ __all__ = [
     "OutputError",
     "OutputWriter",
     "Paths",
+    "branch_name",
+    "command_line",
     "common_collections",
     "count_events",
     "describe_schema",
+    "dumps_provenance",
+    "event_id_summary",
+    "input_provenance",
     "iterate_batches",
+    "package_versions",
+    "provenance_header",
     "reading_notes",
     "read_collections",
     "read_metadata",
+    "read_provenance",
 ]

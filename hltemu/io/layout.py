@@ -20,7 +20,7 @@ import numpy as np
 import uproot
 
 from hltemu.io.errors import InputError, _where
-from hltemu.io.schema import _NUMERIC_KINDS, METADATA_KEY, TREE_NAME
+from hltemu.io.schema import _NUMERIC_KINDS, EVENT, EVENT_ID_COLUMNS, METADATA_KEY, TREE_NAME
 
 #: Paths given to the readers: one path or a sequence of them.
 Paths = str | os.PathLike | Sequence[str | os.PathLike]
@@ -333,6 +333,8 @@ def _classify(fields: list[_Field], meta: Mapping[str, Any]) -> dict[str, _CollL
             if f.name in counters:
                 continue
             s = split(f.name)
+            if s is None and f.name in EVENT_ID_COLUMNS:  # NanoAOD's run, luminosityBlock, event
+                s = (EVENT, f.name)
             if s is None:
                 continue
             cname, x = s
@@ -342,7 +344,13 @@ def _classify(fields: list[_Field], meta: Mapping[str, Any]) -> dict[str, _CollL
                     f"jagged (counter n{cname}); expected a jagged branch"
                 )
                 continue
-            coll(cname, True).columns[x] = _Column(x, f.name, f.dtype, f.shape)
+            columns = coll(cname, True).columns
+            if x in columns:  # 'event' beside a legacy 'Event_event'
+                colls[cname].problems.append(
+                    f"branches {columns[x].branch!r} and {f.name!r} both hold column {x!r}; "
+                    "expected one of them")
+                continue
+            columns[x] = _Column(x, f.name, f.dtype, f.shape)
 
     # order: as in the metadata, then as the first branch of each collection in the tree
     def position(c: _CollLayout) -> tuple[int, int]:

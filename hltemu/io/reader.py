@@ -25,7 +25,7 @@ from hltemu.io.layout import (
     _inspect,
     _open_tree,
 )
-from hltemu.io.schema import INPUT_SCHEMA, TREE_NAME, CollectionSpec
+from hltemu.io.schema import INPUT_SCHEMA, TREE_NAME, CollectionSpec, branch_name
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,9 @@ def _plan_collection(
     schema: Mapping[str, CollectionSpec],
 ) -> _CollPlan:
     """Check that collection ``name`` can be read from ``lay`` with the ``wanted`` columns
-    (``None``: every column the file has; in a file written by hltemu, every column of the
-    schema and of its metadata must then be there) and resolve the columns' shapes."""
+    (``None``: every column the file has; in a file written by hltemu, every column of its
+    metadata and every column of the schema not marked ``optional`` must then be there) and
+    resolve the columns' shapes."""
     where = _where(lay.path, lay.tree)
     cl = lay.collections.get(name)
     if cl is None:
@@ -105,7 +106,8 @@ def _plan_collection(
         schema_cols = list(spec.columns) if spec is not None else []
         if lay.metadata is not None:
             meta_cols = list(lay.metadata.get("collections", {}).get(name, {}).get("columns", {}))
-            required = set(schema_cols) | set(meta_cols)
+            optional = {c for c, cs in spec.columns.items() if cs.optional} if spec else set()
+            required = (set(schema_cols) - optional) | set(meta_cols)
             first = [*meta_cols, *schema_cols]
         else:
             required, first = set(), schema_cols
@@ -119,7 +121,8 @@ def _plan_collection(
         if c is None:
             what = f" ({cspec.dtype}, {cspec.unit or 'no unit'}: {cspec.doc})" if cspec else ""
             raise InputError(
-                f"{where}: collection {name!r} has no branch {f'{name}_{col}'!r}{what}; "
+                f"{where}: collection {name!r} has no branch "
+                f"{branch_name(name, col, cl.per_event)!r}{what}; "
                 f"its columns: {', '.join(cl.columns) or 'none'}"
             )
         shape = c.shape
@@ -355,9 +358,9 @@ def iterate_batches(
         ROOT files (one path or several), read in order.
     collections:
         Collection name -> column names to read, or ``None`` for every column the files have
-        (in a file written by hltemu, every column of the schema and of its metadata must then
-        be present); a list of names means ``None`` for each.  ``None`` (the default) reads
-        every collection common to all files.
+        (in a file written by hltemu, every column of its metadata and every column of the
+        schema not marked ``optional`` must then be present); a list of names means ``None``
+        for each.  ``None`` (the default) reads every collection common to all files.
     batch_size:
         Events per batch.  A batch never spans two files, so the last batch of each file may
         be shorter.

@@ -1,5 +1,32 @@
 """The input schema: tree and collection names, column specifications, :data:`INPUT_SCHEMA`,
-the metadata key, and :func:`describe_schema`."""
+the event identifiers, the metadata and provenance keys, :func:`branch_name` and
+:func:`describe_schema`.
+
+Event identifiers
+-----------------
+Every event of a file made by ``hltemu generate`` carries CMS NanoAOD's three identifiers, as
+NanoAOD stores them: the top-level branches ``run`` (uint32), ``luminosityBlock`` (uint32) and
+``event`` (uint64), without a collection prefix.  hltemu holds them as the columns ``run``,
+``luminosityBlock`` and ``event`` of the event-level collection :data:`EVENT` (``Event``), whose
+other columns are the branches ``Event_<column>`` (:func:`branch_name`); ``hltemu run`` copies
+the ``Event`` collection, and so the identifiers, from its input to its output.  A file written
+before the identifiers existed has ``Event_event`` (int64, restarting at 0 in every file) and
+no ``run`` or ``luminosityBlock``: the reader takes ``Event_event`` as the column ``event``.
+
+``hltemu generate`` numbers events so that ``(run, luminosityBlock, event)`` is unique across
+the files of a production:
+
+* ``run`` is the generation seed (``--seed``), or ``--run N``;
+* ``luminosityBlock`` is ``--lumi N`` (default 1): the index of the file within the
+  production when its files share a run number;
+* ``event`` counts from ``--first-event N``, by default ``(lumi - 1) * events + 1``, so that
+  files of equal ``--events`` with consecutive lumi blocks number their events consecutively
+  across the run, as CMS simulation jobs do.
+
+So the files of a production made with different seeds (each its own run), or with one
+``--run`` and a different ``--lumi`` per file, never share an identifier.  (Two files with the
+same seed hold the same events whatever their identifiers: a production needs a seed per file.)
+"""
 
 from __future__ import annotations
 
@@ -11,8 +38,17 @@ import numpy as np
 #: Name of the TTree holding events, in every file hltemu reads or writes.
 TREE_NAME = "Events"
 
-#: Event-level collection carried from input to output (event number, pileup, vertex).
+#: Event-level collection carried from input to output (identifiers, pileup, vertex, weight).
 EVENT = "Event"
+
+#: Columns of :data:`EVENT` stored as top-level branches of their own name (NanoAOD's event
+#: identifiers), not as ``Event_<column>``.
+EVENT_ID_COLUMNS: tuple[str, ...] = ("run", "luminosityBlock", "event")
+
+#: Largest run and luminosity-block numbers (uint32 branches, as in NanoAOD).
+MAX_RUN = 2**32 - 1
+#: Largest event number (uint64 branch, as in NanoAOD).
+MAX_EVENT = 2**64 - 1
 
 #: Pixel-charge pad stored per hit: PIXEL_PAD_SHAPE[0] pixels along the module's local x
 #: (100 um pitch) times PIXEL_PAD_SHAPE[1] along local y (150 um pitch), centred on the cluster.
@@ -21,12 +57,18 @@ PIXEL_PAD_SHAPE: tuple[int, int] = (8, 8)
 
 @dataclass(frozen=True)
 class ColumnSpec:
-    """One column: dtype, unit ('' when dimensionless), meaning, fixed inner shape per row."""
+    """One column: dtype, unit ('' when dimensionless), meaning, fixed inner shape per row.
+
+    ``optional``: a file written by hltemu may lack the column (the reader otherwise requires
+    every column of the schema in such a file), e.g. the event identifiers and weight, which
+    files written before they existed, and outputs of runs on other files, do not have.
+    """
 
     dtype: np.dtype
     unit: str
     doc: str
     shape: tuple[int, ...] = ()
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -39,8 +81,19 @@ class CollectionSpec:
     doc: str = ""
 
 
-def _c(dtype: str, unit: str, doc: str, shape: tuple[int, ...] = ()) -> ColumnSpec:
-    return ColumnSpec(np.dtype(dtype), unit, doc, shape)
+def _c(dtype: str, unit: str, doc: str, shape: tuple[int, ...] = (), optional: bool = False
+       ) -> ColumnSpec:
+    return ColumnSpec(np.dtype(dtype), unit, doc, shape, optional)
+
+
+def branch_name(collection: str, column: str, per_event: bool = True) -> str:
+    """The TTree branch of ``column`` of ``collection``: ``<collection>_<column>``, except the
+    event identifiers (:data:`EVENT_ID_COLUMNS` of the event-level :data:`EVENT`), which are
+    the top-level branches ``run``, ``luminosityBlock`` and ``event`` as in NanoAOD.  (A
+    jagged column with an inner shape also has its own counter ``n<collection>_<column>``.)"""
+    if per_event and collection == EVENT and column in EVENT_ID_COLUMNS:
+        return column
+    return f"{collection}_{column}"
 
 
 #: What ``hltemu generate`` writes and ``hltemu run`` reads.
@@ -48,12 +101,24 @@ INPUT_SCHEMA: dict[str, CollectionSpec] = {
     EVENT: CollectionSpec(
         EVENT,
         {
-            "event": _c("int64", "", "event number within the generated run"),
-            "n_pileup": _c("int32", "", "number of pileup interactions overlaid"),
-            "pv_z": _c("float32", "cm", "z of the hard-scatter vertex"),
+            "run": _c("uint32", "", "run number (branch 'run'): the generation seed or --run",
+                      optional=True),
+            "luminosityBlock": _c("uint32", "",
+                                  "luminosity block (branch 'luminosityBlock'): --lumi, the "
+                                  "file's index within a production", optional=True),
+            "event": _c("uint64", "",
+                        "event number (branch 'event'), unique within (run, luminosityBlock); "
+                        "from --first-event", optional=True),
+            "n_pileup": _c("int32", "", "number of pileup interactions overlaid", optional=True),
+            "pv_z": _c("float32", "cm", "z of the hard-scatter vertex", optional=True),
+            "weight": _c("float32", "",
+                         "generator weight of the hard scatter (Pythia's info.weight()); 1.0 "
+                         "for every event of hltemu's processes, which Pythia generates "
+                         "unweighted", optional=True),
         },
         per_event=True,
-        doc="event-level information",
+        doc="event-level information: NanoAOD's event identifiers (branches run, "
+            "luminosityBlock, event) and Event_* branches",
     ),
     "GenPart": CollectionSpec(
         "GenPart",
@@ -106,6 +171,10 @@ INPUT_SCHEMA: dict[str, CollectionSpec] = {
 #: Name of the TObjString (JSON) that :class:`OutputWriter` writes beside the tree.
 METADATA_KEY = "hltemu_metadata"
 
+#: Name of the TObjString (JSON object) holding a file's provenance: how it was made
+#: (:mod:`hltemu.io.provenance`), written by :class:`OutputWriter` when it closes the file.
+PROVENANCE_KEY = "hltemu_provenance"
+
 
 #: dtype kinds the reader turns into columns: bool, signed and unsigned integers, floats.
 _NUMERIC_KINDS = frozenset("biuf")
@@ -120,7 +189,7 @@ def describe_schema(schema: Mapping[str, CollectionSpec] = INPUT_SCHEMA) -> list
     rows = []
     for cname, spec in schema.items():
         for col, cs in spec.columns.items():
-            branch = f"{cname}_{col}"
+            branch = branch_name(cname, col, spec.per_event)
             if cs.shape:
                 branch += f" (flattened, counter n{cname}_{col})"
             elif not spec.per_event:

@@ -1,5 +1,5 @@
 """Writing: :class:`OutputWriter`, which appends collections of event batches to a ROOT file
-(one TTree, NanoAOD layout) with the hltemu metadata."""
+(one TTree, NanoAOD layout) with the hltemu metadata and the file's provenance."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import uproot
 
 from hltemu.batch import Collection, EventBatch
 from hltemu.io.errors import OutputError
-from hltemu.io.schema import _NUMERIC_KINDS, METADATA_KEY, TREE_NAME
+from hltemu.io.provenance import dumps_provenance
+from hltemu.io.schema import _NUMERIC_KINDS, METADATA_KEY, PROVENANCE_KEY, TREE_NAME, branch_name
 
 #: Columns of one written collection: name -> (dtype name, inner shape).
 _ColumnKeys = dict[str, tuple[str, tuple[int, ...]]]
@@ -41,27 +42,38 @@ class OutputWriter:
     """Append collections of event batches to a ROOT file (one TTree, NanoAOD layout).
 
     Jagged collection ``C``: counter ``nC`` and branches ``C_x``; event-level collection ``C``:
-    scalar (or fixed-size array) branches ``C_x``.  A jagged column with an inner shape (e.g.
-    ``PixelHit.pad``, ``(n_hits, 8, 8)``) is written flattened as branch ``C_x`` with its own
-    counter ``nC_x`` (``prod(shape)`` values per row), because uproot does not write
-    ``var * 8 * 8 * float32`` correctly; the reader restores the shape.  A jagged collection
-    with no 1-D column gets an explicit ``nC`` branch.  The file also holds the
-    ``hltemu_metadata`` JSON (:data:`METADATA_KEY`: hltemu version, tree, collections, columns,
-    dtypes, shapes), written with the tree.
+    scalar (or fixed-size array) branches ``C_x``, except the event identifiers ``run``,
+    ``luminosityBlock`` and ``event`` of the collection ``Event``, written as top-level
+    branches of those names as in NanoAOD (:func:`~hltemu.io.schema.branch_name`; the column
+    dtypes are written as given, the schema's are uint32, uint32, uint64).  A jagged column
+    with an inner shape (e.g. ``PixelHit.pad``, ``(n_hits, 8, 8)``) is written flattened as
+    branch ``C_x`` with its own counter ``nC_x`` (``prod(shape)`` values per row), because
+    uproot does not write ``var * 8 * 8 * float32`` correctly; the reader restores the shape.
+    A jagged collection with no 1-D column gets an explicit ``nC`` branch.  The file also
+    holds the ``hltemu_metadata`` JSON (:data:`METADATA_KEY`: hltemu version, tree,
+    collections, columns, dtypes, shapes), written with the tree.
 
     The first :meth:`write` fixes the collections and their columns; later writes must have
     the same ones (:class:`OutputError` otherwise).  A file closed before any write holds the
     metadata but no tree.
 
+    Provenance: a JSON object describing how the file was made (settings, versions, command
+    line, ...; :mod:`hltemu.io.provenance`), given to the constructor (``provenance=``) or to
+    :meth:`set_provenance` at any time before :meth:`close`, which writes the last one given
+    as the ``TObjString`` :data:`~hltemu.io.schema.PROVENANCE_KEY` (``hltemu_provenance``);
+    :func:`hltemu.io.read_provenance` reads it back.  It is checked (JSON-ready, finite
+    numbers) when given, so that :meth:`close` cannot fail on it.
+
     Use as a context manager, or call :meth:`close`.
     """
 
     def __init__(self, path: str | os.PathLike, tree: str = TREE_NAME,
-                 compression: Any = None, name: str | os.PathLike | None = None) -> None:
+                 compression: Any = None, name: str | os.PathLike | None = None,
+                 provenance: Mapping[str, Any] | None = None) -> None:
         """``compression``: an uproot compression (e.g. ``uproot.LZMA(9)``); ``None`` keeps
         uproot's default (ZLIB level 1).  ``name``: the file named in error messages
         (default ``path``), e.g. the final name when ``path`` is the temporary file of
-        :func:`hltemu.outputs.atomic_output`."""
+        :func:`hltemu.outputs.atomic_output`.  ``provenance``: see :meth:`set_provenance`."""
         self.path = os.fspath(path)
         self.name = os.fspath(name) if name is not None else self.path
         self.tree_name = tree
@@ -69,6 +81,9 @@ class OutputWriter:
         self._tree: Any = None
         self._layout: _Layout | None = None
         self._meta_written = False
+        self._provenance: str | None = None
+        if provenance is not None:  # checked before the file is created
+            self._provenance = dumps_provenance(provenance, f"provenance of {self.name}")
         try:
             kwargs = {} if compression is None else {"compression": compression}
             self._file: Any = uproot.recreate(Path(self.path), **kwargs)
@@ -85,13 +100,30 @@ class OutputWriter:
     def closed(self) -> bool:
         return self._file is None
 
+    def set_provenance(self, provenance: Mapping[str, Any]) -> None:
+        """Keep ``provenance`` (a JSON-ready mapping with string keys) to write when the file
+        is closed, replacing any given before.  NumPy scalars and arrays, tuples and paths are
+        converted (to numbers, lists, strings); a value JSON cannot hold (an object, a NaN or
+        infinite float: use ``None``) is an :class:`OutputError` naming its key path."""
+        if self._file is None:
+            raise OutputError(f"output file {self.name} is closed: its provenance is written")
+        self._provenance = dumps_provenance(provenance, f"provenance of {self.name}")
+
+    @property
+    def provenance(self) -> dict[str, Any] | None:
+        """The provenance that :meth:`close` writes (a copy), or ``None``."""
+        return None if self._provenance is None else json.loads(self._provenance)
+
     def close(self) -> None:
-        """Write the metadata if no batch was written, and close the file (idempotent)."""
+        """Write the metadata if no batch was written and the provenance if one was given, and
+        close the file (idempotent)."""
         if self._file is None:
             return
         try:
             if not self._meta_written:
                 self._write_metadata({})
+            if self._provenance is not None:
+                self._file[PROVENANCE_KEY] = self._provenance
         finally:
             self._file.close()
             self._file = None
@@ -170,7 +202,7 @@ class OutputWriter:
 
     def _branch_names(self, name: str, per_event: bool, cols: Mapping[str, Any]) -> list[str]:
         if per_event:
-            return [f"{name}_{c}" for c in cols]
+            return [branch_name(name, c) for c in cols]
         out = [f"n{name}"]
         for c, (_, shape) in cols.items():
             out += [f"{name}_{c}"] + ([f"n{name}_{c}"] if shape else [])
@@ -207,7 +239,7 @@ class OutputWriter:
         types: dict[str, Any] = {}
         if per_event:
             for c, (dt, shape) in cols.items():
-                types[f"{name}_{c}"] = leaf(dt, shape)
+                types[branch_name(name, c)] = leaf(dt, shape)
             return types
         flat = {c: v for c, v in cols.items() if not v[1]}
         if flat:
@@ -223,7 +255,7 @@ class OutputWriter:
     @staticmethod
     def _arrays(name: str, coll: Collection) -> dict[str, Any]:
         if coll.per_event:
-            return {f"{name}_{c}": _native(a) for c, a in coll.columns.items()}
+            return {branch_name(name, c): _native(a) for c, a in coll.columns.items()}
         counts = np.asarray(coll.counts, dtype=np.int64)
         out: dict[str, Any] = {}
         flat = {c: a for c, a in coll.columns.items() if a.ndim == 1}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 import click
 
 from hltemu.config import GENERATE_PROCESSES, MAX_PILEUP
@@ -16,7 +18,17 @@ from hltemu.config import GENERATE_PROCESSES, MAX_PILEUP
               show_default=True,
               help="Mean number of pileup (minimum-bias) interactions per event, Poisson.")
 @click.option("--seed", "-s", type=click.IntRange(0, 2**63 - 1), default=1, show_default=True,
-              help="Random seed: the same seed and options give the same file bit for bit.")
+              help="Random seed: the same seed and options give the same values in every "
+                   "branch (not the same bytes: ROOT stamps each file with a UUID and times, "
+                   "and the provenance records when it was made).  Also the run number unless "
+                   "--run is given.")
+@click.option("--run", "run_number", type=click.IntRange(0, 2**32 - 1), default=None,
+              help="Run number of every event (uint32)  [default: the seed]")
+@click.option("--lumi", type=click.IntRange(1, 2**32 - 1), default=1, show_default=True,
+              help="Luminosity block of every event: the index of this file within a "
+                   "production whose files share --run.")
+@click.option("--first-event", type=click.IntRange(0, 2**64 - 1), default=None,
+              help="Number of the first event  [default: (lumi - 1) * events + 1]")
 @click.option("--sqrt-s", type=click.FloatRange(min=1.0), default=13600.0, show_default=True,
               help="Centre-of-mass energy (GeV).")
 @click.option("--pthat-min", type=click.FloatRange(min=0.0), default=30.0, show_default=True,
@@ -33,14 +45,23 @@ from hltemu.config import GENERATE_PROCESSES, MAX_PILEUP
               help="Also draw check plots into this directory (needs hltemu[plots]).")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show a progress bar.")
-def generate(events: int, process: str, pileup: float, seed: int, sqrt_s: float,
-             pthat_min: float, output: str, batch_size: int, compression: str,
-             record_path: str | None, plots_dir: str | None, progress: bool) -> None:
+def generate(events: int, process: str, pileup: float, seed: int, run_number: int | None,
+             lumi: int, first_event: int | None, sqrt_s: float, pthat_min: float, output: str,
+             batch_size: int, compression: str, record_path: str | None, plots_dir: str | None,
+             progress: bool) -> None:
     """Generate EVENTS Pythia 8 events with pileup through the CMS-like toy detector.
 
     Writes generator particles (GenPart), pixel hits with charge pads (PixelHit) and every
     calorimeter cell with noise (CaloCell), truth included, to OUTPUT: under a temporary name,
     renamed to OUTPUT only when every event is in it (an error or Ctrl-C leaves no OUTPUT).
+    OUTPUT also holds the provenance (settings, detector, Pythia's cross-section, pileup
+    generated, versions, this command): hltemu info OUTPUT prints it.
+
+    Every event has NanoAOD's identifiers run (the seed, or --run), luminosityBlock (--lumi)
+    and event (from --first-event).  (run, luminosityBlock, event) is unique across a
+    production when each file has its own seed, or when files share --run and each has its
+    own --lumi; the event numbers then also continue across files of equal --events.  Event
+    weights (Event_weight) are 1.0: Pythia generates these processes unweighted.
     """
     from rich.console import Console
 
@@ -51,24 +72,36 @@ def generate(events: int, process: str, pileup: float, seed: int, sqrt_s: float,
     console = Console()
     try:
         cfg = GenerateConfig(events=events, process=process, pileup=pileup, seed=seed,
-                             sqrt_s=sqrt_s, pthat_min=pthat_min)
+                             sqrt_s=sqrt_s, pthat_min=pthat_min, run=run_number, lumi=lumi,
+                             first_event=first_event)
     except ConfigError as exc:
         raise click.BadParameter(str(exc)) from None
+    if plots_dir is not None:  # before Pythia starts, not after every event is generated
+        from hltemu.extras import MissingExtraError, require
+
+        try:
+            require("plots", "--plots")
+        except MissingExtraError as exc:
+            raise click.ClickException(str(exc)) from None
+    # every option spelled out, so that the command reproduces OUTPUT on its own
+    command = shlex.join([
+        "hltemu", "generate", "--events", str(events), "--process", process,
+        "--pileup", f"{pileup:g}", "--seed", str(seed), "--run", str(cfg.run_number),
+        "--lumi", str(lumi), "--first-event", str(cfg.first_event_number),
+        "--sqrt-s", f"{sqrt_s:g}", "--pthat-min", f"{pthat_min:g}",
+        "--batch-size", str(batch_size), "--compression", compression, "--output", output])
     try:
         check_outputs([("output file", output), ("run record", record_path)])
         if record_path is not None:  # its directory is writable: fail now, not after the run
             AtomicOutput(record_path, "run record").discard()
         stats = generate_file(output, cfg, batch_size=batch_size, progress=progress,
-                              console=console, compression=compression)
+                              console=console, compression=compression, command=command)
     except (ConfigError, SimulationError, OutputPathError) as exc:
         raise click.ClickException(str(exc)) from None
     console.print(stats.summary())
     if record_path is not None:
         from hltemu.simulate.generate import save_run_record
 
-        command = (f"hltemu generate --events {events} --process {process} --pileup {pileup:g} "
-                   f"--seed {seed} --sqrt-s {sqrt_s:g} --pthat-min {pthat_min:g} "
-                   f"--batch-size {batch_size} --compression {compression} --output {output}")
         try:
             save_run_record(record_path, cfg, command=command)
         except OutputPathError as exc:

@@ -7,9 +7,16 @@ all interactions go through the tracker and the calorimeter.
 
 Random numbers: the run's ``seed`` seeds, through :class:`numpy.random.SeedSequence`, the
 hard-scatter Pythia, the pileup Pythia, the beam (pileup counts, vertices) and the detector
-response, each its own stream consumed event after event; so the same seed gives the same
-events bit for bit (every branch; only the ROOT file's UUID and timestamps differ), whatever
-the batch size, and the first ``n`` events of a longer run equal a run of ``n`` events.
+response, each its own stream consumed event after event; so the same seed and settings give
+the same values in every branch, whatever the batch size, and the first ``n`` events of a
+longer run equal a run of ``n`` events.  The file's bytes differ from run to run: ROOT stamps
+every file with a UUID and times, and the provenance records when the file was made.
+
+Event identifiers (the scheme: :mod:`hltemu.io.schema`): ``run`` is the seed or
+``GenerateConfig.run``, ``luminosityBlock`` is ``GenerateConfig.lumi``, ``event`` counts from
+``GenerateConfig.first_event_number``; ``Event.weight`` is the hard scatter's Pythia weight
+(1.0: every process here is generated unweighted).  When the file is complete its provenance
+(:func:`generation_provenance`) is written into it.
 
 GenPart rows of an event: the hard-process record (status 2: Pythia status 22/23, e.g. t, W, b
 and the W decay products; their charge is rounded to an integer), then the hard scatter's
@@ -33,6 +40,7 @@ from hltemu.batch import Collection, EventBatch
 from hltemu.config import DetectorConfig, GenerateConfig
 from hltemu.geometry import Geometry, geometry_for
 from hltemu.io import EVENT, INPUT_SCHEMA
+from hltemu.io.schema import MAX_EVENT
 from hltemu.simulate.calorimeter import simulate_calorimeter
 from hltemu.simulate.pythia import MAX_PYTHIA_SEED, Interaction, PythiaError, PythiaGenerator
 from hltemu.simulate.tracker import simulate_pixels
@@ -54,6 +62,7 @@ class EventStats:
     charged_central: list[int] = field(default_factory=list)
     cells_4sigma: list[int] = field(default_factory=list)
     pileup: list[int] = field(default_factory=list)
+    weight: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
 
 
@@ -66,6 +75,8 @@ class GenerationStats:
     seconds: float = 0.0
     init_seconds: float = 0.0
     per_event: EventStats = field(default_factory=EventStats)
+    #: Pythia's figures at the end of the run (:meth:`EventGenerator.pythia_statistics`).
+    pythia: dict[str, Any] = field(default_factory=dict)
 
     @property
     def events_per_second(self) -> float:
@@ -118,7 +129,15 @@ class EventGenerator:
         self.init_seconds = time.perf_counter() - t0
         self._beam = np.random.default_rng(beam_ss)
         self._det = np.random.default_rng(det_ss)
-        self._next_event = 0
+        self._run = cfg.run_number
+        self._next_event = cfg.first_event_number
+
+    def pythia_statistics(self) -> dict[str, Any]:
+        """Pythia's figures so far (:meth:`PythiaGenerator.statistics`: cross-section in mb,
+        tries, accepted events, weight sum) for ``hard_process`` and ``pileup`` (the
+        minimum-bias generator; ``None`` without pileup)."""
+        return {"hard_process": self._hard.statistics(),
+                "pileup": self._pileup.statistics() if self._pileup is not None else None}
 
     # -- one event ----------------------------------------------------------------------------
     def event(self) -> dict[str, dict[str, np.ndarray]]:
@@ -144,9 +163,14 @@ class EventGenerator:
                                      g["mass"], g["pdgId"], g["charge"], g["vx"], g["vy"],
                                      g["vz"], self._det)
         number = self._next_event
+        if number > MAX_EVENT:
+            raise SimulationError(f"event number {number} does not fit uint64; lower "
+                                  "first_event")
         self._next_event += 1
-        event = {"event": np.array([number]), "n_pileup": np.array([n_pu]),
-                 "pv_z": np.array([vtx[0, 2]])}
+        event = {"run": np.array([self._run], np.uint32),
+                 "luminosityBlock": np.array([cfg.lumi], np.uint32),
+                 "event": np.array([number], np.uint64), "n_pileup": np.array([n_pu]),
+                 "pv_z": np.array([vtx[0, 2]]), "weight": np.array([interactions[0].weight])}
         out = {EVENT: event, "GenPart": gen, "PixelHit": hits, "CaloCell": cells}
         return {name: _cast(name, cols) for name, cols in out.items()}
 
@@ -234,6 +258,7 @@ def _event_stats(stats: EventStats, geom: Geometry, ev: dict[str, dict[str, np.n
     cells = ev["CaloCell"]
     stats.cells_4sigma.append(int((np.abs(cells["energy"]) > 4.0 * geom.calo.noise_sigma).sum()))
     stats.pileup.append(int(ev[EVENT]["n_pileup"][0]))
+    stats.weight.append(float(ev[EVENT]["weight"][0]))
     stats.seconds.append(seconds)
 
 
@@ -253,17 +278,19 @@ def _compression(name: str) -> Any:
 
 def generate_file(path: str | Path, cfg: GenerateConfig, detector: DetectorConfig | None = None,
                   batch_size: int = 10, progress: bool = False, console: Any = None,
-                  compression: str = "zlib") -> GenerationStats:
+                  compression: str = "zlib", command: str | None = None) -> GenerationStats:
     """Generate ``cfg.events`` events into the ROOT file ``path`` (schema: hltemu.io).
 
     ``progress`` shows a rich progress bar (on ``console``); ``compression`` is a key of
-    :data:`COMPRESSIONS`.  Returns the run's statistics.
+    :data:`COMPRESSIONS`; ``command`` is the command line recorded in the file's provenance
+    (default: this process's).  Returns the run's statistics.
 
     The file is written under a temporary name beside ``path``, created before Pythia starts
     (a missing or unwritable directory is an :class:`~hltemu.outputs.OutputPathError` at
-    once), and renamed to ``path`` only once every event is in it
-    (:func:`~hltemu.outputs.atomic_output`): an error or Ctrl-C leaves no file at ``path``
-    (an earlier file there stays as it was) and no temporary file.
+    once), and renamed to ``path`` only once every event and the provenance
+    (:func:`generation_provenance`) are in it (:func:`~hltemu.outputs.atomic_output`): an
+    error or Ctrl-C leaves no file at ``path`` (an earlier file there stays as it was) and no
+    temporary file.
     """
     from hltemu.io import OutputWriter
     from hltemu.outputs import atomic_output
@@ -292,33 +319,126 @@ def generate_file(path: str | Path, cfg: GenerateConfig, detector: DetectorConfi
             with writer:
                 for batch in gen.batches(cfg.events, batch_size, on_event):
                     writer.write(batch, list(COLLECTIONS))
+                stats.events = cfg.events
+                stats.seconds = time.perf_counter() - t_start
+                stats.pythia = gen.pythia_statistics()
+                writer.set_provenance(generation_provenance(
+                    stats, detector, command=command, compression=compression,
+                    geometry=gen.geometry))
         finally:
             if bar is not None:
                 bar.close()
-    stats.events = cfg.events
     stats.seconds = time.perf_counter() - t_start
     return stats
+
+
+def _table(obj: Any) -> dict[str, Any]:
+    """The fields of a config dataclass as a TOML/JSON-ready dict (tuples as lists)."""
+    import dataclasses
+
+    return {f.name: list(v) if isinstance(v := getattr(obj, f.name), tuple) else v
+            for f in dataclasses.fields(obj)}
+
+
+def settings_table(cfg: GenerateConfig) -> dict[str, Any]:
+    """The run's settings (:class:`GenerateConfig` fields) with the event identifiers resolved:
+    ``run`` and ``first_event`` as the numbers written (never ``None``), so that the table
+    reproduces the file on its own."""
+    table = _table(cfg)
+    table["run"], table["first_event"] = cfg.run_number, cfg.first_event_number
+    return table
+
+
+def detector_summary(detector: DetectorConfig | None = None, geometry: Geometry | None = None
+                     ) -> dict[str, Any]:
+    """A short description of the detector for the provenance: field (T), pixel layers and
+    disks, calorimeter layers and cells, whether it is hltemu's default detector, the
+    settings that differ from the default (``non_default``) and a SHA-256 of every setting
+    (``sha256``: equal hashes, equal detectors)."""
+    import hashlib
+    import json
+
+    det = detector or DetectorConfig()
+    geom = geometry or geometry_for(det)
+    full, default = _table(det), _table(DetectorConfig())
+    digest = hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()
+    return {
+        "b_field_T": det.b_field,
+        "pixel_barrel_layers": len(det.barrel_radii),
+        "pixel_disks_per_side": len(det.disk_z),
+        "calorimeter_layers": list(det.calo_names),
+        "calorimeter_cells": int(geom.calo.n_cells),
+        "default": full == default,
+        "non_default": {k: v for k, v in full.items() if v != default[k]},
+        "sha256": digest,
+    }
+
+
+def generation_provenance(stats: GenerationStats, detector: DetectorConfig | None = None,
+                          command: str | None = None, compression: str = "zlib",
+                          geometry: Geometry | None = None) -> dict[str, Any]:
+    """The provenance of a generated file (:mod:`hltemu.io.provenance`): the common header
+    (``kind = "generate"``, versions with pythia8mc, ``command``), then
+
+    * ``settings``: :func:`settings_table` and ``units`` (unit of each setting that has one);
+    * ``event_ids``: ``run``, ``luminosityBlock``, ``first_event``, ``last_event``;
+    * ``events``, ``compression``, ``seconds`` (wall time, Pythia initialisation included);
+    * ``detector``: :func:`detector_summary`;
+    * ``pythia``: :meth:`EventGenerator.pythia_statistics` at the end of the run
+      (``hard_process.sigma_gen_mb`` +- ``sigma_err_mb``: Pythia's cross-section estimate of
+      the hard process in mb, from the events generated);
+    * ``pileup``: ``mean_requested`` (the Poisson mean), ``mean_generated``, ``min``, ``max``
+      and ``total`` interactions overlaid;
+    * ``weights``: ``sum`` and ``all_one`` of ``Event_weight`` (the hard-scatter weight).
+    """
+    import dataclasses
+
+    from hltemu.io import provenance_header
+
+    cfg = stats.config
+    pu = np.asarray(stats.per_event.pileup, dtype=np.int64)
+    units = {f.name: f.metadata["unit"] for f in dataclasses.fields(cfg)
+             if f.metadata.get("unit")}
+    first = cfg.first_event_number
+    prov = provenance_header("generate", command, packages=("pythia8mc",))
+    prov.update({
+        "settings": settings_table(cfg),
+        "units": units,
+        "event_ids": {"run": cfg.run_number, "luminosityBlock": cfg.lumi,
+                      "first_event": first, "last_event": first + stats.events - 1},
+        "events": stats.events,
+        "compression": compression,
+        "seconds": round(stats.seconds, 3),
+        "detector": detector_summary(detector, geometry),
+        "pythia": stats.pythia,
+        "pileup": {
+            "mean_requested": cfg.pileup,
+            "mean_generated": float(pu.mean()) if pu.size else None,
+            "min": int(pu.min()) if pu.size else None,
+            "max": int(pu.max()) if pu.size else None,
+            "total": int(pu.sum()),
+        },
+        "weights": {"sum": float(np.sum(stats.per_event.weight)),
+                    "all_one": bool(np.all(np.asarray(stats.per_event.weight) == 1.0))},
+    })
+    return prov
 
 
 def run_record(cfg: GenerateConfig, detector: DetectorConfig | None = None,
                command: str = "") -> dict[str, Any]:
     """What reproduces a generated file: versions, the command line, the run's settings
-    (table ``generate``) and the detector's (table ``detector``), as a TOML-ready dict."""
-    import dataclasses
+    (table ``generate``, :func:`settings_table`) and the detector's (table ``detector``), as a
+    TOML-ready dict."""
     from importlib.metadata import version
 
     from hltemu import __version__
-
-    def table(obj: Any) -> dict[str, Any]:
-        return {f.name: list(v) if isinstance(v := getattr(obj, f.name), tuple) else v
-                for f in dataclasses.fields(obj)}
 
     return {
         "command": command,
         "hltemu_version": __version__,
         "pythia8mc_version": version("pythia8mc"),
-        "generate": table(cfg),
-        "detector": table(detector or DetectorConfig()),
+        "generate": settings_table(cfg),
+        "detector": _table(detector or DetectorConfig()),
     }
 
 
@@ -334,4 +454,3 @@ def save_run_record(path: str | Path, cfg: GenerateConfig, detector: DetectorCon
             + tomli_w.dumps(run_record(cfg, detector, command)))
     with atomic_output(path, "run record") as out:
         out.path.write_text(text)
-

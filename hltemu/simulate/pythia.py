@@ -50,6 +50,8 @@ class Interaction:
 
     ``final`` is True for final-state particles; the others are the hard-process record.
     Vertices are relative to the interaction point (Pythia's production vertex, mm -> cm).
+    ``weight`` is Pythia's event weight (``info.weight()``): 1.0 for the unweighted events of
+    every process hltemu generates.
     """
 
     px: np.ndarray
@@ -63,6 +65,7 @@ class Interaction:
     vx: np.ndarray
     vy: np.ndarray
     vz: np.ndarray
+    weight: float = 1.0
 
     def __len__(self) -> int:
         return int(self.px.shape[0])
@@ -126,8 +129,22 @@ class PythiaGenerator:
         """Generate one interaction; retries Pythia's occasional failures."""
         for _ in range(self.max_failures):
             if self._pythia.next():
-                return self._extract(self._pythia.event)
+                it = self._extract(self._pythia.event)
+                it.weight = float(self._pythia.infoPython().weight())
+                return it
         raise PythiaError(f"Pythia failed {self.max_failures} times in a row ({self.process})")
+
+    def statistics(self) -> dict[str, float | int | str]:
+        """Pythia's figures for the events generated so far: ``sigma_gen_mb`` and
+        ``sigma_err_mb`` (the estimated cross-section of the process and its statistical
+        error, in mb: Pythia's ``info.sigmaGen()``, ``info.sigmaErr()``), ``n_tried``,
+        ``n_selected``, ``n_accepted`` (phase-space points tried, selected, events accepted)
+        and ``weight_sum``.  The estimate improves with the number of events."""
+        info = self._pythia.infoPython()
+        return {"process": self.process, "sigma_gen_mb": float(info.sigmaGen()),
+                "sigma_err_mb": float(info.sigmaErr()), "n_tried": int(info.nTried()),
+                "n_selected": int(info.nSelected()), "n_accepted": int(info.nAccepted()),
+                "weight_sum": float(info.weightSum())}
 
     def _extract(self, event) -> Interaction:
         keep_hard = self.keep_hard_process

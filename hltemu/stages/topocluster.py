@@ -26,7 +26,7 @@ a cell passing a threshold when ``S`` is *strictly* above it):
 
 Cells not in a cluster get label -1.  The two-sided significance means that a cluster may hold
 cells of negative energy, and that a cluster of noise may have ``energy <= 0``: such clusters
-are kept (``rho`` and ``antikt`` ignore clusters with ``energy <= 0``).
+are kept (``antikt`` ignores clusters with ``energy <= 0``).
 
 Kinematics of a cluster (cells at their centres, :mod:`hltemu.geometry`):
 
@@ -130,6 +130,7 @@ import numpy as np
 
 from hltemu.backends import Backend
 from hltemu.batch import Collection, EventBatch, counts_to_offsets
+from hltemu.calo_cells import check_cells, repeated_id_error
 from hltemu.cell_graph import CellGraph, graph_of
 from hltemu.config import ConfigError, param
 from hltemu.ops import THREADS_PER_BLOCK, blocks
@@ -181,9 +182,6 @@ class TopoclusterConfig:
                               "path), got an empty string")
 
 
-#: CaloCell columns the stage reads.
-CELL_COLUMNS: tuple[str, ...] = ("id", "energy")
-
 #: ``clusters`` columns: name -> (dtype, unit, meaning).
 CLUSTER_COLUMNS: dict[str, tuple[str, str, str]] = {
     "energy": ("float64", "GeV", "sum of the member cells' energies (negative ones included)"),
@@ -233,44 +231,6 @@ def noise_graph(cfg: TopoclusterConfig, calo: Any = None) -> CellGraph:
 
 
 # -- input checks and per-row arrays ----------------------------------------------------------
-def check_cells(cells: Collection, graph: CellGraph, be: Backend) -> None:
-    """Raise :class:`PipelineError` for a CaloCell collection the stage cannot use (missing
-    column, id out of range, non-finite energy; repeated ids are caught by :func:`row_arrays`)."""
-    missing = [c for c in CELL_COLUMNS if c not in cells]
-    if missing:
-        raise PipelineError(f"stage 'topocluster' needs CaloCell column(s) {missing}; the "
-                            f"collection has {sorted(cells.columns)}")
-    if cells.size == 0:
-        return
-    xp = be.xp
-    ids = cells["id"]
-    if ids.dtype.kind not in "iu":
-        raise PipelineError(f"CaloCell.id must be integers, got dtype {ids.dtype}")
-    bad = (ids < 0) | (ids >= graph.n_cells)
-    if any_true(bad):
-        row = item(xp.argmax(bad))
-        raise PipelineError(
-            f"CaloCell.id has the value {int(be.to_host(ids[row]))} (event "
-            f"{_event_of(cells, row, be)}); cell ids of the calorimeter are 0-{graph.n_cells - 1}")
-    energy = cells["energy"]
-    bad = ~xp.isfinite(energy)
-    if any_true(bad):
-        row = item(xp.argmax(bad))
-        raise PipelineError(
-            f"CaloCell.energy has the value {float(be.to_host(energy[row]))} GeV (cell id "
-            f"{int(be.to_host(ids[row]))}, event {_event_of(cells, row, be)}); energies must be "
-            "finite")
-
-
-def _event_of(cells: Collection, row: int, be: Backend) -> int:
-    return int(np.searchsorted(be.to_host(cells.offsets)[1:], row, side="right"))
-
-
-def _repeated_id_error(id_value: int, event: int) -> PipelineError:
-    return PipelineError(f"CaloCell.id {id_value} appears more than once in event {event}; "
-                         "each cell may be listed once per event")
-
-
 class RowArrays(NamedTuple):
     """Per-row arrays of a CaloCell collection on one backend.
 
@@ -304,7 +264,8 @@ def row_arrays(cells: Collection, graph: CellGraph, be: Backend) -> RowArrays:
     repeated = slot[event, ids] != local
     if any_true(repeated):
         row = item(xp.argmax(repeated))
-        raise _repeated_id_error(int(be.to_host(ids[row])), int(be.to_host(event[row])))
+        raise repeated_id_error(int(be.to_host(ids[row])), int(be.to_host(event[row])),
+                                "topocluster")
     energy = xp.asarray(cells["energy"], dtype=xp.float64)
     return RowArrays(ids, significance(energy, ids, dev.noise, xp), energy, event, slot)
 
@@ -393,7 +354,7 @@ def cluster_reference(cells: Collection, graph: CellGraph, cfg: TopoclusterConfi
         ids = ids_all[sl]
         unique, n_seen = np.unique(ids, return_counts=True)
         if np.any(n_seen > 1):
-            raise _repeated_id_error(int(unique[np.argmax(n_seen > 1)]), i)
+            raise repeated_id_error(int(unique[np.argmax(n_seen > 1)]), i, "topocluster")
         label, cols = cluster_event_reference(ids, energy_all[sl], graph, cfg)
         labels.append(label)
         per_event.append(cols)
@@ -522,14 +483,14 @@ def assemble(label: Any, rows: RowArrays, offsets: Any, n_events: int, graph: Ce
 def clusters_reference(cells: Collection, cfg: TopoclusterConfig, be: Backend,
                        graph: CellGraph) -> tuple[Collection, Collection]:
     """The seed-queue algorithm per event in plain Python (:func:`cluster_reference`)."""
-    check_cells(cells, graph, be)
+    check_cells(cells, graph.n_cells, be, "topocluster")
     return cluster_reference(cells.to_host(), graph, cfg)
 
 
 def clusters_cpu(cells: Collection, cfg: TopoclusterConfig, be: Backend,
                  graph: CellGraph) -> tuple[Collection, Collection]:
     """The same algorithm in Numba, parallel over events, then the common assembly."""
-    check_cells(cells, graph, be)
+    check_cells(cells, graph.n_cells, be, "topocluster")
     rows = row_arrays(cells, graph, be)
     label = labels_cpu(rows, cells.offsets, graph, cfg)
     return assemble(label, rows, cells.offsets, cells.n_events, graph, be, kinematics_cpu)
@@ -538,7 +499,7 @@ def clusters_cpu(cells: Collection, cfg: TopoclusterConfig, be: Backend,
 def clusters_cuda(cells: Collection, cfg: TopoclusterConfig, be: Backend,
                   graph: CellGraph) -> tuple[Collection, Collection]:
     """Tag propagation to a fixed point and a perimeter pass on CUDA, then the assembly."""
-    check_cells(cells, graph, be)
+    check_cells(cells, graph.n_cells, be, "topocluster")
     rows = row_arrays(cells, graph, be)
     label, _ = labels_cuda(rows, cells.offsets, graph, cfg, be)
     return assemble(label, rows, cells.offsets, cells.n_events, graph, be, kinematics_cuda)
