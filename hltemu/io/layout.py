@@ -102,6 +102,16 @@ _HEADER = struct.Struct(">iiI")
 _HEADER_LARGE = struct.Struct(">iiQ")
 
 
+def open_root(path: str) -> Any:
+    """``uproot.open(path)`` after :func:`_check_file`; :class:`InputError` naming the file
+    when it is missing, not ROOT or truncated."""
+    _check_file(path)
+    try:
+        return uproot.open(Path(path))
+    except Exception as exc:
+        raise InputError(f"input file {path} cannot be opened as a ROOT file: {exc}") from None
+
+
 def _check_file(path: str) -> None:
     """Existence, ROOT magic bytes, and a file as long as its header says (not truncated);
     raise :class:`InputError` otherwise."""
@@ -142,11 +152,7 @@ def _open_tree(path: str, tree: str) -> Iterator[tuple[Any, Any]]:
     Raises :class:`InputError` for a missing, non-ROOT or truncated file, and for a missing
     tree (naming the trees the file has) or an object that is not a TTree or RNTuple.
     """
-    _check_file(path)
-    try:
-        f = uproot.open(Path(path))
-    except Exception as exc:
-        raise InputError(f"input file {path} cannot be opened as a ROOT file: {exc}") from None
+    f = open_root(path)
     try:
         try:
             classes = f.classnames(cycle=False)
@@ -410,11 +416,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
     files): ``{"hltemu_version", "tree", "collections": {name: {"per_event", "columns":
     {column: {"dtype", "shape"}}}}}``."""
     path = str(path)
-    _check_file(path)
-    try:
-        f = uproot.open(Path(path))
-    except Exception as exc:
-        raise InputError(f"input file {path} cannot be opened as a ROOT file: {exc}") from None
+    f = open_root(path)
     with f:
         return _read_metadata(f, path)
 

@@ -31,10 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import uproot
 
 from hltemu.io.errors import InputError, OutputError
-from hltemu.io.layout import _check_file, _inspect, _open_tree
+from hltemu.io.layout import _inspect, _open_tree, open_root
 from hltemu.io.schema import EVENT, EVENT_ID_COLUMNS, PROVENANCE_KEY, TREE_NAME
 
 #: Version of the provenance layout (the ``format`` entry): bumped when a key changes meaning.
@@ -128,11 +127,7 @@ def read_provenance(path: str | os.PathLike) -> dict[str, Any] | None:
     for a provenance object that is not a JSON object.
     """
     path = os.fspath(path)
-    _check_file(path)
-    try:
-        f = uproot.open(Path(path))
-    except Exception as exc:
-        raise InputError(f"input file {path} cannot be opened as a ROOT file: {exc}") from None
+    f = open_root(path)
     with f:
         if PROVENANCE_KEY not in f.keys(cycle=False):
             return None
