@@ -704,9 +704,10 @@ def test_genjets_hard_scatter_backends_agree(sample_gen):
 
 def test_genjet_counts_all_vertices_and_hard_scatter(sample_gen):
     """Genjets per event on the built-in sample (ttbar, pileup 50; R = 0.4, pt_min = 5 GeV),
-    measured 2026-12: every vertex 147.3 per event (153, 143, 136, 147, 160, 141, 144, 153,
-    141, 155), 65.1 of them above 20 GeV; the hard scatter 11.7 (5, 14, 9, 6, 17, 12, 13, 9,
-    19, 13), 4.7 above 20 GeV.  Checked as ratios, which a regenerated sample keeps."""
+    measured 2026-11-29 on the sample as regenerated with per-interaction random streams: every
+    vertex 149.3 per event (146, 155, 157, 154, 130, 140, 158, 153, 139, 161), 66.1 of them
+    above 20 GeV; the hard scatter 14.1 (9, 17, 10, 10, 9, 17, 34, 16, 8, 11), 5.1 above 20 GeV.
+    Checked as ratios, which a regenerated sample keeps."""
     gen = sample_gen
     counts = {}
     for vertices in VERTICES:
@@ -733,8 +734,9 @@ def old_genjets(gen: Collection, cfg: GenJetsConfig) -> Collection:
 def test_vertices_all_reproduces_the_old_genjets(sample_gen):
     """``vertices = "all"`` gives the old output bit for bit (every column): on the sample,
     and on a GenPart without a ``vertex`` column (a file written before it existed).  (It also
-    equals the genjets_* branches of tests/data/golden_sample.npz as recorded before this
-    change, reference and cpu: checked once by hand, not here, as that file is regenerated.)"""
+    equalled the genjets_* branches of tests/data/golden_sample.npz as recorded before the
+    hard-scatter default, on the sample of that time, reference and cpu: checked once by hand,
+    not here, as both have been regenerated since.)"""
     gen = sample_gen
     cfg = config_from_dict({"genjets": {"vertices": "all"}})["genjets"]
     want = old_genjets(gen, cfg)

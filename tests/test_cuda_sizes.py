@@ -283,7 +283,7 @@ def test_doublets_cuda_on_full_events(sample, monkeypatch, n_events, capacity):
     assert {t for _, t in launches} == {THREADS_PER_BLOCK}
     assert launches[0][0] > 100
     assert len(launches) == (2 if capacity else 1)
-    assert want["doublets"].size > 15_000 * n_events
+    assert want["doublets"].size > 10_000 * n_events  # production scale: 13k-15k per event
     assert_same_products(want, got)
 
 

@@ -314,6 +314,82 @@ def test_same_seed_same_events_other_seed_other_events():
                           np.concatenate([a[0]["PixelHit"]["x"], a[1]["PixelHit"]["x"]]))
 
 
+def _hit_rows(hits, keep=None):
+    """PixelHit rows as hashable tuples (every column; the pad as bytes)."""
+    keep = np.ones(hits["x"].shape[0], bool) if keep is None else keep
+    cols = [c for c in INPUT_SCHEMA["PixelHit"].columns if c != "pad"]
+    return [tuple(hits[c][i].item() for c in cols) + (hits["pad"][i].tobytes(),)
+            for i in np.flatnonzero(keep)]
+
+
+@pytest.mark.parametrize("pileup", [5.0, 10.0])
+def test_hard_scatter_does_not_depend_on_the_pileup(pileup):
+    """Same seed at pileup 0 and N: same vertex and hard-scatter particles, every PU-0 hit
+    (all columns, the pad included, sim_index pointing at the same hard-scatter GenPart row)
+    is a PU-N hit, and no cell has less true energy at PU N."""
+    cfg = GenerateConfig(events=2, process="zqq", pileup=0.0, seed=21)
+    alone = _events(cfg)
+    piled = _events(dataclasses.replace(cfg, pileup=pileup))
+    assert sum(int(ev[EVENT]["n_pileup"][0]) for ev in piled) > 0
+    for a, b in zip(alone, piled, strict=True):
+        assert a[EVENT]["pv_z"][0] == b[EVENT]["pv_z"][0]
+        assert a[EVENT]["weight"][0] == b[EVENT]["weight"][0]
+        hard = b["GenPart"]["vertex"] == 0
+        assert np.all(a["GenPart"]["vertex"] == 0) and hard.sum() == a["GenPart"]["pt"].size
+        assert np.flatnonzero(hard).tolist() == list(range(hard.sum()))  # hard rows first
+        for col in a["GenPart"]:
+            assert np.array_equal(a["GenPart"][col], b["GenPart"][col][hard]), col
+        # hits: the PU-0 hits (noise hits included: the noise stream is per event) are
+        # PU-N hits, and the PU-N hits of hard-scatter particles are exactly the PU-0 ones
+        ha, hb = a["PixelHit"], b["PixelHit"]
+        rows_b = set(_hit_rows(hb))
+        assert all(r in rows_b for r in _hit_rows(ha))
+        sim_b = hb["sim_index"]
+        hard_b = (sim_b >= 0) & (sim_b < hard.sum())
+        assert sorted(_hit_rows(hb, hard_b)) == sorted(_hit_rows(ha, ha["sim_index"] >= 0))
+        assert hb["x"].size > ha["x"].size
+        # cells: true energies add (pileup only adds), and pileup adds some
+        ta, tb = a["CaloCell"]["true_energy"], b["CaloCell"]["true_energy"]
+        assert np.all(ta <= tb)
+        if b[EVENT]["n_pileup"][0] > 0:
+            assert tb.sum() > ta.sum()
+
+
+def test_an_event_does_not_depend_on_the_events_before_it():
+    cfg = GenerateConfig(events=3, process="zbb", pileup=2.0, seed=4)
+    serial = _events(cfg)
+    gen = EventGenerator(cfg)
+    for i in (2, 0, 1):  # any order
+        ev = gen.event_at(i)
+        for coll in ev:
+            for col in ev[coll]:
+                assert np.array_equal(ev[coll][col], serial[i][coll][col]), (i, coll, col)
+
+
+def test_jobs_give_the_same_values_as_one_process(tmp_path):
+    """--jobs 2 generates event ranges in two processes: every branch equals --jobs 1, the
+    batches are written in order, Pythia's counts are combined."""
+    from hltemu.io import read_collections, read_provenance
+
+    cfg = GenerateConfig(events=5, process="zqq", pileup=2.0, seed=9)
+    one, two = tmp_path / "one.root", tmp_path / "two.root"
+    s1 = generate_file(one, cfg, batch_size=2)
+    s2 = generate_file(two, cfg, batch_size=2, jobs=2)
+    a = read_collections(str(one), list(INPUT_SCHEMA))
+    b = read_collections(str(two), list(INPUT_SCHEMA))
+    for name, spec in INPUT_SCHEMA.items():
+        assert np.array_equal(a[name].counts, b[name].counts), name
+        for col in spec.columns:
+            assert np.array_equal(a[name][col], b[name][col]), (name, col)
+    assert s2.per_event.pileup == s1.per_event.pileup
+    assert s2.per_event.pixel_hits == s1.per_event.pixel_hits
+    p1, p2 = read_provenance(str(one))["pythia"], read_provenance(str(two))["pythia"]
+    for key in ("hard_process", "pileup"):
+        assert p2[key]["n_accepted"] == p1[key]["n_accepted"]
+    assert p2["hard_process"]["n_accepted"] == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.root", "two.root"]
+
+
 def test_pythia_is_silent(capfd, monkeypatch, tmp_path):
     """No banner, no initialisation or per-event printout, also when the minimum-bias MPI
     tables are computed for the first time (fresh cache directory)."""
@@ -434,6 +510,12 @@ def test_generate_command_end_to_end(tmp_path):
     assert res.exit_code == 0, res.output
     assert "events/s" in res.output and "pixel hits" in res.output
     assert count_events([str(out)]) == 2
+    # --jobs: the same events from two processes
+    out2 = tmp_path / "cli2.root"
+    res = CliRunner().invoke(cli, ["generate", "-n", "2", "-p", "zbb", "--pileup", "0",
+                                   "--seed", "3", "-o", str(out2), "--jobs", "2"])
+    assert res.exit_code == 0, res.output
+    assert count_events([str(out2)]) == 2
 
 
 def test_builtin_sample_is_reproduced_from_its_recorded_seed():

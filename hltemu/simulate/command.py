@@ -43,12 +43,15 @@ from hltemu.config import GENERATE_PROCESSES, MAX_PILEUP
               help="Also write the settings that reproduce OUTPUT to this TOML file.")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), default=None,
               help="Also draw check plots into this directory (needs hltemu[plots]).")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes generating events in parallel (ranges of events); the values "
+                   "written do not depend on it.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show a progress bar.")
 def generate(events: int, process: str, pileup: float, seed: int, run_number: int | None,
              lumi: int, first_event: int | None, sqrt_s: float, pthat_min: float, output: str,
              batch_size: int, compression: str, record_path: str | None, plots_dir: str | None,
-             progress: bool) -> None:
+             jobs: int, progress: bool) -> None:
     """Generate EVENTS Pythia 8 events with pileup through the CMS-like toy detector.
 
     Writes generator particles (GenPart), pixel hits with charge pads (PixelHit) and every
@@ -95,7 +98,8 @@ def generate(events: int, process: str, pileup: float, seed: int, run_number: in
         if record_path is not None:  # its directory is writable: fail now, not after the run
             AtomicOutput(record_path, "run record").discard()
         stats = generate_file(output, cfg, batch_size=batch_size, progress=progress,
-                              console=console, compression=compression, command=command)
+                              console=console, compression=compression, command=command,
+                              jobs=jobs)
     except (ConfigError, SimulationError, OutputPathError) as exc:
         raise click.ClickException(str(exc)) from None
     console.print(stats.summary())

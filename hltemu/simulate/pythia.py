@@ -125,6 +125,13 @@ class PythiaGenerator:
             raise PythiaError(f"Pythia initialisation failed for process {process!r} at "
                               f"sqrt(s) = {sqrt_s} GeV")
 
+    def reseed(self, seed: int) -> None:
+        """Restart Pythia's random-number generator with ``seed`` (1..900,000,000): the next
+        interactions depend on this seed, not on what was generated before."""
+        if not 1 <= seed <= MAX_PYTHIA_SEED:
+            raise PythiaError(f"Pythia seed must be in 1..{MAX_PYTHIA_SEED}, got {seed}")
+        self._pythia.rndm.init(seed)
+
     def next(self) -> Interaction:
         """Generate one interaction; retries Pythia's occasional failures."""
         for _ in range(self.max_failures):

@@ -17,6 +17,12 @@ Steps, per event:
    for an 8 x 8 pad).
 3. A few noise hits (single pixels, ``sim_index = -1``) are added per layer.
 
+Additivity (pileup): clusters are digitised one by one (pixel noise, threshold and ADC per
+cluster, from the cluster's own seed), and two clusters sharing pixels are *not* merged; so the
+hits of an event are exactly the union of the hits of its interactions
+(:func:`particle_hits`) plus the event's noise hits (:func:`finish_hits`).  Merged clusters in
+dense jets, a real effect, are not modelled.
+
 Helix conventions: ``s`` is the transverse arc length from the vertex (cm), ``phi(s) = phi0 -
 h s / R`` with ``h = sign(q)`` (B > 0 along +z bends positive particles clockwise seen from
 +z), ``R = pt / (0.3 |q| B)`` (:func:`helix_radius`), ``z(s) = z0 + s pz / pt``.
@@ -368,23 +374,40 @@ def noise_hits(geom: Geometry, rng: np.random.Generator) -> dict[str, np.ndarray
     }
 
 
-def simulate_pixels(geom: Geometry, px: np.ndarray, py: np.ndarray, pz: np.ndarray,
-                    charge: np.ndarray, vx: np.ndarray, vy: np.ndarray, vz: np.ndarray,
-                    rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """PixelHit columns of one event: hits of the given particles plus noise hits.
+def particle_hits(geom: Geometry, px: np.ndarray, py: np.ndarray, pz: np.ndarray,
+                  charge: np.ndarray, vx: np.ndarray, vy: np.ndarray, vz: np.ndarray,
+                  rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Pixel hits of the given particles, without noise hits, in the module frame (columns
+    ``layer, module, u, v, size_x, size_y, charge, pad, sim_index``; ``sim_index`` is the
+    particle's index in the input arrays).  :func:`finish_hits` adds the noise hits and the
+    global positions.
 
-    ``sim_index`` of a particle hit is the particle's index in the input arrays (-1 for noise).
-    Hits are ordered by layer id, then module, then the particles' order.  Global positions are
-    computed from the module-local cluster centroid, so barrel hits lie on their cylinder and
-    disk hits on their plane.
+    Every cluster is digitised on its own (the pixel noise of a cluster comes from the cluster's
+    own seed, drawn from ``rng``): two particles crossing the same pixels give two hits, not one
+    merged cluster, so the hits of a set of particles are the union of the hits of its parts.
     """
-    cross = propagate(geom, px, py, pz, charge, vx, vy, vz)
-    hits = digitize(geom, cross, rng)
-    noise = noise_hits(geom, rng)
-    cols = {k: np.concatenate([hits[k], noise[k]]) for k in noise}
+    return digitize(geom, propagate(geom, px, py, pz, charge, vx, vy, vz), rng)
+
+
+def finish_hits(geom: Geometry, parts: list[dict[str, np.ndarray]],
+                noise_rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+    """PixelHit columns of one event from the hits of its interactions (:func:`particle_hits`,
+    ``sim_index`` already mapped to the event's particles) plus noise hits drawn from
+    ``noise_rng`` (none if ``None``): ordered by layer id, then module, then the order of
+    ``parts`` (noise hits last).  Global positions are computed from the module-local cluster
+    centroid, so barrel hits lie on their cylinder and disk hits on their plane."""
+    if noise_rng is not None:
+        parts = [*parts, noise_hits(geom, noise_rng)]
+    keys = ("layer", "module", "u", "v", "size_x", "size_y", "charge", "pad", "sim_index")
+    nx, ny = PIXEL_PAD_SHAPE
+    if parts:
+        cols = {k: np.concatenate([p[k] for p in parts]) for k in keys}
+    else:
+        cols = {k: np.zeros((0, nx, ny) if k == "pad" else 0) for k in keys}
     order = np.lexsort((cols["module"], cols["layer"]))
     cols = {k: v[order] for k, v in cols.items()}
-    x, y, z = geom.pixel.local_to_global(cols["layer"], cols["module"], cols["u"], cols["v"])
+    x, y, z = geom.pixel.local_to_global(cols["layer"].astype(np.int32),
+                                         cols["module"].astype(np.int32), cols["u"], cols["v"])
     out = {"x": x, "y": y, "z": z, **cols}
     return {
         "x": out["x"].astype(np.float32), "y": out["y"].astype(np.float32),
@@ -394,3 +417,15 @@ def simulate_pixels(geom: Geometry, px: np.ndarray, py: np.ndarray, pz: np.ndarr
         "size_y": out["size_y"].astype(np.int32), "charge": out["charge"].astype(np.float32),
         "pad": out["pad"].astype(np.float32), "sim_index": out["sim_index"].astype(np.int32),
     }
+
+
+def simulate_pixels(geom: Geometry, px: np.ndarray, py: np.ndarray, pz: np.ndarray,
+                    charge: np.ndarray, vx: np.ndarray, vy: np.ndarray, vz: np.ndarray,
+                    rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """PixelHit columns of one set of particles: their hits (:func:`particle_hits`) plus noise
+    hits (:func:`finish_hits`), both from ``rng``.
+
+    ``sim_index`` of a particle hit is the particle's index in the input arrays (-1 for noise).
+    Hits are ordered by layer id, then module, then the particles' order.
+    """
+    return finish_hits(geom, [particle_hits(geom, px, py, pz, charge, vx, vy, vz, rng)], rng)

@@ -64,8 +64,8 @@ included), without neutrinos (|pdgId| 12, 14, 16) unless ``include_neutrinos``; 
 cos(phi)``, ``py = pT sin(phi)``, ``pz = pT sinh(eta)``, ``E = sqrt(p^2 + m^2)``.  Adds
 ``genjets`` with the columns of ``jets``.  Truth jets are those of the hard scatter by default
 because a genjet-matched response means nothing when pileup particles are clustered too (the
-built-in sample, ttbar at pileup 50, ``pt_min`` 5 GeV: 147.3 genjets per event of every
-interaction, 65.1 of them above 20 GeV; 11.7 of the hard scatter, 4.7 above 20 GeV).
+built-in sample, ttbar at pileup 50, ``pt_min`` 5 GeV: 149.3 genjets per event of every
+interaction, 66.1 of them above 20 GeV; 14.1 of the hard scatter, 5.1 above 20 GeV).
 
 CMS NanoAOD is refused: its ``GenPart`` is pruned (the hard-process record and selected decay
 products, not every final-state particle), so reclustering it makes no truth jets; its own

@@ -52,7 +52,8 @@ and one ``0.5 * (a + b)``; on CUDA through exactly rounded libdevice operations
 
 Measured (minimum bias, ``cpu``, 2026-11-28, ``examples/rho_vs_pileup.py``, whose docstring
 has the commands; seeds 1000 + pileup for 100 events per point, plus 2000 + pileup for 300,
-200, 100 and 100 more events at pileup 20, 50, 100 and 200)::
+200, 100 and 100 more events at pileup 20, 50, 100 and 200; generated before the
+per-interaction random streams of 2026-11-29, so the same seeds now give other events)::
 
     pileup  events  <N_PU>   <rho> +- s.e.    <rho>/<N_PU>  min rho  [GeV per unit area]
          0     100     0.0    0.564 +- 0.057        -        -0.271
