@@ -46,14 +46,8 @@ from hltemu.pipeline import (
     plan,
     plan_chain,
 )
-from hltemu.stages.antikt import (
-    JET_COLUMNS,
-    NEUTRINOS,
-    VERTICES,
-    AntiKtConfig,
-    GenJetsConfig,
-    antikt_jets,
-)
+from hltemu.stages.antikt import JET_COLUMNS, AntiKtConfig, antikt_jets
+from hltemu.stages.genjets import NEUTRINOS, VERTICES, GenJetsConfig
 
 RTOL = 1e-10
 fastjet = pytest.importorskip("fastjet")

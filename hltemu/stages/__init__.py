@@ -15,7 +15,7 @@ import pkgutil
 #: (a new stage) are imported after these, alphabetically; listing one is only needed to move
 #: it among stages it does not depend on.
 REGISTRATION_ORDER: tuple[str, ...] = (
-    "doublets", "doublet_cnn", "topocluster", "antikt", "rho", "jec", "trigger",
+    "doublets", "doublet_cnn", "topocluster", "antikt", "genjets", "rho", "jec", "trigger",
 )
 
 
