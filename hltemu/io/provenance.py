@@ -11,7 +11,7 @@ Every provenance starts with :func:`provenance_header`: ``format``
 ``hltemu run``), ``created_utc`` (ISO 8601), ``command`` (the command line) and ``versions``
 (Python and the packages that make the content).  The rest depends on the kind: a generated
 file records its settings, the detector, Pythia's cross-section and the pileup generated
-(:func:`hltemu.simulate.generate.generation_provenance`); a run output records its config,
+(:func:`hltemu.simulate.record.generation_provenance`); a run output records its config,
 stages and inputs (:func:`input_provenance`: each input's entries, event identifiers and own
 provenance).  Values are plain JSON: numbers (finite), strings, booleans, ``null``, lists and
 objects; a unit is part of the key (``sigma_gen_mb``) or given beside it (``units``).

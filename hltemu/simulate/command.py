@@ -104,7 +104,7 @@ def generate(events: int, process: str, pileup: float, seed: int, run_number: in
         raise click.ClickException(str(exc)) from None
     console.print(stats.summary())
     if record_path is not None:
-        from hltemu.simulate.generate import save_run_record
+        from hltemu.simulate.record import save_run_record
 
         try:
             save_run_record(record_path, cfg, command=command)
