@@ -588,8 +588,8 @@ def test_config_tables():
 # ------------------------------------------------------------------------------------------
 # Stage genjets
 # ------------------------------------------------------------------------------------------
-#: The shared NanoAOD file of the brief (Run 3, NanoAOD v15); skipped where it is absent.
-RUN3_NANOAOD = Path("/work/shared/data/cms-open-data/nanoAOD_v15_Run3_ttbar_TrigObj.root")
+#: Run 3 CMS NanoAOD v15 (tests/data/README.md).
+RUN3_NANOAOD = Path(__file__).resolve().parent / "data" / "nanoAOD_v15_Run3_ttbar_TrigObj.root"
 
 
 def clustered_rows(gen: Collection, include_neutrinos: bool = False,

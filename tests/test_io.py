@@ -872,3 +872,22 @@ def test_describe_schema():
     )
     ev = next(r for r in rows if r["collection"] == "Event" and r["column"] == "pv_z")
     assert ev["branch"] == "Event_pv_z" and ev["unit"] == "cm"
+
+
+def test_run3_nanoaod_with_a_counter_per_column():
+    """NanoAOD v15 writes a counter per column (``nGenJet_pt`` beside ``nGenJet``): the
+    collections read as uproot reads their branches, counted by ``nC``."""
+    import awkward as ak
+
+    path = Path(__file__).resolve().parent / "data" / "nanoAOD_v15_Run3_ttbar_TrigObj.root"
+    colls = io.read_collections(path, ["GenJet", "TrigObj", "Jet"])
+    with uproot.open(path) as f:
+        tree = f["Events"]
+        assert tree["GenJet_pt"].count_branch.name == "nGenJet_pt"
+        for name, n in (("GenJet", 1768), ("TrigObj", 3278), ("Jet", 1636)):
+            coll = colls[name]
+            assert coll.n_events == 200 and coll.size == n
+            np.testing.assert_array_equal(coll.counts, tree[f"n{name}"].array(library="np"))
+            for col in ("pt", "eta", "phi"):
+                np.testing.assert_array_equal(
+                    coll[col], ak.to_numpy(ak.flatten(tree[f"{name}_{col}"].array())))

@@ -273,6 +273,12 @@ def _classify(fields: list[_Field], meta: Mapping[str, Any]) -> dict[str, _CollL
             c = f.counter[1:]
             if f.name.startswith(c + "_") or ("_" not in f.name and f.name == c):
                 jagged.setdefault(c, f.counter)
+            elif f.counter == f"n{f.name}" and "_" in f.name:
+                # a column with its own counter nC_x (NanoAOD v15 writes one per column) beside
+                # the collection's scalar counter nC: the collection C, counted by nC
+                c = f.name.split("_", 1)[0]
+                if f"n{c}" in by_name and not by_name[f"n{c}"].jagged:
+                    jagged.setdefault(c, f"n{c}")
     known = set(meta) | set(jagged)
     for f in fields:  # RNTuple: jagged fields C_x need no counter
         if f.jagged and f.counter is None and not f.subfields:
