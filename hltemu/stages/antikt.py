@@ -115,10 +115,15 @@ class AntiKtConfig:
                           "kept, as FastJet's inclusive_jets)")
 
     def __post_init__(self) -> None:
-        if not (self.R > 0 and math.isfinite(self.R)):
-            raise ConfigError(f"[antikt] R must be a finite number > 0, got {self.R}")
-        if not (self.pt_min >= 0 and math.isfinite(self.pt_min)):
-            raise ConfigError(f"[antikt] pt_min must be >= 0 GeV, got {self.pt_min}")
+        check_jet_settings("antikt", self.R, self.pt_min)
+
+
+def check_jet_settings(stage: str, radius: float, pt_min: float) -> None:
+    """:class:`ConfigError` naming ``[stage]`` unless ``radius`` is finite and > 0 and
+    ``pt_min`` [GeV] finite and >= 0 (the settings of ``antikt`` and ``genjets``)."""
+    _check_radius(radius, stage)
+    if not (pt_min >= 0 and math.isfinite(pt_min)):
+        raise ConfigError(f"[{stage}] pt_min must be >= 0 GeV, got {pt_min}")
 
 
 #: Columns of the ``jets`` and ``genjets`` collections.

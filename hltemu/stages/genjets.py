@@ -29,7 +29,6 @@ products, not every final-state particle), so reclustering it makes no truth jet
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +41,7 @@ from hltemu.stages.antikt import (
     _check_radius,
     _select,
     antikt_jets,
+    check_jet_settings,
     cluster_cpu,
     cluster_cuda,
     cluster_reference,
@@ -67,10 +67,7 @@ class GenJetsConfig:
                           '"all" (every vertex, pileup included)')
 
     def __post_init__(self) -> None:
-        if not (self.R > 0 and math.isfinite(self.R)):
-            raise ConfigError(f"[genjets] R must be a finite number > 0, got {self.R}")
-        if not (self.pt_min >= 0 and math.isfinite(self.pt_min)):
-            raise ConfigError(f"[genjets] pt_min must be >= 0 GeV, got {self.pt_min}")
+        check_jet_settings("genjets", self.R, self.pt_min)
         if self.vertices not in VERTICES:
             raise ConfigError(f"[genjets] vertices must be one of "
                               f"{', '.join(map(repr, VERTICES))}, got {self.vertices!r}")
