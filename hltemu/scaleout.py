@@ -28,6 +28,7 @@ GPU workers: start one worker per device (``dask-cuda``'s ``LocalCUDACluster`` o
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -198,7 +199,7 @@ def _submit_and_merge(distributed: Any, files: list[str], outputs: list[Path],
                  else "cannot start a local Dask cluster")
         try:
             if scheduler is not None:
-                client = distributed.Client(scheduler, timeout=f"{connect_timeout}s")
+                client = _connect(distributed, scheduler, connect_timeout)
             else:
                 own_cluster = distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1,
                                                        dashboard_address=":0")
@@ -251,6 +252,40 @@ def _submit_and_merge(distributed: Any, files: list[str], outputs: list[Path],
             client.close()
         if own_cluster is not None:
             own_cluster.close()
+
+
+def _connect(distributed: Any, scheduler: str, timeout: float) -> Any:
+    """A :class:`distributed.Client` of the scheduler at ``scheduler``, or an error within
+    about ``timeout`` seconds (s).
+
+    Dask's own ``timeout`` bounds the TCP connection only: a peer that accepts and then never
+    answers (a firewall or proxy in front of the address, a service that is not Dask) keeps
+    ``Client()`` waiting for ever, and one that answers with something else fails deep inside
+    Dask's protocol (a ``MemoryError`` for a nonsense frame length).  The client is therefore
+    made in a daemon thread that is given up on after ``timeout`` plus a grace second; every
+    failure is an :class:`OSError` or :class:`TimeoutError` with a one-line reason.
+    """
+    box: dict[str, Any] = {}
+
+    def make() -> None:
+        try:
+            box["client"] = distributed.Client(scheduler, timeout=f"{timeout}s")
+        except BaseException as exc:  # handed to the caller below
+            box["error"] = exc
+
+    thread = threading.Thread(target=make, name="hltemu-dask-connect", daemon=True)
+    thread.start()
+    thread.join(timeout + 1.0)
+    if thread.is_alive():
+        raise TimeoutError(f"no answer from the scheduler within {timeout:g} s "
+                           "(is a Dask scheduler listening there?)")
+    exc = box.get("error")
+    if exc is None:
+        return box["client"]
+    if isinstance(exc, (OSError, TimeoutError, ValueError, TypeError)):
+        raise exc
+    raise OSError(f"the peer does not speak Dask's protocol ({type(exc).__name__}: "
+                  f"{_one_line(exc)})")
 
 
 def _one_line(exc: BaseException) -> str:
