@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "generate": ("hltemu.simulate.command", "generate",
                  "Generate EVENTS Pythia 8 events with pileup through the CMS-like toy detector."),
+    "derive-jec": ("hltemu.jec.command", "derive_jec",
+                   "Derive L1FastJet and L2Relative jet corrections from FILES written by hltemu "
+                   "run."),
     "train-doublet-cnn": ("hltemu.cnn_train", "train_doublet_cnn",
                           "Train the doublet CNN on generated FILES; write STEM.json + STEM.npz."),
 }

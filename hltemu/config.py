@@ -382,6 +382,10 @@ class GenerateConfig:
                              "every branch")
     sqrt_s: float = param(13600.0, "GeV", "centre-of-mass energy")
     pthat_min: float = param(30.0, "GeV", "minimum pT-hat of the qcd process")
+    pthat_bias: float = param(0.0, "", "qcd only: events drawn with an extra weight "
+                                       "(pT-hat/pthat_min)^pthat_bias (Pythia's "
+                                       "PhaseSpace:bias2Selection) and written with the inverse as "
+                                       "Event_weight; 0: unweighted")
     beamspot_sigma_z: float = param(4.0, "cm", "luminous region length (Gaussian sigma in z)")
     beamspot_sigma_xy: float = param(0.0012, "cm", "luminous region width (sigma in x and y)")
     truth_eta_max: float = param(5.0, "", "final-state particles kept in GenPart up to this |eta|")
@@ -421,6 +425,10 @@ class GenerateConfig:
             raise ConfigError(
                 f"sqrt_s must be > 0 and pthat_min >= 0 GeV, got {self.sqrt_s} and {self.pthat_min}"
             )
+        if not 0.0 <= self.pthat_bias <= 8.0:
+            raise ConfigError(f"pthat_bias must be between 0 and 8, got {self.pthat_bias}")
+        if self.pthat_bias > 0 and self.process != "qcd":
+            raise ConfigError(f"pthat_bias applies to the qcd process only, not {self.process!r}")
         if self.beamspot_sigma_z < 0 or self.beamspot_sigma_xy < 0 or self.truth_eta_max <= 0:
             raise ConfigError("beamspot sigmas must be >= 0 cm and truth_eta_max > 0")
         self._check_event_ids()

@@ -33,6 +33,10 @@ from hltemu.config import GENERATE_PROCESSES, MAX_PILEUP
               help="Centre-of-mass energy (GeV).")
 @click.option("--pthat-min", type=click.FloatRange(min=0.0), default=30.0, show_default=True,
               help="Minimum pT-hat (GeV) of the qcd process.")
+@click.option("--pthat-bias", type=click.FloatRange(0.0, 8.0), default=0.0, show_default=True,
+              help="qcd only: draw events with an extra (pT-hat/pthat-min)^POWER (Pythia's "
+                   "PhaseSpace:bias2Selection), flattening the jet spectrum; Event_weight holds "
+                   "the inverse.  4 gives about equal events per log pT-hat.  0: unweighted.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default="hltemu-events.root",
               show_default=True, help="ROOT file to write.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=10, show_default=True,
@@ -49,9 +53,10 @@ from hltemu.config import GENERATE_PROCESSES, MAX_PILEUP
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show a progress bar.")
 def generate(events: int, process: str, pileup: float, seed: int, run_number: int | None,
-             lumi: int, first_event: int | None, sqrt_s: float, pthat_min: float, output: str,
-             batch_size: int, compression: str, record_path: str | None, plots_dir: str | None,
-             jobs: int, progress: bool) -> None:
+             lumi: int, first_event: int | None, sqrt_s: float, pthat_min: float,
+             pthat_bias: float, output: str, batch_size: int, compression: str,
+             record_path: str | None, plots_dir: str | None, jobs: int,
+             progress: bool) -> None:
     """Generate EVENTS Pythia 8 events with pileup through the CMS-like toy detector.
 
     Writes generator particles (GenPart), pixel hits with charge pads (PixelHit) and every
@@ -64,7 +69,8 @@ def generate(events: int, process: str, pileup: float, seed: int, run_number: in
     and event (from --first-event).  (run, luminosityBlock, event) is unique across a
     production when each file has its own seed, or when files share --run and each has its
     own --lumi; the event numbers then also continue across files of equal --events.  Event
-    weights (Event_weight) are 1.0: Pythia generates these processes unweighted.
+    weights (Event_weight) are 1.0 (Pythia generates these processes unweighted) but with
+    --pthat-bias.
     """
     from rich.console import Console
 
@@ -75,8 +81,8 @@ def generate(events: int, process: str, pileup: float, seed: int, run_number: in
     console = Console()
     try:
         cfg = GenerateConfig(events=events, process=process, pileup=pileup, seed=seed,
-                             sqrt_s=sqrt_s, pthat_min=pthat_min, run=run_number, lumi=lumi,
-                             first_event=first_event)
+                             sqrt_s=sqrt_s, pthat_min=pthat_min, pthat_bias=pthat_bias,
+                             run=run_number, lumi=lumi, first_event=first_event)
     except ConfigError as exc:
         raise click.BadParameter(str(exc)) from None
     if plots_dir is not None:  # before Pythia starts, not after every event is generated
@@ -92,6 +98,7 @@ def generate(events: int, process: str, pileup: float, seed: int, run_number: in
         "--pileup", f"{pileup:g}", "--seed", str(seed), "--run", str(cfg.run_number),
         "--lumi", str(lumi), "--first-event", str(cfg.first_event_number),
         "--sqrt-s", f"{sqrt_s:g}", "--pthat-min", f"{pthat_min:g}",
+        *(["--pthat-bias", f"{pthat_bias:g}"] if pthat_bias > 0 else []),
         "--batch-size", str(batch_size), "--compression", compression, "--output", output])
     try:
         check_outputs([("output file", output), ("run record", record_path)])

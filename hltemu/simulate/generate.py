@@ -176,7 +176,7 @@ class EventGenerator:
         t0 = time.perf_counter()
         try:
             self._hard = PythiaGenerator(cfg.process, cfg.sqrt_s, _pythia_seed(hard_ss),
-                                         pthat_min=cfg.pthat_min)
+                                         pthat_min=cfg.pthat_min, pthat_bias=cfg.pthat_bias)
             self._pileup = (PythiaGenerator("minbias", cfg.sqrt_s, _pythia_seed(pu_ss),
                                             keep_hard_process=False)
                             if cfg.pileup > 0 else None)

@@ -94,7 +94,8 @@ class PythiaGenerator:
     """
 
     def __init__(self, process: str, sqrt_s: float, seed: int, pthat_min: float = 30.0,
-                 keep_hard_process: bool = True, max_failures: int = 20) -> None:
+                 keep_hard_process: bool = True, max_failures: int = 20,
+                 pthat_bias: float = 0.0) -> None:
         if process not in PROCESS_SETTINGS:
             raise PythiaError(
                 f"unknown process {process!r}; choices: {', '.join(PROCESS_SETTINGS)}")
@@ -110,6 +111,12 @@ class PythiaGenerator:
         settings = [*_common_settings(sqrt_s, seed), *PROCESS_SETTINGS[process]]
         if process == "qcd":
             settings.append(f"PhaseSpace:pTHatMin = {pthat_min!r}")
+            if pthat_bias > 0:
+                # events drawn with an extra (pT-hat / pT-hat-min)^bias: a flatter pT-hat
+                # spectrum, each event weighted by the inverse (info.weight())
+                settings += ["PhaseSpace:bias2Selection = on",
+                             f"PhaseSpace:bias2SelectionPow = {pthat_bias!r}",
+                             f"PhaseSpace:bias2SelectionRef = {max(pthat_min, 1.0)!r}"]
         if process == "minbias":
             # Initialising multiparton interactions for diffraction takes ~5 s; the tables are
             # computed once (with a fixed seed) and loaded from a cache file afterwards.
