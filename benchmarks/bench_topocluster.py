@@ -37,7 +37,7 @@ def cells():
 def test_topocluster_stage(benchmark, backend_name, cells):
     skip_unless_gpu(backend_name)
     be = get_backend(backend_name)
-    cfg = TopoclusterConfig()
+    cfg = TopoclusterConfig(pileup_mu=50.0)  # the sample: generated at pileup 50
     on_device = cells.to(be)
     calorimeter_graph().on(be)  # neighbour CSR on the device before timing
 

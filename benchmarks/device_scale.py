@@ -29,7 +29,7 @@ import numpy as np
 from hltemu import io
 from hltemu.backends import get_backend
 from hltemu.batch import Collection, EventBatch
-from hltemu.pipeline import plan_chain, run_batch
+from hltemu.pipeline import plan, run_batch
 from hltemu.profiling import RunReport, StageTimer
 
 SAMPLE = Path(__file__).resolve().parents[1] / "hltemu" / "data" / "sample.root"
@@ -85,22 +85,24 @@ def main(argv: list[str] | None = None) -> int:
 
     present = io.common_collections([str(SAMPLE)])
     if args.once is not None:
-        chain, inputs = plan_chain(args.once or None, present)
+        planned = plan(args.once or None, present, None, [str(SAMPLE)])
+        chain, inputs, config = planned.stages, planned.inputs, planned.config
         be = get_backend("cuda")
         batch = next(io.iterate_batches([str(SAMPLE)], inputs, batch_size=1, backend=be))
-        run_batch(batch, chain)
+        run_batch(batch, chain, config)
         be.synchronize()
         print("ran", [s.name for s in chain], "on one event")
         return 0
 
-    chain, inputs = plan_chain(None, present)
+    planned = plan(None, present, None, [str(SAMPLE)])  # topocluster: the sample's <mu>
+    chain, inputs, config = planned.stages, planned.inputs, planned.config
     products = [n for st in chain for n in st.adds]
     host = next(io.iterate_batches([str(SAMPLE)], inputs, batch_size=10))
     results: dict = {"stages": [s.name for s in chain], "sizes": {}}
     for name in args.backends:  # compile every kernel once, untimed
         be = get_backend(name)
         t0 = time.perf_counter()
-        run_batch(host.to(be), chain)
+        run_batch(host.to(be), chain, config)
         be.synchronize()
         results.setdefault("warmup_s", {})[name] = time.perf_counter() - t0
         print("warm-up", name, f"{results['warmup_s'][name]:.1f} s", flush=True)
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             be = get_backend(name)
             batch = base.to(be)
             report = RunReport(be.name, be.device)
-            run_batch(batch, chain, None, StageTimer(be, report))
+            run_batch(batch, chain, config, StageTimer(be, report))
             done[name] = batch
             seconds = sum(v.seconds for v in report.stages.values())
             row[name] = {

@@ -3,9 +3,13 @@
 Generates (once, cached under ``~/.cache/hltemu``) ttbar events at several pileups, runs the
 ``topocluster`` stage and prints per pileup: clusters per event, the fraction of the true
 deposited energy inside clusters, clusters per event that hold no true energy, clusters per
-event with more than 1000 cells, and the same for events without particles (noise only)::
+event with more than 1000 cells, the largest cluster's cells and energy, and the same for
+events without particles (noise only).  The noise and the mean pileup energy subtracted are
+those of each sample's own pileup, as ``pileup_mu = "auto"`` takes them in a run;
+``--pileup-mu`` fixes them, ``--no-subtract`` keeps the mean pileup energy in the cells::
 
     python examples/plot_topoclusters.py --events 50 --pileups 0 50 200 --plot topo.png
+    python examples/plot_topoclusters.py --pileup-mu 50 --no-subtract   # thresholds only
 
 ``--plot`` (needs ``pip install 'hltemu[plots]'``) draws the first event of the first
 pileup: EM1 cells coloured by cluster.
@@ -70,8 +74,15 @@ def figures(cells: Collection, backend: str, cfg: TopoclusterConfig) -> tuple[di
         ">1000-cell clusters/event": float((clusters["n_cells"] > 1000).sum()) / m.n_events,
         "largest cluster cells (mean)": float(np.mean([
             clusters.event(i)["n_cells"].max(initial=0) for i in range(m.n_events)])),
+        "largest cluster GeV (mean)": float(np.mean([
+            _largest_energy(clusters.event(i)) for i in range(m.n_events)])),
     }
     return row, {"clusters": clusters, "labels": labels}
+
+
+def _largest_energy(cl: dict) -> float:
+    """Energy (GeV) of the cluster with the most cells (0 for none)."""
+    return float(cl["energy"][np.argmax(cl["n_cells"])]) if cl["n_cells"].size else 0.0
 
 
 def plot_event(cells: Collection, clusters: Collection, labels: Collection, path: str) -> None:
@@ -110,20 +121,29 @@ def main() -> None:
                     help="cap on events at pileup >= 200 (0.6-0.8 s per event to generate)")
     ap.add_argument("--backend", default="cpu")
     ap.add_argument("--seed", type=int, default=2024)
+    ap.add_argument("--pileup-mu", type=float, default=None,
+                    help="[topocluster] pileup_mu for every sample (default: each sample's own "
+                         "pileup, as 'auto'; the noise-only row uses 0)")
+    ap.add_argument("--no-subtract", action="store_true",
+                    help="[topocluster] subtract_pileup_mean = false")
     ap.add_argument("--plot", default=None, help="PNG path for an event display")
     args = ap.parse_args()
     if args.plot:  # before generating anything
         require_or_exit("plots", "examples/plot_topoclusters.py --plot", modules=("matplotlib",))
-    cfg = TopoclusterConfig()
+    def config(pileup: float) -> TopoclusterConfig:
+        mu = pileup if args.pileup_mu is None else args.pileup_mu
+        return TopoclusterConfig(pileup_mu=mu, subtract_pileup_mean=not args.no_subtract)
+
     rows = {}
     first = None
     for pu in args.pileups:
         n = min(args.events, args.max_events_pu200) if pu >= 200 else args.events
         cells = cached_cells(pu, n, args.seed)
-        rows[f"ttbar PU{pu:g}"], res = figures(cells, args.backend, cfg)
+        rows[f"ttbar PU{pu:g}"], res = figures(cells, args.backend, config(pu))
         if first is None:
             first = (cells, res)
-    rows["noise only"], _ = figures(noise_only_cells(args.events, args.seed), args.backend, cfg)
+    rows["noise only"], _ = figures(noise_only_cells(args.events, args.seed), args.backend,
+                                    config(0.0))
     keys = list(next(iter(rows.values())))
     print(f"{'sample':16s}" + "".join(f"{k:>29s}" for k in keys))
     for name, row in rows.items():

@@ -61,7 +61,7 @@ def compare_backends(
 
     if not backends:
         raise PipelineError("give at least one backend to compare")
-    planned = plan(stages, io.common_collections(files), config)
+    planned = plan(stages, io.common_collections(files), config, files)
     chain, inputs, config = planned.stages, planned.inputs, planned.config
     if not chain:
         raise PipelineError("no stage to time: the input feeds none of the registered stages")

@@ -81,6 +81,17 @@ class PileupNoiseTable:
         """``sigma1`` of every cell of ``calo`` (float64 GeV, ``(n_cells,)``);
         :class:`PileupNoiseError` naming ``source`` when the table's rings are not the
         calorimeter's."""
+        return self.sigma1[self.cell_ring(calo, source)]
+
+    def cell_mean1(self, calo: Any, source: str = "the pileup-noise table") -> np.ndarray:
+        """``mean1`` (the mean energy one interaction leaves) of every cell of ``calo``
+        (float64 GeV, ``(n_cells,)``); errors as :meth:`cell_sigma1`."""
+        return self.mean1[self.cell_ring(calo, source)]
+
+    def cell_ring(self, calo: Any, source: str = "the pileup-noise table") -> np.ndarray:
+        """The table's ring of every cell of ``calo`` (int64, ``(n_cells,)``);
+        :class:`PileupNoiseError` naming ``source`` when the table's rings are not the
+        calorimeter's."""
         expected_names = tuple(lay.name for lay in calo.layers)
         expected = tuple(int(lay.n_eta) for lay in calo.layers)
         got = tuple(int(n) for n in self.n_eta)
@@ -89,8 +100,7 @@ class PileupNoiseTable:
                 f"{source} does not match the calorimeter: expected layers {list(expected_names)}"
                 f" with {list(expected)} eta rings, got layers {list(self.layer_names)} with "
                 f"{list(got)} rings")
-        ring = self.ring_offset[np.asarray(calo.cell_layer)] + np.asarray(calo.cell_ieta)
-        return self.sigma1[ring]
+        return self.ring_offset[np.asarray(calo.cell_layer)] + np.asarray(calo.cell_ieta)
 
 
 def total_noise(sigma_el: np.ndarray, sigma1: np.ndarray, mu: float) -> np.ndarray:
@@ -99,6 +109,13 @@ def total_noise(sigma_el: np.ndarray, sigma1: np.ndarray, mu: float) -> np.ndarr
     square of a float32 value)."""
     el = np.asarray(sigma_el, dtype=np.float64)
     return np.sqrt(el * el + float(mu) * np.square(np.asarray(sigma1, dtype=np.float64)))
+
+
+def pileup_offset(mean1: np.ndarray, mu: float) -> np.ndarray:
+    """``mu * mean1`` (float64 GeV), per cell: the mean energy ``mu`` pileup interactions leave
+    in each cell, which topoclustering subtracts from the cell energies before the significance
+    (``[topocluster] subtract_pileup_mean``)."""
+    return float(mu) * np.asarray(mean1, dtype=np.float64)
 
 
 # -- files --------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 What topological clustering walks (:mod:`hltemu.stages.topocluster`): built once per
 calorimeter from :class:`hltemu.geometry.Calorimeter` (:func:`calorimeter_graph`), given other
-noise by :meth:`CellGraph.with_noise` and copied once to each backend's device
-(:meth:`CellGraph.on`).  NumPy only.
+noise (and a per-cell energy offset, the mean pileup energy) by :meth:`CellGraph.with_noise`
+and copied once to each backend's device (:meth:`CellGraph.on`).  NumPy only.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ class DeviceGraph(NamedTuple):
     noise: Any
     eta: Any
     phi: Any
+    offset: Any = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,7 +34,8 @@ class CellGraph:
 
     ``nbr_offsets`` (int64, ``n_cells + 1``) and ``nbr_index`` (int32): symmetric neighbour CSR,
     no cell its own neighbour; ``noise`` (float64, GeV, > 0): sigma of each cell;
-    ``eta``, ``phi`` (float64, rad): cell centres.
+    ``eta``, ``phi`` (float64, rad): cell centres; ``offset`` (float64, GeV, or ``None`` for
+    none): subtracted from each cell's energy before clustering (:func:`corrected_energy`).
     """
 
     nbr_offsets: np.ndarray
@@ -41,6 +43,7 @@ class CellGraph:
     noise: np.ndarray
     eta: np.ndarray
     phi: np.ndarray
+    offset: np.ndarray | None = None
     _device: dict = field(default_factory=dict, repr=False)
     _base: CellGraph | None = field(default=None, repr=False)
 
@@ -50,8 +53,9 @@ class CellGraph:
 
     @classmethod
     def from_arrays(cls, nbr_offsets: Any, nbr_index: Any, noise: Any, eta: Any = None,
-                    phi: Any = None) -> CellGraph:
-        """A checked graph (``ValueError`` naming the problem); ``eta``/``phi`` default to 0."""
+                    phi: Any = None, offset: Any = None) -> CellGraph:
+        """A checked graph (``ValueError`` naming the problem); ``eta``/``phi`` default to 0,
+        ``offset`` to none."""
         noise = np.ascontiguousarray(noise, dtype=np.float64)
         n = noise.shape[0]
         offsets = np.ascontiguousarray(nbr_offsets, dtype=np.int64)
@@ -76,17 +80,18 @@ class CellGraph:
                                                                           + src)):
             raise ValueError("cell graph: the neighbour relation must be symmetric without "
                              "repeated entries")
-        return cls(offsets, index, noise, eta, phi)
+        return cls(offsets, index, noise, eta, phi, _checked_offset(offset, n))
 
-    def with_noise(self, noise: Any) -> CellGraph:
+    def with_noise(self, noise: Any, offset: Any = None) -> CellGraph:
         """The same cells and neighbours with another ``noise`` (float64 GeV, > 0, one per
-        cell); the neighbour and centre arrays are shared, on the devices too."""
+        cell) and energy ``offset`` (float64 GeV, finite, one per cell; ``None``: none); the
+        neighbour and centre arrays are shared, on the devices too."""
         noise = np.ascontiguousarray(noise, dtype=np.float64)
         if noise.shape != self.noise.shape or not np.all(np.isfinite(noise) & (noise > 0)):
             raise ValueError(f"cell graph: noise must be {self.n_cells} finite values > 0 GeV")
         base = self._base if self._base is not None else self
         return CellGraph(self.nbr_offsets, self.nbr_index, noise, self.eta, self.phi,
-                         _base=base)
+                         _checked_offset(offset, self.n_cells), _base=base)
 
     def on(self, be: Backend) -> DeviceGraph:
         """The arrays on ``be``, copied there once and cached."""
@@ -94,14 +99,36 @@ class CellGraph:
         if key not in self._device and self._base is not None:
             shared = self._base.on(be)
             noise = be.to_device(np.array(self.noise, copy=be.simulated))
-            self._device[key] = shared._replace(noise=noise)
+            offset = (None if self.offset is None
+                      else be.to_device(np.array(self.offset, copy=be.simulated)))
+            self._device[key] = shared._replace(noise=noise, offset=offset)
         if key not in self._device:
             # copies in the CUDA simulator: it writes every kernel argument back to the
             # host array, which fails for the geometry's read-only arrays
             copy = be.simulated
             self._device[key] = DeviceGraph(*(be.to_device(np.array(a, copy=copy)) for a in (
                 self.nbr_offsets, self.nbr_index, self.noise, self.eta, self.phi)))
+            if self.offset is not None:
+                self._device[key] = self._device[key]._replace(
+                    offset=be.to_device(np.array(self.offset, copy=copy)))
         return self._device[key]
+
+
+def _checked_offset(offset: Any, n: int) -> np.ndarray | None:
+    """``offset`` as float64 ``(n,)`` (``ValueError`` unless finite), or ``None``."""
+    if offset is None:
+        return None
+    offset = np.ascontiguousarray(offset, dtype=np.float64)
+    if offset.shape != (n,) or not np.all(np.isfinite(offset)):
+        raise ValueError(f"cell graph: offset must be {n} finite values (GeV, one per cell)")
+    return offset
+
+
+def corrected_energy(energy: Any, ids: Any, offset: Any, xp: Any) -> Any:
+    """Cell energies (float64 GeV) less the graph's per-cell ``offset`` (``None``: unchanged):
+    one IEEE subtraction per cell, so every backend gets the same values bit for bit."""
+    energy = xp.asarray(energy, dtype=xp.float64)
+    return energy if offset is None else energy - offset[ids]
 
 
 @functools.lru_cache(maxsize=4)

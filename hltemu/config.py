@@ -87,14 +87,17 @@ def check_moved_key(name: str, moved: MovedKey, value: Any, where: str) -> None:
 BUILTIN_PREFIX = "builtin:"
 
 
-def param(default: Any, unit: str = "", doc: str = "", path: bool = False, **kwargs: Any) -> Any:
+def param(default: Any, unit: str = "", doc: str = "", path: bool = False,
+          keywords: tuple[str, ...] = (), **kwargs: Any) -> Any:
     """A dataclass field with its unit (``"GeV"``, ``"cm"``, ``"rad"``, ``""``) and description.
 
     Mutable defaults (lists, dicts) are given as tuples; TOML arrays are read back as tuples.
     ``path=True``: the value is a file (or a tuple of files), which a relative path in a TOML
-    file names relative to that file's directory (:func:`resolve_path`).
+    file names relative to that file's directory (:func:`resolve_path`).  ``keywords``: the
+    value is a number (read as a float) or one of these strings (e.g. ``("auto",)``).
     """
-    return field(default=default, metadata={"unit": unit, "doc": doc, "path": path}, **kwargs)
+    return field(default=default, metadata={"unit": unit, "doc": doc, "path": path,
+                                            "keywords": tuple(keywords)}, **kwargs)
 
 
 def shipped_dir(folder: str = "models") -> Path:
@@ -130,8 +133,16 @@ def describe(cfg: Any) -> list[tuple[str, Any, str, str]]:
     ]
 
 
-def _coerce(value: Any, default: Any, where: str) -> Any:
-    """Check a TOML value against the type of the field's default and convert arrays to tuples."""
+def _coerce(value: Any, default: Any, where: str, keywords: tuple[str, ...] = ()) -> Any:
+    """Check a TOML value against the type of the field's default and convert arrays to tuples;
+    a field with ``keywords`` takes a number (as a float) or one of those strings."""
+    if keywords:
+        if isinstance(value, str) and value in keywords:
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number or "
+                              f"{' or '.join(map(repr, keywords))}, got {value!r}")
+        return float(value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {value!r}")
@@ -172,7 +183,9 @@ def stage_config_from_dict(cls: type, table: Mapping[str, Any], where: str = "",
             f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
             f"valid keys: {', '.join(sorted(names))}"
         )
-    values = {k: _coerce(v, getattr(defaults, k), f"{where}.{k}") for k, v in table.items()}
+    keywords = {f.name: f.metadata.get("keywords", ()) for f in dataclasses.fields(cls)}
+    values = {k: _coerce(v, getattr(defaults, k), f"{where}.{k}", keywords[k])
+              for k, v in table.items()}
     for f in dataclasses.fields(cls):
         if f.metadata.get("path") and f.name in values:
             v = values[f.name]

@@ -59,11 +59,15 @@ class Planned:
     facts: Mapping[str, Any] = field(default_factory=dict)
 
 
-def check_only(check: Callable[[Any], Any]) -> Callable[[Any, frozenset[str]], Planned]:
+#: A stage's ``plan`` hook: ``plan(cfg, available, inputs) -> Planned`` (see :class:`Stage`).
+PlanHook = Callable[[Any, frozenset[str], tuple[str, ...]], Planned]
+
+
+def check_only(check: Callable[[Any], Any]) -> PlanHook:
     """A ``plan`` hook that runs ``check(cfg)`` (reads and checks the files the config names,
     raising an error that names them) and keeps the config as it is."""
 
-    def plan_hook(cfg: Any, available: frozenset[str]) -> Planned:
+    def plan_hook(cfg: Any, available: frozenset[str], inputs: tuple[str, ...] = ()) -> Planned:
         check(cfg)
         return Planned(cfg)
 
@@ -113,12 +117,14 @@ class Stage:
         (config, backend) and cached by the pipeline (:func:`prepared`), then passed to the
         implementation as its third argument.
     plan:
-        Optional ``plan(cfg, available) -> Planned``, called by the planner before any event
-        is read, with the collections the chain will have when the stage runs: it reads and
-        checks every file the config names (menu, correction files, model), raising
-        :class:`~hltemu.config.ConfigError` or :class:`PipelineError` naming it, and may narrow
-        the config to what ``available`` allows (:class:`Planned`), or raise
-        :class:`CannotRun` when nothing is left to do.
+        Optional ``plan(cfg, available, inputs) -> Planned``, called by the planner before any
+        event is read, with the collections the chain will have when the stage runs and the
+        run's input files (``inputs``, a tuple of paths; empty when the chain is planned
+        without files, e.g. :func:`check_config`): it reads and checks every file the config
+        names (menu, correction files, model), raising :class:`~hltemu.config.ConfigError` or
+        :class:`PipelineError` naming it, and may narrow the config to what ``available``
+        allows or resolve a setting from the inputs (:class:`Planned`; topocluster's
+        ``pileup_mu = "auto"``), or raise :class:`CannotRun` when nothing is left to do.
     count:
         Optional ``count(products, backend) -> {group: {key: value}}``: figures of one batch's
         products (e.g. the trigger's accepts per path) that the run report adds up
@@ -132,7 +138,7 @@ class Stage:
     implementations: Mapping[str, StageFn] = field(default_factory=dict)
     doc: str = ""
     prepare: PrepareFn | None = None
-    plan: Callable[[Any, frozenset[str]], Planned] | None = None
+    plan: PlanHook | None = None
     count: Callable[[Mapping[str, Collection], Backend], Mapping[str, Mapping[str, float]]] | None \
         = None
 
@@ -296,8 +302,8 @@ def _missing_need(st: Stage, need: str, available: set[str], stages: Mapping[str
             f"(has {sorted(available)}) nor an earlier stage provides{hint}")
 
 
-def plan(requested: Sequence[str] | None, available: Iterable[str], config: Any = None
-         ) -> Plan:
+def plan(requested: Sequence[str] | None, available: Iterable[str], config: Any = None,
+         files: Sequence[str | Path] = ()) -> Plan:
     """Order and check a chain before any event is read.
 
     ``requested=None`` means every registered stage that can run on the ``available`` input
@@ -306,7 +312,8 @@ def plan(requested: Sequence[str] | None, available: Iterable[str], config: Any 
     input nor an earlier stage provides is a :class:`PipelineError` naming the stage, the
     collection and the stages that would add it.  ``config`` (an
     :class:`~hltemu.config.HLTConfig`, ``None``: defaults) gives each stage's needs and goes
-    through each stage's ``plan`` hook, which checks the files it names and may narrow it.
+    through each stage's ``plan`` hook, which checks the files it names and may narrow it or
+    resolve settings from the input ``files`` (the run's inputs; empty: none known).
     """
     stages = registered_stages()
     available = set(available)
@@ -315,12 +322,13 @@ def plan(requested: Sequence[str] | None, available: Iterable[str], config: Any 
     result = Plan([], [], config)
     fitted: dict[str, Any] = dict(config.stages)
     have = set(available)
+    inputs = tuple(str(f) for f in files)
     for st in chain:
         cfg = config.get(st.name, st.config_type)
         try:
             if st.plan is not None:
                 try:
-                    planned = st.plan(cfg, frozenset(have))
+                    planned = st.plan(cfg, frozenset(have), inputs)
                 except CannotRun as exc:
                     if requested is None:
                         raise
@@ -448,7 +456,7 @@ def run_files(
         raise PipelineError("no input files given")
     check_outputs([("output file", output), ("report file", report_path)], files)
     present = io.common_collections(files)
-    planned = plan(stages, present, config)
+    planned = plan(stages, present, config, files)
     chain, inputs, config = planned.stages, planned.inputs, planned.config
     to_read = list(dict.fromkeys([*inputs, *([io.EVENT] if io.EVENT in present else [])]))
     planned.notes.extend(io.reading_notes(files, {n: None for n in to_read}))

@@ -142,7 +142,7 @@ def run_files_dask(
     io.count_events(files)  # validates every file (one clear error) before anything runs
     # the whole chain checked on the client (config, menu, correction files, model) before
     # a cluster starts; each worker plans the same chain again
-    planned = plan(stages, io.common_collections(files), config)
+    planned = plan(stages, io.common_collections(files), config, files)
     if on_plan is not None:
         on_plan(planned)
     distributed = _import_distributed()

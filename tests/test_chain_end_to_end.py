@@ -156,7 +156,19 @@ def test_filtered_doublets_are_doublets_in_order(run):
 def test_cells_clusters_and_jets_link_up(run):
     """cell -> cluster -> jet: the counts each link implies are the counts written; jets'
     n_constituents sum to the clustered clusters and their 4-vectors to their constituents'."""
-    out, inputs, _, _ = run
+    from hltemu.stages.topocluster import TopoclusterConfig, noise_graph
+
+    out, inputs, report, _ = run
+    # topocluster's pileup_mu = "auto": the generated pileup, from the input's provenance; the
+    # clusters sum the cell energies less the mean energy of the event's own pileup estimate,
+    # n = (rho - rho_zero_pileup) / rho_per_interaction from its calorimeter rho (the same as
+    # the rho stage's), i.e. the offset of <mu> interactions times n / <mu>
+    topo = TopoclusterConfig(**report["config"]["topocluster"])
+    assert topo.pileup_mu == PILEUP and topo.subtract_pileup_mean
+    assert topo.pileup_offset == "event"
+    offset = noise_graph(topo).offset
+    rho = _np(out["rho_rho"])
+    n_scale = np.maximum(rho - topo.rho_zero_pileup, 0.0) / topo.rho_per_interaction / PILEUP
     clustered_any = 0
     for i, (cl, jets) in enumerate(zip(
             _events(out, "clusters", PRODUCTS["clusters"][1]),
@@ -168,7 +180,8 @@ def test_cells_clusters_and_jets_link_up(run):
         assert cell_cluster.min() >= -1 and cell_cluster.max() == n_cl - 1
         np.testing.assert_array_equal(np.bincount(cell_cluster[cell_cluster >= 0],
                                                   minlength=n_cl), cl["n_cells"])
-        cell_e = _np(inputs["CaloCell_energy"][i]).astype(np.float64)
+        cell_e = _np(inputs["CaloCell_energy"][i]).astype(np.float64) \
+            - n_scale[i] * offset[_np(inputs["CaloCell_id"][i])]
         members = np.bincount(cell_cluster[cell_cluster >= 0],
                               weights=cell_e[cell_cluster >= 0], minlength=n_cl)
         scale = np.bincount(cell_cluster[cell_cluster >= 0],

@@ -52,9 +52,10 @@ from hltemu.backends import cuda_status, get_backend
 from hltemu.batch import Collection, EventBatch, counts_to_offsets
 from hltemu.cnn import SCORE_TOLERANCE, load_model
 from hltemu.ops import THREADS_PER_BLOCK
-from hltemu.pipeline import get_stage, plan_chain, run_batch
+from hltemu.pipeline import get_stage, plan, run_batch
 from hltemu.stages.doublet_cnn import DoubletCnnConfig
 from hltemu.stages.doublets import DoubletsConfig
+from hltemu.stages.topocluster import TopoclusterConfig
 
 SAMPLE = Path(str(resources.files("hltemu") / "data" / "sample.root"))
 
@@ -182,6 +183,10 @@ def collection_problems(name: str, a: Collection, b: Collection) -> list[str]:
     return out
 
 
+#: topocluster on the sample as a run resolves ``pileup_mu = "auto"``: the sample's pileup 50.
+SAMPLE_TOPOCLUSTER = TopoclusterConfig(pileup_mu=50.0)
+
+
 def assert_same_products(cpu: dict[str, Collection], cuda: dict[str, Collection]) -> None:
     """Every collection of ``cuda`` (on ``backend``) agrees with ``cpu``; lists all problems."""
     assert sorted(cpu) == sorted(cuda)
@@ -192,6 +197,8 @@ def assert_same_products(cpu: dict[str, Collection], cuda: dict[str, Collection]
 
 
 def run_stage(name: str, batch: EventBatch, cfg=None) -> dict[str, Collection]:
+    if cfg is None and name == "topocluster":
+        cfg = SAMPLE_TOPOCLUSTER
     return get_stage(name)(batch, cfg)
 
 
@@ -213,7 +220,8 @@ def sample() -> EventBatch:
 def cpu_products(sample) -> EventBatch:
     """clusters, jets, rho and corrected_jets of the 10 events, by the cpu backend."""
     batch = EventBatch(sample.backend, sample.n_events, {"CaloCell": sample["CaloCell"]})
-    run_batch(batch, [get_stage(s) for s in ("topocluster", "antikt", "rho", "jec")])
+    planned = plan(["topocluster", "antikt", "rho", "jec"], ["CaloCell"], None, [str(SAMPLE)])
+    run_batch(batch, planned.stages, planned.config)
     return batch
 
 
@@ -315,20 +323,20 @@ def test_topocluster_cuda_on_a_full_event(sample, monkeypatch):
 
 
 def test_jec_cuda_on_1000_jets(cpu_products, monkeypatch):
-    """Stage ``jec`` (default levels), one thread per jet: the sample's jets three times, at
-    half, once and twice their momenta (and rho), > 1,000 jets in > 8 blocks."""
+    """Stage ``jec`` (default levels), one thread per jet: the sample's jets four times, at
+    half, once, 1.5 and twice their momenta (and rho), > 1,000 jets in > 8 blocks."""
     from hltemu.kernels import jec as K
 
     be = cuda_backend()
     log = LaunchLog(monkeypatch)
     log.watch(K, "correct_jets_cuda")
-    jets, copy = tile(cpu_products["jets"], 3)
-    scale = np.array([0.5, 1.0, 2.0])
+    jets, copy = tile(cpu_products["jets"], 4)
+    scale = np.array([0.5, 1.0, 1.5, 2.0])
     for col in ("pt", "mass", "px", "py", "pz", "E"):
         jets.columns[col] = jets.columns[col] * scale[copy]
-    rho, rcopy = tile(cpu_products["rho"], 3)
+    rho, rcopy = tile(cpu_products["rho"], 4)
     rho.columns["rho"] = rho.columns["rho"] * scale[rcopy]
-    batch = EventBatch(get_backend("cpu"), 30, {"jets": jets, "rho": rho})
+    batch = EventBatch(get_backend("cpu"), 40, {"jets": jets, "rho": rho})
 
     want = run_stage("jec", batch)
     got = run_stage("jec", batch.to(be))
@@ -461,13 +469,14 @@ def test_gpu_full_default_chain_on_the_sample(sample, copies):
     agrees with cpu."""
     be = cuda_backend()
     present = io.common_collections([str(SAMPLE)])
-    chain, inputs = plan_chain(None, present)
+    planned = plan(None, present, None, [str(SAMPLE)])  # topocluster: the sample's <mu>
+    chain, inputs, config = planned.stages, planned.inputs, planned.config
     assert [s.name for s in chain][:3] == ["doublets", "doublet_cnn", "topocluster"]
     colls = {name: tile(sample[name], copies)[0] for name in inputs}
     batch = EventBatch(get_backend("cpu"), 10 * copies, colls)
     on_gpu = batch.to(be)
-    run_batch(batch, chain)
-    run_batch(on_gpu, chain)
+    run_batch(batch, chain, config)
+    run_batch(on_gpu, chain, config)
     be.synchronize()
     products = [n for st in chain for n in st.adds]
     want = {n: batch[n].to_host() for n in products}

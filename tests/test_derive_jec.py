@@ -274,3 +274,14 @@ def test_load_sample_refuses_mixed_radii(run_outputs, tmp_path):
     assert sample.weight.sum() == pytest.approx(2 * 2.0, rel=1e-6)  # sigma / weight_sum per file
     with pytest.raises(DeriveError, match="no input files"):
         load_sample([])
+
+
+def test_weights_are_the_normalised_generator_weights_only_when_asked(run_outputs):
+    from hltemu.jec.derive import DeriveSettings, jet_weights
+
+    sample = load_sample([run_outputs["d0"], run_outputs["v0"]])
+    rows = np.array([0, 1, 2600, 2601])
+    np.testing.assert_array_equal(jet_weights(sample, rows, DeriveSettings()), np.ones(4))
+    # each file: Event_weight 1 x sigma 2.0 / weight_sum (its events)
+    np.testing.assert_allclose(jet_weights(sample, rows, DeriveSettings(weighted=True)),
+                               [2 / 2500, 2 / 2500, 2 / 1500, 2 / 1500])

@@ -114,12 +114,13 @@ def test_total_noise_scales_with_mu(table, calo):
 
 
 def test_device_copies_are_cached_and_share_the_neighbours():
-    g = noise_graph(TopoclusterConfig())
+    g = noise_graph(TopoclusterConfig(pileup_mu=50.0))
     be = get_backend("cpu")
     dev = g.on(be)
     assert g.on(be) is dev
     assert dev.nbr_index is calorimeter_graph().on(be).nbr_index
     np.testing.assert_array_equal(be.to_host(dev.noise), g.noise)
+    np.testing.assert_array_equal(be.to_host(dev.offset), g.offset)  # the mean pileup energy
 
 
 # -- clustering with and without pileup noise --------------------------------------------------
@@ -139,14 +140,16 @@ def test_pileup_mu_zero_is_electronic_noise_only(sample_cells, calo):
 
 def test_pileup_noise_tames_the_forward_percolation(sample_cells):
     """Sample events have pileup 50: with electronic noise only, forward cells percolate
-    into giant clusters; thresholds on the total noise at <mu> = 50 break them up."""
+    into giant clusters; thresholds on the total noise at <mu> = 50 break them up (here
+    without the mean pileup energy subtracted: the thresholds alone)."""
     be = get_backend("cpu")
+    thresholds_only = TopoclusterConfig(pileup_mu=50.0, subtract_pileup_mean=False)
     c0, _ = cluster(sample_cells, "cpu", TopoclusterConfig(pileup_mu=0.0))
-    c50, l50 = cluster(sample_cells, "cpu", TopoclusterConfig())
+    c50, l50 = cluster(sample_cells, "cpu", thresholds_only)
     for i in range(sample_cells.n_events):
         assert c50.event(i)["n_cells"].max() * 4 < c0.event(i)["n_cells"].max()
     # the significance is |E| / sigma_tot on the cpu backend's arrays
-    g = noise_graph(TopoclusterConfig())
+    g = noise_graph(thresholds_only)
     seed = c50["seed"][0]
     e_seed = np.asarray(sample_cells.event(0)["energy"])[sample_cells.event(0)["id"] == seed][0]
     assert c50["seed_significance"][0] == abs(float(e_seed)) / g.noise[seed]
@@ -208,7 +211,7 @@ def write_table(path, table: PileupNoiseTable, **changes) -> str:
 
 def stage_error(spec: str, match: str) -> None:
     with pytest.raises(PipelineError, match=match):
-        noise_graph(TopoclusterConfig(pileup_noise=spec))
+        noise_graph(TopoclusterConfig(pileup_mu=50.0, pileup_noise=spec))
 
 
 def test_bad_tables_are_named(tmp_path, table):
@@ -244,7 +247,7 @@ def test_bad_tables_are_named(tmp_path, table):
                                          "energy": np.ones(1, np.float32)})
     batch = EventBatch(be, 1, {"CaloCell": cells})
     chain, _ = plan_chain(["topocluster"], ["CaloCell"])
-    cfg = config_from_dict({"topocluster": {"pileup_noise": str(garbage)}})
+    cfg = config_from_dict({"topocluster": {"pileup_mu": 50, "pileup_noise": str(garbage)}})
     with pytest.raises(PipelineError, match="garbage.npz"):
         run_batch(batch, chain, cfg)
 

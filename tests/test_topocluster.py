@@ -23,7 +23,7 @@ from hltemu.pipeline import (
     default_config,
     get_stage,
     load_config,
-    plan_chain,
+    plan,
     run_batch,
 )
 from hltemu.stages.topocluster import (
@@ -40,6 +40,12 @@ from hltemu.stages.topocluster import (
 BACKENDS = ("reference", "cpu", "cuda")
 #: Float columns agree to this (relative), and the energy to this times the cluster's sum |E|.
 RTOL = 1e-12
+#: The former default: noise and (now) the mean pileup energy of <mu> = 50 interactions.
+PU50 = TopoclusterConfig(pileup_mu=50.0, pileup_offset="mean")
+#: the default offset mode: each event's pileup from its calorimeter rho
+PU50_EVENT = TopoclusterConfig(pileup_mu=50.0)
+#: The same noise, the mean pileup energy not subtracted (thresholds only).
+PU50_NO_OFFSET = TopoclusterConfig(pileup_mu=50.0, subtract_pileup_mean=False)
 
 
 def cuda_usable() -> bool:
@@ -91,7 +97,7 @@ def cells_from(events, true=None) -> Collection:
 def run(cells: Collection, backend: str, cfg: TopoclusterConfig | None = None,
         graph: CellGraph | None = None) -> tuple[Collection, Collection]:
     be = get_backend(backend)
-    out = topocluster(cells.to(be), cfg or TopoclusterConfig(), be, graph)
+    out = topocluster(cells.to(be), cfg or PU50, be, graph)
     assert set(out) == {"clusters", LABEL_COLLECTION}
     clusters, labels = out["clusters"].to_host(), out[LABEL_COLLECTION].to_host()
     assert np.array_equal(labels.offsets, cells.offsets)
@@ -127,12 +133,19 @@ def all_backends(cells: Collection, cfg=None, graph=None) -> tuple[Collection, C
 
 
 # -- an independent oracle: the rule as stated, by union-find ----------------------------------
+def corrected(ids, energy, graph: CellGraph) -> np.ndarray:
+    """Energies less the graph's per-cell offset (the mean pileup energy), as documented."""
+    e = np.asarray(energy, dtype=np.float64)
+    return e if graph.offset is None else e - graph.offset[np.asarray(ids)]
+
+
 def oracle(cells: Collection, graph: CellGraph, cfg: TopoclusterConfig) -> list[list[int]]:
     """Per event, the label seed's cell id of every row (-1 for none), from the definition:
     components of growing cells holding a seed; best seed by (significance, -id); perimeter
-    cells join the best neighbouring cluster."""
+    cells join the best neighbouring cluster; energies less the graph's offset."""
     return [_oracle_event([int(v) for v in cells.event(i)["id"]],
-                          [float(v) for v in cells.event(i)["energy"]], graph, cfg)
+                          corrected(cells.event(i)["id"], cells.event(i)["energy"],
+                                    graph).tolist(), graph, cfg)
             for i in range(cells.n_events)]
 
 
@@ -193,11 +206,13 @@ def seed_ids(result: tuple[Collection, Collection]) -> list[list[int]]:
 def check_kinematics(cells: Collection, graph: CellGraph,
                      result: tuple[Collection, Collection], max_clusters: int = 1000) -> None:
     """Cluster columns recomputed from their cells with the documented formulas (per event,
-    the ``max_clusters`` largest clusters and as many others)."""
+    the ``max_clusters`` largest clusters and as many others), from the cell energies less the
+    graph's offset."""
     clusters, labels = result
     rng = np.random.default_rng(0)
     for i in range(cells.n_events):
-        ev, cl = cells.event(i), clusters.event(i)
+        ev, cl = dict(cells.event(i)), clusters.event(i)
+        ev["energy"] = corrected(ev["id"], ev["energy"], graph)
         lab = labels.event(i)[LABEL_COLUMN]
         order = [(-s, seed) for s, seed in zip(cl["seed_significance"], cl["seed"], strict=True)]
         assert order == sorted(order)  # seed rank order
@@ -458,8 +473,12 @@ def test_generated_ttbar_reference_equals_cpu_and_cuda(ttbar):
     cells = ttbar["CaloCell"]
     ref = run(cells, "reference")
     assert_same(ref, run(cells, "cpu"))
-    # the default config: total noise, electronic and pileup at <mu> = 50
-    check_kinematics(cells, noise_graph(TopoclusterConfig()), ref, max_clusters=10)
+    # the default offset, scaled per event by its own rho: identical too, and not the same
+    ev = run(cells, "reference", PU50_EVENT)
+    assert_same(ev, run(cells, "cpu", PU50_EVENT))
+    assert ev[0].size != ref[0].size or not np.array_equal(ev[0]["energy"], ref[0]["energy"])
+    # total noise, electronic and pileup at <mu> = 50, less the mean pileup energy
+    check_kinematics(cells, noise_graph(PU50), ref, max_clusters=10)
     assert ref[0].size > 5 * cells.n_events
     # cuda: the simulator is slow, so windows of the calorimeter (subsets of the cells) around
     # the leading cluster and across phi = +-pi
@@ -474,7 +493,7 @@ def test_generated_ttbar_reference_equals_cpu_and_cuda(ttbar):
 
 def test_generated_ttbar_matches_the_oracle_in_a_window(ttbar):
     sub = window(ttbar["CaloCell"], 0.0, 0.0, 1.0)
-    for cfg in (TopoclusterConfig(), TopoclusterConfig(pileup_mu=0.0)):
+    for cfg in (PU50, PU50_NO_OFFSET, TopoclusterConfig(pileup_mu=0.0)):
         ref = run(sub, "cpu", cfg)
         assert ref[0].size >= sub.n_events
         assert seed_ids(ref) == oracle(sub, noise_graph(cfg), cfg)
@@ -510,7 +529,7 @@ def test_metrics_on_ttbar_pu0():
     assert 20 < m.clusters_per_event < 1000
     assert m.n_noise_clusters < 0.2 * m.n_clusters
     # thresholds on the noise of <mu> = 50 are higher: fewer clusters, less energy inside
-    clusters, labels = run(cells, "cpu")
+    clusters, labels = run(cells, "cpu", PU50_NO_OFFSET)
     m50 = topocluster_metrics(cells, labels, clusters)
     assert 0.5 < m50.containment < m.containment
     assert 10 < m50.clusters_per_event < m.clusters_per_event
@@ -533,7 +552,7 @@ def test_noise_only_events_make_few_noise_clusters():
     m = topocluster_metrics(cells, labels, clusters)
     assert m.n_noise_clusters == m.n_clusters and m.true_energy == 0
     assert 1.0 <= m.clusters_per_event <= 12.0
-    clusters, labels = run(cells, "cpu")
+    clusters, labels = run(cells, "cpu", PU50_NO_OFFSET)
     assert clusters.size <= m.n_clusters
 
 
@@ -614,9 +633,10 @@ def test_stage_in_pipeline_feeds_rho_and_writes(tmp_path):
     cells = read_collections(str(SAMPLE), ["CaloCell"])["CaloCell"].select_events(0, 2)
     be = get_backend("cpu")
     batch = EventBatch(be, 2, {"CaloCell": cells})
-    chain_, inputs = plan_chain(["topocluster", "rho"], ["CaloCell"])
-    assert inputs == ["CaloCell"]
-    run_batch(batch, chain_, default_config())
+    planned = plan(["topocluster", "rho"], ["CaloCell"], default_config(), [str(SAMPLE)])
+    assert planned.inputs == ["CaloCell"]
+    assert planned.config["topocluster"].pileup_mu == 50.0  # "auto": the sample's pileup
+    run_batch(batch, planned.stages, planned.config)
     assert batch["clusters"].size > 100 and batch[LABEL_COLLECTION].size == cells.size
     rho = be.to_host(batch["rho"]["rho"])
     assert np.all(rho > 0)

@@ -21,7 +21,7 @@ import pytest
 from hltemu import io, strictxp
 from hltemu.backends import cuda_simulator_enabled, get_backend
 from hltemu.batch import Collection, EventBatch
-from hltemu.pipeline import plan_chain, run_batch
+from hltemu.pipeline import plan, run_batch
 from hltemu.stages.doublets import DoubletsConfig
 from hltemu.stages.rho import RhoConfig
 from hltemu.stages.topocluster import TopoclusterConfig
@@ -56,7 +56,8 @@ def test_constant_tables_are_uploaded_once_per_run():
     hits, cells = host["PixelHit"], host["CaloCell"]
     calo = default_geometry().calo
     be = get_backend("cuda")
-    chain, _ = plan_chain(None, ["PixelHit", "CaloCell"])
+    planned = plan(None, ["PixelHit", "CaloCell"], None, [SAMPLE])  # topocluster: <mu> = 50
+    chain, config = planned.stages, planned.config
     assert [s.name for s in chain] == ["doublets", "doublet_cnn", "topocluster", "antikt",
                                        "rho", "jec", "trigger"]
     uploads = []
@@ -66,7 +67,7 @@ def test_constant_tables_are_uploaded_once_per_run():
         batch = EventBatch(host.backend, 1, {"PixelHit": h.select_events(i, i + 1),
                                              "CaloCell": c.select_events(i, i + 1)}).to(be)
         with strictxp.record_uploads() as up:
-            run_batch(batch, chain)
+            run_batch(batch, chain, config)
         uploads.append({_digest(a): a for a in up})
         assert batch["clusters"].size > 0 and batch["doublets"].size > 0
 
@@ -75,14 +76,15 @@ def test_constant_tables_are_uploaded_once_per_run():
     assert not again, f"uploaded in the first batch and again later: {again}"
     model = get_model("builtin:doublet_cnn")
     pairs = pair_table(DoubletsConfig())
-    graph = noise_graph(TopoclusterConfig())
+    graph = noise_graph(config["topocluster"])
+    assert config["topocluster"] == TopoclusterConfig(pileup_mu=50.0)
     constants = {
         **{f"cnn {k}": np.ascontiguousarray(v) for k, v in model.arrays.items()},
         "cnn feature_mean": np.asarray(model.feature_mean, dtype=np.float32),
         "doublets pair cuts": pairs.cuts, "doublets global cuts": pairs.global_cuts,
         "doublets by_layer": pairs.by_layer, "rho grid": rho_grid(RhoConfig()).as_array(),
         "topocluster noise": np.asarray(graph.noise), "topocluster neighbours":
-        np.asarray(graph.nbr_index),
+        np.asarray(graph.nbr_index), "topocluster pileup offset": np.asarray(graph.offset),
     }
     every = [k for u in uploads for k in u]
     for name, table in constants.items():

@@ -15,7 +15,8 @@ Modules of this package (every public name is re-exported here): :mod:`~hltemu.i
 :mod:`~hltemu.io.reader` (reading: :func:`iterate_batches`, :func:`read_collections`),
 :mod:`~hltemu.io.writer` (writing: :class:`OutputWriter`) and :mod:`~hltemu.io.provenance`
 (the provenance object: :func:`read_provenance`, :func:`provenance_header`,
-:func:`input_provenance`, :func:`event_id_summary`).
+:func:`input_provenance`, :func:`event_id_summary`, and the mean pileup a file was made
+with, :func:`input_pileup`).
 
 How branches map to collections
 -------------------------------
@@ -63,9 +64,11 @@ from hltemu.io.provenance import (
     command_line,
     dumps_provenance,
     event_id_summary,
+    input_pileup,
     input_provenance,
     package_versions,
     provenance_header,
+    provenance_pileup,
     read_provenance,
 )
 from hltemu.io.reader import iterate_batches, read_collections, reading_notes
@@ -110,10 +113,12 @@ __all__ = [
     "describe_schema",
     "dumps_provenance",
     "event_id_summary",
+    "input_pileup",
     "input_provenance",
     "iterate_batches",
     "package_versions",
     "provenance_header",
+    "provenance_pileup",
     "reading_notes",
     "read_collections",
     "read_metadata",

@@ -202,3 +202,58 @@ def input_provenance(paths: Sequence[str | os.PathLike], tree: str = TREE_NAME
             "provenance": read_provenance(path),
         })
     return out
+
+
+def provenance_pileup(provenance: Mapping[str, Any] | None) -> float | None:
+    """The mean pileup a file was made with, from its provenance: a generated file's
+    ``pileup.mean_requested`` (the Poisson mean ``hltemu generate --pileup`` drew from), or
+    for an ``hltemu run`` output its inputs' value when they all record the same one;
+    ``None`` when the provenance does not tell."""
+    if not isinstance(provenance, Mapping):
+        return None
+    pileup = provenance.get("pileup")
+    if isinstance(pileup, Mapping):
+        mu = pileup.get("mean_requested")
+        if isinstance(mu, (int, float)) and not isinstance(mu, bool) and math.isfinite(mu) \
+                and mu >= 0:
+            return float(mu)
+    inputs = provenance.get("inputs")
+    if provenance.get("kind") == "run" and isinstance(inputs, list) and inputs:
+        values = {provenance_pileup(i.get("provenance") if isinstance(i, Mapping) else None)
+                  for i in inputs}
+        if len(values) == 1 and None not in values:
+            return values.pop()
+    return None
+
+
+def input_pileup(path: str | os.PathLike, tree: str = TREE_NAME) -> dict[str, Any]:
+    """The mean pileup of the input file ``path``: ``{"file", "mu", "source", "events"}``.
+
+    ``source`` is ``"provenance"`` (:func:`provenance_pileup` of the file's provenance: the
+    generated Poisson mean), else ``"Event_n_pileup"`` (the mean of the file's
+    ``Event_n_pileup`` branch over its ``events`` entries), else ``None`` with ``mu`` ``None``
+    (a file with neither, e.g. CMS NanoAOD, or an empty file without provenance).  Raises
+    :class:`InputError` naming the file when it cannot be read.
+    """
+    path = os.fspath(path)
+    lay = _inspect(path, tree)
+    out: dict[str, Any] = {"file": path, "mu": None, "source": None, "events": lay.entries}
+    mu = provenance_pileup(read_provenance(path))
+    if mu is not None:
+        out.update(mu=mu, source="provenance")
+        return out
+    cl = lay.collections.get(EVENT)
+    col = cl.columns.get("n_pileup") if cl is not None and cl.per_event else None
+    if col is None or cl.problems or lay.entries == 0:
+        return out
+    with _open_tree(path, tree) as (_, t):
+        try:
+            n_pu = np.asarray(t[col.branch].array(library="np"), dtype=np.float64)
+        except Exception as exc:
+            raise InputError(f"input file {path}, tree {tree!r}: cannot read {col.branch!r}: "
+                             f"{exc}") from None
+    if n_pu.ndim != 1 or not np.all(np.isfinite(n_pu) & (n_pu >= 0)):
+        raise InputError(f"input file {path}: {col.branch!r} must hold one finite count >= 0 "
+                         "per event")
+    out.update(mu=float(n_pu.mean()), source="Event_n_pileup")
+    return out

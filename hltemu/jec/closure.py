@@ -10,7 +10,8 @@ levels fitted per ``|eta|`` bin in the N, S, C form::
 
     sigma / mu = sqrt(N |N| / pT^2 + S^2 / pT + C^2)        (pT the truth pT in GeV)
 
-The same median estimator as the derivation (:func:`hltemu.jec.derive.median_with_error`).
+The same median estimator as the derivation (:func:`hltemu.jec.derive.median_with_error`),
+weighted or not as it (``DeriveSettings.weighted``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from hltemu.jec.derive import (
     CALO_ETA_MAX,
     DeriveSettings,
     JetSample,
+    jet_weights,
     median_with_error,
     truth_matches,
 )
@@ -81,7 +83,7 @@ def closure_table(sample: JetSample, factors: np.ndarray, level_names: Sequence[
                 levels: dict[str, dict[str, float]] = {}
                 if bm.sum() >= 2:
                     r = reco[bm]
-                    w = sample.weight[ev[bm]]
+                    w = jet_weights(sample, ev[bm], settings)
                     raw = sample.j_pt[r] / t_pt[bm]
                     levels["raw"] = median_with_error(raw, w)
                     for k, name in enumerate(level_names):
@@ -118,7 +120,7 @@ def resolution(sample: JetSample, factors: np.ndarray, settings: DeriveSettings 
                 b = at & (t_eta >= elo) & (t_eta < ehi) & (t_pt >= plo) & (t_pt < phi)
                 if b.sum() < min_jets:
                     continue
-                w = sample.weight[ev[b]]
+                w = jet_weights(sample, ev[b], settings)
                 r = sample.j_pt[reco[b]] * total[reco[b]] / t_pt[b]
                 m = median_with_error(r, w)
                 rel = m["width"] / m["median"]
@@ -173,8 +175,8 @@ def closure_report(sample: JetSample, chain: Any, settings: DeriveSettings | Non
         "pileups": sample.pileups(),
         "events": {f"{p:g}": int((sample.pileup == p).sum()) for p in sample.pileups()},
         "levels": ["raw", *names],
-        "estimator": "weighted median of pT / pT_truth; error 1.2533 * half 16-84% width / "
-                     "sqrt(n_eff)",
+        "estimator": ("generator-weighted" if settings.weighted else "unweighted")
+                     + " median of pT / pT_truth; error 1.2533 * half 16-84% width / sqrt(n_eff)",
         "bins": [{"pileup": b.pileup, "eta": list(b.eta), "pt": list(b.pt),
                   "n_truth": b.n_truth, "n_matched": b.n_matched, "levels": b.levels}
                  for b in table],

@@ -22,12 +22,16 @@ import click
                    "parses): files <era>_L1FastJet_<algo>.txt, ...")
 @click.option("--algo", default="AK4Calo", show_default=True,
               help="Jet algorithm label of the file names.")
+@click.option("--weighted/--unweighted", default=False, show_default=True,
+              help="Medians weighted by the generator weights (Event_weight, normalised per file "
+                   "to its cross-section: the physical spectrum within each bin) or not (every "
+                   "jet counts once: more effective jets from a --pthat-bias sample).")
 @click.option("--plots/--no-plots", default=True, show_default=True,
               help="Draw the figures (needs hltemu[plots]; skipped with a note without it).")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show progress bars.")
 def derive_jec(files: tuple[str, ...], output_dir: str, validate: tuple[str, ...], era: str,
-               algo: str, plots: bool, progress: bool) -> None:
+               algo: str, weighted: bool, plots: bool, progress: bool) -> None:
     """Derive L1FastJet and L2Relative jet corrections from FILES written by hltemu run.
 
     FILES are `hltemu run FILE --stages topocluster,antikt,genjets,rho` outputs of a paired
@@ -36,8 +40,8 @@ def derive_jec(files: tuple[str, ...], output_dir: str, validate: tuple[str, ...
     jets of paired events, fitted per |eta| bin in CMS's hybrid form A [p0 + p1 rho (1 + p2 ln
     pT)].  L2Relative: the median response of L1-corrected jets to hard-scatter truth jets
     (genjets, |eta| < 3, Delta R < R/2) per truth-pT bin, inverted numerically and fitted in
-    CMS's standard form per |eta| bin.  Events count with their generator weights
-    (hltemu generate --pthat-bias) normalised per file to its cross-section.
+    CMS's standard form per |eta| bin; every jet counts once, or (--weighted) with its event's
+    generator weight (hltemu generate --pthat-bias) normalised per file to its cross-section.
 
     Writes to OUTPUT_DIR: CMS text files <era>_L1FastJet_<algo>.txt and
     <era>_L2Relative_<algo>.txt, the correctionlib JSON <era>.json, <era>_derivation.json (what
@@ -57,7 +61,7 @@ def derive_jec(files: tuple[str, ...], output_dir: str, validate: tuple[str, ...
 
     console = Console(stderr=True)
     out = Path(output_dir)
-    settings = DeriveSettings(era=era, algo=algo)
+    settings = DeriveSettings(era=era, algo=algo, weighted=weighted)
     absent = missing("plots") if plots else []
     try:
         era_files = [f"{era}_L1FastJet_{algo}.txt", f"{era}_L2Relative_{algo}.txt",

@@ -30,10 +30,16 @@ Two levels are derived, as CMS does for its calorimeter jets (JINST 12 (2017) P0
    (a lower efficiency means the reconstruction threshold cuts into the response); pT is
    clamped to the fitted points' range, so the correction is flat beyond them (no cliffs).
 
-Weights: each event counts with ``Event_weight`` times its file's cross-section over its summed
-weights (from the generation provenance), so biased (``--pthat-bias``) samples and files of
-different sizes combine into one physical spectrum.  Acceptance: the calorimeter's ``|eta| < 3``;
-the outermost bins reach 5.191 (CMS's edge) so that a jet outside still gets a factor.
+Weights: the medians are *unweighted* by default: within a narrow truth-pT bin the response is
+a property of the detector, not of how often such events occur, and generator weights of a
+``--pthat-bias`` sample (which span ten decades) would leave few effective jets (at 15-30 GeV,
+143 effective of 1,113 matched jets in the barrel on 3,000 events).  With ``weighted=True``
+each event counts with ``Event_weight`` times its file's cross-section over its summed weights
+(from the generation provenance), so biased samples and files of different sizes combine into
+one physical spectrum.  Either way the effective number of jets of every point is recorded.
+
+Acceptance: the calorimeter's ``|eta| < 3``; the outermost bins reach 5.191 (CMS's edge) so
+that a jet outside still gets a factor.
 
 Outputs (:func:`write_corrections`): CMS text files ``<era>_L1FastJet_<algo>.txt`` and
 ``<era>_L2Relative_<algo>.txt``, the same levels as correctionlib JSON ``<era>.json``, and
@@ -81,7 +87,7 @@ class DeriveSettings:
     era: str = "hltemu_V1_MC"
     algo: str = "AK4Calo"
     l1_eta_edges: tuple[float, ...] = (0.0, 1.3, 2.0, 2.5, 3.0)
-    l2_eta_edges: tuple[float, ...] = (0.0, 0.5, 1.0, 1.3, 1.6, 2.0, 2.3, 2.5, 2.75, 3.0)
+    l2_eta_edges: tuple[float, ...] = (0.0, 0.5, 1.0, 1.3, 1.7, 2.1, 2.5, 2.75, 3.0)
     l2_pt_edges: tuple[float, ...] = (10, 12, 15, 18, 22, 27, 33, 40, 50, 60, 75, 90, 110, 135,
                                       165, 200, 250, 300, 400, 500, 650, 850, 1100, 1500, 2000,
                                       3000)
@@ -99,6 +105,8 @@ class DeriveSettings:
     #: matching distance as a fraction of R (CMS: R/2)
     match_fraction_of_r: float = 0.5
     truth_pt_min: float = 10.0
+    #: medians weighted by the generator weights (normalised per file), or not (default)
+    weighted: bool = False
 
 
 # -- reading the inputs --------------------------------------------------------------------------
@@ -502,6 +510,14 @@ def l2_correction(p: Sequence[float], pt: np.ndarray) -> np.ndarray:
     return np.maximum(0.0001, val)
 
 
+def jet_weights(sample: JetSample, events: np.ndarray, settings: DeriveSettings) -> np.ndarray:
+    """The weight of each jet of ``events`` (event rows): its event's normalised generator
+    weight with ``settings.weighted``, else 1."""
+    if settings.weighted:
+        return sample.weight[events]
+    return np.ones(np.asarray(events).size)
+
+
 def truth_matches(sample: JetSample, settings: DeriveSettings
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Truth jets in the acceptance (``|eta| < 3``, pT above ``truth_pt_min``) and their
@@ -554,7 +570,7 @@ def fit_l2(pt_l1: np.ndarray, sample: JetSample, settings: DeriveSettings) -> li
     reco jet [GeV])."""
     acc, reco, _ = truth_matches(sample, settings)
     t_pt, t_eta = sample.t_pt[acc], sample.t_eta[acc]
-    w_all = sample.weight[sample.t_ev[acc]]
+    w_all = jet_weights(sample, sample.t_ev[acc], settings)
     matched = reco >= 0
     edges = np.asarray(settings.l2_pt_edges, dtype=np.float64)
     fits = []
@@ -703,7 +719,8 @@ def derive(sample: JetSample, settings: DeriveSettings | None = None) -> Derivat
         "events": {f"{p:g}": int((sample.pileup == p).sum()) for p in sample.pileups()},
         "files": sample.files,
         "generation": sample.generation,
-        "estimator": "weighted median of pT_L1 / pT_truth per truth-pT bin",
+        "estimator": ("generator-weighted" if settings.weighted else "unweighted")
+                     + " median of pT_L1 / pT_truth per truth-pT bin",
     }
     return Derivation(settings, l1, l2, inputs)
 

@@ -146,7 +146,8 @@ def genjets_stage(batch: EventBatch, cfg: GenJetsConfig, clusterer: Any
     return {"genjets": jets}
 
 
-def plan_genjets(cfg: GenJetsConfig, available: frozenset[str]) -> Planned:
+def plan_genjets(cfg: GenJetsConfig, available: frozenset[str], inputs: tuple[str, ...] = ()
+                 ) -> Planned:
     """The planner's check (collection names only): an input with ``GenPart`` and CMS
     NanoAOD's ``GenJet`` holds NanoAOD's pruned GenPart, which is not clustered
     (:class:`~hltemu.pipeline.CannotRun` naming ``GenJet``)."""

@@ -2,9 +2,9 @@
 
 The rule
 --------
-Each cell has a significance ``S = |E| / sigma`` (``E`` its measured energy, ``sigma`` its
-total noise, electronic and pileup, see below; two-sided, as ATLAS: large negative noise
-fluctuations seed and grow clusters too).  With the thresholds of
+Each cell has a significance ``S = |E| / sigma`` (``E`` its measured energy less the mean
+pileup energy, ``sigma`` its total noise, electronic and pileup, see below; two-sided, as
+ATLAS: large negative noise fluctuations seed and grow clusters too).  With the thresholds of
 :class:`TopoclusterConfig` (``seed`` 4 > ``grow`` 2 > ``perimeter`` 0 by default,
 a cell passing a threshold when ``S`` is *strictly* above it):
 
@@ -30,7 +30,8 @@ are kept (``antikt`` ignores clusters with ``energy <= 0``).
 
 Kinematics of a cluster (cells at their centres, :mod:`hltemu.geometry`):
 
-* ``energy`` = sum of the member cells' ``E`` (GeV, negative cells included);
+* ``energy`` = sum of the member cells' ``E`` (GeV, negative cells included; ``E`` is the
+  corrected energy, see "Noise and pileup");
 * ``eta`` = ``sum |E| eta / sum |E|``: weights ``|E|``, so that every weight is positive;
 * ``phi`` = ``phi_seed + sum |E| dphi / sum |E|`` wrapped into ``[-pi, pi)``, with ``dphi`` each
   cell's ``phi - phi_seed`` wrapped into ``[-pi, pi)``: the ``|E|``-weighted mean measured from
@@ -46,43 +47,85 @@ Noise and pileup
 ----------------
 As ATLAS, thresholds are on the *total* noise ``sigma = sqrt(sigma_el**2 + mu * sigma_1**2)``
 (:func:`noise_graph`): ``sigma_el`` the cell's electronic noise (:mod:`hltemu.geometry`),
-``mu`` = :attr:`TopoclusterConfig.pileup_mu` the mean pileup the noise is tuned
-for (default 50; 0 = electronic noise only), and ``sigma_1`` the RMS energy one minimum-bias
-interaction leaves in the cell, per layer and eta ring, from the table
-:attr:`TopoclusterConfig.pileup_noise` (shipped: ``hltemu/models/
-pileup_noise.npz``, 40,000 Pythia minimum-bias interactions through the toy calorimeter; the
-table format in :mod:`hltemu.calo_noise`, its derivation in
+``mu`` = :attr:`TopoclusterConfig.pileup_mu` the mean pileup (interactions per crossing; 0 =
+electronic noise only), and ``sigma_1`` the RMS energy one minimum-bias interaction leaves in
+the cell, per layer and eta ring, from the table :attr:`TopoclusterConfig.pileup_noise`
+(shipped: ``hltemu/models/pileup_noise.npz``, 40,000 Pythia minimum-bias interactions through
+the toy calorimeter; the table format in :mod:`hltemu.calo_noise`, its derivation in
 :mod:`hltemu.simulate.pileup_noise`).  At ``mu = 50`` the pileup noise (median over cells)
 is 46 MeV against 31 MeV of electronic noise in central EM1 cells (|eta| < 1), 134 against
 43 MeV in forward ones (|eta| > 2.5); in HAD1 75 against 122 MeV centrally, 432 against
 170 MeV forward.
 
-Measured on ttbar (cpu backend, ``examples/plot_topoclusters.py`` files: 50 events at pileup 0
-and 50, 20 at pileup 200, seed 2024; "containment" is the fraction of the true deposited energy,
-hard scatter and pileup, inside clusters; "largest" the mean over events of the largest
-cluster's cells):
+**The input's pileup.**  ``pileup_mu = "auto"`` (the default) is resolved by the planner
+before the first event (:func:`plan_topocluster`): the mean pileup the input files were
+generated with (``pileup.mean_requested`` in their provenance, :func:`hltemu.io.input_pileup`),
+else the mean of their ``Event_n_pileup`` branch.  A file with neither (CMS NanoAOD, a file
+hltemu did not write) is an error that names it and asks for ``[topocluster] pileup_mu``;
+files whose values differ are refused, naming each file and value (the noise and the offset
+are set once per run; a Dask run plans on the client with every file, so it refuses the same
+inputs).  A number sets ``mu`` whatever the input.  The run prints the value and where it came
+from (``topocluster: noise and pileup offset for <mu> = 50 (the input's provenance)``); the
+plan's facts (run report, output provenance) record it with each input's value and source.
 
-=========  ==========  ==============  ===========  =======
-pileup     pileup_mu   clusters/event  containment  largest
-=========  ==========  ==============  ===========  =======
-0          0           84.4            0.80         606
-0          50          37.9            0.68         346
-50         0           562             0.87         10,860
-50         50          332             0.54         1,022
-200        0           384             0.98         61,840
-200        50          395             0.92         29,720
-200        200         303             0.75         10,410
-=========  ==========  ==============  ===========  =======
+**The mean pileup energy.**  Pileup adds on average ``mu * mean_1`` GeV to a cell (``mean_1``:
+the mean energy one interaction leaves, per layer and eta ring, from the same table), which
+grows as ``mu`` while the noise grows as ``sqrt(mu)``: at ``mu = 200`` it is 1 to 2.7 sigma in
+the median forward cell, enough to join most of the forward calorimeter into a few clusters
+of 10,000 cells and more (ATLAS's bipolar pulse shaping makes it about zero; here nothing
+does).  With :attr:`TopoclusterConfig.subtract_pileup_mean` (default) every cell's energy is
+first corrected, ``E' = E - n * mean_1(layer, ring)`` (GeV), and everything above uses ``E'``:
+the significance ``|E'| / sigma``, the cluster ``energy`` (sum of ``E'``) and the ``|E'|``
+weights of ``eta`` and ``phi``.  ``n``, the number of interactions subtracted
+(:attr:`TopoclusterConfig.pileup_offset`):
 
-(Built-in sample, 10 ttbar events at pileup 50: 571 -> 340 clusters/event, containment
-0.86 -> 0.50, largest cluster 10,110 -> 769 cells, for ``pileup_mu`` 0 -> 50.)  So the noise
-tuned for the pileup breaks up the forward percolation at pileup 50; the lower containment is
-mostly pileup energy no longer clustered (on pileup-0 events, the hard scatter's energy
-in clusters drops from 0.80 to 0.68).  At pileup 200 giant forward clusters remain, even with
-``pileup_mu = 200``: cells are not corrected for the *mean* pileup energy (``mu`` times the
-table's ``mean1``), which grows as ``mu`` while the noise grows as ``sqrt(mu)`` and reaches
-1.1 sigma in the median forward cell at ``mu = 200`` (2.1 sigma with the noise of
-``mu = 50``), where ATLAS's bipolar pulse shaping makes it about zero.
+* ``"event"`` (default): the event's own estimate ``n = max(rho - rho_zero_pileup, 0) /
+  rho_per_interaction`` from its calorimeter rho (:mod:`hltemu.stages.rho`'s algorithm and
+  default grid on the same cells; 0.626 GeV/area per interaction and 1.21 at none, the fit of
+  rho vs ``Event_n_pileup`` on QCD at pileup 50).  The jets' residual pileup then no longer
+  depends on the run's ``<mu>`` (with ``"mean"`` an event with fewer interactions than
+  ``<mu>`` is over-subtracted, one with more under-subtracted: the jet offset rises by 0.6
+  GeV per unit area per GeV/area of rho *within* a run, while it is about zero at every
+  run's mean), so one L1 correction in rho serves every pileup (``hltemu derive-jec``);
+* ``"mean"``: ``n = mu``, the run's mean (as ATLAS, whose cells see ``<mu>``).
+
+With ``"mean"`` the offset is :attr:`CellGraph.offset <hltemu.cell_graph.CellGraph.offset>`
+(``mu * mean_1``); with ``"event"`` that times ``n / mu`` per event (:func:`event_scale`).
+Either is one IEEE multiply and subtract done by :func:`cell_energies` for all three
+backends, so their clusters stay identical.
+
+Measured on ttbar (cpu backend; ``hltemu generate -p ttbar -s 2024``: 50 events at pileup 0
+and 50, 20 at pileup 200; the same seed gives the same hard scatter at every pileup).
+"Before" is the former default (``pileup_mu = 50`` whatever the input, no subtraction),
+"after" the new one (``auto``, subtraction).  "Containment": the fraction of the true
+deposited energy (hard scatter and pileup) inside clusters; "HS cont.": the fraction of the
+hard scatter's true energy (the pileup-0 file's, cell by cell) inside clusters; "largest":
+over events, the mean cell count and energy (GeV) of the cluster with the most cells:
+
+=======  ======================  =============  ===========  ========  =======  =======
+pileup   config                  clusters/evt   containment  HS cont.  largest  GeV
+=======  ======================  =============  ===========  ========  =======  =======
+0        before: 50, no subtr.   36.5           0.72         0.72      354      173
+0        after: auto = 0         79.1           0.82         0.82      573      212
+50       before: 50, no subtr.   346            0.56         0.82      1,128    449
+50       after: auto = 50        346            0.38         0.76      455      216
+200      before: 50, no subtr.   381            0.92         0.96      29,710   10,240
+200      auto = 200, no subtr.   303            0.76         0.89      10,330   5,946
+200      after: auto = 200       406            0.23         0.64      410      187
+=======  ======================  =============  ===========  ========  =======  =======
+
+At pileup 0 the noise of ``mu = 50`` had left 10 points more of the hard scatter's energy out
+of clusters (containment 0.82 -> 0.72) and halved the clusters; ``auto`` restores them. At
+pileup 50 the thresholds do not change; the subtraction breaks the forward percolation (largest
+cluster 1,128 -> 455 cells, 449 -> 216 GeV: jet-sized, as at pileup 0) and leaves
+most pileup energy out of clusters (containment 0.56 -> 0.38), at the price of some
+hard-scatter energy in cells now under threshold (0.82 -> 0.76; the "before" figure is largely
+inflated by pileup-swollen clusters). At pileup 200 the thresholds alone (``auto``, no subtraction)
+still leave a 10,000-cell, 6 TeV cluster per event; with the subtraction the largest cluster is
+jet-sized again (410 cells, 187 GeV). The hard scatter's containment falls to 0.64 there because
+the noise of 200 interactions (``sqrt(200) * sigma_1``) lifts every threshold, as it does in
+ATLAS. ``examples/plot_topoclusters.py`` prints these figures of merit (default: each sample's
+own pileup with subtraction; ``--pileup-mu 50 --no-subtract``: the "before" configuration).
 
 Inputs and outputs
 ------------------
@@ -131,11 +174,16 @@ import numpy as np
 from hltemu.backends import Backend
 from hltemu.batch import Collection, EventBatch, counts_to_offsets
 from hltemu.calo_cells import check_cells, repeated_id_error
-from hltemu.cell_graph import CellGraph, graph_of
+from hltemu.cell_graph import CellGraph, corrected_energy, graph_of
 from hltemu.config import ConfigError, param
 from hltemu.ops import THREADS_PER_BLOCK, blocks
-from hltemu.pipeline import PipelineError, Stage, check_only, dispatch, register
+from hltemu.pipeline import PipelineError, Planned, Stage, dispatch, register
 from hltemu.xpsafe import any_true, bincount, item
+
+#: ``[topocluster] pileup_mu`` that takes the input's mean pileup (:func:`plan_topocluster`).
+AUTO = "auto"
+#: ``[topocluster] pileup_offset``: the event's own pileup estimate, or the run's mean.
+EVENT, MEAN = "event", "mean"
 
 
 @dataclass(frozen=True)
@@ -148,7 +196,13 @@ class TopoclusterConfig:
     noise of ``pileup_mu`` interactions, ``sigma_1`` being the RMS energy one minimum-bias
     interaction leaves in the cell (per layer and eta ring, from the table ``pileup_noise``:
     ``builtin:NAME`` in ``hltemu/models`` or a path; format: :mod:`hltemu.calo_noise`).
-    ``pileup_mu = 0``: electronic noise only (the table is then not read).  A cell passes a
+    ``pileup_mu = "auto"`` (the default) takes the input's mean pileup when the run is planned
+    (:func:`plan_topocluster`: the generated mean in the files' provenance, else the mean of
+    their ``Event_n_pileup``); a number sets it.  With ``subtract_pileup_mean`` (default) every
+    cell's energy is first reduced by ``pileup_mu * mean_1`` GeV, the mean energy of
+    ``pileup_mu`` interactions in the cell (``mean_1`` from the same table), and the clusters are
+    built from and sum those corrected energies.  ``pileup_mu = 0``: electronic noise only, no
+    offset (the table is then not read).  A cell passes a
     threshold when its significance is strictly above it.  Seeds must pass ``seed_threshold``,
     cells that grow a cluster (and merge clusters) ``grow_threshold``, the perimeter cells added
     last ``perimeter_threshold``; ``0 <= perimeter_threshold <= grow_threshold <=
@@ -159,11 +213,30 @@ class TopoclusterConfig:
     grow_threshold: float = param(2.0, "sigma_noise", "growing cells: |E| / sigma above this")
     perimeter_threshold: float = param(0.0, "sigma_noise",
                                        "perimeter cells: |E| / sigma above this")
-    pileup_mu: float = param(50.0, "interactions", "<mu> the noise is tuned for: sigma_noise^2 "
-                             "= sigma_el^2 + pileup_mu sigma_1^2; 0 = electronic noise only")
+    pileup_mu: float | str = param(
+        AUTO, "interactions",
+        "<mu> of the pileup noise (sigma_noise^2 = sigma_el^2 + pileup_mu sigma_1^2) and offset "
+        "(pileup_mu mean_1 GeV per cell): 'auto' = the input's mean pileup (its provenance, "
+        "else the mean of Event_n_pileup), or a number >= 0 (0 = electronic noise only)",
+        keywords=(AUTO,))
+    subtract_pileup_mean: bool = param(
+        True, "", "subtract n * mean_1 (GeV: the mean energy one interaction leaves, per "
+        "layer and eta ring) from every cell's energy before the significance; clusters are "
+        "built from and sum the corrected energies; n as pileup_offset says")
+    pileup_offset: str = param(
+        EVENT, "", "the number of interactions n of the subtracted energy: 'event' = the "
+        "event's own estimate (rho - rho_zero_pileup) / rho_per_interaction, >= 0, from the "
+        "calorimeter rho of the event (stage rho's algorithm and default grid), or 'mean' = "
+        "pileup_mu; none at pileup_mu = 0")
+    rho_per_interaction: float = param(
+        0.626, "GeV/area", "'event' offset: calorimeter rho per pileup interaction (slope of "
+        "rho vs Event_n_pileup, QCD at pileup 50)")
+    rho_zero_pileup: float = param(
+        1.21, "GeV/area", "'event' offset: calorimeter rho without pileup (the intercept of "
+        "that fit)")
     pileup_noise: str = param("builtin:pileup_noise.npz", "",
-                              "table of sigma_1 per layer and eta ring (builtin:NAME or path)",
-                              path=True)
+                              "table of sigma_1 and mean_1 per layer and eta ring (builtin:NAME "
+                              "or path)", path=True)
 
     def __post_init__(self) -> None:
         values = (self.perimeter_threshold, self.grow_threshold, self.seed_threshold)
@@ -174,9 +247,28 @@ class TopoclusterConfig:
                 f"grow_threshold <= seed_threshold, got perimeter_threshold="
                 f"{self.perimeter_threshold}, grow_threshold={self.grow_threshold}, "
                 f"seed_threshold={self.seed_threshold}")
-        if not (math.isfinite(self.pileup_mu) and self.pileup_mu >= 0.0):
-            raise ConfigError(f"[topocluster] pileup_mu must be finite and >= 0 interactions, "
-                              f"got {self.pileup_mu}")
+        mu = self.pileup_mu
+        if isinstance(mu, str):
+            if mu != AUTO:
+                raise ConfigError(f"[topocluster] pileup_mu must be {AUTO!r} or a number >= 0 "
+                                  f"(interactions), got {mu!r}")
+        elif isinstance(mu, bool) or not isinstance(mu, (int, float)) or not (
+                math.isfinite(mu) and mu >= 0.0):
+            raise ConfigError(f"[topocluster] pileup_mu must be {AUTO!r} or a finite number >= 0 "
+                              f"(interactions), got {mu!r}")
+        else:
+            object.__setattr__(self, "pileup_mu", float(mu))
+        if not isinstance(self.subtract_pileup_mean, bool):
+            raise ConfigError(f"[topocluster] subtract_pileup_mean must be true or false, got "
+                              f"{self.subtract_pileup_mean!r}")
+        if self.pileup_offset not in (EVENT, MEAN):
+            raise ConfigError(f"[topocluster] pileup_offset must be {EVENT!r} or {MEAN!r}, got "
+                              f"{self.pileup_offset!r}")
+        if not (math.isfinite(self.rho_per_interaction) and self.rho_per_interaction > 0
+                and math.isfinite(self.rho_zero_pileup)):
+            raise ConfigError("[topocluster] rho_per_interaction must be > 0 and "
+                              "rho_zero_pileup finite (GeV/area), got "
+                              f"{self.rho_per_interaction} and {self.rho_zero_pileup}")
         if not self.pileup_noise:
             raise ConfigError("[topocluster] pileup_noise must name a table (builtin:NAME or a "
                               "path), got an empty string")
@@ -201,33 +293,131 @@ TWO_PI = 2.0 * math.pi
 
 # -- the cell graph with the configured noise ------------------------------------------------
 @functools.lru_cache(maxsize=8)
-def _noise_graph_of(calo: Any, pileup_mu: float, pileup_noise: str) -> CellGraph:
-    from hltemu.calo_noise import PileupNoiseError, load_table, total_noise
+def _noise_graph_of(calo: Any, pileup_mu: float, pileup_noise: str, subtract: bool
+                    ) -> CellGraph:
+    from hltemu.calo_noise import PileupNoiseError, load_table, pileup_offset, total_noise
 
     base = graph_of(calo)
+    source = f"pileup-noise table {pileup_noise!r}"
     try:
         table = load_table(pileup_noise)
-        sigma1 = table.cell_sigma1(calo, source=f"pileup-noise table {pileup_noise!r}")
+        sigma1 = table.cell_sigma1(calo, source=source)
+        offset = pileup_offset(table.cell_mean1(calo, source=source), pileup_mu) \
+            if subtract else None
     except PileupNoiseError as exc:
         raise PipelineError(f"stage 'topocluster' (pileup_noise = {pileup_noise!r}): {exc}"
                             ) from None
-    return base.with_noise(total_noise(calo.noise_sigma, sigma1, pileup_mu))
+    return base.with_noise(total_noise(calo.noise_sigma, sigma1, pileup_mu), offset)
+
+
+def resolved_mu(cfg: TopoclusterConfig) -> float:
+    """``cfg.pileup_mu`` as a number; :class:`PipelineError` when it is still ``"auto"`` (the
+    planner resolves it from the input files: :func:`plan_topocluster`)."""
+    if isinstance(cfg.pileup_mu, str):
+        raise PipelineError(
+            "stage 'topocluster': [topocluster] pileup_mu = 'auto' is the input's mean pileup, "
+            "resolved when a run is planned with its input files (hltemu run, run_files, "
+            "pipeline.plan(..., files=...)); here no input file is known: give pileup_mu as a "
+            "number of interactions (0 = electronic noise only)")
+    return float(cfg.pileup_mu)
 
 
 def noise_graph(cfg: TopoclusterConfig, calo: Any = None) -> CellGraph:
     """The :class:`CellGraph` of a calorimeter (default: the default geometry's) with the total
     noise of ``cfg``: ``sqrt(sigma_el**2 + cfg.pileup_mu * sigma_1**2)`` per cell, ``sigma_1``
-    from the table ``cfg.pileup_noise``.  Built once per calorimeter, ``pileup_mu`` and table
-    (and copied once to each backend's device); with ``pileup_mu == 0`` it is
-    :func:`calorimeter_graph` itself and the table is not read.  :class:`PipelineError` naming
-    the table for a missing or corrupt file or one whose rings are not the calorimeter's."""
+    from the table ``cfg.pileup_noise``, and with ``cfg.subtract_pileup_mean`` the per-cell
+    energy offset ``cfg.pileup_mu * mean_1`` (GeV; :attr:`CellGraph.offset`).  Built once per
+    calorimeter, ``pileup_mu``, table and subtraction (and copied once to each backend's
+    device); with ``pileup_mu == 0`` it is :func:`calorimeter_graph` itself (no offset) and the
+    table is not read.  :class:`PipelineError` naming the table for a missing or corrupt file
+    or one whose rings are not the calorimeter's, and for ``pileup_mu = "auto"`` not yet
+    resolved (:func:`resolved_mu`)."""
+    mu = resolved_mu(cfg)
     if calo is None:
         from hltemu.geometry import default_geometry
 
         calo = default_geometry().calo
-    if cfg.pileup_mu == 0.0:
+    if mu == 0.0:
         return graph_of(calo)
-    return _noise_graph_of(calo, float(cfg.pileup_mu), cfg.pileup_noise)
+    return _noise_graph_of(calo, mu, cfg.pileup_noise, bool(cfg.subtract_pileup_mean))
+
+
+# -- pileup_mu = "auto": the input's mean pileup, resolved by the planner -----------------------
+def input_mu(inputs: tuple[str, ...]) -> tuple[float, str, dict[str, Any]]:
+    """The mean pileup of the input files: ``(mu, where, per_file)``, ``where`` saying where it
+    was read (for the plan note) and ``per_file`` each file's ``{"mu", "source"}``
+    (:func:`hltemu.io.input_pileup`: the generated mean in the file's provenance, else the
+    mean of its ``Event_n_pileup``).
+
+    :class:`PipelineError` naming the file for a file with neither (CMS NanoAOD, a file
+    hltemu did not write), and naming each file and value when the files' values differ: the
+    noise and the offset are set once per run (a Dask run plans on the client with every
+    file, so it refuses the same inputs), so such files are run separately or with a number.
+    """
+    from hltemu import io
+
+    found = [io.input_pileup(f) for f in inputs]
+    per_file = {p["file"]: {"mu": p["mu"], "source": p["source"]} for p in found}
+    unknown = [p["file"] for p in found if p["mu"] is None]
+    if unknown:
+        raise PipelineError(
+            f"stage 'topocluster': [topocluster] pileup_mu = 'auto' takes the input's mean "
+            f"pileup, but {', '.join(unknown)} records none (no hltemu provenance with the "
+            f"generated pileup, no Event_n_pileup branch, e.g. CMS NanoAOD); set "
+            f"[topocluster] pileup_mu to the mean pileup of the data (a number of interactions, "
+            f"0 for none)")
+    values = {p["mu"] for p in found}
+    if len(values) > 1:
+        listed = ", ".join(f"{p['file']} {p['mu']:g} (from its {p['source']})" for p in found)
+        raise PipelineError(
+            f"stage 'topocluster': [topocluster] pileup_mu = 'auto', but the input files differ "
+            f"in mean pileup: {listed}; the noise thresholds and the pileup offset are set once "
+            f"per run: run the files of each pileup separately, or set [topocluster] pileup_mu")
+    sources = sorted({p["source"] for p in found})
+    what = {"provenance": "provenance", "Event_n_pileup": "mean Event_n_pileup"}
+    n_events = sum(p["events"] for p in found)
+    where = " and ".join(what[s] for s in sources)
+    where = (f"the input's {where}" if len(found) == 1 else
+             f"the {len(found)} inputs' {where}")
+    if "Event_n_pileup" in sources:
+        where += f", {n_events} events"
+    return values.pop(), where, per_file
+
+
+def plan_topocluster(cfg: TopoclusterConfig, available: frozenset[str],
+                     inputs: tuple[str, ...] = ()) -> Planned:
+    """The planner's hook: resolve ``pileup_mu = "auto"`` to the mean pileup of the run's
+    ``inputs`` (:func:`input_mu`), then build and check the noise graph (reads the table).
+    The note says which ``<mu>`` the noise and offset use and where it came from; the facts
+    (run report, output provenance) hold ``pileup_mu``, ``pileup_mu_from`` (``"config"`` or
+    ``"input"``), ``subtract_pileup_mean`` and, for ``"auto"``, ``inputs`` (each file's value
+    and source).  With no input files known (:func:`~hltemu.pipeline.check_config`) or no
+    ``CaloCell`` to cluster, ``"auto"`` stays as it is."""
+    from dataclasses import replace
+
+    if isinstance(cfg.pileup_mu, str):
+        if not inputs or "CaloCell" not in available:
+            return Planned(cfg)
+        mu, where, per_file = input_mu(inputs)
+        cfg = replace(cfg, pileup_mu=mu)
+        facts: dict[str, Any] = {"pileup_mu_from": "input", "inputs": per_file}
+    else:
+        where = "[topocluster] pileup_mu"
+        facts = {"pileup_mu_from": "config"}
+    noise_graph(cfg)  # reads and checks the table
+    mu = float(cfg.pileup_mu)
+    if mu == 0.0:
+        what = "electronic noise only, no pileup offset"
+    elif cfg.subtract_pileup_mean and cfg.pileup_offset == EVENT:
+        what = "noise, and pileup offset from each event's rho,"
+    elif cfg.subtract_pileup_mean:
+        what = "noise and pileup offset"
+    else:
+        what = "noise (mean pileup energy not subtracted)"
+    note = f"topocluster: {what} for <mu> = {mu:g} ({where})"
+    return Planned(cfg, (note,), {"pileup_mu": mu, **facts,
+                                  "subtract_pileup_mean": bool(cfg.subtract_pileup_mean),
+                                  "pileup_offset": cfg.pileup_offset})
 
 
 # -- input checks and per-row arrays ----------------------------------------------------------
@@ -245,12 +435,54 @@ class RowArrays(NamedTuple):
     slot: Any
 
 
+def cell_energies(energy: Any, ids: Any, graph: Any, xp: Any, scale: Any = None) -> Any:
+    """The energies clustering uses (float64 GeV): the measured ones less the graph's per-cell
+    offset (the mean energy of ``pileup_mu`` interactions, :attr:`CellGraph.offset`; none:
+    unchanged), times ``scale`` (per row or a number; ``None``: 1), the event's pileup over
+    ``pileup_mu`` in the ``"event"`` mode (:func:`event_scale`).  ``graph`` is a
+    :class:`CellGraph` or its arrays on a device; the one place every backend corrects."""
+    if scale is None or graph.offset is None:
+        return corrected_energy(energy, ids, graph.offset, xp)
+    energy = xp.asarray(energy, dtype=xp.float64)
+    return energy - scale * graph.offset[ids]
+
+
+def event_scale(cells: Collection, cfg: TopoclusterConfig, graph: CellGraph, be: Backend
+                ) -> Any:
+    """Per event (float64 ``(n_events,)`` on ``be``), the factor of the graph's offset in the
+    ``"event"`` mode: ``n / pileup_mu`` with ``n = max(rho - rho_zero_pileup, 0) /
+    rho_per_interaction`` the event's own pileup estimate from its calorimeter rho (stage
+    ``rho``'s algorithm and default grid on these cells, bit-identical on every backend);
+    ``None`` (the offset as it is) in the ``"mean"`` mode or when the graph has no offset."""
+    if cfg.pileup_offset != EVENT or graph.offset is None or not cfg.subtract_pileup_mean:
+        return None
+    from hltemu.stages import rho as rho_stage
+
+    xp = be.xp
+    prep = _rho_tables(be)
+    mu = resolved_mu(cfg)
+    if mu == 0.0:
+        return None
+    rho = rho_stage.compute_rho(cells, prep, be)
+    n = xp.maximum(rho - cfg.rho_zero_pileup, 0.0) / cfg.rho_per_interaction
+    return n / mu
+
+
+@functools.lru_cache(maxsize=8)
+def _rho_tables(be: Backend) -> Any:
+    """The rho tables of :func:`event_scale` on ``be`` (built and uploaded once per backend)."""
+    from hltemu.stages import rho as rho_stage
+
+    return rho_stage.prepare_for(rho_stage.RhoConfig(), be)
+
+
 def significance(energy: Any, ids: Any, noise: Any, xp: Any) -> Any:
     """``|E| / sigma`` (float64): one IEEE division of float64 values, exact on every backend."""
     return xp.abs(xp.asarray(energy, dtype=xp.float64)) / noise[ids]
 
 
-def row_arrays(cells: Collection, graph: CellGraph, be: Backend) -> RowArrays:
+def row_arrays(cells: Collection, graph: CellGraph, be: Backend, scale: Any = None
+               ) -> RowArrays:
     """The kernels' per-row arrays; :class:`PipelineError` when an event repeats a cell id."""
     xp = be.xp
     dev = graph.on(be)
@@ -266,7 +498,8 @@ def row_arrays(cells: Collection, graph: CellGraph, be: Backend) -> RowArrays:
         row = item(xp.argmax(repeated))
         raise repeated_id_error(int(be.to_host(ids[row])), int(be.to_host(event[row])),
                                 "topocluster")
-    energy = xp.asarray(cells["energy"], dtype=xp.float64)
+    energy = cell_energies(cells["energy"], ids, dev, xp,
+                           None if scale is None else scale[event])
     return RowArrays(ids, significance(energy, ids, dev.noise, xp), energy, event, slot)
 
 
@@ -277,15 +510,17 @@ def wrap_phi(x: Any) -> Any:
 
 
 def cluster_event_reference(ids: np.ndarray, energy: np.ndarray, graph: CellGraph,
-                            cfg: TopoclusterConfig) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                            cfg: TopoclusterConfig, scale: float | None = None
+                            ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """4-2-0 clustering of one event, written to be read.
 
-    ``ids`` (int) and ``energy`` (GeV) are the event's cells.  Returns the cluster index of each
-    cell (int32, -1 for none) and the clusters' columns (:data:`CLUSTER_COLUMNS`), clusters in
-    seed-rank order.
+    ``ids`` (int) and ``energy`` (GeV, measured) are the event's cells; the graph's offset
+    (mean pileup energy) is subtracted first (:func:`cell_energies`).  Returns the cluster
+    index of each cell (int32, -1 for none) and the clusters' columns
+    (:data:`CLUSTER_COLUMNS`), clusters in seed-rank order.
     """
     n = ids.shape[0]
-    energy = np.asarray(energy, dtype=np.float64)
+    energy = cell_energies(energy, ids, graph, np, scale)
     sig = significance(energy, ids, graph.noise, np)
     row_of_cell = np.full(graph.n_cells, -1, dtype=np.int64)
     row_of_cell[ids] = np.arange(n)
@@ -343,9 +578,10 @@ def cluster_event_reference(ids: np.ndarray, energy: np.ndarray, graph: CellGrap
     return cluster.astype(np.int32), out
 
 
-def cluster_reference(cells: Collection, graph: CellGraph, cfg: TopoclusterConfig
-                      ) -> tuple[Collection, Collection]:
-    """``(clusters, cell_cluster)`` by :func:`cluster_event_reference`, event by event."""
+def cluster_reference(cells: Collection, graph: CellGraph, cfg: TopoclusterConfig,
+                      scale: np.ndarray | None = None) -> tuple[Collection, Collection]:
+    """``(clusters, cell_cluster)`` by :func:`cluster_event_reference`, event by event
+    (``scale``: each event's factor of the offset, :func:`event_scale`)."""
     labels, per_event, counts = [], [], []
     ids_all = np.asarray(cells["id"])
     energy_all = np.asarray(cells["energy"])
@@ -355,7 +591,8 @@ def cluster_reference(cells: Collection, graph: CellGraph, cfg: TopoclusterConfi
         unique, n_seen = np.unique(ids, return_counts=True)
         if np.any(n_seen > 1):
             raise repeated_id_error(int(unique[np.argmax(n_seen > 1)]), i, "topocluster")
-        label, cols = cluster_event_reference(ids, energy_all[sl], graph, cfg)
+        label, cols = cluster_event_reference(ids, energy_all[sl], graph, cfg,
+                                              None if scale is None else scale[i])
         labels.append(label)
         per_event.append(cols)
         counts.append(cols["seed"].shape[0])
@@ -484,14 +721,16 @@ def clusters_reference(cells: Collection, cfg: TopoclusterConfig, be: Backend,
                        graph: CellGraph) -> tuple[Collection, Collection]:
     """The seed-queue algorithm per event in plain Python (:func:`cluster_reference`)."""
     check_cells(cells, graph.n_cells, be, "topocluster")
-    return cluster_reference(cells.to_host(), graph, cfg)
+    scale = event_scale(cells, cfg, graph, be)
+    return cluster_reference(cells.to_host(), graph, cfg,
+                             None if scale is None else be.to_host(scale))
 
 
 def clusters_cpu(cells: Collection, cfg: TopoclusterConfig, be: Backend,
                  graph: CellGraph) -> tuple[Collection, Collection]:
     """The same algorithm in Numba, parallel over events, then the common assembly."""
     check_cells(cells, graph.n_cells, be, "topocluster")
-    rows = row_arrays(cells, graph, be)
+    rows = row_arrays(cells, graph, be, event_scale(cells, cfg, graph, be))
     label = labels_cpu(rows, cells.offsets, graph, cfg)
     return assemble(label, rows, cells.offsets, cells.n_events, graph, be, kinematics_cpu)
 
@@ -500,7 +739,7 @@ def clusters_cuda(cells: Collection, cfg: TopoclusterConfig, be: Backend,
                   graph: CellGraph) -> tuple[Collection, Collection]:
     """Tag propagation to a fixed point and a perimeter pass on CUDA, then the assembly."""
     check_cells(cells, graph.n_cells, be, "topocluster")
-    rows = row_arrays(cells, graph, be)
+    rows = row_arrays(cells, graph, be, event_scale(cells, cfg, graph, be))
     label, _ = labels_cuda(rows, cells.offsets, graph, cfg, be)
     return assemble(label, rows, cells.offsets, cells.n_events, graph, be, kinematics_cuda)
 
@@ -555,7 +794,7 @@ STAGE = register(Stage(
     adds=("clusters", LABEL_COLLECTION),
     config_type=TopoclusterConfig,
     prepare=prepare,
-    plan=check_only(noise_graph),
+    plan=plan_topocluster,
     implementations={"reference": run_reference, "cpu": run_cpu, "cuda": run_cuda},
     doc="ATLAS 4-2-0 topological clusters of calorimeter cells by |E|/sigma_noise, electronic "
         "and pileup noise (GPU: tag propagation)",

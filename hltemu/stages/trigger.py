@@ -257,7 +257,8 @@ def _makers(name: str) -> str:
     return f"stage {' or '.join(map(repr, makers))}" if makers else "no stage"
 
 
-def plan(cfg: TriggerConfig, available: frozenset[str]) -> Planned:
+def plan(cfg: TriggerConfig, available: frozenset[str], inputs: tuple[str, ...] = ()
+         ) -> Planned:
     """Read and check the menu before any event; keep the paths whose collections the chain
     will have.  A path left out is a note and a ``dropped_paths`` fact when the menu's paths
     are taken by default, an error when ``[trigger] paths`` names it; no path left is
