@@ -129,6 +129,12 @@ class Stage:
         Optional ``count(products, backend) -> {group: {key: value}}``: figures of one batch's
         products (e.g. the trigger's accepts per path) that the run report adds up
         (:meth:`~hltemu.profiling.RunReport.count`).
+    cross_check:
+        Optional ``cross_check(cfg, configs, chain, inputs) -> notes``, called once the whole
+        chain is planned with every stage's planned config (``configs``: name -> config), the
+        names of the chain's stages and the input files: warnings that depend on other stages'
+        settings (the ``jec`` stage: corrections derived with another jet radius, rho or noise
+        mode than this run's), printed with the plan's notes.
     """
 
     name: str
@@ -141,6 +147,8 @@ class Stage:
     plan: PlanHook | None = None
     count: Callable[[Mapping[str, Collection], Backend], Mapping[str, Mapping[str, float]]] | None \
         = None
+    cross_check: Callable[[Any, Mapping[str, Any], tuple[str, ...], tuple[str, ...]],
+                          Sequence[str]] | None = None
 
     def needs_for(self, cfg: Any = None) -> tuple[str, ...]:
         """The collections the stage reads with ``cfg`` (``None``: the defaults)."""
@@ -354,6 +362,10 @@ def plan(requested: Sequence[str] | None, available: Iterable[str], config: Any 
         if planned.facts:
             result.facts[st.name] = dict(planned.facts)
         have |= set(st.adds)
+    names = tuple(st.name for st in result.stages)
+    for st in result.stages:
+        if st.cross_check is not None:
+            result.notes.extend(st.cross_check(fitted[st.name], fitted, names, inputs))
     result.config = HLTConfig(fitted)
     return result
 

@@ -285,3 +285,31 @@ def test_weights_are_the_normalised_generator_weights_only_when_asked(run_output
     # each file: Event_weight 1 x sigma 2.0 / weight_sum (its events)
     np.testing.assert_allclose(jet_weights(sample, rows, DeriveSettings(weighted=True)),
                                [2 / 2500, 2 / 2500, 2 / 1500, 2 / 1500])
+
+
+def test_jec_notes_corrections_derived_with_other_settings(synthetic, tmp_path):
+    """The jec stage's plan notes a level derived with another jet radius, rho, noise mode or
+    pileup range than the run's; none when they agree."""
+    from hltemu.pipeline import config_from_dict, plan
+
+    _, _, result = synthetic
+    result.inputs["rho"] = {"eta_max": 3.0, "grid_spacing": 0.55}
+    result.inputs["noise_mode"] = {"pileup_offset": "event", "subtract_pileup_mean": True}
+    paths = write_corrections(result, tmp_path)
+    levels = [str(paths["L1FastJet"]), str(paths["L2Relative"])]
+
+    def notes(cfg, stages=("antikt", "rho", "topocluster", "jec")):
+        p = plan(list(stages), ["CaloCell", "clusters"], config_from_dict(
+            {"jec": {"levels": levels}, "topocluster": {"pileup_mu": 20.0}, **cfg}))
+        return [n for n in p.notes if n.startswith("jec:")]
+
+    assert notes({}) == []
+    (n,) = notes({"antikt": {"R": 0.6}})
+    assert "jets of R = 0.4, this run's are R = 0.6" in n and levels[0] in n
+    assert levels[1] in n  # one note for both levels of one derivation
+    (n,) = notes({"rho": {"grid_spacing": 0.6}})
+    assert "grid_spacing" in n
+    (n,) = notes({"topocluster": {"pileup_mu": 20.0, "pileup_offset": "mean"}})
+    assert "pileup_offset = 'event' (this run: 'mean')" in n
+    (n,) = notes({"topocluster": {"pileup_mu": 100.0}})
+    assert "pileup 0-40, this run's <mu> is 100 (extrapolated)" in n

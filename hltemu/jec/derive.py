@@ -26,9 +26,10 @@ Two levels are derived, as CMS does for its calorimeter jets (JINST 12 (2017) P0
 
        C(pT) = max(0.0001, p0 + p1 / (L^2 + p2) + p3 * exp(-p4 * (L - p5)^2))
 
-   A truth-pT bin is used only when it has enough jets and 90% of its truth jets are matched
-   (a lower efficiency means the reconstruction threshold cuts into the response); pT is
-   clamped to the fitted points' range, so the correction is flat beyond them (no cliffs).
+   A truth-pT bin is used only when it has enough jets, 80% of its truth jets are matched and
+   the 2% quantile of its matched jets' raw pT is 1.5 times the jets' ``pt_min`` (else the
+   reconstruction threshold cuts into the response); pT is clamped to the fitted points'
+   range, so the correction is flat beyond them (no cliffs).
 
 Weights: the medians are *unweighted* by default: within a narrow truth-pT bin the response is
 a property of the detector, not of how often such events occur, and generator weights of a
@@ -100,8 +101,12 @@ class DeriveSettings:
     min_jets_per_point: int = 30
     #: an L2 |eta| bin needs this many matched jets in its used points
     min_jets_per_eta_bin: int = 300
-    #: an L2 point needs this fraction of its truth jets matched (else the threshold biases it)
-    min_match_efficiency: float = 0.9
+    #: an L2 point needs this fraction of its truth jets matched (the plateau is ~0.9: jets
+    #: split or Delta R > R/2) ...
+    min_match_efficiency: float = 0.8
+    #: ... and the 2% quantile of its matched jets' raw pT at least this times the jets' pt_min
+    #: (else the reconstruction threshold cuts into the response distribution)
+    threshold_margin: float = 1.5
     #: matching distance as a fraction of R (CMS: R/2)
     match_fraction_of_r: float = 0.5
     truth_pt_min: float = 10.0
@@ -140,6 +145,8 @@ class JetSample:
     radius: float
     run_config: dict[str, Any]
     generation: list[dict[str, Any]] = field(default_factory=list)
+    #: topoclustering's :data:`NOISE_MODE_KEYS` (those of the files with pileup)
+    noise_mode: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_events(self) -> int:
@@ -158,7 +165,7 @@ class JetSample:
             self.weight[mask], self.file[mask], new_index[self.j_ev[jm]], self.j_pt[jm],
             self.j_eta[jm], self.j_phi[jm], self.j_area[jm], new_index[self.t_ev[tm]],
             self.t_pt[tm], self.t_eta[tm], self.t_phi[tm], self.radius, self.run_config,
-            self.generation)
+            self.generation, self.noise_mode)
 
 
 #: run-config entries that must agree between the inputs of one derivation
@@ -208,6 +215,8 @@ def load_sample(paths: Sequence[str | Path], progress: Callable[[int], None] | N
     files = [str(p) for p in paths]
     first_config: dict[str, Any] | None = None
     generation: list[dict[str, Any]] = []
+    mode: dict[str, Any] | None = None
+    mode_file = ""
     offset = 0
     for i, path in enumerate(files):
         have = set(common_collections([path]))
@@ -230,6 +239,15 @@ def load_sample(paths: Sequence[str | Path], progress: Callable[[int], None] | N
                         "derive corrections from files run with the same settings")
         gen = _generation_provenance(prov)
         generation.append(gen)
+        topo = config["topocluster"] or {}
+        if float(topo.get("pileup_mu") or 0.0) > 0:  # at pileup 0 no offset is subtracted
+            this = noise_mode(topo)
+            if mode is None:
+                mode, mode_file = this, path
+            elif this != mode:
+                raise DeriveError(
+                    f"{path}: topocluster {this} differs from {mode_file}'s {mode}; derive "
+                    "corrections from files clustered with the same noise mode")
         c = read_collections(path, list(NEEDED))
         ev, jets, gj, rho = c["Event"], c["jets"], c["genjets"], c["rho"]
         n = ev.n_events
@@ -275,7 +293,7 @@ def load_sample(paths: Sequence[str | Path], progress: Callable[[int], None] | N
                           "([genjets] vertices = \"hard_scatter\")")
     cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     return JetSample(files=files, radius=radius, run_config=first_config, generation=generation,
-                     **cat)
+                     noise_mode=mode or {}, **cat)
 
 
 # -- kinematics and matching ---------------------------------------------------------------------
@@ -571,6 +589,7 @@ def fit_l2(pt_l1: np.ndarray, sample: JetSample, settings: DeriveSettings) -> li
     acc, reco, _ = truth_matches(sample, settings)
     t_pt, t_eta = sample.t_pt[acc], sample.t_eta[acc]
     w_all = jet_weights(sample, sample.t_ev[acc], settings)
+    reco_pt_min = float((sample.run_config.get("antikt") or {}).get("pt_min", 0.0))
     matched = reco >= 0
     edges = np.asarray(settings.l2_pt_edges, dtype=np.float64)
     fits = []
@@ -585,6 +604,8 @@ def fit_l2(pt_l1: np.ndarray, sample: JetSample, settings: DeriveSettings) -> li
                 continue
             eff = n_m / n_all
             if eff < settings.min_match_efficiency:
+                continue
+            if np.quantile(sample.j_pt[reco[bm]], 0.02) < settings.threshold_margin * reco_pt_min:
                 continue
             resp = pt_l1[reco[bm]] / t_pt[bm]
             w = w_all[bm]
@@ -711,6 +732,7 @@ def derive(sample: JetSample, settings: DeriveSettings | None = None) -> Derivat
     l2 = fit_l2(pt_l1, sample, settings)
     inputs = {
         "R": sample.radius,
+        "noise_mode": sample.noise_mode,
         "jets": "jets (stage antikt)", "truth": "genjets (hard scatter)",
         "rho": sample.run_config.get("rho"),
         "topocluster": sample.run_config.get("topocluster"),
@@ -755,3 +777,65 @@ def write_corrections(result: Derivation, out_dir: str | Path) -> dict[str, Path
         tmp.path.write_text(json.dumps(result.to_json(), indent=1, sort_keys=True) + "\n")
     paths["derivation"] = rec
     return paths
+
+
+# -- what corrections were derived with, against a run ------------------------------------------
+#: Settings of topoclustering that change the jets' response and offset: corrections derived
+#: with one value do not close with another.
+NOISE_MODE_KEYS = ("seed_threshold", "grow_threshold", "perimeter_threshold",
+                   "subtract_pileup_mean", "pileup_offset", "rho_per_interaction",
+                   "rho_zero_pileup", "pileup_noise")
+_RECORD_FORMAT = "hltemu-jec-derivation/1"
+
+
+def noise_mode(topocluster: dict[str, Any] | None) -> dict[str, Any]:
+    """The :data:`NOISE_MODE_KEYS` of a topocluster config (a dict), those it has."""
+    return {k: topocluster[k] for k in NOISE_MODE_KEYS if topocluster and k in topocluster}
+
+
+def derivation_record(entry: str) -> dict[str, Any] | None:
+    """What the correction file of a ``[jec] levels`` entry was derived with, or ``None`` when
+    it does not say: ``<era>_derivation.json`` beside a ``<era>_<Level>_<algo>.txt`` written by
+    ``derive-jec``, or the description of a correctionlib JSON file it wrote."""
+    from hltemu.jec.chain import _entry_path, _is_json
+    from hltemu.jec.cms_text import KNOWN_LEVELS
+
+    spec = entry.partition("#")[0]
+    try:
+        path = _entry_path(spec)
+        if _is_json(path):
+            import gzip
+
+            raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+            rec = json.loads(json.loads(raw).get("description") or "null")
+        else:
+            era = next((path.name.split(f"_{lv}_")[0] for lv in KNOWN_LEVELS
+                        if f"_{lv}_" in path.name), None)
+            side = path.with_name(f"{era}_derivation.json") if era else None
+            rec = json.loads(side.read_text()) if side is not None and side.is_file() else None
+    except (OSError, ValueError, JecError):
+        return None
+    return rec if isinstance(rec, dict) and rec.get("format") == _RECORD_FORMAT else None
+
+
+def mismatches(record: dict[str, Any], radius: float | None, rho: dict[str, Any] | None,
+               topocluster: dict[str, Any] | None, pileup_mu: float | None) -> list[str]:
+    """How a run differs from what corrections were derived with (empty: it does not), each
+    as a phrase: jet radius, rho definition, noise mode, pileup outside the derived range."""
+    out = []
+    if radius is not None and record.get("R") is not None and float(record["R"]) != radius:
+        out.append(f"jets of R = {record['R']:g}, this run's are R = {radius:g}")
+    if rho is not None and record.get("rho"):
+        keys = [k for k in record["rho"] if k in rho]
+        if any(record["rho"][k] != rho[k] for k in keys):
+            out.append(f"rho {dict(record['rho'])}, this run's is { {k: rho[k] for k in keys} }")
+    derived, ours = record.get("noise_mode") or {}, noise_mode(topocluster)
+    differ = {k: (derived[k], ours[k]) for k in derived if k in ours and derived[k] != ours[k]}
+    if differ:
+        out.append("topocluster " + ", ".join(f"{k} = {a!r} (this run: {b!r})"
+                                              for k, (a, b) in differ.items()))
+    pileups = record.get("pileups") or []
+    if pileup_mu is not None and pileups and not min(pileups) <= pileup_mu <= max(pileups):
+        out.append(f"pileup {min(pileups):g}-{max(pileups):g}, this run's <mu> is "
+                   f"{pileup_mu:g} (extrapolated)")
+    return out

@@ -22,6 +22,7 @@ against cpu on an NVIDIA H200 (2026-11-28, the sample's jets): at most 3.3e-15 r
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -182,6 +183,44 @@ def run_cuda(batch: EventBatch, cfg: JecConfig, prep: Prepared) -> dict[str, Col
     return corrected_jets(batch, prep.chain, *correct_cuda(batch, prep))
 
 
+def check_derivation(cfg: JecConfig, configs: Any, chain: tuple[str, ...],
+                     inputs: tuple[str, ...]) -> list[str]:
+    """Plan notes for each level derived by ``hltemu derive-jec`` with other settings than this
+    run's: jet radius (``antikt``), rho definition (``rho``), topoclustering's noise mode and a
+    pileup outside the derived range.  A stage not in the chain takes its settings from the
+    input files' provenance (``hltemu run`` outputs record theirs)."""
+    from dataclasses import asdict, is_dataclass
+
+    from hltemu.io.provenance import read_provenance
+    from hltemu.jec.derive import derivation_record, mismatches
+
+    def settings(name: str) -> dict[str, Any] | None:
+        if name in chain:
+            c = configs[name]
+            return asdict(c) if is_dataclass(c) else dict(c)
+        for f in inputs:
+            prov = read_provenance(f) or {}
+            got = (prov.get("config") or {}).get(name)
+            if got:
+                return dict(got)
+        return None
+
+    antikt, rho, topo = settings("antikt"), settings("rho"), settings("topocluster")
+    mu = topo.get("pileup_mu") if topo else None
+    found: dict[str, tuple[list[str], list[str]]] = {}  # one note per derivation
+    for entry in cfg.levels:
+        record = derivation_record(str(entry))
+        if record is None:
+            continue
+        diff = mismatches(record, float(antikt["R"]) if antikt else None, rho, topo,
+                          float(mu) if isinstance(mu, (int, float)) else None)
+        if diff:
+            key = json.dumps(record, sort_keys=True)
+            found.setdefault(key, ([], diff))[0].append(str(entry))
+    return [f"jec: {', '.join(entries)} derived with {'; '.join(diff)}: the corrections may "
+            "not close for this run" for entries, diff in found.values()]
+
+
 STAGE = register(Stage(
     name="jec",
     needs=("jets", "rho"),
@@ -189,6 +228,7 @@ STAGE = register(Stage(
     config_type=JecConfig,
     prepare=prepare,
     plan=check_only(chain_for),
+    cross_check=check_derivation,
     implementations={"reference": run_reference, "cpu": run_cpu, "cuda": run_cuda},
     doc="factorized CMS jet energy corrections (L1FastJet, L2Relative, L3Absolute, residuals)",
 ))
