@@ -54,7 +54,8 @@ PRODUCTS: dict[str, tuple[bool, list[str]]] = {
     "cluster_jet": (True, ["jet"]),
     "genjets": (True, JET_COLUMNS),
     "rho": (False, ["rho"]),
-    "corrected_jets": (True, [*JET_COLUMNS, "pt_raw", "factor", "factor_L2Relative"]),
+    "corrected_jets": (True, [*JET_COLUMNS, "pt_raw", "factor", "factor_L1FastJet",
+                              "factor_L2Relative"]),
     "trigger": (False, [*(p["name"] for p in MENU["path"]), "any_path"]),
     "trigger_pre": (False, [*(p["name"] for p in MENU["path"]), "any_path"]),
 }
@@ -230,10 +231,13 @@ def test_rho_and_corrected_jets(run):
         np.testing.assert_array_equal(cj["pt_raw"], jets["pt"])
         np.testing.assert_array_equal(cj["eta"], jets["eta"])
         np.testing.assert_array_equal(cj["n_constituents"], jets["n_constituents"])
-        np.testing.assert_array_equal(cj["factor"], cj["factor_L2Relative"])  # the one level
+        # the default levels, the emulator's own L1FastJet then L2Relative
+        np.testing.assert_array_equal(cj["factor"],
+                                      cj["factor_L1FastJet"] * cj["factor_L2Relative"])
         for c in ("pt", "E", "px", "py", "pz", "mass"):
             np.testing.assert_allclose(cj[c], jets[c] * cj["factor"], rtol=1e-14, err_msg=c)
-        assert ((cj["factor"] > 0.5) & (cj["factor"] < 3.0)).all()
+        assert ((cj["factor_L2Relative"] > 0.5) & (cj["factor_L2Relative"] < 3.0)).all()
+        assert ((cj["factor_L1FastJet"] > 0) & (cj["factor_L1FastJet"] <= 1.5)).all()
     assert (rho > 0).all()
 
 

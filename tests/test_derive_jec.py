@@ -313,3 +313,30 @@ def test_jec_notes_corrections_derived_with_other_settings(synthetic, tmp_path):
     assert "pileup_offset = 'event' (this run: 'mean')" in n
     (n,) = notes({"topocluster": {"pileup_mu": 100.0}})
     assert "pileup 0-40, this run's <mu> is 100 (extrapolated)" in n
+
+
+def test_the_shipped_default_corrections():
+    """The default [jec] levels are derive-jec's output: the record beside them says how they
+    were derived; the L2Relative has no cliffs (C(pT + 1 GeV) / C(pT) within 5% from 8 GeV) in
+    any |eta| bin, and hltemu's reader and its correctionlib copy agree."""
+    from hltemu.jec.derive import L2Fit, derivation_record
+    from hltemu.stages.jec import JecConfig
+
+    levels = JecConfig().levels
+    record = derivation_record(levels[0])
+    assert record is not None and record == derivation_record(levels[1])
+    assert record["R"] == 0.4 and record["pileups"] == [0.0, 20.0, 50.0]
+    assert record["noise_mode"]["pileup_offset"] == "event"
+    assert {g["seed"] for g in record["generation"]} == {1001, 1002}
+    full = json.loads((jec.chain.builtin_path("hltemu_V1_MC_derivation.json")).read_text())
+    for f in full["l2"]:
+        fit = L2Fit(**{**f, "eta": tuple(f["eta"]), "pt_range": tuple(f["pt_range"])})
+        assert cliffs(fit) == [], fit.eta
+        assert fit.n_jets >= 300
+    text = jec.load_chain(levels)
+    lib = jec.load_chain((f"{levels[0].rsplit('_L1FastJet', 1)[0]}.json#hltemu_V1_MC_AK4Calo",))
+    rng = np.random.default_rng(9)
+    pts = {"JetEta": rng.uniform(-2.99, 2.99, 3000), "JetPt": rng.uniform(6, 2000, 3000),
+           "JetA": rng.uniform(0.3, 0.7, 3000), "Rho": rng.uniform(0, 60, 3000)}
+    np.testing.assert_allclose(lib.correct_reference(pts)[0], text.correct_reference(pts)[0],
+                               rtol=1e-12)

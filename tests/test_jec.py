@@ -775,8 +775,10 @@ def test_config_table_reads_levels(tmp_path):
     cfg = load_config(toml)["jec"]
     assert cfg.levels == (str(PUPPI[0]), str(PUPPI[1]))
     assert jec.load_chain(cfg.levels).names == ["L1FastJet", "L2Relative"]
+    # the default: the emulator's own corrections (hltemu derive-jec), 4 and 8 |eta| bins a side
     default = jec.load_chain(JecConfig().levels)
-    assert default.names == ["L2Relative"] and default.levels[0].n_rows == 82
+    assert default.names == ["L1FastJet", "L2Relative"]
+    assert [lv.n_rows for lv in default.levels] == [8, 16]
 
 
 @pytest.mark.parametrize("cfg", [PUPPI_CFG, JecConfig(levels=(str(REAL_FILES[3]),))],

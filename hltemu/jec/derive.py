@@ -10,8 +10,10 @@ Two levels are derived, as CMS does for its calorimeter jets (JINST 12 (2017) P0
 
 1. **L1FastJet** (pileup offset).  Each jet at pileup N is matched to the jet of the paired
    pileup-0 event nearest in (eta, phi) (Delta R < R/2); its offset is ``pT(PU) - pT(PU 0)``.
-   Per ``|eta|`` bin the offset per unit area is averaged (3 sigma clipped mean, unweighted) in
-   bins of rho and raw pT and fitted with CMS's hybrid form::
+   Per ``|eta|`` bin the median offset per unit area (unweighted; the median, as the
+   closure's estimator: offsets have a long positive tail, and a mean-offset correction leaves
+   the median response low at pileup) in bins of rho and raw pT is fitted with CMS's hybrid
+   form::
 
        offset = A * [p0 + p1 * rho * (1 + p2 * ln pT)]        (GeV; A the jet area, rho GeV/area)
 
@@ -92,8 +94,9 @@ class DeriveSettings:
     l2_pt_edges: tuple[float, ...] = (10, 12, 15, 18, 22, 27, 33, 40, 50, 60, 75, 90, 110, 135,
                                       165, 200, 250, 300, 400, 500, 650, 850, 1100, 1500, 2000,
                                       3000)
-    #: L1: bins of raw pT (GeV) for the binned offsets; rho bins are quantiles per eta bin.
-    l1_pt_edges: tuple[float, ...] = (8, 15, 30, 60, 120, 300, 7000)
+    #: L1: bins of raw pT (GeV) for the binned offsets (from 15: with the pileup-0 jet at 8 GeV
+    #: or more, a lower bin would lose the pairs of large offset); rho bins: quantiles per eta bin
+    l1_pt_edges: tuple[float, ...] = (15, 22, 30, 45, 60, 120, 300, 7000)
     l1_rho_bins: int = 6
     #: L1: pairs only where the pileup-0 jet has at least this pT (GeV).
     l1_min_pt0: float = 8.0
@@ -380,22 +383,6 @@ def median_with_error(values: np.ndarray, weights: np.ndarray) -> dict[str, floa
             "width": float(width), "n": int(w.size), "n_eff": n_eff}
 
 
-def clipped_mean(values: np.ndarray, n_sigma: float = 3.0, iterations: int = 5
-                 ) -> tuple[float, float, int]:
-    """Mean, its error and entries of ``values`` after iterative ``n_sigma`` clipping."""
-    v = np.asarray(values, dtype=np.float64)
-    keep = np.ones(v.size, dtype=bool)
-    for _ in range(iterations):
-        m, s = v[keep].mean(), v[keep].std()
-        new = np.abs(v - m) <= n_sigma * s if s > 0 else keep
-        if np.array_equal(new, keep):
-            break
-        keep = new
-    x = v[keep]
-    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else 0.0, \
-        int(x.size)
-
-
 def _float32(params: Sequence[float]) -> tuple[float, ...]:
     """Parameters rounded to float32 values: readers that hold CMS tables in float32 (CMSSW,
     coffea) then evaluate exactly the parameters hltemu does."""
@@ -482,10 +469,11 @@ def fit_l1(pairs: dict[str, np.ndarray], settings: DeriveSettings) -> list[L1Fit
                 b = (ri == r) & (pi == p)
                 if b.sum() < settings.min_jets_per_point:
                     continue
-                mean, err, n = clipped_mean(opa[b])
+                m = median_with_error(opa[b], np.ones(int(b.sum())))
                 points.append({"rho": float(rho[b].mean()), "pt": float(np.exp(np.log(pt[b])
                                                                                   .mean())),
-                               "offset_per_area": mean, "error": max(err, 1e-6), "n": n})
+                               "offset_per_area": m["median"], "error": max(m["error"], 1e-6),
+                               "n": m["n"], "pt_bin": p})
         if len(points) < 4:
             raise DeriveError(f"L1: {len(points)} populated (rho, pT) bins at {lo:g} <= |eta| < "
                               f"{hi:g}; need 4 or more")

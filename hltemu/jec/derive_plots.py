@@ -38,6 +38,15 @@ def _grid(plt: Any, n: int, ncols: int = 3) -> tuple[Any, list[Any]]:
     return fig, flat[:n]
 
 
+def _log_x(ax: Any) -> None:
+    """A log pT axis with plain major labels (10, 100, 1000) and no minor ones."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _label(mplhep: Any, ax: Any, text: str) -> None:
     mplhep.label.exp_label(exp="hltemu", llabel="Simulation", rlabel="13.6 TeV", ax=ax,
                            fontsize=12)
@@ -47,20 +56,22 @@ def _label(mplhep: Any, ax: Any, text: str) -> None:
 def plot_l1(result: Derivation, path: Path) -> None:
     plt, mplhep = _setup()
     fig, axes = _grid(plt, len(result.l1), ncols=min(4, len(result.l1)))
+    edges = result.settings.l1_pt_edges
+    cmap = plt.get_cmap("viridis")
     for ax, f in zip(axes, result.l1, strict=True):
         pts = f.points
-        pt_vals = sorted({round(p["pt"], 3) for p in pts})
-        cmap = plt.get_cmap("viridis")
-        for k, ptv in enumerate(pt_vals):
-            sel = [p for p in pts if round(p["pt"], 3) == ptv]
-            color = cmap(k / max(len(pt_vals) - 1, 1))
+        bins = sorted({p["pt_bin"] for p in pts})
+        for k, b in enumerate(bins):
+            sel = [p for p in pts if p["pt_bin"] == b]
+            color = cmap(k / max(len(bins) - 1, 1))
             ax.errorbar([p["rho"] for p in sel], [p["offset_per_area"] for p in sel],
                         yerr=[p["error"] for p in sel], fmt="o", color=color,
-                        label=f"pT ~ {ptv:.0f} GeV")
+                        label=f"raw pT {edges[b]:g}-{edges[b + 1]:g} GeV")
+            pt_mid = float(np.exp(np.mean([np.log(p["pt"]) for p in sel])))
             r = np.linspace(0, max(p["rho"] for p in pts) * 1.1, 50)
-            ax.plot(r, l1_offset(f.params, r, np.full_like(r, ptv)), color=color, lw=1)
+            ax.plot(r, l1_offset(f.params, r, np.full_like(r, pt_mid)), color=color, lw=1)
         ax.set_xlabel(r"$\rho$ (GeV / area)")
-        ax.set_ylabel("offset / area (GeV)")
+        ax.set_ylabel("median offset / area (GeV)")
         _label(mplhep, ax, f"{f.eta[0]:g} < |η| < {f.eta[1]:g}\n"
                            f"χ²/ndf = {f.chi2:.1f}/{f.ndf}")
         ax.legend(fontsize=9, loc="lower right")
@@ -80,7 +91,7 @@ def plot_l2(result: Derivation, path: Path) -> None:
         grid = np.geomspace(8, max(x.max() * 2, 100), 200)
         ax.plot(grid, l2_correction(f.params, np.clip(grid, *f.pt_range)), color="C1",
                 label="fit (clamped)")
-        ax.set_xscale("log")
+        _log_x(ax)
         ax.set_xlabel(r"$\langle p_T^{L1} \rangle$ (GeV)")
         ax.set_ylabel("L2Relative correction")
         _label(mplhep, ax, f"{f.eta[0]:g} < |η| < {f.eta[1]:g}\n"
@@ -115,7 +126,7 @@ def plot_closure(report: dict[str, Any], path: Path, title: str) -> None:
         ax.axhline(1.0, color="gray", lw=1)
         for d in (0.98, 1.02):
             ax.axhline(d, color="gray", lw=0.5, ls="--")
-        ax.set_xscale("log")
+        _log_x(ax)
         ax.set_ylim(0.3, 1.3)
         ax.set_xlabel(r"$p_T^{truth}$ (GeV)")
         ax.set_ylabel(r"median $p_T / p_T^{truth}$")
@@ -143,7 +154,7 @@ def plot_resolution(report: dict[str, Any], path: Path, title: str) -> None:
                 g = np.geomspace(x.min(), x.max(), 100)
                 ax.plot(g, nsc(g, f["N"], f["S"], f["C"]), color=f"C{ip}", lw=1,
                         label=f"N={f['N']:.1f} S={f['S']:.2f} C={f['C']:.3f}")
-        ax.set_xscale("log")
+        _log_x(ax)
         ax.set_xlabel(r"$p_T^{truth}$ (GeV)")
         ax.set_ylabel(r"$\sigma / \mu$ (half 16-84% width / median)")
         _label(mplhep, ax, f"{title}\n{eta[0]:g} < |η| < {eta[1]:g}")

@@ -97,7 +97,9 @@ backends, so their clusters stay identical.
 Measured on ttbar (cpu backend; ``hltemu generate -p ttbar -s 2024``: 50 events at pileup 0
 and 50, 20 at pileup 200; the same seed gives the same hard scatter at every pileup).
 "Before" is the former default (``pileup_mu = 50`` whatever the input, no subtraction),
-"after" the new one (``auto``, subtraction).  "Containment": the fraction of the true
+"after" ``auto`` with the subtraction of the run's mean (``pileup_offset = "mean"``), "event"
+the default (``auto``, each event's own pileup from its rho; HS containment not measured for
+it).  "Containment": the fraction of the true
 deposited energy (hard scatter and pileup) inside clusters; "HS cont.": the fraction of the
 hard scatter's true energy (the pileup-0 file's, cell by cell) inside clusters; "largest":
 over events, the mean cell count and energy (GeV) of the cluster with the most cells:
@@ -112,6 +114,9 @@ pileup   config                  clusters/evt   containment  HS cont.  largest  
 200      before: 50, no subtr.   381            0.92         0.96      29,710   10,240
 200      auto = 200, no subtr.   303            0.76         0.89      10,330   5,946
 200      after: auto = 200       406            0.23         0.64      410      187
+0        event (default)         79.1           0.82                   573      212
+50       event (default)         346            0.37                   437      204
+200      event (default)         404            0.22                   386      173
 =======  ======================  =============  ===========  ========  =======  =======
 
 At pileup 0 the noise of ``mu = 50`` had left 10 points more of the hard scatter's energy out
@@ -124,7 +129,8 @@ inflated by pileup-swollen clusters). At pileup 200 the thresholds alone (``auto
 still leave a 10,000-cell, 6 TeV cluster per event; with the subtraction the largest cluster is
 jet-sized again (410 cells, 187 GeV). The hard scatter's containment falls to 0.64 there because
 the noise of 200 interactions (``sqrt(200) * sigma_1``) lifts every threshold, as it does in
-ATLAS. ``examples/plot_topoclusters.py`` prints these figures of merit (default: each sample's
+ATLAS. The default ``"event"`` offset gives the same picture (pileup 0 is unchanged: no offset
+there). ``examples/plot_topoclusters.py`` prints these figures of merit (default: each sample's
 own pileup with subtraction; ``--pileup-mu 50 --no-subtract``: the "before" configuration).
 
 Inputs and outputs
