@@ -47,6 +47,12 @@ def _log_x(ax: Any) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
+def _save(plt: Any, fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def _label(mplhep: Any, ax: Any, text: str) -> None:
     mplhep.label.exp_label(exp="hltemu", llabel="Simulation", rlabel="13.6 TeV", ax=ax,
                            fontsize=12)
@@ -75,9 +81,7 @@ def plot_l1(result: Derivation, path: Path) -> None:
         _label(mplhep, ax, f"{f.eta[0]:g} < |η| < {f.eta[1]:g}\n"
                            f"χ²/ndf = {f.chi2:.1f}/{f.ndf}")
         ax.legend(fontsize=9, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_l2(result: Derivation, path: Path) -> None:
@@ -97,9 +101,7 @@ def plot_l2(result: Derivation, path: Path) -> None:
         _label(mplhep, ax, f"{f.eta[0]:g} < |η| < {f.eta[1]:g}\n"
                            f"χ²/ndf = {f.chi2:.1f}/{f.ndf}")
         ax.legend(fontsize=10, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_closure(report: dict[str, Any], path: Path, title: str) -> None:
@@ -132,9 +134,7 @@ def plot_closure(report: dict[str, Any], path: Path, title: str) -> None:
         ax.set_ylabel(r"median $p_T / p_T^{truth}$")
         _label(mplhep, ax, f"{title}\n{eta[0]:g} < |η| < {eta[1]:g}")
         ax.legend(fontsize=9, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_resolution(report: dict[str, Any], path: Path, title: str) -> None:
@@ -159,9 +159,7 @@ def plot_resolution(report: dict[str, Any], path: Path, title: str) -> None:
         ax.set_ylabel(r"$\sigma / \mu$ (half 16-84% width / median)")
         _label(mplhep, ax, f"{title}\n{eta[0]:g} < |η| < {eta[1]:g}")
         ax.legend(fontsize=9, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def draw_all(result: Derivation, closures: dict[str, dict[str, Any]], out_dir: Path
