@@ -115,6 +115,21 @@ def spec_path(spec: str | Path, folder: str = "models") -> Path:
     return Path(spec)
 
 
+def shipped_file(spec: str | Path, folder: str, what: str, suffixes: tuple[str, ...],
+                 error: type[Exception] = ConfigError) -> Path:
+    """:func:`spec_path` of ``spec``, checked when it is ``builtin:NAME``: a file shipped in
+    ``hltemu/<folder>`` that does not exist raises ``error`` naming the shipped ones (those
+    ending in one of ``suffixes``); other paths are returned unchecked."""
+    path = spec_path(spec, folder)
+    if str(spec).startswith(BUILTIN_PREFIX) and not path.is_file():
+        root = shipped_dir(folder)
+        shipped = sorted(p.name for p in root.iterdir()
+                         if p.name.endswith(suffixes)) if root.is_dir() else []
+        raise error(f"no built-in {what} {str(spec)[len(BUILTIN_PREFIX):]!r}; shipped: "
+                    f"{', '.join(shipped) or 'none'}")
+    return path
+
+
 def resolve_path(value: str, base_dir: str | Path | None) -> str:
     """``value`` (a file name, ``builtin:NAME`` or ``FILE#SECTION``) relative to ``base_dir``:
     unchanged when it is absolute, built-in or ``base_dir`` is ``None``."""

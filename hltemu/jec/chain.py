@@ -14,28 +14,24 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from hltemu.config import BUILTIN_PREFIX, shipped_dir, spec_path
+from hltemu.config import BUILTIN_PREFIX, shipped_file
 from hltemu.jec import opcodes as K
 from hltemu.jec.cms_text import JEC_VARIABLES, JecLevel, _length, read_jec_text
 from hltemu.jec.correctionlib_json import read_correctionlib
 from hltemu.jec.errors import JecError
 
+#: What a shipped correction file's name ends in.
+_CORRECTION_SUFFIXES = (".txt", ".json", ".gz")
+
 
 def builtin_path(name: str) -> Path:
     """A correction file shipped in ``hltemu/models``."""
-    root = shipped_dir("models")
-    path = spec_path(BUILTIN_PREFIX + name)
-    if not path.is_file():
-        shipped = sorted(p.name for p in root.iterdir() if p.suffix in (".txt", ".json", ".gz"))
-        raise JecError(f"no built-in correction {name!r}; shipped: {', '.join(shipped) or 'none'}")
-    return path
+    return _entry_path(BUILTIN_PREFIX + name)
 
 
 def _entry_path(spec: str) -> Path:
     """The file of an entry without its ``#SECTION`` (a built-in one checked to exist)."""
-    if spec.startswith(BUILTIN_PREFIX):
-        return builtin_path(spec[len(BUILTIN_PREFIX):])
-    return spec_path(spec)
+    return shipped_file(spec, "models", "correction", _CORRECTION_SUFFIXES, JecError)
 
 
 def load_level(entry: str) -> list[JecLevel]:

@@ -36,6 +36,11 @@ from hltemu.jec.derive import (
 CLOSURE_ETA_EDGES: tuple[float, ...] = (0.0, 1.3, 2.5, CALO_ETA_MAX)
 #: truth-pT bins of the closure table (GeV); 30-500 are the ones the acceptance criteria cite.
 CLOSURE_PT_EDGES: tuple[float, ...] = (15.0, 30.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
+#: coarser truth-pT bins where jets are rarer: beyond the tracker (2.5 < |eta| < 3) a QCD
+#: sample holds about a sixth of the barrel's jets above 100 GeV
+CLOSURE_PT_EDGES_BY_ETA: dict[tuple[float, float], tuple[float, ...]] = {
+    (2.5, CALO_ETA_MAX): (15.0, 30.0, 50.0, 100.0, 500.0, 1000.0),
+}
 #: finer truth-pT bins for the resolution fit (GeV)
 RESOLUTION_PT_EDGES: tuple[float, ...] = (15, 20, 25, 30, 40, 50, 65, 80, 100, 130, 170, 220,
                                           300, 400, 550, 750, 1000)
@@ -66,8 +71,10 @@ def chain_factors(chain: Any, sample: JetSample) -> np.ndarray:
 def closure_table(sample: JetSample, factors: np.ndarray, level_names: Sequence[str],
                   settings: DeriveSettings | None = None,
                   eta_edges: Sequence[float] = CLOSURE_ETA_EDGES,
-                  pt_edges: Sequence[float] = CLOSURE_PT_EDGES) -> list[ClosureBin]:
-    """Median response per (pileup, |eta|, truth pT) bin after each level."""
+                  pt_edges: Sequence[float] | None = None) -> list[ClosureBin]:
+    """Median response per (pileup, |eta|, truth pT) bin after each level; ``pt_edges``
+    (GeV) for every |eta| bin, or (``None``) :data:`CLOSURE_PT_EDGES` with the coarser
+    :data:`CLOSURE_PT_EDGES_BY_ETA` where given."""
     settings = settings or DeriveSettings()
     acc, reco, _ = truth_matches(sample, settings)
     t_pt, t_eta = sample.t_pt[acc], np.abs(sample.t_eta[acc])
@@ -77,7 +84,9 @@ def closure_table(sample: JetSample, factors: np.ndarray, level_names: Sequence[
     for pu in sample.pileups():
         at = sample.pileup[ev] == pu
         for elo, ehi in zip(eta_edges[:-1], eta_edges[1:], strict=True):
-            for plo, phi in zip(pt_edges[:-1], pt_edges[1:], strict=True):
+            edges = pt_edges if pt_edges is not None else CLOSURE_PT_EDGES_BY_ETA.get(
+                (elo, ehi), CLOSURE_PT_EDGES)
+            for plo, phi in zip(edges[:-1], edges[1:], strict=True):
                 b = at & (t_eta >= elo) & (t_eta < ehi) & (t_pt >= plo) & (t_pt < phi)
                 bm = b & (reco >= 0)
                 levels: dict[str, dict[str, float]] = {}

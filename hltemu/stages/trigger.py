@@ -53,7 +53,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from hltemu.batch import Collection, EventBatch
-from hltemu.config import BUILTIN_PREFIX, ConfigError, param, shipped_dir, spec_path
+from hltemu.config import BUILTIN_PREFIX, ConfigError, param, shipped_file
 from hltemu.ops import THREADS_PER_BLOCK, blocks
 from hltemu.pipeline import CannotRun, PipelineError, Planned, Stage, register
 
@@ -111,18 +111,11 @@ class TriggerPath:
 
 def builtin_menu(name: str) -> Path:
     """A menu shipped in ``hltemu/data``."""
-    path = spec_path(BUILTIN_PREFIX + name, "data")
-    if not path.is_file():
-        root = shipped_dir("data")
-        shipped = sorted(p.name for p in root.glob("*.toml")) if root.is_dir() else []
-        raise ConfigError(f"no built-in menu {name!r}; shipped: {', '.join(shipped) or 'none'}")
-    return path
+    return shipped_file(BUILTIN_PREFIX + name, "data", "menu", (".toml",))
 
 
 def _menu_path(spec: str) -> Path:
-    if spec.startswith(BUILTIN_PREFIX):
-        return builtin_menu(spec[len(BUILTIN_PREFIX):])
-    return spec_path(spec)
+    return shipped_file(spec, "data", "menu", (".toml",))
 
 
 def load_menu(spec: str) -> tuple[TriggerPath, ...]:
