@@ -94,9 +94,10 @@ class DeriveSettings:
     l2_pt_edges: tuple[float, ...] = (10, 12, 15, 18, 22, 27, 33, 40, 50, 60, 75, 90, 110, 135,
                                       165, 200, 250, 300, 400, 500, 650, 850, 1100, 1500, 2000,
                                       3000)
-    #: L1: bins of raw pT (GeV) for the binned offsets (from 15: with the pileup-0 jet at 8 GeV
-    #: or more, a lower bin would lose the pairs of large offset); rho bins: quantiles per eta bin
-    l1_pt_edges: tuple[float, ...] = (15, 22, 30, 45, 60, 120, 300, 7000)
+    #: L1: bins of raw pT (GeV) for the binned offsets, fine at low pT where the offset's pT
+    #: dependence shows (chosen on seed 2001, benchmarks/SAMPLES.md: from 15 GeV the fit left
+    #: the 30-50 GeV response 3% low at pileup 50); rho bins: quantiles per eta bin
+    l1_pt_edges: tuple[float, ...] = (10, 14, 18, 24, 30, 45, 60, 120, 300, 7000)
     l1_rho_bins: int = 6
     #: L1: pairs only where the pileup-0 jet has at least this pT (GeV).
     l1_min_pt0: float = 8.0
