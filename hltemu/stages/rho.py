@@ -141,16 +141,14 @@ class RhoConfig:
 
 # -- towers and grid ----------------------------------------------------------------------------
 class Towers(NamedTuple):
-    """The calorimeter towers: the eta-phi grid of layer ``layer`` (``n_eta`` rows of ``deta``
-    from ``-eta_max``, ``n_phi`` columns of ``dphi`` [rad] from ``-pi``), tower index ``i_eta *
-    n_phi + i_phi``.  Arrays (read-only): ``cell_tower`` (int32, per cell id), the CSR member
-    lists ``offsets`` (int64, n_towers + 1) and ``cells`` (int32, cell ids ascending within a
-    tower), and per tower ``eta``, ``phi`` (centre) and ``cosh_eta`` (float64)."""
+    """The calorimeter towers: the eta-phi cells of the coarsest layer ``grid`` (a
+    :class:`hltemu.geometry.CaloLayer`: ``n_eta`` rows of ``deta`` from ``-eta_max``, ``n_phi``
+    columns of ``dphi`` [rad] from ``-pi``), tower index ``i_eta * n_phi + i_phi``.  Arrays
+    (read-only): ``cell_tower`` (int32, per cell id), the CSR member lists ``offsets`` (int64,
+    n_towers + 1) and ``cells`` (int32, cell ids ascending within a tower), and per tower
+    ``eta``, ``phi`` (centre) and ``cosh_eta`` (float64)."""
 
-    layer: str
-    eta_max: float
-    n_eta: int
-    n_phi: int
+    grid: Any
     cell_tower: np.ndarray
     offsets: np.ndarray
     cells: np.ndarray
@@ -159,12 +157,28 @@ class Towers(NamedTuple):
     cosh_eta: np.ndarray
 
     @property
+    def layer(self) -> str:
+        return str(self.grid.name)
+
+    @property
+    def eta_max(self) -> float:
+        return float(self.grid.eta_max)
+
+    @property
+    def n_eta(self) -> int:
+        return int(self.grid.n_eta)
+
+    @property
+    def n_phi(self) -> int:
+        return int(self.grid.n_phi)
+
+    @property
     def deta(self) -> float:
-        return 2.0 * self.eta_max / self.n_eta
+        return float(self.grid.deta)
 
     @property
     def dphi(self) -> float:
-        return 2.0 * math.pi / self.n_phi
+        return float(self.grid.dphi)
 
     @property
     def area(self) -> float:
@@ -208,8 +222,7 @@ def calo_towers(calo: Any = None) -> Towers:
     cosh_eta = np.cosh(eta)
     for a in (cell_tower, offsets, cells, eta, phi, cosh_eta):
         a.setflags(write=False)
-    return Towers(coarse.name, float(coarse.eta_max), int(coarse.n_eta), int(coarse.n_phi),
-                  cell_tower, offsets, cells, eta, phi, cosh_eta)
+    return Towers(coarse, cell_tower, offsets, cells, eta, phi, cosh_eta)
 
 
 class RhoGrid(NamedTuple):
