@@ -18,15 +18,12 @@ from hltemu.jec.closure import closure_report
 from hltemu.jec.derive import (
     DeriveError,
     cliffs,
-    delta_phi,
     derive,
     l1_offset,
     load_sample,
-    match_jets,
-    median_with_error,
-    weighted_quantile,
     write_corrections,
 )
+from hltemu.jetmatch import delta_phi, match_jets, median_with_error, weighted_quantile
 
 
 # -- matching and statistics ---------------------------------------------------------------------
@@ -326,7 +323,8 @@ def test_the_shipped_default_corrections():
     """The default [jec] levels are derive-jec's output: the record beside them says how they
     were derived; the L2Relative has no cliffs (C(pT + 1 GeV) / C(pT) within 5% from 8 GeV) in
     any |eta| bin, and hltemu's reader and its correctionlib copy agree."""
-    from hltemu.jec.derive import L2Fit, derivation_record
+    from hltemu.jec.derive import L2Fit
+    from hltemu.jec.record import derivation_record
     from hltemu.stages.jec import JecConfig
 
     levels = JecConfig().levels

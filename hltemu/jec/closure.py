@@ -23,14 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from hltemu.jec.derive import (
-    CALO_ETA_MAX,
-    DeriveSettings,
-    JetSample,
-    jet_weights,
-    median_with_error,
-    truth_matches,
-)
+from hltemu.jec.derive import CALO_ETA_MAX, DeriveSettings, JetSample, jet_weights, truth_matches
+from hltemu.jetmatch import median_with_error
 
 #: ``|eta|`` bins of the closure table (barrel, endcap with tracker, endcap beyond it).
 CLOSURE_ETA_EDGES: tuple[float, ...] = (0.0, 1.3, 2.5, CALO_ETA_MAX)

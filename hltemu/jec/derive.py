@@ -53,7 +53,6 @@ inputs and seeds; the fits).  The closure report lives in :mod:`hltemu.jec.closu
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -62,6 +61,8 @@ from typing import Any
 import numpy as np
 
 from hltemu.jec.errors import JecError
+from hltemu.jec.record import RECORD_FORMAT, noise_mode
+from hltemu.jetmatch import match_jets, median_with_error
 
 #: Pseudorapidity of CMS's outermost bin edge: the last bin of a derived level reaches it.
 CMS_ETA_EDGE = 5.191
@@ -300,88 +301,11 @@ def load_sample(paths: Sequence[str | Path], progress: Callable[[int], None] | N
                      noise_mode=mode or {}, **cat)
 
 
-# -- kinematics and matching ---------------------------------------------------------------------
-def delta_phi(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a - b`` wrapped into ``[-pi, pi)`` (rad)."""
-    return (np.asarray(a) - np.asarray(b) + np.pi) % (2 * np.pi) - np.pi
-
-
-def _offsets(counts: np.ndarray) -> np.ndarray:
-    out = np.zeros(counts.size + 1, dtype=np.int64)
-    np.cumsum(counts, out=out[1:])
-    return out
-
-
-def match_jets(ev_a: np.ndarray, eta_a: np.ndarray, phi_a: np.ndarray,
-               ev_b: np.ndarray, eta_b: np.ndarray, phi_b: np.ndarray,
-               max_dr: float, n_events: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """One-to-one Delta R matching of jets ``a`` to jets ``b`` in the same event.
-
-    ``ev_a``/``ev_b`` are event rows, non-decreasing; pairs with Delta R < ``max_dr`` are taken
-    closest first, each jet at most once.  Returns the indices ``(ia, ib)`` of the matched
-    pairs, sorted by ``ia``.
-    """
-    ev_a, ev_b = np.asarray(ev_a, dtype=np.int64), np.asarray(ev_b, dtype=np.int64)
-    if ev_a.size == 0 or ev_b.size == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    if np.any(np.diff(ev_a) < 0) or np.any(np.diff(ev_b) < 0):
-        raise ValueError("match_jets: event rows must be sorted")
-    n = int(n_events if n_events is not None else max(ev_a.max(), ev_b.max()) + 1)
-    ca, cb = np.bincount(ev_a, minlength=n), np.bincount(ev_b, minlength=n)
-    oa, ob = _offsets(ca), _offsets(cb)
-    npair = ca * cb
-    pair_ev = np.repeat(np.arange(n), npair)
-    k = np.arange(int(npair.sum())) - np.repeat(_offsets(npair)[:-1], npair)
-    ia = oa[pair_ev] + k // np.maximum(cb[pair_ev], 1)
-    ib = ob[pair_ev] + k % np.maximum(cb[pair_ev], 1)
-    dr2 = (np.asarray(eta_a)[ia] - np.asarray(eta_b)[ib]) ** 2 + \
-        delta_phi(np.asarray(phi_a)[ia], np.asarray(phi_b)[ib]) ** 2
-    close = dr2 < max_dr * max_dr
-    ia, ib, dr2 = ia[close], ib[close], dr2[close]
-    order = np.lexsort((ib, ia, dr2))  # closest first; ties in a fixed order
-    used_a = np.zeros(ev_a.size, dtype=bool)
-    used_b = np.zeros(ev_b.size, dtype=bool)
-    keep = []
-    for p in order.tolist():
-        a, b = ia[p], ib[p]
-        if not used_a[a] and not used_b[b]:
-            used_a[a] = used_b[b] = True
-            keep.append(p)
-    keep_idx = np.asarray(keep, dtype=np.int64)
-    ra, rb = ia[keep_idx], ib[keep_idx]
-    s = np.argsort(ra, kind="stable")
-    return ra[s], rb[s]
-
-
 def pair_events(pu: JetSample, pu0: JetSample) -> np.ndarray:
     """For each event of ``pu``, the row of the event of ``pu0`` with the same (run,
     luminosityBlock, event), or -1."""
     index = {tuple(k): i for i, k in enumerate(pu0.key.tolist())}
     return np.asarray([index.get(tuple(k), -1) for k in pu.key.tolist()], dtype=np.int64)
-
-
-# -- statistics ----------------------------------------------------------------------------------
-def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float | np.ndarray
-                      ) -> np.ndarray:
-    """Quantile(s) ``q`` of ``values`` with ``weights`` (midpoint interpolation of the
-    cumulative weight; equal weights give numpy's ``'hazen'`` quantile)."""
-    v, w = np.asarray(values, dtype=np.float64), np.asarray(weights, dtype=np.float64)
-    order = np.argsort(v, kind="stable")
-    v, w = v[order], w[order]
-    cw = np.cumsum(w) - 0.5 * w
-    return np.interp(np.asarray(q) * w.sum(), cw, v)
-
-
-def median_with_error(values: np.ndarray, weights: np.ndarray) -> dict[str, float]:
-    """Weighted median, its statistical error, the half 16-84% width and the effective number
-    of entries ``(sum w)^2 / sum w^2``.  Error: ``1.2533 * width / sqrt(n_eff)`` (the
-    asymptotic error of a median of a Gaussian core)."""
-    w = np.asarray(weights, dtype=np.float64)
-    n_eff = float(w.sum() ** 2 / np.sum(w * w)) if w.size else 0.0
-    q16, q50, q84 = weighted_quantile(values, w, np.array([0.16, 0.5, 0.84]))
-    width = 0.5 * (q84 - q16)
-    return {"median": float(q50), "error": float(1.2533 * width / math.sqrt(max(n_eff, 1.0))),
-            "width": float(width), "n": int(w.size), "n_eff": n_eff}
 
 
 def _float32(params: Sequence[float]) -> tuple[float, ...]:
@@ -431,7 +355,7 @@ def l1_pairs(sample: JetSample, settings: DeriveSettings) -> dict[str, np.ndarra
     paired = np.flatnonzero(partner >= 0)
     j0_rows = []
     j0_ev = []
-    o0 = _offsets(np.bincount(s0.j_ev, minlength=s0.n_events))
+    o0 = np.concatenate([[0], np.cumsum(np.bincount(s0.j_ev, minlength=s0.n_events))])
     for e in paired.tolist():  # event order of s1: the relabelled jets stay sorted
         lo, hi = o0[partner[e]], o0[partner[e] + 1]
         j0_rows.append(np.arange(lo, hi))
@@ -686,7 +610,7 @@ class Derivation:
 
     def metadata(self) -> dict[str, Any]:
         """What the corrections were derived with (JSON-ready)."""
-        return {"format": "hltemu-jec-derivation/1", "settings": asdict(self.settings),
+        return {"format": RECORD_FORMAT, "settings": asdict(self.settings),
                 **self.inputs}
 
     def to_json(self) -> dict[str, Any]:
@@ -766,65 +690,3 @@ def write_corrections(result: Derivation, out_dir: str | Path) -> dict[str, Path
         tmp.path.write_text(json.dumps(result.to_json(), indent=1, sort_keys=True) + "\n")
     paths["derivation"] = rec
     return paths
-
-
-# -- what corrections were derived with, against a run ------------------------------------------
-#: Settings of topoclustering that change the jets' response and offset: corrections derived
-#: with one value do not close with another.
-NOISE_MODE_KEYS = ("seed_threshold", "grow_threshold", "perimeter_threshold",
-                   "subtract_pileup_mean", "pileup_offset", "rho_per_interaction",
-                   "rho_zero_pileup", "pileup_noise")
-_RECORD_FORMAT = "hltemu-jec-derivation/1"
-
-
-def noise_mode(topocluster: dict[str, Any] | None) -> dict[str, Any]:
-    """The :data:`NOISE_MODE_KEYS` of a topocluster config (a dict), those it has."""
-    return {k: topocluster[k] for k in NOISE_MODE_KEYS if topocluster and k in topocluster}
-
-
-def derivation_record(entry: str) -> dict[str, Any] | None:
-    """What the correction file of a ``[jec] levels`` entry was derived with, or ``None`` when
-    it does not say: ``<era>_derivation.json`` beside a ``<era>_<Level>_<algo>.txt`` written by
-    ``derive-jec``, or the description of a correctionlib JSON file it wrote."""
-    from hltemu.jec.chain import _entry_path, _is_json
-    from hltemu.jec.cms_text import KNOWN_LEVELS
-
-    spec = entry.partition("#")[0]
-    try:
-        path = _entry_path(spec)
-        if _is_json(path):
-            import gzip
-
-            raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-            rec = json.loads(json.loads(raw).get("description") or "null")
-        else:
-            era = next((path.name.split(f"_{lv}_")[0] for lv in KNOWN_LEVELS
-                        if f"_{lv}_" in path.name), None)
-            side = path.with_name(f"{era}_derivation.json") if era else None
-            rec = json.loads(side.read_text()) if side is not None and side.is_file() else None
-    except (OSError, ValueError, JecError):
-        return None
-    return rec if isinstance(rec, dict) and rec.get("format") == _RECORD_FORMAT else None
-
-
-def mismatches(record: dict[str, Any], radius: float | None, rho: dict[str, Any] | None,
-               topocluster: dict[str, Any] | None, pileup_mu: float | None) -> list[str]:
-    """How a run differs from what corrections were derived with (empty: it does not), each
-    as a phrase: jet radius, rho definition, noise mode, pileup outside the derived range."""
-    out = []
-    if radius is not None and record.get("R") is not None and float(record["R"]) != radius:
-        out.append(f"jets of R = {record['R']:g}, this run's are R = {radius:g}")
-    if rho is not None and record.get("rho"):
-        keys = [k for k in record["rho"] if k in rho]
-        if any(record["rho"][k] != rho[k] for k in keys):
-            out.append(f"rho {dict(record['rho'])}, this run's is { {k: rho[k] for k in keys} }")
-    derived, ours = record.get("noise_mode") or {}, noise_mode(topocluster)
-    differ = {k: (derived[k], ours[k]) for k in derived if k in ours and derived[k] != ours[k]}
-    if differ:
-        out.append("topocluster " + ", ".join(f"{k} = {a!r} (this run: {b!r})"
-                                              for k, (a, b) in differ.items()))
-    pileups = record.get("pileups") or []
-    if pileup_mu is not None and pileups and not min(pileups) <= pileup_mu <= max(pileups):
-        out.append(f"pileup {min(pileups):g}-{max(pileups):g}, this run's <mu> is "
-                   f"{pileup_mu:g} (extrapolated)")
-    return out

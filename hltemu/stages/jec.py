@@ -196,7 +196,7 @@ def check_derivation(cfg: JecConfig, configs: Any, chain: tuple[str, ...],
     from dataclasses import asdict, is_dataclass
 
     from hltemu.io.provenance import read_provenance
-    from hltemu.jec.derive import derivation_record, mismatches
+    from hltemu.jec.record import derivation_record, mismatches
 
     def settings(name: str) -> dict[str, Any] | None:
         if name in chain:
