@@ -96,21 +96,19 @@ class CellGraph:
     def on(self, be: Backend) -> DeviceGraph:
         """The arrays on ``be``, copied there once and cached."""
         key = (be.name, be.simulated)
-        if key not in self._device and self._base is not None:
-            shared = self._base.on(be)
-            noise = be.to_device(np.array(self.noise, copy=be.simulated))
-            offset = (None if self.offset is None
-                      else be.to_device(np.array(self.offset, copy=be.simulated)))
-            self._device[key] = shared._replace(noise=noise, offset=offset)
         if key not in self._device:
-            # copies in the CUDA simulator: it writes every kernel argument back to the
-            # host array, which fails for the geometry's read-only arrays
-            copy = be.simulated
-            self._device[key] = DeviceGraph(*(be.to_device(np.array(a, copy=copy)) for a in (
-                self.nbr_offsets, self.nbr_index, self.noise, self.eta, self.phi)))
-            if self.offset is not None:
-                self._device[key] = self._device[key]._replace(
-                    offset=be.to_device(np.array(self.offset, copy=copy)))
+            def up(a: Any) -> Any:
+                # copies in the CUDA simulator: it writes every kernel argument back to the
+                # host array, which fails for the geometry's read-only arrays
+                return None if a is None else be.to_device(np.array(a, copy=be.simulated))
+
+            if self._base is not None:  # neighbours and centres shared with the base graph
+                self._device[key] = self._base.on(be)._replace(noise=up(self.noise),
+                                                               offset=up(self.offset))
+            else:
+                self._device[key] = DeviceGraph(*(up(a) for a in (
+                    self.nbr_offsets, self.nbr_index, self.noise, self.eta, self.phi,
+                    self.offset)))
         return self._device[key]
 
 
@@ -124,11 +122,14 @@ def _checked_offset(offset: Any, n: int) -> np.ndarray | None:
     return offset
 
 
-def corrected_energy(energy: Any, ids: Any, offset: Any, xp: Any) -> Any:
-    """Cell energies (float64 GeV) less the graph's per-cell ``offset`` (``None``: unchanged):
-    one IEEE subtraction per cell, so every backend gets the same values bit for bit."""
+def corrected_energy(energy: Any, ids: Any, offset: Any, xp: Any, scale: Any = None) -> Any:
+    """Cell energies (float64 GeV) less the graph's per-cell ``offset`` (``None``: unchanged),
+    times ``scale`` (per row or a number; ``None``: 1): one IEEE multiply and subtraction per
+    cell, so every backend gets the same values bit for bit."""
     energy = xp.asarray(energy, dtype=xp.float64)
-    return energy if offset is None else energy - offset[ids]
+    if offset is None:
+        return energy
+    return energy - (offset[ids] if scale is None else scale * offset[ids])
 
 
 @functools.lru_cache(maxsize=4)

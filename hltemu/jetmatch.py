@@ -4,7 +4,7 @@
 rapidity-azimuth, azimuth wrapped), each jet at most once: reco to truth jets, jets of an event
 to those of its pileup-0 partner, HLT to offline jets.  :func:`weighted_quantile` and
 :func:`median_with_error` give the medians and widths with which responses are measured
-(``hltemu derive-jec`` and its closure).  NumPy only.
+(``hltemu derive-jec`` and its closure).  NumPy only (CSR offsets from :mod:`hltemu.batch`).
 """
 
 from __future__ import annotations
@@ -13,16 +13,12 @@ import math
 
 import numpy as np
 
+from hltemu.batch import counts_to_offsets
+
 
 def delta_phi(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a - b`` wrapped into ``[-pi, pi)`` (rad)."""
     return (np.asarray(a) - np.asarray(b) + np.pi) % (2 * np.pi) - np.pi
-
-
-def _offsets(counts: np.ndarray) -> np.ndarray:
-    out = np.zeros(counts.size + 1, dtype=np.int64)
-    np.cumsum(counts, out=out[1:])
-    return out
 
 
 def match_jets(ev_a: np.ndarray, eta_a: np.ndarray, phi_a: np.ndarray,
@@ -41,10 +37,10 @@ def match_jets(ev_a: np.ndarray, eta_a: np.ndarray, phi_a: np.ndarray,
         raise ValueError("match_jets: event rows must be sorted")
     n = int(n_events if n_events is not None else max(ev_a.max(), ev_b.max()) + 1)
     ca, cb = np.bincount(ev_a, minlength=n), np.bincount(ev_b, minlength=n)
-    oa, ob = _offsets(ca), _offsets(cb)
+    oa, ob = counts_to_offsets(ca), counts_to_offsets(cb)
     npair = ca * cb
     pair_ev = np.repeat(np.arange(n), npair)
-    k = np.arange(int(npair.sum())) - np.repeat(_offsets(npair)[:-1], npair)
+    k = np.arange(int(npair.sum())) - np.repeat(counts_to_offsets(npair)[:-1], npair)
     ia = oa[pair_ev] + k // np.maximum(cb[pair_ev], 1)
     ib = ob[pair_ev] + k % np.maximum(cb[pair_ev], 1)
     dr2 = (np.asarray(eta_a)[ia] - np.asarray(eta_b)[ib]) ** 2 + \

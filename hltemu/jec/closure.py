@@ -65,12 +65,14 @@ def chain_factors(chain: Any, sample: JetSample) -> np.ndarray:
 def closure_table(sample: JetSample, factors: np.ndarray, level_names: Sequence[str],
                   settings: DeriveSettings | None = None,
                   eta_edges: Sequence[float] = CLOSURE_ETA_EDGES,
-                  pt_edges: Sequence[float] | None = None) -> list[ClosureBin]:
+                  pt_edges: Sequence[float] | None = None,
+                  matches: tuple[np.ndarray, np.ndarray] | None = None) -> list[ClosureBin]:
     """Median response per (pileup, |eta|, truth pT) bin after each level; ``pt_edges``
     (GeV) for every |eta| bin, or (``None``) :data:`CLOSURE_PT_EDGES` with the coarser
-    :data:`CLOSURE_PT_EDGES_BY_ETA` where given."""
+    :data:`CLOSURE_PT_EDGES_BY_ETA` where given; ``matches``: :func:`truth_matches` of
+    ``sample`` when already made."""
     settings = settings or DeriveSettings()
-    acc, reco, _ = truth_matches(sample, settings)
+    acc, reco = matches if matches is not None else truth_matches(sample, settings)
     t_pt, t_eta = sample.t_pt[acc], np.abs(sample.t_eta[acc])
     ev = sample.t_ev[acc]
     cum = np.cumprod(factors, axis=1) if factors.size else np.ones((sample.j_pt.size, 0))
@@ -105,12 +107,14 @@ def nsc(pt: np.ndarray, n: float, s: float, c: float) -> np.ndarray:
 def resolution(sample: JetSample, factors: np.ndarray, settings: DeriveSettings | None = None,
                eta_edges: Sequence[float] = CLOSURE_ETA_EDGES,
                pt_edges: Sequence[float] = RESOLUTION_PT_EDGES,
-               min_jets: int = 30) -> list[dict[str, Any]]:
-    """Relative resolution after all levels per (pileup, |eta|) with its N, S, C fit."""
+               min_jets: int = 30, matches: tuple[np.ndarray, np.ndarray] | None = None
+               ) -> list[dict[str, Any]]:
+    """Relative resolution after all levels per (pileup, |eta|) with its N, S, C fit
+    (``matches`` as :func:`closure_table`'s)."""
     from scipy.optimize import least_squares
 
     settings = settings or DeriveSettings()
-    acc, reco, _ = truth_matches(sample, settings)
+    acc, reco = matches if matches is not None else truth_matches(sample, settings)
     t_pt, t_eta = sample.t_pt[acc], np.abs(sample.t_eta[acc])
     ev = sample.t_ev[acc]
     total = np.prod(factors, axis=1) if factors.size else np.ones(sample.j_pt.size)
@@ -171,7 +175,8 @@ def closure_report(sample: JetSample, chain: Any, settings: DeriveSettings | Non
     names = []
     for n in chain.names:
         names.append(n if not names else f"{names[-1]}+{n}")
-    table = closure_table(sample, factors, names, settings)
+    matches = truth_matches(sample, settings)  # one matching for the table and the resolution
+    table = closure_table(sample, factors, names, settings, matches=matches)
     last = names[-1] if names else "raw"
     return {
         "files": sample.files,
@@ -183,6 +188,6 @@ def closure_report(sample: JetSample, chain: Any, settings: DeriveSettings | Non
         "bins": [{"pileup": b.pileup, "eta": list(b.eta), "pt": list(b.pt),
                   "n_truth": b.n_truth, "n_matched": b.n_matched, "levels": b.levels}
                  for b in table],
-        "resolution": resolution(sample, factors, settings),
+        "resolution": resolution(sample, factors, settings, matches=matches),
         "pileup_dependence": pileup_dependence(table, last),
     }

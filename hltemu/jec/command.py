@@ -56,7 +56,13 @@ def derive_jec(files: tuple[str, ...], output_dir: str, validate: tuple[str, ...
     from hltemu.extras import missing
     from hltemu.jec import load_chain
     from hltemu.jec.closure import closure_report
-    from hltemu.jec.derive import DeriveError, DeriveSettings, derive, load_sample
+    from hltemu.jec.derive import (
+        DeriveError,
+        DeriveSettings,
+        derive,
+        load_sample,
+        write_corrections,
+    )
     from hltemu.outputs import OutputPathError, atomic_output, check_outputs
 
     console = Console(stderr=True)
@@ -80,7 +86,7 @@ def derive_jec(files: tuple[str, ...], output_dir: str, validate: tuple[str, ...
         if held_out is not None:
             _check_disjoint(sample, held_out)
         result = derive(sample, settings)
-        paths = _write(result, out)
+        paths = write_corrections(result, out)
         chain = load_chain((str(paths["L1FastJet"]), str(paths["L2Relative"])))
         closures = {"derivation": closure_report(sample, chain, settings)}
         if held_out is not None:
@@ -105,12 +111,6 @@ def derive_jec(files: tuple[str, ...], output_dir: str, validate: tuple[str, ...
     console.print(f"derive-jec: {sample.n_events} events"
                   + (f" + {held_out.n_events} held out" if held_out is not None else "")
                   + f" in {seconds:.1f} s")
-
-
-def _write(result, out: Path) -> dict[str, Path]:
-    from hltemu.jec.derive import write_corrections
-
-    return write_corrections(result, out)
 
 
 def _check_disjoint(sample, held_out) -> None:

@@ -60,6 +60,7 @@ from typing import Any
 
 import numpy as np
 
+from hltemu.batch import counts_to_offsets
 from hltemu.jec.errors import JecError
 from hltemu.jec.record import RECORD_FORMAT, noise_mode
 from hltemu.jetmatch import match_jets, median_with_error
@@ -212,7 +213,7 @@ def load_sample(paths: Sequence[str | Path], progress: Callable[[int], None] | N
     """
     from hltemu.io import read_collections
     from hltemu.io.layout import common_collections
-    from hltemu.io.provenance import read_provenance
+    from hltemu.io.provenance import provenance_pileup, read_provenance
 
     if not paths:
         raise DeriveError("no input files given")
@@ -263,7 +264,7 @@ def load_sample(paths: Sequence[str | Path], progress: Callable[[int], None] | N
             w = w * (float(gen["sigma_gen_mb"]) / float(gen["weight_sum"]))
         n_pu = (np.asarray(ev["n_pileup"], dtype=np.float64) if "n_pileup" in ev
                 else np.zeros(n))
-        nominal = gen.get("pileup")
+        nominal = provenance_pileup(prov)  # the generated mean, as topocluster's "auto" reads it
         if nominal is None:
             nominal = round(float(n_pu.mean()), 1)
         key = np.stack([np.asarray(ev[k], dtype=np.uint64)
@@ -355,7 +356,7 @@ def l1_pairs(sample: JetSample, settings: DeriveSettings) -> dict[str, np.ndarra
     paired = np.flatnonzero(partner >= 0)
     j0_rows = []
     j0_ev = []
-    o0 = np.concatenate([[0], np.cumsum(np.bincount(s0.j_ev, minlength=s0.n_events))])
+    o0 = counts_to_offsets(np.bincount(s0.j_ev, minlength=s0.n_events))
     for e in paired.tolist():  # event order of s1: the relabelled jets stay sorted
         lo, hi = o0[partner[e]], o0[partner[e] + 1]
         j0_rows.append(np.arange(lo, hi))
@@ -450,9 +451,9 @@ def jet_weights(sample: JetSample, events: np.ndarray, settings: DeriveSettings)
 
 
 def truth_matches(sample: JetSample, settings: DeriveSettings
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Truth jets in the acceptance (``|eta| < 3``, pT above ``truth_pt_min``) and their
-    matched reco jets: ``(truth rows, reco rows or -1, truth rows in the acceptance)``."""
+    matched reco jets: ``(truth rows, reco row of each or -1)``."""
     acc = np.flatnonzero((np.abs(sample.t_eta) < CALO_ETA_MAX)
                          & (sample.t_pt >= settings.truth_pt_min))
     max_dr = settings.match_fraction_of_r * sample.radius
@@ -460,7 +461,7 @@ def truth_matches(sample: JetSample, settings: DeriveSettings
                         sample.j_eta, sample.j_phi, max_dr, sample.n_events)
     reco = np.full(acc.size, -1, dtype=np.int64)
     reco[it] = ij
-    return acc, reco, acc
+    return acc, reco
 
 
 def _fit_standard(x: np.ndarray, y: np.ndarray, e: np.ndarray
@@ -499,7 +500,7 @@ def _fit_standard(x: np.ndarray, y: np.ndarray, e: np.ndarray
 def fit_l2(pt_l1: np.ndarray, sample: JetSample, settings: DeriveSettings) -> list[L2Fit]:
     """The L2Relative fits of ``sample``'s jets after L1 (``pt_l1``: L1-corrected pT of every
     reco jet [GeV])."""
-    acc, reco, _ = truth_matches(sample, settings)
+    acc, reco = truth_matches(sample, settings)
     t_pt, t_eta = sample.t_pt[acc], sample.t_eta[acc]
     w_all = jet_weights(sample, sample.t_ev[acc], settings)
     reco_pt_min = float((sample.run_config.get("antikt") or {}).get("pt_min", 0.0))

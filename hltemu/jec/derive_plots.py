@@ -108,13 +108,13 @@ def plot_closure(report: dict[str, Any], path: Path, title: str) -> None:
     plt, mplhep = _setup()
     etas = sorted({tuple(b["eta"]) for b in report["bins"]})
     fig, axes = _grid(plt, len(etas), ncols=len(etas))
-    levels = report["levels"]
+    # raw and fully corrected; the intermediate levels are in the JSON
+    shown = dict.fromkeys((report["levels"][0], report["levels"][-1]))
     markers = ["o", "s", "^", "v", "D"]
     for ax, eta in zip(axes, etas, strict=True):
         for ip, pu in enumerate(report["pileups"]):
-            for il, level in enumerate(levels):
-                if il not in (0, len(levels) - 1):
-                    continue  # raw and fully corrected; the intermediate levels are in the JSON
+            for level in shown:
+                raw = level == "raw"
                 bins = [b for b in report["bins"] if tuple(b["eta"]) == eta
                         and b["pileup"] == pu and level in b["levels"]]
                 if not bins:
@@ -123,8 +123,8 @@ def plot_closure(report: dict[str, Any], path: Path, title: str) -> None:
                 y = [b["levels"][level]["median"] for b in bins]
                 e = [b["levels"][level]["error"] for b in bins]
                 ax.errorbar(x, y, yerr=e, fmt=markers[ip % len(markers)],
-                            mfc="none" if il == 0 else None, color=f"C{ip}",
-                            label=f"PU {pu:g}, {'raw' if il == 0 else 'corrected'}")
+                            mfc="none" if raw else None, color=f"C{ip}",
+                            label=f"PU {pu:g}, {'raw' if raw else 'corrected'}")
         ax.axhline(1.0, color="gray", lw=1)
         for d in (0.98, 1.02):
             ax.axhline(d, color="gray", lw=0.5, ls="--")

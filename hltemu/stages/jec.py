@@ -198,29 +198,30 @@ def check_derivation(cfg: JecConfig, configs: Any, chain: tuple[str, ...],
     from hltemu.io.provenance import read_provenance
     from hltemu.jec.record import derivation_record, mismatches
 
+    records = {str(e): derivation_record(str(e)) for e in cfg.levels}
+    if not any(records.values()):  # no level written by derive-jec: nothing to read or compare
+        return []
+    compared = ("antikt", "rho", "topocluster")
+    recorded = ([] if set(compared) <= set(chain)  # the inputs' provenance only when needed
+                else [(read_provenance(f) or {}).get("config") or {} for f in inputs])
+
     def settings(name: str) -> dict[str, Any] | None:
         if name in chain:
             c = configs[name]
             return asdict(c) if is_dataclass(c) else dict(c)
-        for f in inputs:
-            prov = read_provenance(f) or {}
-            got = (prov.get("config") or {}).get(name)
-            if got:
-                return dict(got)
-        return None
+        return next((dict(r[name]) for r in recorded if r.get(name)), None)
 
-    antikt, rho, topo = settings("antikt"), settings("rho"), settings("topocluster")
+    antikt, rho, topo = (settings(name) for name in compared)
     mu = topo.get("pileup_mu") if topo else None
     found: dict[str, tuple[list[str], list[str]]] = {}  # one note per derivation
-    for entry in cfg.levels:
-        record = derivation_record(str(entry))
+    for entry, record in records.items():
         if record is None:
             continue
         diff = mismatches(record, float(antikt["R"]) if antikt else None, rho, topo,
                           float(mu) if isinstance(mu, (int, float)) else None)
         if diff:
             key = json.dumps(record, sort_keys=True)
-            found.setdefault(key, ([], diff))[0].append(str(entry))
+            found.setdefault(key, ([], diff))[0].append(entry)
     return [f"jec: {', '.join(entries)} derived with {'; '.join(diff)}: the corrections may "
             "not close for this run" for entries, diff in found.values()]
 

@@ -183,7 +183,7 @@ from hltemu.calo_cells import check_cells, repeated_id_error
 from hltemu.cell_graph import CellGraph, corrected_energy, graph_of
 from hltemu.config import ConfigError, param
 from hltemu.ops import THREADS_PER_BLOCK, blocks
-from hltemu.pipeline import PipelineError, Planned, Stage, dispatch, register
+from hltemu.pipeline import PipelineError, Planned, Stage, dispatch, prepared, register
 from hltemu.xpsafe import any_true, bincount, item
 
 #: ``[topocluster] pileup_mu`` that takes the input's mean pileup (:func:`plan_topocluster`).
@@ -447,10 +447,7 @@ def cell_energies(energy: Any, ids: Any, graph: Any, xp: Any, scale: Any = None)
     unchanged), times ``scale`` (per row or a number; ``None``: 1), the event's pileup over
     ``pileup_mu`` in the ``"event"`` mode (:func:`event_scale`).  ``graph`` is a
     :class:`CellGraph` or its arrays on a device; the one place every backend corrects."""
-    if scale is None or graph.offset is None:
-        return corrected_energy(energy, ids, graph.offset, xp)
-    energy = xp.asarray(energy, dtype=xp.float64)
-    return energy - scale * graph.offset[ids]
+    return corrected_energy(energy, ids, graph.offset, xp, scale)
 
 
 def event_scale(cells: Collection, cfg: TopoclusterConfig, graph: CellGraph, be: Backend
@@ -462,24 +459,17 @@ def event_scale(cells: Collection, cfg: TopoclusterConfig, graph: CellGraph, be:
     ``None`` (the offset as it is) in the ``"mean"`` mode or when the graph has no offset."""
     if cfg.pileup_offset != EVENT or graph.offset is None or not cfg.subtract_pileup_mean:
         return None
-    from hltemu.stages import rho as rho_stage
-
-    xp = be.xp
-    prep = _rho_tables(be)
     mu = resolved_mu(cfg)
     if mu == 0.0:
         return None
-    rho = rho_stage.compute_rho(cells, prep, be)
-    n = xp.maximum(rho - cfg.rho_zero_pileup, 0.0) / cfg.rho_per_interaction
-    return n / mu
-
-
-@functools.lru_cache(maxsize=8)
-def _rho_tables(be: Backend) -> Any:
-    """The rho tables of :func:`event_scale` on ``be`` (built and uploaded once per backend)."""
     from hltemu.stages import rho as rho_stage
 
-    return rho_stage.prepare_for(rho_stage.RhoConfig(), be)
+    # the rho stage's own tables for its default grid, from the pipeline's cache: uploaded once
+    # per backend, shared with stage rho when it runs with that grid
+    prep = prepared(rho_stage.STAGE, rho_stage.RhoConfig(), be)
+    rho = rho_stage.compute_rho(cells, prep, be)
+    n = be.xp.maximum(rho - cfg.rho_zero_pileup, 0.0) / cfg.rho_per_interaction
+    return n / mu
 
 
 def significance(energy: Any, ids: Any, noise: Any, xp: Any) -> Any:
