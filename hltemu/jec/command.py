@@ -17,7 +17,7 @@ import click
               type=click.Path(exists=True, dir_okay=False),
               help="hltemu run outputs of events NOT used to derive (held-out seeds; paired "
                    "pileups welcome): the closure is measured on them.  Repeat for each file.")
-@click.option("--era", default="hltemu_V1_MC", show_default=True,
+@click.option("--era", default="hltemu_V2_MC", show_default=True,
               help="Name of the corrections, CMS style ERA_VERSION_MC (which coffea also "
                    "parses): files <era>_L1FastJet_<algo>.txt, ...")
 @click.option("--algo", default="AK4Calo", show_default=True,
@@ -37,11 +37,12 @@ def derive_jec(files: tuple[str, ...], output_dir: str, validate: tuple[str, ...
     FILES are `hltemu run FILE --stages topocluster,antikt,genjets,rho` outputs of a paired
     production: events generated with the same seeds at pileup 0 and at one or more pileups
     (same run, luminosityBlock and event).  L1FastJet: the offset pT(PU) - pT(PU 0) of matched
-    jets of paired events, fitted per |eta| bin in CMS's hybrid form A [p0 + p1 rho (1 + p2 ln
-    pT)].  L2Relative: the median response of L1-corrected jets to hard-scatter truth jets
-    (genjets, |eta| < 3, Delta R < R/2) per truth-pT bin, inverted numerically and fitted in
-    CMS's standard form per |eta| bin; every jet counts once, or (--weighted) with its event's
-    generator weight (hltemu generate --pthat-bias) normalised per file to its cross-section.
+    jets of paired events, fitted per |eta| bin in CMS's hybrid form anchored at pileup 0,
+    A (rho - rho0) (a + b ln pT), rho0 the pileup-0 events' median rho.  L2Relative: the median
+    response of L1-corrected jets to hard-scatter truth jets (genjets, |eta| < 3, Delta R <
+    R/2) per truth-pT bin, inverted numerically and fitted in CMS's standard form per |eta| bin;
+    every jet counts once, or (--weighted) with its event's generator weight (hltemu generate
+    --pthat-bias) normalised per file to its cross-section.
 
     Writes to OUTPUT_DIR: CMS text files <era>_L1FastJet_<algo>.txt and
     <era>_L2Relative_<algo>.txt, the correctionlib JSON <era>.json, <era>_derivation.json (what
@@ -127,8 +128,8 @@ def _check_disjoint(sample, held_out) -> None:
 def _print_summary(console, result, closures) -> None:
     from rich.table import Table
 
-    t = Table(title="L1FastJet: offset = A [p0 + p1 rho (1 + p2 ln pT)]")
-    for c in ("|eta|", "p0", "p1", "p2", "chi2/ndf", "pairs"):
+    t = Table(title="L1FastJet: offset = A (rho - rho0) (a + b ln pT)")
+    for c in ("|eta|", "a", "b", "rho0", "chi2/ndf", "pairs"):
         t.add_column(c, justify="right")
     for f in result.l1:
         t.add_row(f"{f.eta[0]:g}-{f.eta[1]:g}", *(f"{p:.4g}" for p in f.params),
