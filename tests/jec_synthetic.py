@@ -1,6 +1,6 @@
 """Synthetic paired jet samples with a known response and pileup offset, for the derive-jec
 tests: truth jets, reco jets = truth x response(pT, eta) x (1 + 10% Gaussian) + offset, where
-the offset per unit area is ``OFFSET_P0 + OFFSET_P1 * rho`` (the hybrid form with p2 = 0), plus
+the offset per unit area is ``OFFSET_P1 * rho`` (the anchored form with b = 0), plus
 pileup jets with no truth partner.  Written as ``hltemu run`` outputs by :func:`write_run_output`.
 """
 
@@ -12,7 +12,6 @@ import numpy as np
 
 from hltemu.jec.derive import JetSample
 
-OFFSET_P0 = 0.3  # GeV / area
 OFFSET_P1 = 0.8  # per rho unit
 RHO_PER_INTERACTION = 0.6  # GeV / area
 R = 0.4
@@ -23,9 +22,10 @@ def response(pt: np.ndarray, eta: np.ndarray) -> np.ndarray:
     return 0.95 - 0.45 / (1.0 + pt / 25.0) - 0.04 * np.abs(eta)
 
 
-def make_events(n_events: int, pileup: float, seed: int, run: int = 1) -> dict:
+def make_events(n_events: int, pileup: float, seed: int, run: int | None = None) -> dict:
     """Columns of ``n_events`` events at mean ``pileup`` (Poisson): the truth and the pileup-0
-    reco jets depend on ``seed`` only (paired), the pileup and its offset on (seed, pileup)."""
+    reco jets depend on ``seed`` only (paired), the pileup and its offset on (seed, pileup).
+    Events are numbered 1..n in run ``run`` (default: the seed)."""
     rng = np.random.default_rng(seed)
     n_truth = rng.integers(2, 5, n_events)
     t_ev = np.repeat(np.arange(n_events), n_truth)
@@ -42,7 +42,7 @@ def make_events(n_events: int, pileup: float, seed: int, run: int = 1) -> dict:
     rho = RHO_PER_INTERACTION * n_pu + np.abs(pu_rng.normal(0, 0.05, n_events))
     j_pt = t_pt * response(t_pt, t_eta) * smear
     if pileup > 0:
-        j_pt = j_pt + area * (OFFSET_P0 + OFFSET_P1 * rho[t_ev]) + pu_rng.normal(0, 1.0, n)
+        j_pt = j_pt + area * OFFSET_P1 * rho[t_ev] + pu_rng.normal(0, 1.0, n)
     # pileup jets: no truth partner, 0-2 per event at pileup
     n_extra = pu_rng.integers(0, 3, n_events) if pileup > 0 else np.zeros(n_events, int)
     x_ev = np.repeat(np.arange(n_events), n_extra)
@@ -58,7 +58,7 @@ def make_events(n_events: int, pileup: float, seed: int, run: int = 1) -> dict:
     keep = jets["pt"] >= 5.0
     order = np.argsort(jets["ev"][keep], kind="stable")
     jets = {k: v[keep][order] for k, v in jets.items()}
-    return {"n_events": n_events, "run": run, "pileup": float(pileup), "n_pu": n_pu, "rho": rho,
+    return {"n_events": n_events, "run": seed if run is None else run, "pileup": float(pileup), "n_pu": n_pu, "rho": rho,
             "t_ev": t_ev, "t_pt": t_pt, "t_eta": t_eta, "t_phi": t_phi, "jets": jets}
 
 

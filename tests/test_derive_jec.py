@@ -10,13 +10,14 @@ import warnings
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from jec_synthetic import OFFSET_P0, OFFSET_P1, make_events, to_sample, write_run_output
+from jec_synthetic import OFFSET_P1, make_events, to_sample, write_run_output
 
 from hltemu import jec
 from hltemu.cli import cli
 from hltemu.jec.closure import closure_report
 from hltemu.jec.derive import (
     DeriveError,
+    apply_l1,
     cliffs,
     derive,
     l1_offset,
@@ -104,7 +105,7 @@ def test_l1_reproduces_the_offset(synthetic):
         rho = np.linspace(*f.rho_range, 5)[1:-1]
         for pt in (20.0, 100.0):
             fitted = l1_offset(f.params, rho, np.full_like(rho, pt))
-            true = OFFSET_P0 + OFFSET_P1 * rho
+            true = OFFSET_P1 * rho
             np.testing.assert_allclose(fitted, true, rtol=0.04, err_msg=str(f.eta))
 
 
@@ -168,7 +169,7 @@ def test_written_files_agree_across_readers(synthetic, tmp_path):
     total = stack.evaluate(*[pts[i.name] for i in stack.inputs])
     np.testing.assert_allclose(total, ours.prod(axis=1), rtol=1e-9)
     described = json.loads(json.loads(paths["correctionlib"].read_text())["description"])
-    assert described["R"] == 0.4 and described["format"] == "hltemu-jec-derivation/1"
+    assert described["R"] == 0.4 and described["format"] == "hltemu-jec-derivation/2"
     assert_coffea_agrees([paths["L1FastJet"], paths["L2Relative"]], pts, ours.prod(axis=1),
                          (*result.settings.l1_eta_edges, *result.settings.l2_eta_edges))
 
@@ -217,19 +218,19 @@ def test_derive_jec_command(run_outputs, tmp_path):
                                  str(f["v40"]), "-o", str(out), "--no-progress", "--no-plots"])
     assert r.exit_code == 0, r.output
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["hltemu_V1_MC.json", "hltemu_V1_MC_L1FastJet_AK4Calo.txt",
-                     "hltemu_V1_MC_L2Relative_AK4Calo.txt", "hltemu_V1_MC_closure.json",
-                     "hltemu_V1_MC_derivation.json"]
-    closure = json.loads((out / "hltemu_V1_MC_closure.json").read_text())
+    assert names == ["hltemu_V2_MC.json", "hltemu_V2_MC_L1FastJet_AK4Calo.txt",
+                     "hltemu_V2_MC_L2Relative_AK4Calo.txt", "hltemu_V2_MC_closure.json",
+                     "hltemu_V2_MC_derivation.json"]
+    closure = json.loads((out / "hltemu_V2_MC_closure.json").read_text())
     assert set(closure) == {"derivation", "held-out"}
     assert closure["held-out"]["pileups"] == [0.0, 40.0]
-    rec = json.loads((out / "hltemu_V1_MC_derivation.json").read_text())
+    rec = json.loads((out / "hltemu_V2_MC_derivation.json").read_text())
     assert rec["pileups"] == [0.0, 20.0, 40.0] and rec["R"] == 0.4
     assert [g["seed"] for g in rec["generation"]] == [11, 11, 13, 13]
     assert "closure (held-out)" in r.output
     # the corrections run in the chain's jec stage
-    chain = jec.load_chain((str(out / "hltemu_V1_MC_L1FastJet_AK4Calo.txt"),
-                            str(out / "hltemu_V1_MC_L2Relative_AK4Calo.txt")))
+    chain = jec.load_chain((str(out / "hltemu_V2_MC_L1FastJet_AK4Calo.txt"),
+                            str(out / "hltemu_V2_MC_L2Relative_AK4Calo.txt")))
     assert chain.names == ["L1FastJet", "L2Relative"]
 
 
@@ -240,8 +241,8 @@ def test_derive_jec_plots(run_outputs, tmp_path):
                                  str(f["d20_0"]), "-o", str(tmp_path), "--no-progress"])
     assert r.exit_code == 0, r.output
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert pngs == ["hltemu_V1_MC_closure_derivation.png", "hltemu_V1_MC_l1_offset.png",
-                    "hltemu_V1_MC_l2_fit.png", "hltemu_V1_MC_resolution_derivation.png"]
+    assert pngs == ["hltemu_V2_MC_closure_derivation.png", "hltemu_V2_MC_l1_offset.png",
+                    "hltemu_V2_MC_l2_fit.png", "hltemu_V2_MC_resolution_derivation.png"]
     assert all((tmp_path / p).stat().st_size > 10_000 for p in pngs)
 
 
@@ -332,14 +333,14 @@ def test_the_shipped_default_corrections():
     assert record is not None and record == derivation_record(levels[1])
     assert record["R"] == 0.4 and record["pileups"] == [0.0, 20.0, 50.0]
     assert record["noise_mode"]["pileup_offset"] == "event"
-    assert {g["seed"] for g in record["generation"]} == {1001, 1002}
-    full = json.loads((jec.chain.builtin_path("hltemu_V1_MC_derivation.json")).read_text())
+    assert {g["seed"] for g in record["generation"]} == {1001, 1002, 1003, 1004, 1005, 1006}
+    full = json.loads((jec.chain.builtin_path("hltemu_V2_MC_derivation.json")).read_text())
     for f in full["l2"]:
         fit = L2Fit(**{**f, "eta": tuple(f["eta"]), "pt_range": tuple(f["pt_range"])})
         assert cliffs(fit) == [], fit.eta
         assert fit.n_jets >= 300
     text = jec.load_chain(levels)
-    lib = jec.load_chain((f"{levels[0].rsplit('_L1FastJet', 1)[0]}.json#hltemu_V1_MC_AK4Calo",))
+    lib = jec.load_chain((f"{levels[0].rsplit('_L1FastJet', 1)[0]}.json#hltemu_V2_MC_AK4Calo",))
     rng = np.random.default_rng(9)
     pts = {"JetEta": rng.uniform(-2.99, 2.99, 3000), "JetPt": rng.uniform(6, 2000, 3000),
            "JetA": rng.uniform(0.3, 0.7, 3000), "Rho": rng.uniform(0, 60, 3000)}
@@ -349,3 +350,25 @@ def test_the_shipped_default_corrections():
     assert_coffea_agrees([jec.chain.builtin_path(e.removeprefix("builtin:")) for e in levels],
                          pts, text.correct_reference(pts)[2].prod(axis=1),
                          (*settings["l1_eta_edges"], *settings["l2_eta_edges"]))
+
+
+def test_l1_leaves_pileup_0_jets_as_they_are(synthetic):
+    """The offset is zero at pileup 0 by definition: the fit is anchored at the pileup-0
+    events' median rho, so L1 changes a pileup-0 jet by far less than its offset at pileup."""
+    sample, _, result = synthetic
+    at0 = sample.pileup[sample.j_ev] == 0
+    args = (sample.j_pt[at0], sample.j_eta[at0], sample.j_area[at0], sample.rho[sample.j_ev][at0])
+    shift = apply_l1(result.l1, result.settings, *args) / args[0] - 1
+    assert np.abs(np.median(shift)) < 1e-3
+    assert np.quantile(np.abs(shift), 0.99) < 0.01
+    for f in result.l1:
+        assert f.params[2] == pytest.approx(np.median(sample.rho[sample.pileup == 0]), rel=1e-6)
+
+
+def test_pileup_0_events_with_the_same_ids_are_refused():
+    """Two pileup-0 files numbered alike would pair a pileup event with either: an error naming
+    both files, not a silent choice."""
+    sample = to_sample([make_events(200, 0, 11, run=1), make_events(200, 0, 13, run=1),
+                        make_events(200, 40, 11, run=1)])
+    with pytest.raises(DeriveError, match="synthetic0 and synthetic1"):
+        derive(sample)

@@ -13,12 +13,17 @@ Two levels are derived, as CMS does for its calorimeter jets (JINST 12 (2017) P0
    Per ``|eta|`` bin the median offset per unit area (unweighted; the median, as the
    closure's estimator: offsets have a long positive tail, and a mean-offset correction leaves
    the median response low at pileup) in bins of rho and raw pT is fitted with CMS's hybrid
-   form::
+   form anchored at pileup 0::
 
-       offset = A * [p0 + p1 * rho * (1 + p2 * ln pT)]        (GeV; A the jet area, rho GeV/area)
+       offset = A * (rho - rho0) * (a + b * ln pT)        (GeV; A the jet area, rho GeV/area)
 
-   a linear least-squares fit in ``(p0, p1, p1*p2)``.  The level's factor is
-   ``max(0.0001, 1 - offset / pT_raw)``.
+   a linear least-squares fit in ``(a, b)``; ``rho0`` is the median rho of the pileup-0 events,
+   fixed, so a pileup-0 jet keeps its pT: its offset is zero by definition.  (CMS's hybrid form
+   ``p0 + p1 rho (1 + p2 ln pT)`` has a free intercept; fitted on pileup >= 20 only it went
+   negative at pileup 0, and the level *raised* pileup-0 jets beyond the tracker by 2.5% while
+   lowering pileup-50 ones: the 30-50 GeV response at 2.5 < |eta| < 3 then differed by 4%
+   between pileup 50 and 0, on the validation seed 2001, benchmarks/SAMPLES.md.)  The level's
+   factor is ``max(0.0001, 1 - offset / pT_raw)``.
 2. **L2Relative** (L2 and L3 in one level, as CMS since 2017).  L1-corrected jets of every
    input file are matched to truth jets (``genjets``: hard-scatter particles only, ``|eta| < 3``)
    by Delta R < R/2, closest pairs first.  Per ``|eta|`` bin and truth-pT bin: the response
@@ -72,7 +77,7 @@ CMS_ETA_EDGE = 5.191
 CALO_ETA_MAX = 3.0
 
 #: Formulas of the derived levels, in the CMS text syntax (x, y, z the parameter variables).
-L1_FORMULA = "max(0.0001,1-(z/y)*([0]+[1]*x*(1+[2]*log(y))))"
+L1_FORMULA = "max(0.0001,1-(z/y)*(x-[2])*([0]+[1]*log(y)))"
 L1_VARIABLES = ("Rho", "JetPt", "JetA")
 L2_FORMULA = ("max(0.0001,[0]+[1]/(pow(log10(x),2)+[2])"
               "+[3]*exp(-[4]*pow(log10(x)-[5],2)))")
@@ -89,7 +94,7 @@ class DeriveError(JecError):
 class DeriveSettings:
     """How corrections are derived (binning in ``|eta|`` and GeV, thresholds)."""
 
-    era: str = "hltemu_V1_MC"
+    era: str = "hltemu_V2_MC"
     algo: str = "AK4Calo"
     l1_eta_edges: tuple[float, ...] = (0.0, 1.3, 2.0, 2.5, 3.0)
     l2_eta_edges: tuple[float, ...] = (0.0, 0.5, 1.0, 1.3, 1.7, 2.1, 2.5, 2.75, 3.0)
@@ -305,7 +310,19 @@ def load_sample(paths: Sequence[str | Path], progress: Callable[[int], None] | N
 def pair_events(pu: JetSample, pu0: JetSample) -> np.ndarray:
     """For each event of ``pu``, the row of the event of ``pu0`` with the same (run,
     luminosityBlock, event), or -1."""
-    index = {tuple(k): i for i, k in enumerate(pu0.key.tolist())}
+    keys = pu0.key.tolist()
+    index = {tuple(k): i for i, k in enumerate(keys)}
+    if len(index) < len(keys):
+        seen: dict[tuple, int] = {}
+        for i, k in enumerate(keys):
+            if tuple(k) in seen:
+                j = seen[tuple(k)]
+                raise DeriveError(
+                    f"two pileup-0 events share (run, luminosityBlock, event) = {tuple(k)}: "
+                    f"{pu0.files[pu0.file[j]]} and {pu0.files[pu0.file[i]]}; the pairing with "
+                    "the events at pileup would be ambiguous (generate each seed with its own "
+                    "--run)")
+            seen[tuple(k)] = i
     return np.asarray([index.get(tuple(k), -1) for k in pu.key.tolist()], dtype=np.int64)
 
 
@@ -318,8 +335,8 @@ def _float32(params: Sequence[float]) -> tuple[float, ...]:
 # -- L1: pileup offset ---------------------------------------------------------------------------
 @dataclass
 class L1Fit:
-    """The offset fit of one ``|eta|`` bin: ``params`` (p0 [GeV/area], p1, p2), the binned
-    points (``rho``, ``pt``, ``offset_per_area`` with ``error``, ``n``), chi2 and ndf."""
+    """The offset fit of one ``|eta|`` bin: ``params`` (a, b [per unit rho], rho0 [GeV/area]),
+    the binned points (``rho``, ``pt``, ``offset_per_area`` with ``error``, ``n``), chi2 and ndf."""
 
     eta: tuple[float, float]
     params: tuple[float, float, float]
@@ -332,15 +349,16 @@ class L1Fit:
 
 
 def l1_offset(p: Sequence[float], rho: np.ndarray, pt: np.ndarray) -> np.ndarray:
-    """Offset per unit area (GeV/area) of the hybrid form at ``rho`` and raw ``pt``."""
-    p0, p1, p2 = p
-    return p0 + p1 * rho * (1.0 + p2 * np.log(pt))
+    """Offset per unit area (GeV/area) of the anchored hybrid form at ``rho`` and raw ``pt``."""
+    a, b, rho0 = p
+    return (rho - rho0) * (a + b * np.log(pt))
 
 
-def l1_pairs(sample: JetSample, settings: DeriveSettings) -> dict[str, np.ndarray]:
+def l1_pairs(sample: JetSample, settings: DeriveSettings) -> dict[str, Any]:
     """Jets at pileup > 0 matched to the jets of their paired pileup-0 event: per pair the
     pileup jet's raw ``pt``, ``eta``, ``area``, its event's ``rho``, ``offset`` = pT - pT(PU 0)
-    [GeV] and ``pileup`` (the file's nominal)."""
+    [GeV] and ``pileup`` (the file's nominal); ``rho0``: the median rho of the paired pileup-0
+    events (a float)."""
     is0 = sample.pileup == 0
     if not is0.any():
         raise DeriveError("no pileup-0 input: the L1 offset needs the pileup-0 partner of each "
@@ -370,11 +388,12 @@ def l1_pairs(sample: JetSample, settings: DeriveSettings) -> dict[str, np.ndarra
                         max_dr, s1.n_events)
     pt = s1.j_pt[ia]
     return {"pt": pt, "eta": s1.j_eta[ia], "area": s1.j_area[ia], "rho": s1.rho[s1.j_ev[ia]],
-            "offset": pt - s0.j_pt[rows0[ib]], "pileup": s1.pileup[s1.j_ev[ia]]}
+            "offset": pt - s0.j_pt[rows0[ib]], "pileup": s1.pileup[s1.j_ev[ia]],
+            "rho0": float(np.median(s0.rho[partner[paired]]))}
 
 
-def fit_l1(pairs: dict[str, np.ndarray], settings: DeriveSettings) -> list[L1Fit]:
-    """The hybrid offset fit in each ``|eta|`` bin of ``settings.l1_eta_edges``."""
+def fit_l1(pairs: dict[str, Any], settings: DeriveSettings) -> list[L1Fit]:
+    """The anchored hybrid offset fit in each ``|eta|`` bin of ``settings.l1_eta_edges``."""
     fits = []
     edges = settings.l1_eta_edges
     aeta = np.abs(pairs["eta"])
@@ -400,20 +419,19 @@ def fit_l1(pairs: dict[str, np.ndarray], settings: DeriveSettings) -> list[L1Fit
                                                                                   .mean())),
                                "offset_per_area": m["median"], "error": max(m["error"], 1e-6),
                                "n": m["n"], "pt_bin": p})
-        if len(points) < 4:
+        if len(points) < 3:
             raise DeriveError(f"L1: {len(points)} populated (rho, pT) bins at {lo:g} <= |eta| < "
-                              f"{hi:g}; need 4 or more")
+                              f"{hi:g}; need 3 or more")
         x_rho = np.array([q["rho"] for q in points])
         x_pt = np.array([q["pt"] for q in points])
         y = np.array([q["offset_per_area"] for q in points])
         e = np.array([q["error"] for q in points])
-        design = np.stack([np.ones_like(x_rho), x_rho, x_rho * np.log(x_pt)], axis=1)
+        d_rho = x_rho - pairs["rho0"]
+        design = np.stack([d_rho, d_rho * np.log(x_pt)], axis=1)
         q, *_ = np.linalg.lstsq(design / e[:, None], y / e, rcond=None)
-        p1 = float(q[1])
-        p2 = float(q[2] / q[1]) if q[1] != 0 else 0.0
-        params = _float32((float(q[0]), p1, p2))
+        params = _float32((float(q[0]), float(q[1]), pairs["rho0"]))
         chi2 = float(np.sum(((design @ q - y) / e) ** 2))
-        fits.append(L1Fit((lo, hi), params, chi2, len(points) - 3, n_pairs,
+        fits.append(L1Fit((lo, hi), params, chi2, len(points) - 2, n_pairs,
                           (float(rho.min()), float(rho.max())),
                           (float(pt.min()), float(pt.max())), points))
     return fits

@@ -18,7 +18,10 @@ from hltemu.jec.errors import JecError
 NOISE_MODE_KEYS = ("seed_threshold", "grow_threshold", "perimeter_threshold",
                    "subtract_pileup_mean", "pileup_offset", "rho_per_interaction",
                    "rho_zero_pileup", "pileup_noise")
-RECORD_FORMAT = "hltemu-jec-derivation/1"
+RECORD_FORMAT = "hltemu-jec-derivation/2"
+#: Formats whose R, rho and noise settings :func:`mismatches` reads (/2: the L1 fit anchored at
+#: pileup 0, three parameters a, b, rho0 instead of p0, p1, p2; the rest is unchanged).
+READABLE_FORMATS = ("hltemu-jec-derivation/1", RECORD_FORMAT)
 
 
 def noise_mode(topocluster: dict[str, Any] | None) -> dict[str, Any]:
@@ -48,7 +51,7 @@ def derivation_record(entry: str) -> dict[str, Any] | None:
             rec = json.loads(side.read_text()) if side is not None and side.is_file() else None
     except (OSError, ValueError, JecError):
         return None
-    return rec if isinstance(rec, dict) and rec.get("format") == RECORD_FORMAT else None
+    return rec if isinstance(rec, dict) and rec.get("format") in READABLE_FORMATS else None
 
 
 def mismatches(record: dict[str, Any], radius: float | None, rho: dict[str, Any] | None,

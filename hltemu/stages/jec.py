@@ -43,7 +43,7 @@ class JecConfig:
     multi-section file), a correctionlib JSON correction ``FILE.json#NAME`` (a compound
     correction's levels when NAME is one), or ``builtin:NAME`` for a file shipped in
     ``hltemu/models``.  The default is the emulator's own corrections for its anti-kT R = 0.4
-    calorimeter jets, ``hltemu_V1_MC`` L1FastJet then L2Relative, derived by ``hltemu
+    calorimeter jets, ``hltemu_V2_MC`` L1FastJet then L2Relative, derived by ``hltemu
     derive-jec`` on paired QCD samples (the seeds in ``benchmarks/SAMPLES.md``; closure in
     ``benchmarks/jec/``); CMS's Fall17 MC L2Relative for AK4 calorimeter jets stays shipped as
     an example (``builtin:Fall17_17Nov2017_V32_MC_L2Relative_AK4Calo.txt``).  An empty list
@@ -51,8 +51,8 @@ class JecConfig:
     """
 
     levels: tuple = param(
-        ("builtin:hltemu_V1_MC_L1FastJet_AK4Calo.txt",
-         "builtin:hltemu_V1_MC_L2Relative_AK4Calo.txt"), "",
+        ("builtin:hltemu_V2_MC_L1FastJet_AK4Calo.txt",
+         "builtin:hltemu_V2_MC_L2Relative_AK4Calo.txt"), "",
         "correction levels in the order applied (L1FastJet, L2Relative, L3Absolute, ...)",
         path=True,
     )
