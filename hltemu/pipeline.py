@@ -135,6 +135,11 @@ class Stage:
         names of the chain's stages and the input files: warnings that depend on other stages'
         settings (the ``jec`` stage: corrections derived with another jet radius, rho or noise
         mode than this run's), printed with the plan's notes.
+    in_default_chain:
+        False for a stage that runs only when asked for by name (``--stages``): the offline
+        reconstruction (``tracks``, ``vertices``, ``pfcandidates``, ``pfjets``) is not part of
+        the HLT that ``hltemu run`` emulates by default; the default chain lists it among the
+        stages left out, with that reason.
     """
 
     name: str
@@ -149,6 +154,7 @@ class Stage:
         = None
     cross_check: Callable[[Any, Mapping[str, Any], tuple[str, ...], tuple[str, ...]],
                           Sequence[str]] | None = None
+    in_default_chain: bool = True
 
     def needs_for(self, cfg: Any = None) -> tuple[str, ...]:
         """The collections the stage reads with ``cfg`` (``None``: the defaults)."""
@@ -332,6 +338,10 @@ def plan(requested: Sequence[str] | None, available: Iterable[str], config: Any 
     have = set(available)
     inputs = tuple(str(f) for f in files)
     for st in chain:
+        if requested is None and not st.in_default_chain:
+            result.skipped[st.name] = ("not in the default chain (offline reconstruction): "
+                                       "name it in --stages")
+            continue
         cfg = config.get(st.name, st.config_type)
         try:
             if st.plan is not None:
@@ -377,6 +387,9 @@ def check_config(config: HLTConfig) -> Plan:
     stages = registered_stages()
     everything = {c for st in stages.values()
                   for c in (*st.needs_for(config.get(st.name, st.config_type)), *st.adds)}
+    for st in stages.values():  # the stages the default chain leaves out are checked too
+        if not st.in_default_chain and st.plan is not None:
+            st.plan(config.get(st.name, st.config_type), frozenset(everything), ())
     return plan(None, everything, config)
 
 

@@ -487,3 +487,65 @@ def test_gpu_full_default_chain_on_the_sample(sample, copies):
         problems += collection_problems(name, want[name], got[name])
     assert not problems, "cuda vs cpu:\n" + "\n".join(problems)
     assert want["jets"].size > 300 * copies and want["doublets"].size > 250_000 * copies
+
+
+# ------------------------------------------------------------------------------------------
+# Offline tracks and primary vertices (simulator-sized, production launch configuration)
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sample_events() -> Collection:
+    """The sample's ``Event`` collection (run, luminosityBlock, event: the tracks' random
+    stream)."""
+    return io.read_collections(str(SAMPLE), [io.EVENT])[io.EVENT]
+
+
+def test_tracks_cuda_on_two_full_events(sample, sample_events, monkeypatch):
+    """Stage ``tracks``, one thread per GenPart row: the sample's two smallest pileup-50 events
+    (> 10,000 rows: ~80 blocks of 128, the last partly idle), the same tracks as cpu."""
+    import hltemu.kernels.tracks as K
+
+    be = cuda_backend()
+    log = LaunchLog(monkeypatch)
+    log.watch(K, "tracks_cuda")
+    gen = sample["GenPart"]
+    events = sorted(np.argsort(np.asarray(gen.counts))[:2].tolist())
+    batch = EventBatch(get_backend("cpu"), 2, {"GenPart": pick_events(gen, events),
+                                               io.EVENT: pick_events(sample_events, events)})
+
+    want = run_stage("tracks", batch)
+    got = run_stage("tracks", batch.to(be))
+    n = batch["GenPart"].size
+    assert n > 10_000 and want["tracks"].size > 700
+    assert log.of("tracks_cuda") == [(-(-n // THREADS_PER_BLOCK), THREADS_PER_BLOCK)]
+    assert_same_products(want, got)
+
+
+def test_vertices_cuda_on_300_events(sample, sample_events, monkeypatch):
+    """Stage ``vertices``: 300 events of 0-45 consecutive tracks (in GenPart order, so
+    neighbouring interactions' tracks mix) cut from the cpu tracks of the sample's first two
+    events; the selection one thread per track (> 40 blocks), the clustering one thread per
+    event (3 blocks, the last partly idle); vertices and associations as cpu."""
+    import hltemu.kernels.vertices as K
+
+    be = cuda_backend()
+    log = LaunchLog(monkeypatch)
+    log.watch(K, "select_cuda", "cluster_cuda")
+    two = EventBatch(get_backend("cpu"), 2, {"GenPart": pick_events(sample["GenPart"], [0, 1]),
+                                             io.EVENT: pick_events(sample_events, [0, 1])})
+    tracks = run_stage("tracks", two)["tracks"].to_host()
+    rng = np.random.default_rng(301)
+    counts = rng.integers(0, 46, 300)
+    counts[::50] = 0
+    starts = rng.integers(0, tracks.size - 45, 300)
+    rows = np.concatenate([np.arange(s, s + c) for s, c in zip(starts, counts, strict=True)])
+    cut = Collection.from_counts(counts, {k: v[rows] for k, v in tracks.columns.items()})
+    batch = EventBatch(get_backend("cpu"), 300, {"tracks": cut})
+
+    want = run_stage("vertices", batch)
+    got = run_stage("vertices", batch.to(be))
+    n = cut.size
+    assert n > 40 * THREADS_PER_BLOCK
+    assert log.of("select_cuda") == [(-(-n // THREADS_PER_BLOCK), THREADS_PER_BLOCK)]
+    assert log.of("cluster_cuda") == [(3, THREADS_PER_BLOCK)]
+    assert want["vertices"].size > 300 and int(np.count_nonzero(want["track_pv"]["pv"])) > 1000
+    assert_same_products(want, got)

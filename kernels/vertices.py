@@ -1,0 +1,118 @@
+"""Primary vertices from track z0: the track selection and the gap clustering of stage
+``vertices``, written once and compiled for Numba's CPU target and CUDA.
+
+The rules are stated in :mod:`hltemu.stages.vertices`.  Data layout: tracks of a batch grouped
+by event with CSR ``offsets``, float64 ``pt`` [GeV], ``d0``, ``z0``, ``sigma_d0``, ``sigma_z0``
+[cm]; ``cuts`` = [pt_min, max_sigma_z0, max_d0_significance, z_separation] (:data:`CUT_*`).
+
+Clustering one event (:func:`_make`'s ``walk``): its selected tracks in ascending ``(z0, track
+row)`` order (``rows[start:stop]``); a track more than ``z_separation`` above the previous one
+starts a new cluster.  Cluster ``k`` of the event sums, in that order, ``w = 1 / sigma_z0^2``,
+``w z0``, ``pT^2`` and counts its tracks, into slot ``slot0 + k`` of the cluster arrays (slot0
+= the event's first track row, so an event's clusters, at most one per track, never reach the
+next event's slots: no capacity to overflow); ``cluster_of[row] = k``.
+
+One event is one sequential walk (one ``prange`` iteration, one CUDA thread), so nothing
+depends on thread order.  Every float operation is one IEEE-754 operation through
+:mod:`hltemu.kernels.ieee`'s sets (libdevice's ``dmul_rn`` etc. on CUDA: no FMA contraction),
+in the order above, as the reference adds in plain Python: given the same tracks, reference,
+cpu and cuda give the same bits.
+
+Numba's on-disk cache: the kernels compile in :mod:`hltemu.kernels.ieee`; after editing it,
+clear ``kernels/__pycache__/vertices*``.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import cuda
+
+from .ieee import CPU_OPS, CUDA_OPS
+
+#: Index of each number in the ``cuts`` array.
+CUT_PT_MIN, CUT_SIGMA_Z0_MAX, CUT_D0_SIGNIFICANCE_MAX, CUT_Z_SEPARATION = 0, 1, 2, 3
+
+
+def _make(jit, mul, add, sub, div):
+    """``(selected, walk)`` compiled with ``jit`` on the arithmetic ``mul, add, sub, div``."""
+
+    def selected(pt, d0, sigma_d0, sigma_z0, cuts):
+        """Whether a track enters the vertex finding: ``pT >= pt_min``, ``sigma_z0 <
+        max_sigma_z0`` and ``|d0| < max_d0_significance sigma_d0``."""
+        return (pt >= cuts[CUT_PT_MIN] and sigma_z0 < cuts[CUT_SIGMA_Z0_MAX]
+                and abs(d0) < mul(cuts[CUT_D0_SIGNIFICANCE_MAX], sigma_d0))
+
+    def walk(rows, start, stop, z0, pt, sigma_z0, gap, slot0, cluster_of, c_sw, c_swz, c_n,
+             c_pt2):
+        """Gap clustering of the tracks ``rows[start:stop]`` (ascending z0); returns the
+        number of clusters (see the module docstring)."""
+        k = -1
+        prev = 0.0
+        for i in range(start, stop):
+            r = rows[i]
+            z = z0[r]
+            if k < 0 or sub(z, prev) > gap:
+                k += 1
+                c_sw[slot0 + k] = 0.0
+                c_swz[slot0 + k] = 0.0
+                c_n[slot0 + k] = 0
+                c_pt2[slot0 + k] = 0.0
+            s = sigma_z0[r]
+            w = div(1.0, mul(s, s))
+            j = slot0 + k
+            c_sw[j] = add(c_sw[j], w)
+            c_swz[j] = add(c_swz[j], mul(w, z))
+            c_n[j] += 1
+            c_pt2[j] = add(c_pt2[j], mul(pt[r], pt[r]))
+            cluster_of[r] = k
+            prev = z
+        return k + 1
+
+    return jit(selected), jit(walk)
+
+
+_selected_cpu, _walk_cpu = _make(numba.njit(cache=True, inline="always"), *CPU_OPS)
+_selected_cuda, _walk_cuda = _make(cuda.jit(device=True), *CUDA_OPS)
+
+
+@numba.njit(parallel=True, cache=True)
+def cluster_cpu(offsets, pt, d0, z0, sigma_d0, sigma_z0, cuts, cluster_of, c_sw, c_swz, c_n,
+                c_pt2, n_clusters):
+    """Every event (in parallel): select, sort by (z0, row) and cluster its tracks;
+    ``cluster_of[row]`` = the track's cluster within the event (-1: not selected),
+    ``n_clusters[e]``."""
+    for e in numba.prange(offsets.shape[0] - 1):
+        lo, hi = offsets[e], offsets[e + 1]
+        rows = np.empty(hi - lo, dtype=np.int64)
+        m = 0
+        for r in range(lo, hi):
+            cluster_of[r] = -1
+            if _selected_cpu(pt[r], d0[r], sigma_d0[r], sigma_z0[r], cuts):
+                rows[m] = r
+                m += 1
+        rows = rows[:m]
+        order = np.argsort(z0[rows], kind="mergesort")  # stable: equal z0 keep row order
+        n_clusters[e] = _walk_cpu(rows[order], 0, m, z0, pt, sigma_z0,
+                                  cuts[CUT_Z_SEPARATION], lo, cluster_of, c_sw, c_swz, c_n,
+                                  c_pt2)
+
+
+@cuda.jit(cache=True)
+def select_cuda(pt, d0, sigma_d0, sigma_z0, cuts, selected):
+    """One thread per track: ``selected[r]`` 1 when the track enters the vertex finding."""
+    r = cuda.grid(1)
+    if r < selected.shape[0]:
+        selected[r] = 1 if _selected_cuda(pt[r], d0[r], sigma_d0[r], sigma_z0[r], cuts) else 0
+
+
+@cuda.jit(cache=True)
+def cluster_cuda(offsets, order, order_offsets, pt, z0, sigma_z0, cuts, cluster_of, c_sw,
+                 c_swz, c_n, c_pt2, n_clusters):
+    """One thread per event ``e``: the gap clustering of its selected tracks, which
+    ``order[order_offsets[e]:order_offsets[e + 1]]`` lists in ascending (z0, row)."""
+    e = cuda.grid(1)
+    if e < n_clusters.shape[0]:
+        n_clusters[e] = _walk_cuda(order, order_offsets[e], order_offsets[e + 1], z0, pt,
+                                   sigma_z0, cuts[CUT_Z_SEPARATION], offsets[e], cluster_of,
+                                   c_sw, c_swz, c_n, c_pt2)
