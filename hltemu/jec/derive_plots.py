@@ -16,41 +16,7 @@ import numpy as np
 
 from hltemu.jec.closure import nsc
 from hltemu.jec.derive import Derivation, l1_offset, l2_correction
-
-
-def _setup() -> tuple[Any, Any]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import mplhep
-
-    plt.style.use(mplhep.style.CMS)
-    return plt, mplhep
-
-
-def _grid(plt: Any, n: int, ncols: int = 3) -> tuple[Any, list[Any]]:
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 5 * nrows), squeeze=False)
-    flat = list(axes.ravel())
-    for ax in flat[n:]:
-        ax.set_visible(False)
-    return fig, flat[:n]
-
-
-def _log_x(ax: Any) -> None:
-    """A log pT axis with plain major labels (10, 100, 1000) and no minor ones."""
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
-
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_formatter(NullFormatter())
-
-
-def _save(plt: Any, fig: Any, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+from hltemu.plotting import grid, log_x, pyplot, save
 
 
 def _label(mplhep: Any, ax: Any, text: str) -> None:
@@ -60,8 +26,8 @@ def _label(mplhep: Any, ax: Any, text: str) -> None:
 
 
 def plot_l1(result: Derivation, path: Path) -> None:
-    plt, mplhep = _setup()
-    fig, axes = _grid(plt, len(result.l1), ncols=min(4, len(result.l1)))
+    plt, mplhep = pyplot()
+    fig, axes = grid(plt, len(result.l1), ncols=min(4, len(result.l1)))
     edges = result.settings.l1_pt_edges
     cmap = plt.get_cmap("viridis")
     for ax, f in zip(axes, result.l1, strict=True):
@@ -81,33 +47,33 @@ def plot_l1(result: Derivation, path: Path) -> None:
         _label(mplhep, ax, f"{f.eta[0]:g} < |η| < {f.eta[1]:g}\n"
                            f"χ²/ndf = {f.chi2:.1f}/{f.ndf}")
         ax.legend(fontsize=9, loc="lower right")
-    _save(plt, fig, path)
+    save(plt, fig, path)
 
 
 def plot_l2(result: Derivation, path: Path) -> None:
-    plt, mplhep = _setup()
-    fig, axes = _grid(plt, len(result.l2), ncols=3)
+    plt, mplhep = pyplot()
+    fig, axes = grid(plt, len(result.l2), ncols=3)
     for ax, f in zip(axes, result.l2, strict=True):
         x = np.array([p["pt"] for p in f.points])
         ax.errorbar(x, [p["correction"] for p in f.points],
                     yerr=[p["error"] for p in f.points], fmt="o", color="k",
                     label="1 / median response")
-        grid = np.geomspace(8, max(x.max() * 2, 100), 200)
-        ax.plot(grid, l2_correction(f.params, np.clip(grid, *f.pt_range)), color="C1",
+        pts = np.geomspace(8, max(x.max() * 2, 100), 200)
+        ax.plot(pts, l2_correction(f.params, np.clip(pts, *f.pt_range)), color="C1",
                 label="fit (clamped)")
-        _log_x(ax)
+        log_x(ax)
         ax.set_xlabel(r"$\langle p_T^{L1} \rangle$ (GeV)")
         ax.set_ylabel("L2Relative correction")
         _label(mplhep, ax, f"{f.eta[0]:g} < |η| < {f.eta[1]:g}\n"
                            f"χ²/ndf = {f.chi2:.1f}/{f.ndf}")
         ax.legend(fontsize=10, loc="upper right")
-    _save(plt, fig, path)
+    save(plt, fig, path)
 
 
 def plot_closure(report: dict[str, Any], path: Path, title: str) -> None:
-    plt, mplhep = _setup()
+    plt, mplhep = pyplot()
     etas = sorted({tuple(b["eta"]) for b in report["bins"]})
-    fig, axes = _grid(plt, len(etas), ncols=len(etas))
+    fig, axes = grid(plt, len(etas), ncols=len(etas))
     # raw and fully corrected; the intermediate levels are in the JSON
     shown = dict.fromkeys((report["levels"][0], report["levels"][-1]))
     markers = ["o", "s", "^", "v", "D"]
@@ -128,19 +94,19 @@ def plot_closure(report: dict[str, Any], path: Path, title: str) -> None:
         ax.axhline(1.0, color="gray", lw=1)
         for d in (0.98, 1.02):
             ax.axhline(d, color="gray", lw=0.5, ls="--")
-        _log_x(ax)
+        log_x(ax)
         ax.set_ylim(0.3, 1.3)
         ax.set_xlabel(r"$p_T^{truth}$ (GeV)")
         ax.set_ylabel(r"median $p_T / p_T^{truth}$")
         _label(mplhep, ax, f"{title}\n{eta[0]:g} < |η| < {eta[1]:g}")
         ax.legend(fontsize=9, loc="lower right")
-    _save(plt, fig, path)
+    save(plt, fig, path)
 
 
 def plot_resolution(report: dict[str, Any], path: Path, title: str) -> None:
-    plt, mplhep = _setup()
+    plt, mplhep = pyplot()
     etas = sorted({tuple(r["eta"]) for r in report["resolution"]})
-    fig, axes = _grid(plt, len(etas), ncols=len(etas))
+    fig, axes = grid(plt, len(etas), ncols=len(etas))
     for ax, eta in zip(axes, etas, strict=True):
         for ip, r in enumerate(x for x in report["resolution"] if tuple(x["eta"]) == eta):
             if not r["points"]:
@@ -154,12 +120,12 @@ def plot_resolution(report: dict[str, Any], path: Path, title: str) -> None:
                 g = np.geomspace(x.min(), x.max(), 100)
                 ax.plot(g, nsc(g, f["N"], f["S"], f["C"]), color=f"C{ip}", lw=1,
                         label=f"N={f['N']:.1f} S={f['S']:.2f} C={f['C']:.3f}")
-        _log_x(ax)
+        log_x(ax)
         ax.set_xlabel(r"$p_T^{truth}$ (GeV)")
         ax.set_ylabel(r"$\sigma / \mu$ (half 16-84% width / median)")
         _label(mplhep, ax, f"{title}\n{eta[0]:g} < |η| < {eta[1]:g}")
         ax.legend(fontsize=9, loc="upper right")
-    _save(plt, fig, path)
+    save(plt, fig, path)
 
 
 def draw_all(result: Derivation, closures: dict[str, dict[str, Any]], out_dir: Path

@@ -453,6 +453,21 @@ def _check_radius(radius: float, stage: str) -> None:
         raise ConfigError(f"[{stage}] R must be a finite number > 0, got {radius}")
 
 
+def antikt_of_rows(keep: Any, offsets: Any, px: Any, py: Any, pz: Any, e: Any, radius: float,
+                   pt_min: float, backend: Backend, clusterer: Any, stage: str, name: str
+                   ) -> tuple[Collection, Collection]:
+    """Anti-kT jets of the rows of collection ``name`` (CSR ``offsets``) where ``keep``, from
+    their 4-vectors [GeV] (given for every row): the jets and, per row, its jet's row within
+    the event (column ``jet``; -1 when left out or in no jet above ``pt_min``)."""
+    xp = backend.xp
+    rows, kept_offsets = _select(xp, keep, offsets)
+    jets, jet_row = antikt_jets(px[rows], py[rows], pz[rows], e[rows], kept_offsets, radius,
+                                pt_min, backend, clusterer, origin=(stage, name, rows, offsets))
+    row_jet = xp.full(keep.shape[0], -1, dtype=xp.int64)
+    row_jet[rows] = jet_row
+    return jets, Collection(offsets, {"jet": row_jet})
+
+
 def antikt_stage(batch: EventBatch, cfg: AntiKtConfig, clusterer: Any) -> dict[str, Collection]:
     """The ``antikt`` stage with ``clusterer`` (one of :data:`CLUSTERERS`)."""
     be = batch.backend
@@ -463,15 +478,11 @@ def antikt_stage(batch: EventBatch, cfg: AntiKtConfig, clusterer: Any) -> dict[s
     energy, eta, phi = (xp.asarray(clusters[c], dtype=xp.float64) for c in CLUSTER_COLUMNS)
     for col, values in zip(CLUSTER_COLUMNS, (energy, eta, phi), strict=True):
         _check_finite(xp, values, "clusters", col, "antikt")
-    rows, offsets = _select(xp, energy > 0, clusters.offsets)
-    e, eta, phi = energy[rows], eta[rows], phi[rows]
-    pt = e / xp.cosh(eta)
-    jets, jet_row = antikt_jets(pt * xp.cos(phi), pt * xp.sin(phi), pt * xp.sinh(eta), e,
-                                offsets, cfg.R, cfg.pt_min, be, clusterer,
-                                origin=("antikt", "clusters", rows, clusters.offsets))
-    cluster_jet = xp.full(clusters.size, -1, dtype=xp.int64)
-    cluster_jet[rows] = jet_row
-    return {"jets": jets, "cluster_jet": Collection(clusters.offsets, {"jet": cluster_jet})}
+    pt = energy / xp.cosh(eta)
+    jets, cluster_jet = antikt_of_rows(energy > 0, clusters.offsets, pt * xp.cos(phi),
+                                       pt * xp.sin(phi), pt * xp.sinh(eta), energy, cfg.R,
+                                       cfg.pt_min, be, clusterer, "antikt", "clusters")
+    return {"jets": jets, "cluster_jet": cluster_jet}
 
 
 # one implementation per backend: the same stage body with that backend's clusterer

@@ -22,8 +22,7 @@ from hltemu.pipeline import Stage, register
 from hltemu.stages.antikt import (
     _check_columns,
     _check_finite,
-    _select,
-    antikt_jets,
+    antikt_of_rows,
     check_jet_settings,
     cluster_cpu,
     cluster_cuda,
@@ -58,16 +57,11 @@ def pfjets_stage(batch: EventBatch, cfg: PFJetsConfig, clusterer: Any) -> dict[s
         _check_finite(xp, values, "pfcandidates", col, "pfjets")
     keep = xp.asarray(cands["from_pv"], dtype=xp.bool_) if cfg.chs else \
         xp.ones(pt.shape[0], dtype=xp.bool_)
-    rows, offsets = _select(xp, keep, cands.offsets)
-    pt, eta, phi, mass = pt[rows], eta[rows], phi[rows], mass[rows]
     pz = pt * xp.sinh(eta)
-    e = xp.sqrt(pt * pt + pz * pz + mass * mass)
-    jets, jet_row = antikt_jets(pt * xp.cos(phi), pt * xp.sin(phi), pz, e, offsets, cfg.R,
-                                cfg.pt_min, be, clusterer,
-                                origin=("pfjets", "pfcandidates", rows, cands.offsets))
-    cand_jet = xp.full(cands.size, -1, dtype=xp.int64)
-    cand_jet[rows] = jet_row
-    return {"pfjets": jets, "pfcandidate_jet": Collection(cands.offsets, {"jet": cand_jet})}
+    jets, cand_jet = antikt_of_rows(keep, cands.offsets, pt * xp.cos(phi), pt * xp.sin(phi), pz,
+                                    xp.sqrt(pt * pt + pz * pz + mass * mass), cfg.R, cfg.pt_min,
+                                    be, clusterer, "pfjets", "pfcandidates")
+    return {"pfjets": jets, "pfcandidate_jet": cand_jet}
 
 
 run_reference = functools.partial(pfjets_stage, clusterer=cluster_reference)

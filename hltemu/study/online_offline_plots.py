@@ -24,38 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from hltemu.outputs import atomic_output
+from hltemu.plotting import grid, log_x, pyplot, save
 from hltemu.study.fits import erf_turn_on
-
-
-def _setup() -> tuple[Any, Any]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import mplhep
-
-    plt.style.use(mplhep.style.CMS)
-    return plt, mplhep
-
-
-def _grid(plt: Any, n: int, ncols: int, size: float = 6.0) -> tuple[Any, list[Any]]:
-    nrows = max(math.ceil(n / ncols), 1)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, 0.83 * size * nrows),
-                             squeeze=False)
-    flat = list(axes.ravel())
-    for ax in flat[n:]:
-        ax.set_visible(False)
-    return fig, flat[:n]
-
-
-def _log_x(ax: Any) -> None:
-    """A log pT axis with plain major labels (10, 100, 1000) and no minor ones."""
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
-
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _label(ax: Any, summary: dict[str, Any], text: str, size: int = 12) -> None:
@@ -69,12 +39,6 @@ def _label(ax: Any, summary: dict[str, Any], text: str, size: int = 12) -> None:
     ax.text(0.04, 0.95, text, transform=ax.transAxes, fontsize=size + 1, va="top")
 
 
-def _save(plt: Any, fig: Any, path: Path) -> Path:
-    fig.tight_layout()
-    with atomic_output(path, "figure") as tmp:
-        fig.savefig(tmp.path, format="png", dpi=80)
-    plt.close(fig)
-    return path
 
 
 def _eta_bins(summary: dict[str, Any]) -> list[tuple[float, float]]:
@@ -82,7 +46,7 @@ def _eta_bins(summary: dict[str, Any]) -> list[tuple[float, float]]:
 
 
 def plot_pt_2d(summary: dict[str, Any], path: Path) -> Path:
-    plt, mplhep = _setup()
+    plt, mplhep = pyplot()
     h = summary["hlt_vs_offline"]
     fig, ax = plt.subplots(figsize=(8, 7))
     counts = np.asarray(h["counts"], dtype=float)
@@ -96,13 +60,13 @@ def plot_pt_2d(summary: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel(r"HLT jet $p_T$ (GeV)")
     _label(ax, summary, f"{h['pairs']} matched pairs, "
                                 f"ΔR < {summary['matching']['max_dr']:g}")
-    return _save(plt, fig, path)
+    return save(plt, fig, path)
 
 
 def plot_response(summary: dict[str, Any], path: Path) -> Path:
-    plt, _ = _setup()
+    plt, _ = pyplot()
     etas = _eta_bins(summary)
-    fig, axes = _grid(plt, len(etas), ncols=min(len(etas), 4))
+    fig, axes = grid(plt, len(etas), ncols=min(len(etas), 4))
     flag_below = summary["hlt_jets"]["flag_below"]
     for ax, (e0, e1) in zip(axes, etas, strict=True):
         rows = [b for b in summary["response"]
@@ -131,14 +95,14 @@ def plot_response(summary: dict[str, Any], path: Path) -> Path:
             ax.axvspan(summary["settings"]["pt_edges"][0], flag_below, color="gray", alpha=0.15,
                        lw=0)
         ax.axhline(1.0, color="gray", lw=1)
-        _log_x(ax)
+        log_x(ax)
         ax.set_ylim(0.4, 1.6)
         ax.set_xlabel(r"offline jet $p_T$ (GeV)")
         ax.set_ylabel(r"$p_T^{HLT} / p_T^{offline}$")
         _label(ax, summary, f"{e0:g} < |η| < {e1:g}\nband: core mean ± σ")
         if rows:
             ax.legend(fontsize=10, loc="lower right")
-    return _save(plt, fig, path)
+    return save(plt, fig, path)
 
 
 def plot_response_distributions(summary: dict[str, Any], path: Path) -> Path | None:
@@ -147,8 +111,8 @@ def plot_response_distributions(summary: dict[str, Any], path: Path) -> Path | N
     rows = [b for b in summary["response"] if b["n"]]
     if not rows:
         return None
-    plt, mplhep = _setup()
-    fig, axes = _grid(plt, len(rows), ncols=min(len(rows), 6), size=4.5)
+    plt, mplhep = pyplot()
+    fig, axes = grid(plt, len(rows), ncols=min(len(rows), 6), size=4.5)
     edges = RESPONSE_EDGES
     width = float(edges[1] - edges[0])
     window = summary["settings"]["core_window"]
@@ -170,13 +134,13 @@ def plot_response_distributions(summary: dict[str, Any], path: Path) -> Path | N
         ax.tick_params(labelsize=10)
         ax.text(0.04, 0.95, text, transform=ax.transAxes, fontsize=10, va="top")
         ax.set_ylim(0, max(max(b["hist"]), 1) * 1.7)
-    return _save(plt, fig, path)
+    return save(plt, fig, path)
 
 
 def plot_turn_on(summary: dict[str, Any], name: str, path: Path) -> Path:
-    plt, _ = _setup()
+    plt, _ = pyplot()
     methods = summary["turn_on"][name]
-    fig, axes = _grid(plt, len(methods), ncols=len(methods))
+    fig, axes = grid(plt, len(methods), ncols=len(methods))
     for ax, (method, r) in zip(axes, methods.items(), strict=True):
         pts = r["points"]
         if pts:
@@ -214,7 +178,7 @@ def plot_turn_on(summary: dict[str, Any], name: str, path: Path) -> Path:
         ax.set_ylabel("efficiency")
         if pts:
             ax.legend(fontsize=10, loc="upper right")
-    return _save(plt, fig, path)
+    return save(plt, fig, path)
 
 
 def turn_on_paths(summary: dict[str, Any]) -> list[str]:
