@@ -37,12 +37,10 @@ About 10 s.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
+from ptx_runner import ptx_counts as run_ptx
 
 #: Times ``rap_phi`` is inlined into ``antikt_cuda``: the inputs' and each merged jet's.
 RAP_PHI_CALLS = 2
@@ -110,15 +108,7 @@ def _compile_all() -> dict[str, dict[str, int]]:
 
 @pytest.fixture(scope="module")
 def ptx_counts() -> dict[str, dict[str, int]]:
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
-    res = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=env,
-                         timeout=300)
-    if res.returncode != 0:
-        if re.search(r"NVVM|libnvvm|nvvm", res.stderr) and "PTX-COUNTS" not in res.stdout:
-            pytest.skip(f"NVVM not available: {res.stderr.strip().splitlines()[-1]}")
-        raise AssertionError(res.stderr)
-    line = next(s for s in res.stdout.splitlines() if s.startswith("PTX-COUNTS "))
-    return json.loads(line.removeprefix("PTX-COUNTS "))
+    return run_ptx([__file__])
 
 
 @pytest.mark.parametrize("name", ["antikt.dist", "antikt.momentum_factor",

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from ptx_runner import ptx_counts as run_ptx
 
 from hltemu.backends import get_backend
 from hltemu.batch import Collection, EventBatch
@@ -341,21 +342,8 @@ def test_cuda_kernels_have_no_fma():
     """The kernels' sm_90 PTX (compiled as tests/test_ptx.py does, in a process without the
     simulator; no GPU needed) adds and divides with exactly rounded instructions and holds no
     fused multiply-add: what lets a GPU give the reference's bits."""
-    import json
-    import os
-    import re
-    import subprocess
-    import sys
 
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
-    res = subprocess.run([sys.executable, "-c", _PTX_SCRIPT], capture_output=True, text=True,
-                         env=env, timeout=300)
-    if res.returncode != 0:
-        if re.search(r"NVVM|libnvvm|nvvm", res.stderr) and "PTX-COUNTS" not in res.stdout:
-            pytest.skip(f"NVVM not available: {res.stderr.strip().splitlines()[-1]}")
-        raise AssertionError(res.stderr)
-    line = next(x for x in res.stdout.splitlines() if x.startswith("PTX-COUNTS "))
-    counts = json.loads(line.removeprefix("PTX-COUNTS "))
+    counts = run_ptx(["-c", _PTX_SCRIPT])
     for name, c in counts.items():
         assert c["fma.rn.f64"] == 0 and c["add.rn.f64"] >= 1 and c["div.rn.f64"] >= 1, (name, c)
 

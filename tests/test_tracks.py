@@ -15,16 +15,13 @@ between libdevice and the C library; under the CUDA simulator they are bit for b
 from __future__ import annotations
 
 import math
-import os
-import re
-import subprocess
-import sys
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hltemu.kernels import tracks as K
+from ptx_runner import ptx_counts as run_ptx
 
 from hltemu import io
 from hltemu.backends import get_backend
@@ -579,15 +576,6 @@ def test_cuda_decisions_and_sigmas_have_no_fma():
     """The candidate test and the resolutions compiled for sm_90 (in a process without the
     simulator; NVVM, no GPU): exactly rounded products, no fused multiply-add, so a GPU keeps
     the same candidates and reports the reference's sigma bits."""
-    import json
 
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
-    res = subprocess.run([sys.executable, "-c", _PTX_SCRIPT], capture_output=True, text=True,
-                         env=env, timeout=300)
-    if res.returncode != 0:
-        if re.search(r"NVVM|libnvvm|nvvm", res.stderr) and "PTX-COUNTS" not in res.stdout:
-            pytest.skip(f"NVVM not available: {res.stderr.strip().splitlines()[-1]}")
-        raise AssertionError(res.stderr)
-    line = next(x for x in res.stdout.splitlines() if x.startswith("PTX-COUNTS "))
-    for name, c in json.loads(line.removeprefix("PTX-COUNTS ")).items():
+    for name, c in run_ptx(["-c", _PTX_SCRIPT]).items():
         assert c[r"\bfma\.rn\.f64"] == 0 and c[r"\bmul\.rn\.f64"] >= 2, (name, c)
