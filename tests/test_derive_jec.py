@@ -279,6 +279,11 @@ def test_load_sample_refuses_mixed_radii(run_outputs, tmp_path):
     assert sample.weight.sum() == pytest.approx(2 * 2.0, rel=1e-6)  # sigma / weight_sum per file
     with pytest.raises(DeriveError, match="no input files"):
         load_sample([])
+    with pytest.raises(DeriveError, match="no collection 'pfjets'.*--stages tracks,vertices,"
+                       "topocluster,pfcandidates,pfjets,genjets,rho"):
+        load_sample([run_outputs["d0"]], jets="pfjets")
+    with pytest.raises(DeriveError, match="derive-jec corrects jets or pfjets"):
+        load_sample([run_outputs["d0"]], jets="clusters")
 
 
 def test_weights_are_the_normalised_generator_weights_only_when_asked(run_outputs):
@@ -318,6 +323,11 @@ def test_jec_notes_corrections_derived_with_other_settings(synthetic, tmp_path):
     assert "pileup_offset = 'event' (this run: 'mean')" in n
     (n,) = notes({"topocluster": {"pileup_mu": 100.0}})
     assert "pileup 0-40, this run's <mu> is 100 (extrapolated)" in n
+    result.inputs["jets"] = "pfjets (stage pfjets)"
+    pf = write_corrections(result, tmp_path / "pf")
+    levels[:] = [str(pf["L1FastJet"]), str(pf["L2Relative"])]
+    (n,) = notes({})
+    assert "pfjets, not the calorimeter jets that stage jec corrects" in n
 
 
 def test_the_shipped_default_corrections():

@@ -20,8 +20,14 @@ import click
 @click.option("--era", default="hltemu_V2_MC", show_default=True,
               help="Name of the corrections, CMS style ERA_VERSION_MC (which coffea also "
                    "parses): files <era>_L1FastJet_<algo>.txt, ...")
-@click.option("--algo", default="AK4Calo", show_default=True,
-              help="Jet algorithm label of the file names.")
+@click.option("--jets", "jets", type=click.Choice(["jets", "pfjets"]), default="jets",
+              show_default=True,
+              help="The jets to correct: calorimeter jets (stage antikt) or the offline "
+                   "particle-flow jets (stage pfjets; FILES then from `hltemu run --stages "
+                   "tracks,vertices,topocluster,pfcandidates,pfjets,genjets,rho`).")
+@click.option("--algo", default=None,
+              help="Jet algorithm label of the file names  [default: AK4Calo for jets, "
+                   "AK4PFchs for pfjets]")
 @click.option("--weighted/--unweighted", default=False, show_default=True,
               help="Medians weighted by the generator weights (Event_weight, normalised per file "
                    "to its cross-section: the physical spectrum within each bin) or not (every "
@@ -31,7 +37,8 @@ import click
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show progress bars.")
 def derive_jec(files: tuple[str, ...], output_dir: str, validate: tuple[str, ...], era: str,
-               algo: str, weighted: bool, plots: bool, progress: bool) -> None:
+               jets: str, algo: str | None, weighted: bool, plots: bool, progress: bool
+               ) -> None:
     """Derive L1FastJet and L2Relative jet corrections from FILES written by hltemu run.
 
     FILES are `hltemu run FILE --stages topocluster,antikt,genjets,rho` outputs of a paired
@@ -68,6 +75,7 @@ def derive_jec(files: tuple[str, ...], output_dir: str, validate: tuple[str, ...
 
     console = Console(stderr=True)
     out = Path(output_dir)
+    algo = algo or {"jets": "AK4Calo", "pfjets": "AK4PFchs"}[jets]
     settings = DeriveSettings(era=era, algo=algo, weighted=weighted)
     absent = missing("plots") if plots else []
     try:
@@ -79,8 +87,8 @@ def derive_jec(files: tuple[str, ...], output_dir: str, validate: tuple[str, ...
         bar = ui.ProgressBar(len(files) + len(validate), "files read") if progress else None
         step = bar.update if bar is not None else None
         try:
-            sample = load_sample(files, progress=step)
-            held_out = load_sample(validate, progress=step) if validate else None
+            sample = load_sample(files, progress=step, jets=jets)
+            held_out = load_sample(validate, progress=step, jets=jets) if validate else None
         finally:
             if bar is not None:
                 bar.close()

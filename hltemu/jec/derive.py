@@ -83,7 +83,20 @@ L2_FORMULA = ("max(0.0001,[0]+[1]/(pow(log10(x),2)+[2])"
               "+[3]*exp(-[4]*pow(log10(x)-[5],2)))")
 
 #: Collections a derivation reads from each ``hltemu run`` output.
-NEEDED = ("Event", "jets", "genjets", "rho")
+NEEDED = ("Event", "genjets", "rho")
+
+#: Jet collections corrections can be derived for -> the stages whose settings make them (the
+#: first holds ``R`` and ``pt_min``), which must agree between the inputs.
+JET_COLLECTIONS: dict[str, tuple[str, ...]] = {
+    "jets": ("antikt",),
+    "pfjets": ("pfjets", "pfcandidates", "vertices", "tracks"),
+}
+
+#: The ``hltemu run --stages`` that make each collection's derive-jec input.
+RUN_STAGES: dict[str, str] = {
+    "jets": "topocluster,antikt,genjets,rho",
+    "pfjets": "tracks,vertices,topocluster,pfcandidates,pfjets,genjets,rho",
+}
 
 
 class DeriveError(JecError):
@@ -158,6 +171,8 @@ class JetSample:
     generation: list[dict[str, Any]] = field(default_factory=list)
     #: topoclustering's :data:`NOISE_MODE_KEYS` (those of the files with pileup)
     noise_mode: dict[str, Any] = field(default_factory=dict)
+    #: the reco jets' collection (a key of :data:`JET_COLLECTIONS`)
+    jets: str = "jets"
 
     @property
     def n_events(self) -> int:
@@ -176,11 +191,12 @@ class JetSample:
             self.weight[mask], self.file[mask], new_index[self.j_ev[jm]], self.j_pt[jm],
             self.j_eta[jm], self.j_phi[jm], self.j_area[jm], new_index[self.t_ev[tm]],
             self.t_pt[tm], self.t_eta[tm], self.t_phi[tm], self.radius, self.run_config,
-            self.generation, self.noise_mode)
+            self.generation, self.noise_mode, self.jets)
 
 
-#: run-config entries that must agree between the inputs of one derivation
-_MUST_AGREE = ("antikt", "genjets", "rho")
+#: run-config entries that must agree between the inputs of one derivation (besides the jet
+#: collection's stages, :data:`JET_COLLECTIONS`)
+_MUST_AGREE = ("genjets", "rho")
 
 
 def _generation_provenance(prov: dict[str, Any] | None) -> dict[str, Any]:
@@ -208,9 +224,10 @@ def _generation_provenance(prov: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def load_sample(paths: Sequence[str | Path], progress: Callable[[int], None] | None = None
-                ) -> JetSample:
-    """Read ``jets``, ``genjets``, ``rho`` and ``Event`` of each ``hltemu run`` output.
+def load_sample(paths: Sequence[str | Path], progress: Callable[[int], None] | None = None,
+                jets: str = "jets") -> JetSample:
+    """Read the reco jets ``jets`` (``"jets"``: calorimeter, ``"pfjets"``: particle flow),
+    ``genjets``, ``rho`` and ``Event`` of each ``hltemu run`` output.
 
     A missing collection, a file written with another jet radius or rho definition than the
     first, or an empty input is a :class:`DeriveError` naming the file.  ``progress`` is called
@@ -222,6 +239,10 @@ def load_sample(paths: Sequence[str | Path], progress: Callable[[int], None] | N
 
     if not paths:
         raise DeriveError("no input files given")
+    if jets not in JET_COLLECTIONS:
+        raise DeriveError(f"jets {jets!r}: derive-jec corrects {' or '.join(JET_COLLECTIONS)}")
+    must_agree = (*JET_COLLECTIONS[jets], *_MUST_AGREE)
+    needed = (jets, *NEEDED)
     parts: list[dict[str, np.ndarray]] = []
     files = [str(p) for p in paths]
     first_config: dict[str, Any] | None = None
@@ -231,19 +252,19 @@ def load_sample(paths: Sequence[str | Path], progress: Callable[[int], None] | N
     offset = 0
     for i, path in enumerate(files):
         have = set(common_collections([path]))
-        missing = [c for c in NEEDED if c not in have]
+        missing = [c for c in needed if c not in have]
         if missing:
             raise DeriveError(
                 f"{path}: no collection {', '.join(map(repr, missing))}; derive-jec reads the "
-                "output of `hltemu run FILE --stages topocluster,antikt,genjets,rho`")
+                f"output of `hltemu run FILE --stages {RUN_STAGES[jets]}`")
         prov = read_provenance(path) or {}
-        config = {k: (prov.get("config") or {}).get(k) for k in _MUST_AGREE}
+        config = {k: (prov.get("config") or {}).get(k) for k in must_agree}
         config["topocluster"] = (prov.get("config") or {}).get("topocluster")
         config["facts"] = (prov.get("plan") or {}).get("facts") or {}
         if first_config is None:
             first_config = config
         else:
-            for k in _MUST_AGREE:
+            for k in must_agree:
                 if config[k] != first_config[k]:
                     raise DeriveError(
                         f"{path}: [{k}] {config[k]} differs from {files[0]}'s {first_config[k]}; "
@@ -259,8 +280,8 @@ def load_sample(paths: Sequence[str | Path], progress: Callable[[int], None] | N
                 raise DeriveError(
                     f"{path}: topocluster {this} differs from {mode_file}'s {mode}; derive "
                     "corrections from files clustered with the same noise mode")
-        c = read_collections(path, list(NEEDED))
-        ev, jets, gj, rho = c["Event"], c["jets"], c["genjets"], c["rho"]
+        c = read_collections(path, list(needed))
+        ev, reco, gj, rho = c["Event"], c[jets], c["genjets"], c["rho"]
         n = ev.n_events
         if n == 0:
             raise DeriveError(f"{path}: no events")
@@ -278,11 +299,11 @@ def load_sample(paths: Sequence[str | Path], progress: Callable[[int], None] | N
             "key": key, "pileup": np.full(n, float(nominal)), "n_pileup": n_pu,
             "rho": np.asarray(rho["rho"], dtype=np.float64), "weight": w,
             "file": np.full(n, i, dtype=np.int64),
-            "j_ev": np.asarray(jets.event_index()) + offset,
-            "j_pt": np.asarray(jets["pt"], dtype=np.float64),
-            "j_eta": np.asarray(jets["eta"], dtype=np.float64),
-            "j_phi": np.asarray(jets["phi"], dtype=np.float64),
-            "j_area": np.asarray(jets["area"], dtype=np.float64),
+            "j_ev": np.asarray(reco.event_index()) + offset,
+            "j_pt": np.asarray(reco["pt"], dtype=np.float64),
+            "j_eta": np.asarray(reco["eta"], dtype=np.float64),
+            "j_phi": np.asarray(reco["phi"], dtype=np.float64),
+            "j_area": np.asarray(reco["area"], dtype=np.float64),
             "t_ev": np.asarray(gj.event_index()) + offset,
             "t_pt": np.asarray(gj["pt"], dtype=np.float64),
             "t_eta": np.asarray(gj["eta"], dtype=np.float64),
@@ -292,7 +313,7 @@ def load_sample(paths: Sequence[str | Path], progress: Callable[[int], None] | N
         if progress is not None:
             progress(1)
     assert first_config is not None
-    radius = float((first_config.get("antikt") or {}).get("R", 0.4))
+    radius = float((first_config.get(JET_COLLECTIONS[jets][0]) or {}).get("R", 0.4))
     truth_r = (first_config.get("genjets") or {}).get("R")
     if truth_r is not None and float(truth_r) != radius:
         raise DeriveError(f"{files[0]}: jets have R = {radius:g} but genjets R = {truth_r}; "
@@ -304,7 +325,7 @@ def load_sample(paths: Sequence[str | Path], progress: Callable[[int], None] | N
                           "([genjets] vertices = \"hard_scatter\")")
     cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     return JetSample(files=files, radius=radius, run_config=first_config, generation=generation,
-                     noise_mode=mode or {}, **cat)
+                     noise_mode=mode or {}, jets=jets, **cat)
 
 
 def pair_events(pu: JetSample, pu0: JetSample) -> np.ndarray:
@@ -521,7 +542,8 @@ def fit_l2(pt_l1: np.ndarray, sample: JetSample, settings: DeriveSettings) -> li
     acc, reco = truth_matches(sample, settings)
     t_pt, t_eta = sample.t_pt[acc], sample.t_eta[acc]
     w_all = jet_weights(sample, sample.t_ev[acc], settings)
-    reco_pt_min = float((sample.run_config.get("antikt") or {}).get("pt_min", 0.0))
+    reco_pt_min = float((sample.run_config.get(JET_COLLECTIONS[sample.jets][0]) or {})
+                        .get("pt_min", 0.0))
     matched = reco >= 0
     edges = np.asarray(settings.l2_pt_edges, dtype=np.float64)
     fits = []
@@ -665,7 +687,8 @@ def derive(sample: JetSample, settings: DeriveSettings | None = None) -> Derivat
     inputs = {
         "R": sample.radius,
         "noise_mode": sample.noise_mode,
-        "jets": "jets (stage antikt)", "truth": "genjets (hard scatter)",
+        "jets": f"{sample.jets} (stage {JET_COLLECTIONS[sample.jets][0]})",
+        "truth": "genjets (hard scatter)",
         "rho": sample.run_config.get("rho"),
         "topocluster": sample.run_config.get("topocluster"),
         "run_facts": sample.run_config.get("facts"),

@@ -59,6 +59,9 @@ def mismatches(record: dict[str, Any], radius: float | None, rho: dict[str, Any]
     """How a run differs from what corrections were derived with (empty: it does not), each
     as a phrase: jet radius, rho definition, noise mode, pileup outside the derived range."""
     out = []
+    corrected = str(record.get("jets") or "jets").split()[0]
+    if corrected != "jets":  # the jec stage corrects the calorimeter jets
+        out.append(f"{corrected}, not the calorimeter jets that stage jec corrects")
     if radius is not None and record.get("R") is not None and float(record["R"]) != radius:
         out.append(f"jets of R = {record['R']:g}, this run's are R = {radius:g}")
     if rho is not None and record.get("rho"):
