@@ -382,3 +382,21 @@ def test_pileup_0_events_with_the_same_ids_are_refused():
                         make_events(200, 40, 11, run=1)])
     with pytest.raises(DeriveError, match="synthetic0 and synthetic1"):
         derive(sample)
+
+
+def test_the_shipped_pfjets_corrections():
+    """hltemu_PF_V1_MC (derive-jec --jets pfjets) is shipped with its record: derived for
+    pfjets, with R 0.4 and the derivation's pileups, and its L2Relative has no cliffs."""
+    from hltemu.jec.derive import L2Fit
+    from hltemu.jec.record import derivation_record
+
+    levels = ("builtin:hltemu_PF_V1_MC_L1FastJet_AK4PFchs.txt",
+              "builtin:hltemu_PF_V1_MC_L2Relative_AK4PFchs.txt")
+    assert list(jec.load_chain(levels).names) == ["L1FastJet", "L2Relative"]
+    record = derivation_record(levels[0])
+    assert record is not None and record["jets"] == "pfjets (stage pfjets)"
+    assert record["R"] == 0.4 and record["pileups"] == [0.0, 20.0, 50.0]
+    full = json.loads(jec.chain.builtin_path("hltemu_PF_V1_MC_derivation.json").read_text())
+    for f in full["l2"]:
+        fit = L2Fit(**{**f, "eta": tuple(f["eta"]), "pt_range": tuple(f["pt_range"])})
+        assert cliffs(fit) == [], fit.eta
