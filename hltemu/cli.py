@@ -253,9 +253,15 @@ def _file_info(path: str) -> None:
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Run one task per file on the Dask cluster of this scheduler "
                    "(tcp://host:8786); outputs as with --workers.")
+@click.option("--drop", multiple=True, metavar="PATTERN",
+              help="Leave the products matching this shell-style pattern out of the output "
+                   "(e.g. --drop 'pfcandidates' --drop '*doublets'); repeatable.")
+@click.option("--keep", multiple=True, metavar="PATTERN",
+              help="Write the products matching this pattern even if a --drop matches them.")
 def run(files: tuple[str, ...], backend: str, stages: str | None, batch_size: int,
         max_events: int | None, output: str, report_path: str, config_path: str | None,
-        progress: bool, warmup: bool, workers: int | None, scheduler: str | None) -> None:
+        progress: bool, warmup: bool, workers: int | None, scheduler: str | None,
+        keep: tuple[str, ...], drop: tuple[str, ...]) -> None:
     """Run the HLT chain over FILES (default: the built-in ttbar sample)."""
     import warnings
 
@@ -287,7 +293,7 @@ def run(files: tuple[str, ...], backend: str, stages: str | None, batch_size: in
                     inputs, backend=backend, stages=_parse_stages(stages), config=cfg,
                     batch_size=batch_size, output=output, report_path=report_path,
                     n_workers=workers, scheduler=scheduler, progress=progress, warmup=warmup,
-                    on_plan=lambda p: _print_plan(console, p.summary()),
+                    on_plan=lambda p: _print_plan(console, p.summary()), keep=keep, drop=drop,
                 )
                 output = ", ".join(map(str, written))
             else:
@@ -295,7 +301,7 @@ def run(files: tuple[str, ...], backend: str, stages: str | None, batch_size: in
                     inputs, backend=backend, stages=_parse_stages(stages), config=cfg,
                     batch_size=batch_size, max_events=max_events, output=output,
                     report_path=report_path, progress=progress, warmup=warmup,
-                    on_plan=lambda p: _print_plan(console, p.summary()),
+                    on_plan=lambda p: _print_plan(console, p.summary()), keep=keep, drop=drop,
                 )
     except _user_errors() as exc:
         raise click.ClickException(str(exc)) from None

@@ -297,13 +297,16 @@ class Plan:
     config: HLTConfig
     skipped: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: products the run leaves out of its output (``--drop``)
+    not_written: list[str] = field(default_factory=list)
     facts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready: the stages run, those skipped and why, the notes and facts."""
         return {"stages": [st.name for st in self.stages], "inputs": list(self.inputs),
                 "skipped": dict(self.skipped), "notes": list(self.notes),
-                "facts": {k: dict(v) for k, v in self.facts.items()}}
+                "facts": {k: dict(v) for k, v in self.facts.items()},
+                "not_written": list(self.not_written)}
 
 
 def _missing_need(st: Stage, need: str, available: set[str], stages: Mapping[str, Stage],
@@ -432,6 +435,8 @@ def run_files(
     progress: bool = False,
     warmup: bool = True,
     on_plan: Callable[[Plan], None] | None = None,
+    keep: Sequence[str] = (),
+    drop: Sequence[str] = (),
 ) -> RunReport:
     """Read ``files`` in batches, run the chain on ``backend``, write products and a report.
 
@@ -464,6 +469,10 @@ def run_files(
     on_plan:
         Called with the :class:`Plan` (stages run and skipped, notes) once the chain is
         checked, before any event is read; its summary is also in the report (``plan``).
+    keep, drop:
+        Which products are written (:func:`written_products`): those matching a ``drop``
+        pattern are left out unless a ``keep`` pattern matches them; the report's plan lists
+        them (``not_written``).
     """
     import contextlib
     import time
@@ -485,6 +494,9 @@ def run_files(
     chain, inputs, config = planned.stages, planned.inputs, planned.config
     to_read = list(dict.fromkeys([*inputs, *([io.EVENT] if io.EVENT in present else [])]))
     planned.notes.extend(io.reading_notes(files, {n: None for n in to_read}))
+    added = [name for st in chain for name in st.adds]
+    products = written_products(added, keep, drop) if chain else []
+    planned.not_written = [n for n in added if n not in products]
     if on_plan is not None:
         on_plan(planned)
     if not chain:
@@ -492,7 +504,6 @@ def run_files(
             f"no stage can run on {', '.join(files)}: "
             + "; ".join(f"{n} {why}" for n, why in planned.skipped.items())
             if planned.skipped else f"no stage to run on {', '.join(files)}")
-    products = [name for st in chain for name in st.adds]
     n_total = io.count_events(files)
     if max_events is not None:
         n_total = min(n_total, max_events)
@@ -601,6 +612,24 @@ def _warm_up(batch: EventBatch, chain: Sequence[Stage], config: Any) -> float:
     run_batch(batch.select_events(0, 1), chain, config)
     batch.backend.synchronize()
     return time.perf_counter() - t0
+
+
+def written_products(products: Sequence[str], keep: Sequence[str] = (),
+                     drop: Sequence[str] = ()) -> list[str]:
+    """The ``products`` (collection names) an output holds: all but those matching one of the
+    shell-style ``drop`` patterns (``pfcandidates``, ``*doublets``), unless one of the ``keep``
+    patterns matches them.  A pattern that matches no product is a :class:`PipelineError`
+    naming it and the products (a typo would otherwise silently write everything)."""
+    import fnmatch
+
+    for what, patterns in (("keep", keep), ("drop", drop)):
+        for pat in patterns:
+            if not any(fnmatch.fnmatchcase(n, pat) for n in products):
+                raise PipelineError(f"--{what} {pat!r} matches no collection this chain adds: "
+                                    f"{', '.join(products)}")
+    return [n for n in products
+            if not any(fnmatch.fnmatchcase(n, p) for p in drop)
+            or any(fnmatch.fnmatchcase(n, p) for p in keep)]
 
 
 def count_products(batch: EventBatch, chain: Sequence[Stage], report: RunReport) -> None:

@@ -43,7 +43,7 @@ from hltemu.outputs import (
     check_outputs,
     remove_temporaries,
 )
-from hltemu.pipeline import PipelineError, Plan, plan, run_files
+from hltemu.pipeline import PipelineError, Plan, plan, run_files, written_products
 from hltemu.profiling import RunReport
 
 
@@ -72,14 +72,16 @@ def output_paths(files: Sequence[str | Path], output: str | Path) -> list[Path]:
 
 
 def _run_one(path: str, backend: str, stages: list[str] | None, config: Any, batch_size: int,
-             output: str | None, warmup: bool) -> RunReport:
+             output: str | None, warmup: bool, keep: Sequence[str] = (),
+             drop: Sequence[str] = ()) -> RunReport:
     """The task: the chain on one file (runs on a worker).  The file's output belongs to this
     task alone, so temporary files of it are those of an earlier attempt whose worker was
     killed, and are removed first."""
     if output is not None:
         remove_temporaries(output)
     return run_files([path], backend=backend, stages=stages, config=config,
-                     batch_size=batch_size, output=output, progress=False, warmup=warmup)
+                     batch_size=batch_size, output=output, progress=False, warmup=warmup,
+                     keep=keep, drop=drop)
 
 
 def run_files_dask(
@@ -98,12 +100,14 @@ def run_files_dask(
     warmup: bool = True,
     connect_timeout: float = 30.0,
     on_plan: Callable[[Plan], None] | None = None,
+    keep: Sequence[str] = (),
+    drop: Sequence[str] = (),
 ) -> tuple[RunReport, list[Path]]:
     """Run the chain over ``files`` on a Dask cluster, one task per file.
 
     Parameters
     ----------
-    files, backend, stages, config, batch_size, warmup:
+    files, backend, stages, config, batch_size, warmup, keep, drop:
         As for :func:`hltemu.pipeline.run_files`; ``backend`` is resolved on each worker.
     output:
         Base name of the products: each input gets its own file (:func:`output_paths`);
@@ -143,6 +147,8 @@ def run_files_dask(
     # the whole chain checked on the client (config, menu, correction files, model) before
     # a cluster starts; each worker plans the same chain again
     planned = plan(stages, io.common_collections(files), config, files)
+    products = [n for st in planned.stages for n in st.adds]
+    planned.not_written = [n for n in products if n not in written_products(products, keep, drop)]
     if on_plan is not None:
         on_plan(planned)
     distributed = _import_distributed()
@@ -155,7 +161,7 @@ def run_files_dask(
         stack.callback(_sweep, outputs)  # what tasks killed with their worker left
         report, done = _submit_and_merge(
             distributed, files, outputs, planned.summary(), backend, stages, config, batch_size,
-            warmup, progress, n_workers, scheduler, client, connect_timeout)
+            warmup, progress, n_workers, scheduler, client, connect_timeout, (keep, drop))
         per_file = list(zip(outputs, done, strict=False))  # outputs: none, or one per file
         written = [p for p, events in per_file if events > 0]
         empty = [str(p) for p, events in per_file if events == 0]
@@ -188,7 +194,9 @@ def _submit_and_merge(distributed: Any, files: list[str], outputs: list[Path],
                       plan_summary: dict[str, Any], backend: str,
                       stages: Sequence[str] | None, config: Any, batch_size: int, warmup: bool,
                       progress: bool, n_workers: int | None, scheduler: str | None, client: Any,
-                      connect_timeout: float) -> tuple[RunReport, list[int]]:
+                      connect_timeout: float,
+                      selection: tuple[Sequence[str], Sequence[str]] = ((), ())
+                      ) -> tuple[RunReport, list[int]]:
     """Connect (or start a cluster), run one task per file and merge the reports; returns the
     merged report and the events of each file (input order)."""
     own_cluster = None
@@ -216,7 +224,8 @@ def _submit_and_merge(distributed: Any, files: list[str], outputs: list[Path],
         t0 = time.perf_counter()
         futures = [
             client.submit(_run_one, f, str(backend), stage_list, config, batch_size,
-                          str(outputs[i]) if outputs else None, warmup, pure=False)
+                          str(outputs[i]) if outputs else None, warmup, *map(list, selection),
+                          pure=False)
             for i, f in enumerate(files)
         ]
         index = {fut.key: i for i, fut in enumerate(futures)}

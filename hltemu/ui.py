@@ -246,6 +246,9 @@ def plan_lines(summary: Mapping[str, Any]) -> list[str]:
     lines += [f"[yellow]skipped[/yellow] {escape(name)}: {escape(why)}"
               for name, why in summary["skipped"].items()]
     lines += [f"[yellow]note[/yellow] {escape(note)}" for note in summary["notes"]]
+    if summary.get("not_written"):
+        lines.append(f"[yellow]not written[/yellow] (--drop): "
+                     f"{escape(', '.join(summary['not_written']))}")
     return lines
 
 

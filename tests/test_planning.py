@@ -184,3 +184,21 @@ def test_report_records_config_command_time_outputs_and_files(tmp_path):
     assert inp["file"] == str(builtin_sample()) and inp["provenance"]["kind"] == "generate"
     shown = CliRunner(env={"COLUMNS": "200"}).invoke(cli, ["info", str(out)])
     assert shown.exit_code == 0 and '"kind": "run"' in shown.output
+
+
+def test_drop_and_keep_choose_the_written_products(tmp_path):
+    """--drop leaves products out of the output (the report's plan lists them), --keep brings
+    one back, and a pattern that matches nothing is a one-line error naming it."""
+    out, rep = tmp_path / "o.root", tmp_path / "r.json"
+    args = ["run", "--stages", "topocluster,antikt,rho", "-n", "2", "--backend", "reference",
+            "--no-progress", "-o", str(out), "-r", str(rep)]
+    res = CliRunner().invoke(cli, [*args, "--drop", "*cluster*", "--keep", "clusters"])
+    assert res.exit_code == 0, res.output
+    written = set(io.common_collections([str(out)]))
+    assert {"clusters", "jets", "rho", "Event"} <= written
+    assert not written & {"cell_cluster", "cluster_jet"}
+    assert json.loads(rep.read_text())["plan"]["not_written"] == ["cell_cluster", "cluster_jet"]
+    assert "not written (--drop): cell_cluster, cluster_jet" in _flat(res.output)
+    res = CliRunner().invoke(cli, [*args, "--drop", "pfjets"])
+    assert res.exit_code != 0
+    assert "--drop 'pfjets' matches no collection this chain adds" in res.output

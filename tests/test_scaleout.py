@@ -89,7 +89,8 @@ def test_cli_workers_on_real_stages_equal_serial(tmp_path):
     stages = "topocluster,antikt,rho,jec"
     out, rep = tmp_path / "d.root", tmp_path / "d.json"
     r = CliRunner().invoke(cli, ["run", str(a), str(b), "--workers", "2", "-b", "cpu",
-                                 "-s", stages, "-o", str(out), "-r", str(rep), "--no-progress"])
+                                 "-s", stages, "-o", str(out), "-r", str(rep), "--no-progress",
+                                 "--drop", "cell_cluster"])
     assert r.exit_code == 0, r.output
     assert "d-0000-a.root" in r.output and "d-0001-b.root" in r.output
     report = json.loads(rep.read_text())
@@ -102,6 +103,8 @@ def test_cli_workers_on_real_stages_equal_serial(tmp_path):
     assert {k: v["events"] for k, v in report["files"].items()} == {str(a): 10, str(b): 10}
     assert all(v["seconds"] > 0 for v in report["files"].values())
     assert report["plan"]["stages"] == stages.split(",")
+    assert report["plan"]["not_written"] == ["cell_cluster"]  # --drop, on every worker
+    assert "cell_cluster" not in io.common_collections([str(tmp_path / "d-0000-a.root")])
     assert report["config"]["antikt"] == {"R": 0.4, "pt_min": 5.0}
     serial = tmp_path / "s.root"
     run_files([a], backend="cpu", stages=stages.split(","), output=serial)
