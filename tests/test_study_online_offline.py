@@ -1,5 +1,6 @@
 """``hltemu study online-offline``: matching, statistics and fits on inputs with known answers,
-and the command on the real Run-3 NanoAOD test file (200 ttbar events with TrigObj)."""
+the command on the real Run-3 NanoAOD test file (200 ttbar events with TrigObj), and on a
+synthetic hltemu output with known HLT-offline relations (tests/study_synthetic.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from study_synthetic import (
+    CENTRAL_RESPONSE,
+    FORWARD_RESPONSE,
+    L1_FACTOR,
+    OFFLINE_JEC_TEXT,
+    OFFLINE_SCALE,
+    write_study_output,
+)
 
 from hltemu.batch import counts_to_offsets
 from hltemu.cli import builtin_sample, cli
@@ -21,19 +30,22 @@ from hltemu.study.fits import (
 )
 from hltemu.study.online_offline import (
     Jets,
-    NanoSample,
     StudyError,
+    StudySample,
     StudySettings,
     check_classification,
     classify_hlt_jets,
+    leading_pt,
     match,
     path_agreement,
+    read_inputs,
     read_nanoaod,
     reference_turn_on,
     response_bins,
     run_study,
     tag_and_probe,
 )
+from hltemu.study.threshold_width import match_threshold
 
 DATA = Path(__file__).resolve().parent / "data"
 RUN3 = DATA / "nanoAOD_v15_Run3_ttbar_TrigObj.root"
@@ -48,8 +60,8 @@ def jets(per_event: list[list[tuple[float, float, float]]]) -> Jets:
                 arr[:, 2])
 
 
-def sample(offline: Jets, hlt: Jets, paths: dict[str, list[bool]]) -> NanoSample:
-    return NanoSample(files=[], offline=offline, hlt=hlt,
+def sample(offline: Jets, hlt: Jets, paths: dict[str, list[bool]]) -> StudySample:
+    return StudySample(files=[], offline=offline, hlt=hlt,
                       paths={k: np.array(v, dtype=bool) for k, v in paths.items()}, rho=None,
                       rho_branch=None, offline_algorithm="test")
 
@@ -248,7 +260,11 @@ def test_command_on_run3_nanoaod(cli_run, run3_bits):
     assert result.exit_code == 0, result.output
     s = json.loads((out / "summary.json").read_text())
     assert s["input"]["events"] == 200 and s["input"]["files"][0]["events"] == 200
+    assert s["input"]["kind"] == "nanoaod" and "threshold_width" not in s
     assert s["offline_algorithm"].startswith("AK4 PUPPI")
+    # one HLT level, the trigger objects as stored; the default reference is NanoAOD's
+    assert {b["level"] for b in s["response"]} == {"as stored"}
+    assert s["settings"]["reference"] == "HLT_PFJet40"
     assert s["rho"]["branch"] == "Rho_fixedGridRhoFastjetAll"
     # the response starts at offline pT 50 GeV, every eta bin
     assert min(b["pt_min"] for b in s["response"]) == 50
@@ -334,8 +350,11 @@ def test_a_file_with_corrected_jets_is_an_hltemu_file(tmp_path):
     path = tmp_path / "run.root"
     with uproot.recreate(path) as f:
         f["Events"] = {"corrected_jets": ak.zip({"pt": ak.Array([[50.0], []])})}
-    with pytest.raises(StudyError, match="corrected_jets.*pfjets"):
+    with pytest.raises(StudyError, match="corrected_jets.*read_inputs"):
         read_nanoaod([str(path)])
+    # no metadata, but hltemu's branches: read as emulator output, which lacks the pfjets
+    with pytest.raises(StudyError, match="without the collections 'pfjets' and 'rho'.*--stages"):
+        read_inputs([str(path)])
 
 
 def test_unknown_reference_path_names_the_paths(tmp_path):
@@ -365,3 +384,167 @@ def test_help():
         assert option in result.output
     result = runner.invoke(cli, ["--help"])
     assert "study" in result.output
+
+
+# -- hltemu output as input (tests/study_synthetic.py) -----------------------------------------
+@pytest.fixture(scope="module")
+def emu_file(tmp_path_factory):
+    d = tmp_path_factory.mktemp("emu")
+    path = d / "run.root"
+    events = write_study_output(path)
+    jec = d / "offline_L2Relative.txt"
+    jec.write_text(OFFLINE_JEC_TEXT)
+    return path, jec, events
+
+
+@pytest.fixture(scope="module")
+def emu_run(emu_file, tmp_path_factory):
+    path, jec, _ = emu_file
+    out = tmp_path_factory.mktemp("emu-study")
+    result = CliRunner().invoke(cli, ["study", "online-offline", str(path), "-o", str(out),
+                                      "--offline-jec", str(jec), "--pt-bins", "30,60,120",
+                                      "--eta-bins", "0,1.3,2.5", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return result, json.loads((out / "summary.json").read_text()), out
+
+
+def _medians(summary):
+    return {(b["level"], b["eta_min"], b["pt_min"]): b for b in summary["response"]}
+
+
+def test_emulator_input_response_per_level(emu_run):
+    result, s, out = emu_run
+    assert s["input"]["kind"] == "hltemu" and s["input"]["events"] == 3000
+    assert s["offline_algorithm"] == "AK4 PF CHS (hltemu pfjets)"
+    assert s["offline_jec"] == [s["settings"]["offline_jec"][0]] and \
+        s["offline_jec"][0].endswith("offline_L2Relative.txt")
+    assert s["hlt_jets"]["levels"] == ["raw", "L1FastJet", "full"]
+    assert s["hlt_jets"]["jec"] == ["synthetic_L1FastJet.txt", "synthetic_L2Relative.txt"]
+    rows = _medians(s)
+    for eta0, raw in ((0.0, CENTRAL_RESPONSE), (1.3, FORWARD_RESPONSE)):
+        for pt0 in (30.0, 60.0):
+            expected = {"raw": raw, "L1FastJet": L1_FACTOR * raw, "full": 1.0}
+            for level, value in expected.items():
+                b = rows[(level, eta0, pt0)]
+                assert b["n"] > 200 and b["match_efficiency"] == 1.0
+                assert abs(b["median"] - value) < 4 * b["median_error"] + 1e-3, (level, b)
+                # the smearing is 10 % of the full pT at every level
+                assert abs(b["sigma"] / b["core_mean"] - 0.10) < 0.02
+    # the pT-hat bias of the generation is stated; events count equally
+    assert any("pT-hat bias" in n and "count equally" in n for n in s["notes"])
+    assert "level" in result.output and "L1FastJet" in result.output
+
+
+def test_emulator_input_paths_and_reference_turn_on(emu_run, emu_file):
+    _, s, _ = emu_run
+    _, _, e = emu_file
+    assert s["settings"]["reference"] == "HLT_CaloJet40"
+    p = s["paths"]["HLT_CaloJet80"]
+    assert p["threshold"] == 80.0 and p["eta_max"] == 3.0
+    assert p["bit_only"] == 0 and p["object_only"] == 0
+    assert p["both"] == int(np.sum(e["full"].reshape(-1, 2).max(axis=1) >= 80))
+    r = s["turn_on"]["HLT_CaloJet80"]["reference"]
+    assert r["status"] == "ok" and r["reference"] == "HLT_CaloJet40"
+    # full pT = offline pT x (1 + 10 % Gaussian): 50 % efficiency at 80 GeV offline
+    assert abs(r["p50"] - 80.0) < 3 * r["p50_error"] + 0.5
+    assert "HLT_CaloJet40" not in s["turn_on"]  # the reference itself has no turn-on
+
+
+def test_emulator_raw_threshold_matches_the_corrected_p50(emu_run, emu_file):
+    _, s, out = emu_run
+    _, _, e = emu_file
+    w = s["threshold_width"]
+    assert w["status"] == "ok" and w["threshold"] == 80.0 and w["eta_max"] == 3.0
+    assert w["bit_check"] == {"path_bit": "trigger_pre", "events": 3000, "agree": 3000}
+    full, raw = w["selections"]["full"], w["selections"]["raw"]
+    assert abs(full["p50"] - 80.0) < 3 * full["p50_error"] + 0.5
+    t_raw = raw["threshold"]
+    assert raw["matched"] and abs(raw["p50"] - full["p50"]) <= 1.0
+    assert t_raw == pytest.approx(round(t_raw / 0.25) * 0.25)  # on the 0.25 GeV grid
+    # between the central and the forward responses' thresholds
+    assert CENTRAL_RESPONSE * 80 < t_raw < FORWARD_RESPONSE * 80
+    # refitted here, from the events themselves: the raw cut at T_raw has the same p50
+    lead_t, lead_raw = e["t"][0::2], e["raw"].reshape(-1, 2).max(axis=1)
+    check = fit_turn_on(lead_t, lead_raw >= t_raw)
+    assert abs(check["p50"] - full["p50"]) <= 1.0 + 1e-6
+    # two responses mixed: the raw cut's turn-on is much wider than the corrected one's
+    assert raw["width"] - full["width"] > 3 * math.hypot(raw["width_error"],
+                                                         full["width_error"])
+    # L1FastJet only scales the raw pT here: its threshold is L1_FACTOR times the raw one
+    l1 = w["selections"]["L1FastJet"]
+    assert abs(l1["threshold"] - L1_FACTOR * t_raw) <= 0.5
+    assert (out / "threshold_width.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_match_threshold_finds_a_known_threshold():
+    # a jet of response 0.6 with 10 % smearing: a cut at T has its p50 at T / 0.6
+    rng = np.random.default_rng(21)
+    x = np.exp(rng.uniform(np.log(20), np.log(300), 4000))
+    lead = 0.6 * x * rng.normal(1.0, 0.1, x.size)
+    m = match_threshold(x, lead, target=100.0, start=80.0, step=0.25, min_rising=20)
+    assert abs(m["p50"] - 100.0) <= 1.0
+    assert abs(m["threshold"] - 60.0) < 1.5
+    assert len(m["scan"]) < 20  # a bisection, not a scan
+
+
+def test_leading_pt_respects_the_eta_cut():
+    j = jets([[(100, 2.9, 0), (50, 0.1, 0)], [(90, 3.1, 0)], []])
+    assert leading_pt(j, 3.0).tolist() == [100, 0, 0]
+    assert leading_pt(j, 2.5).tolist() == [50, 0, 0]
+
+
+def test_offline_jec_none_compares_raw_pfjets(emu_file, tmp_path):
+    path, _, _ = emu_file
+    settings = StudySettings(offline_jec=(), eta_edges=(0.0, 1.3), pt_edges=(30.0, 60.0))
+    s = read_inputs([str(path)], settings)
+    out = run_study(s, settings)
+    assert out["offline_jec"] == [] and "raw pfjets" in out["offline_pt"]
+    rows = _medians(out)
+    # offline raw pT is the true pT / OFFLINE_SCALE: every response OFFLINE_SCALE times larger
+    for level, value in (("raw", CENTRAL_RESPONSE), ("full", 1.0)):
+        b = rows[(level, 0.0, 30.0)]
+        assert abs(b["median"] - OFFLINE_SCALE * value) < 4 * b["median_error"] + 1e-3
+    # the command spells it "none"; the default records the shipped pfjets corrections
+    result = CliRunner().invoke(cli, ["study", "online-offline", str(path), "-o",
+                                      str(tmp_path / "a"), "--offline-jec", "none",
+                                      "--no-plots", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["offline_jec"] == []
+    s = read_inputs([str(path)], StudySettings())
+    assert run_study(s, StudySettings(eta_edges=(0.0, 2.5), pt_edges=(30.0, 1000.0))
+                     )["offline_jec"] == [
+        "builtin:hltemu_PF_V1_MC_L1FastJet_AK4PFchs.txt",
+        "builtin:hltemu_PF_V1_MC_L2Relative_AK4PFchs.txt"]
+
+
+def test_emulator_output_without_pfjets_is_a_one_line_error(tmp_path):
+    path = tmp_path / "hlt_only.root"
+    write_study_output(path, n_events=20, with_pfjets=False)
+    result = CliRunner().invoke(cli, ["study", "online-offline", str(path), "-o",
+                                      str(tmp_path / "o"), "--no-progress"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0]
+    assert "without the collection 'pfjets'" in lines[0]
+    assert "tracks,vertices,pfcandidates,pfjets" in lines[0] and "topocluster" in lines[0]
+    assert not (tmp_path / "o" / "summary.json").exists()
+
+
+def test_emulator_output_with_raw_jets_only(tmp_path):
+    path = tmp_path / "raw.root"
+    write_study_output(path, n_events=300, with_jec=False)
+    settings = StudySettings(offline_jec=(), pt_edges=(30.0, 1000.0))
+    out = run_study(read_inputs([str(path)], settings), settings)
+    assert out["hlt_jets"]["levels"] == ["raw"]
+    assert out["threshold_width"]["status"] == "not done"
+    assert out["turn_on"] == {} and any("trigger_pre" in n for n in out["notes"])
+
+
+def test_nanoaod_only_and_emulator_only_settings_are_refused(emu_file):
+    path, _, _ = emu_file
+    with pytest.raises(StudyError, match="--offline-jec none"):
+        read_inputs([str(path)], StudySettings(offline_pt="raw"))
+    with pytest.raises(StudyError, match="NanoAOD's Jet_pt is corrected already"):
+        read_inputs([str(RUN3)], StudySettings(offline_jec=()))
+    with pytest.raises(StudyError, match="study hltemu outputs and CMS NanoAOD apart"):
+        read_inputs([str(path), str(RUN3)])

@@ -1,10 +1,11 @@
 """Studies that compare the HLT with offline reconstruction (``hltemu study``).
 
-* :mod:`~hltemu.study.online_offline`: HLT jets against offline jets on CMS NanoAOD (reading,
-  matching, response, path bits, turn-ons); :mod:`~hltemu.study.fits`: its Gaussian-core and
-  erf turn-on fits; :mod:`~hltemu.study.online_offline_plots`: its figures;
+* :mod:`~hltemu.study.online_offline`: HLT jets against offline jets (reading, matching,
+  response, path bits, turn-ons) on CMS NanoAOD or on hltemu's own outputs, read by
+  :mod:`~hltemu.study.emulator_input` (HLT calorimeter jets at each JEC level against the
+  offline ``pfjets``); :mod:`~hltemu.study.threshold_width`: on hltemu outputs, the turn-on
+  width of a single-jet cut on corrected HLT jets against the same cut on raw ones at the
+  threshold with the same p50; :mod:`~hltemu.study.fits`: the Gaussian-core and erf turn-on
+  fits; :mod:`~hltemu.study.online_offline_plots`: the figures;
   :mod:`~hltemu.study.command`: the ``hltemu study`` command group.
-
-On hltemu's own outputs the study needs the offline reconstruction (``pfjets``), which the
-emulator does not have yet: it reads real NanoAOD only.
 """

@@ -14,8 +14,8 @@ import click
 def study() -> None:
     """Studies of HLT (online) jets against offline jets: response and trigger turn-ons.
 
-    Sub-commands read real CMS NanoAOD; on hltemu's own outputs they need the offline
-    reconstruction (pfjets), which this version does not have yet."""
+    Sub-commands read real CMS NanoAOD, or hltemu's own outputs made with the offline
+    reconstruction (pfjets) beside the HLT chain."""
 
 
 def _edges(text: str, what: str) -> tuple[float, ...]:
@@ -37,15 +37,31 @@ def _edges(text: str, what: str) -> tuple[float, ...]:
               help="Offline |eta| bin edges of the response.")
 @click.option("--pt-bins", default="50,70,100,150,250,500,1000", show_default=True,
               help="Offline pT bin edges (GeV) of the response.")
-@click.option("--reference", default="HLT_PFJet40", show_default=True,
-              help="Reference path of the turn-ons (reference method) of every HLT_PFJet<N> "
-                   "path above its threshold.")
+@click.option("--reference", default=None,
+              help="Reference path of the turn-ons (reference method) of every single-jet "
+                   "path above its threshold.  [default: HLT_PFJet40 on NanoAOD, "
+                   "HLT_CaloJet40 (before its prescale) on hltemu output]")
 @click.option("--hlt-jets", type=click.Choice(["pf", "all"]), default="pf", show_default=True,
-              help="HLT jets: the HLT PF jets among the jet trigger objects (told from L1 and "
+              help="NanoAOD: the HLT PF jets among the jet trigger objects (told from L1 and "
                    "calo jets by their filter bits), or every TrigObj_id == 1 entry.")
 @click.option("--offline-pt", type=click.Choice(["corrected", "raw"]), default="corrected",
               show_default=True,
-              help="Offline jet pT as stored (JEC-corrected) or raw (Jet_rawFactor undone).")
+              help="NanoAOD: offline jet pT as stored (JEC-corrected) or raw (Jet_rawFactor "
+                   "undone); on hltemu output see --offline-jec.")
+@click.option("--offline-jec", default=None, metavar="FILES|none",
+              help="hltemu output: corrections of the offline pfjets, comma-separated level "
+                   "files in order (builtin:NAME for shipped ones), or 'none' for raw pfjets.  "
+                   "[default: builtin:hltemu_PF_V1_MC_L1FastJet_AK4PFchs.txt,"
+                   "builtin:hltemu_PF_V1_MC_L2Relative_AK4PFchs.txt]")
+@click.option("--width-path", default="HLT_CaloJet80", show_default=True,
+              help="hltemu output: the single-jet path whose cut is emulated on corrected and "
+                   "on raw HLT jets to compare turn-on widths.")
+@click.option("--width-eta", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="hltemu output: |eta| of the offline jets in the width comparison.  "
+                   "[default: the --width-path's own eta cut]")
+@click.option("--bootstrap", type=click.IntRange(min=0), default=0, show_default=True,
+              help="hltemu output: event resamples for the error of the width difference "
+                   "(each costs one fit per HLT level).")
 @click.option("--turn-on-eta", type=click.FloatRange(min=0, min_open=True), default=2.5,
               show_default=True,
               help="|eta| of the leading offline jet (reference method) and of the two "
@@ -57,18 +73,30 @@ def _edges(text: str, what: str) -> tuple[float, ...]:
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show a progress bar over the files (when there are several).")
 def online_offline(files: tuple[str, ...], output_dir: str, max_dr: float, eta_bins: str,
-                   pt_bins: str, reference: str, hlt_jets: str, offline_pt: str,
+                   pt_bins: str, reference: str | None, hlt_jets: str, offline_pt: str,
+                   offline_jec: str | None, width_path: str, width_eta: float | None,
+                   bootstrap: int,
                    turn_on_eta: float, min_rising: int, plots: bool, progress: bool) -> None:
-    """Compare HLT jets with offline jets in CMS NanoAOD FILES; measure PFJet turn-ons.
+    """Compare HLT jets with offline jets in FILES (CMS NanoAOD, or hltemu run outputs with
+    pfjets); measure single-jet turn-ons.
 
-    HLT jets are the jet trigger objects (TrigObj_id == 1; by default only the HLT PF jets
-    among them), offline jets the Jet collection (AK4 PUPPI in Run-3 NanoAOD).  They are matched
-    one to one by Delta R, closest first; the response HLT pT / offline pT is measured per
-    offline |eta| and pT bin (median, mean, Gaussian core, matching efficiency; bins below
-    twice the lowest stored HLT jet pT are flagged).  Each HLT_PFJet<N> bit is compared with
-    "an HLT jet above N GeV", and its turn-on measured by the reference method (against the
-    leading offline jet, in events passing --reference) and by dijet tag and probe, with erf
-    fits giving the pT of 50, 95 and 99 % efficiency.
+    NanoAOD: HLT jets are the jet trigger objects (TrigObj_id == 1; by default only the HLT PF
+    jets among them), offline jets the Jet collection (AK4 PUPPI in Run-3 NanoAOD), paths the
+    HLT_PFJet<N> bits.  hltemu output (from `hltemu run FILE --stages
+    topocluster,antikt,rho,jec,trigger,tracks,vertices,pfcandidates,pfjets`): HLT jets are the
+    calorimeter jets at each JEC level (raw, L1FastJet, full), offline jets the pfjets
+    corrected with --offline-jec, paths the menu's single-jet paths before prescale
+    (trigger_pre).
+
+    Jets are matched one to one by Delta R, closest first; the response HLT pT / offline pT is
+    measured per HLT level, offline |eta| and pT bin (median, mean, Gaussian core, matching
+    efficiency; bins below twice the lowest stored HLT jet pT are flagged).  Each path bit is
+    compared with "an HLT jet passing its cut", and its turn-on measured by the reference
+    method (against the leading offline jet, in events passing --reference) and by dijet tag
+    and probe, with erf fits giving the pT of 50, 95 and 99 % efficiency.  On hltemu output
+    the --width-path cut is also emulated on corrected and on raw HLT jets, the raw threshold
+    set to give the same offline p50, and the turn-on widths (p95 - p50) compared.  Events
+    count equally (no generator weights).
 
     Writes OUTPUT_DIR/summary.json (every number, the number of events in each fit) and, with
     the plots extra, PNG figures; prints the tables on stderr.
@@ -82,7 +110,7 @@ def online_offline(files: tuple[str, ...], output_dir: str, max_dr: float, eta_b
     from hltemu.study.online_offline import (
         StudyError,
         StudySettings,
-        read_nanoaod,
+        read_inputs,
         run_study,
     )
 
@@ -94,13 +122,16 @@ def online_offline(files: tuple[str, ...], output_dir: str, max_dr: float, eta_b
         settings = StudySettings(max_dr=max_dr, eta_edges=_edges(eta_bins, "--eta-bins"),
                                  pt_edges=_edges(pt_bins, "--pt-bins"), hlt_jets=hlt_jets,
                                  offline_pt=offline_pt, reference=reference,
-                                 turn_on_eta=turn_on_eta, min_rising=min_rising)
+                                 offline_jec=_jec_entries(offline_jec), width_path=width_path,
+                                 width_eta=width_eta, bootstrap=bootstrap,
+                                 turn_on_eta=turn_on_eta,
+                                 min_rising=min_rising)
         check_outputs([("summary", summary_path)], files)
         t0 = time.perf_counter()
         bar = ui.ProgressBar(len(files), "files read") if progress and len(files) > 1 else None
         try:
-            sample = read_nanoaod(files, settings,
-                                  progress=bar.update if bar is not None else None)
+            sample = read_inputs(files, settings,
+                                 progress=bar.update if bar is not None else None)
         finally:
             if bar is not None:
                 bar.close()
@@ -133,6 +164,20 @@ def online_offline(files: tuple[str, ...], output_dir: str, max_dr: float, eta_b
                   f"{len(files)} file(s) in {seconds:.1f} s")
 
 
+def _jec_entries(text: str | None) -> tuple[str, ...] | None:
+    """``--offline-jec``: ``None`` (the default corrections), ``()`` for "none", else the
+    comma-separated entries."""
+    if text is None:
+        return None
+    if text.strip().lower() == "none":
+        return ()
+    entries = tuple(e.strip() for e in text.split(",") if e.strip())
+    if not entries:
+        raise click.BadParameter(f"{text!r}: give correction files or 'none'",
+                                 param_hint="--offline-jec")
+    return entries
+
+
 def _num(value: float | None, fmt: str = ".3f") -> str:
     return "-" if value is None else format(value, fmt)
 
@@ -147,26 +192,32 @@ def _print_summary(console: Any, summary: dict[str, Any]) -> None:
     from rich.table import Table
 
     h = summary["hlt_jets"]
-    kinds = ", ".join(f"{k} {v}" for k, v in h["kinds"].items())
+    if summary["input"]["kind"] == "hltemu":
+        what = f"levels {', '.join(h['levels'])}; HLT JEC {h['jec']}"
+    else:
+        what = "jet trigger objects: " + ", ".join(f"{k} {v}" for k, v in h["kinds"].items())
     console.print(f"offline: {summary['offline_algorithm']}, {summary['offline_pt']}; HLT jets: "
-                  f"{h['selection']} ({h['used']} used; jet trigger objects: {kinds}); lowest "
+                  f"{h['selection']} ({h['used']} used; {what}); lowest "
                   f"stored HLT jet pT {_num(h['storage_threshold'], '.2f')} GeV")
     for note in summary["notes"]:
         console.print(f"note: {note}")
     t = Table(title=f"response pT(HLT) / pT(offline), ΔR < {summary['matching']['max_dr']:g} "
                     f"({summary['matching']['pairs']} pairs)")
-    for c in ("|eta|", "pT (GeV)", "n", "median", "mean", "core mean", "core σ", "match eff",
-              "flag"):
+    for c in ("level", "|eta|", "pT (GeV)", "n", "median", "mean", "core mean", "core σ",
+              "match eff", "flag"):
         t.add_column(c, justify="right")
+    thresholds = h.get("storage_thresholds") or {}
     for b in summary["response"]:
         if not b["n_offline"]:
             continue
-        t.add_row(f"{b['eta_min']:g}-{b['eta_max']:g}", f"{b['pt_min']:g}-{b['pt_max']:g}",
+        low = thresholds.get(b["level"], h["storage_threshold"]) or 0.0
+        t.add_row(b["level"], f"{b['eta_min']:g}-{b['eta_max']:g}",
+                  f"{b['pt_min']:g}-{b['pt_max']:g}",
                   str(b["n"]), _pm(b["median"], b["median_error"]), _num(b["mean"]),
                   _pm(b["core_mean"], b["core_mean_error"]) if b["core_mean"] is not None
                   else b["core_status"], _pm(b["sigma"], b["sigma_error"]),
                   f"{b['match_efficiency']:.3f}" if b["match_efficiency"] is not None else "-",
-                  f"< 2×{h['storage_threshold']:.1f}" if b["flagged"] else "")
+                  f"< 2×{low:.1f}" if b["flagged"] else "")
     console.print(t)
     if summary["paths"]:
         t = Table(title="path bit vs an HLT jet above threshold (events)")
@@ -178,6 +229,42 @@ def _print_summary(console: Any, summary: dict[str, Any]) -> None:
         console.print(t)
     if summary["turn_on"]:
         _print_turn_ons(console, summary["turn_on"])
+    if "threshold_width" in summary:
+        _print_threshold_width(console, summary["threshold_width"])
+
+
+def _print_threshold_width(console: Any, w: dict[str, Any]) -> None:
+    """The corrected and lower-level selections' turn-ons, one row each."""
+    from rich.table import Table
+
+    if w["status"] == "not done":
+        console.print(f"threshold width of {w['path']}: not done: {w['reason']}")
+        return
+    t = Table(title=f"turn-on width of {w['path']}'s cut (|eta| <= {w['eta_max']:g}) on HLT "
+                    f"jets at each level, raw thresholds matched in p50 (GeV of {w['x']}; "
+                    f"{w['n_events']} events)")
+    for c in ("level", "threshold", "p50", "p95", "width", "width / full", "Δp50"):
+        t.add_column(c, justify="right")
+    boot = w.get("bootstrap") or {}
+    for name, r in w["selections"].items():
+        if r.get("threshold") is None or r["status"] != "ok":
+            t.add_row(name, _num(r.get("threshold"), "g"), r["status"],
+                      r.get("reason") or "", "", "", "")
+            continue
+        diff = r.get("p50_difference")
+        ratio = r.get("width_ratio")
+        sd = (boot.get("difference_sd") or {}).get(name)
+        t.add_row(name, f"{r['threshold']:g}", _pm(r["p50"], r["p50_error"], ".1f"),
+                  _pm(r["p95"], r["p95_error"], ".1f"), _pm(r["width"], r["width_error"], ".1f"),
+                  "-" if ratio is None else f"{ratio:.3f}"
+                  + ("" if sd is None else f" (Δw ± {sd:.1f} boot.)"),
+                  "-" if diff is None else f"{diff:+.2f}"
+                  + ("" if r.get("matched", True) else " not matched"))
+    console.print(t)
+    if "bit_check" in w:
+        b = w["bit_check"]
+        console.print(f"{w['path']}: emulated full-JEC cut agrees with its trigger_pre bit in "
+                      f"{b['agree']} of {b['events']} events")
 
 
 def _print_turn_ons(console: Any, turn_on: dict[str, dict[str, Any]]) -> None:

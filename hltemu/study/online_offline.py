@@ -1,9 +1,15 @@
-"""Online (HLT) jets against offline jets on CMS NanoAOD: matching, response, path bits and
-trigger turn-ons.  No plotting (:mod:`hltemu.study.online_offline_plots`), no printing
-(:mod:`hltemu.study.command`).
+"""Online (HLT) jets against offline jets: matching, response, path bits and trigger turn-ons,
+on CMS NanoAOD or on hltemu's own outputs.  No plotting
+(:mod:`hltemu.study.online_offline_plots`), no printing (:mod:`hltemu.study.command`).
 
 Input
 -----
+:func:`read_inputs` tells the two kinds apart (:func:`input_kind`: an ``hltemu_metadata`` object
+or hltemu's ``corrected_jets`` branches mark an hltemu output) and reads them into one
+:class:`StudySample`.  hltemu outputs (``hltemu run`` with the offline chain) are read by
+:mod:`hltemu.study.emulator_input`: HLT calorimeter jets at each JEC level against the offline
+``pfjets``, path cuts from the run's menu.  The rest of this section is about NanoAOD.
+
 CMS NanoAOD files (one ``Events`` tree), read with uproot, by content rather than by one
 version's names:
 
@@ -31,13 +37,19 @@ What is computed (:func:`run_study`)
 ------------------------------------
 * one-to-one Delta R matching of offline and HLT jets, closest pairs first
   (:func:`hltemu.jetmatch.match_jets`);
-* the response HLT pT / offline pT per offline |eta| and pT bin: entries, median with error,
-  mean, Gaussian core (:func:`hltemu.study.fits.gaussian_core_fit`), matching efficiency
-  (the fraction of offline jets with an HLT partner);
-* per ``HLT_PFJet<N>``: agreement of the bit with "an HLT jet with pT > N" (2x2 table);
-* per ``HLT_PFJet<N>`` above the reference path's threshold, turn-ons with erf fits
+* the response HLT pT / offline pT per HLT level (NanoAOD: one, ``"as stored"``; hltemu:
+  ``raw``, each intermediate JEC level, ``full``), offline |eta| and pT bin: entries, median
+  with error, mean, Gaussian core (:func:`hltemu.study.fits.gaussian_core_fit`), matching
+  efficiency (the fraction of offline jets with an HLT partner);
+* per single-jet path (``HLT_PFJet<N>``; hltemu: the menu's ``single_jet`` paths, from the
+  ``trigger_pre`` bits): agreement of the bit with "an HLT jet passing the path's cut"
+  (:class:`PathCut`; 2x2 table);
+* per such path above the reference path's threshold, turn-ons with erf fits
   (:func:`hltemu.study.fits.fit_turn_on`): the reference method against the leading offline
-  jet's pT, and object-level tag and probe against the probe jet's pT.
+  jet's pT, and object-level tag and probe against the probe jet's pT;
+* hltemu only: the turn-on width of a single-jet selection on corrected HLT jets against the
+  same selection on raw HLT jets at the threshold that gives the same offline p50
+  (:mod:`hltemu.study.threshold_width`).
 """
 
 from __future__ import annotations
@@ -46,7 +58,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -84,6 +96,13 @@ PATH_PATTERN = re.compile(r"^HLT_PFJet(\d+)$")
 #: ``corrected_jets`` collection of stage ``jec``.
 _HLTEMU_MARKERS = ("corrected_jets", "ncorrected_jets")
 
+#: The reference path of the turn-ons by input kind (:func:`input_kind`), when
+#: ``StudySettings.reference`` does not name one.
+DEFAULT_REFERENCE: dict[str, str] = {"nanoaod": "HLT_PFJet40", "hltemu": "HLT_CaloJet40"}
+
+#: The HLT level of NanoAOD input: the trigger objects' pT as stored.
+AS_STORED = "as stored"
+
 
 class StudyError(ValueError):
     """An input the study cannot use, or settings it cannot apply; the message is one line
@@ -99,7 +118,7 @@ class StudySettings:
     pt_edges: tuple[float, ...] = (50.0, 70.0, 100.0, 150.0, 250.0, 500.0, 1000.0)
     hlt_jets: str = "pf"
     offline_pt: str = "corrected"
-    reference: str = "HLT_PFJet40"
+    reference: str | None = None  # None: DEFAULT_REFERENCE of the input kind
     turn_on_eta: float = 2.5
     tag_eta: float = 1.3
     min_dphi: float = 2.7
@@ -107,6 +126,19 @@ class StudySettings:
     min_rising: int = 20
     core_window: float = 1.5
     min_core: int = 20
+    #: hltemu input: the corrections of the offline pfjets (None: DEFAULT_OFFLINE_JEC of
+    #: :mod:`hltemu.study.emulator_input`; empty: raw pfjets)
+    offline_jec: tuple[str, ...] | None = None
+    #: hltemu input: the single-jet path whose cut the threshold-width comparison emulates
+    width_path: str = "HLT_CaloJet80"
+    #: ... the offline jets' |eta| acceptance there (None: the path's own eta cut, so that
+    #: online and offline jets cover the same region)
+    width_eta: float | None = None
+    #: ... the raw threshold's step (GeV) and how close its p50 must come to the corrected one's
+    threshold_step: float = 0.25
+    p50_tolerance: float = 1.0
+    #: ... resamples of the events for the error of the width difference (0: none)
+    bootstrap: int = 0
 
     def __post_init__(self) -> None:
         for name in ("eta_edges", "pt_edges"):
@@ -121,6 +153,26 @@ class StudySettings:
             raise StudyError(f"offline_pt {self.offline_pt!r}: choose 'corrected' or 'raw'")
         if not self.max_dr > 0:
             raise StudyError(f"max_dr {self.max_dr}: must be positive")
+        if not (self.threshold_step > 0 and self.p50_tolerance > 0):
+            raise StudyError(f"threshold_step {self.threshold_step}, p50_tolerance "
+                             f"{self.p50_tolerance}: must be positive")
+        if self.bootstrap < 0:
+            raise StudyError(f"bootstrap {self.bootstrap}: must not be negative")
+
+
+class PathCut(NamedTuple):
+    """What "an HLT jet passing a single-jet path" means: pT above ``pt_min`` (GeV) and |eta|
+    within ``eta_max``; ``inclusive``: pT >= pt_min and |eta| <= eta_max (hltemu's stage
+    ``trigger``), else pT > pt_min (NanoAOD's ``HLT_PFJet<N>`` against HLT objects)."""
+
+    pt_min: float
+    eta_max: float = math.inf
+    inclusive: bool = False
+
+    def passes(self, pt: np.ndarray, eta: np.ndarray) -> np.ndarray:
+        if self.inclusive:
+            return (pt >= self.pt_min) & (np.abs(eta) <= self.eta_max)
+        return (pt > self.pt_min) & (np.abs(eta) < self.eta_max)
 
 
 @dataclass
@@ -150,8 +202,14 @@ class Jets:
 
 
 @dataclass
-class NanoSample:
-    """The jets and path bits of NanoAOD files (:func:`read_nanoaod`)."""
+class StudySample:
+    """The jets and path bits of the input files (:func:`read_inputs`).
+
+    ``hlt``: NanoAOD's jet trigger objects (every kind, told apart by ``extra["kind"]``), or
+    hltemu's HLT jets at the full JEC level; ``levels``: hltemu's HLT jets per JEC level
+    (empty for NanoAOD); ``cuts``: each path's :class:`PathCut` (empty: from the path's name,
+    :func:`path_threshold`); ``info``: what the summary reports about an hltemu input (its
+    JEC, the offline corrections, the generation)."""
 
     files: list[dict[str, Any]]
     offline: Jets
@@ -161,6 +219,10 @@ class NanoSample:
     rho_branch: str | None
     offline_algorithm: str
     notes: list[str] = field(default_factory=list)
+    kind: str = "nanoaod"
+    levels: dict[str, Jets] = field(default_factory=dict)
+    cuts: dict[str, PathCut] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_events(self) -> int:
@@ -168,11 +230,49 @@ class NanoSample:
 
 
 # -- reading -----------------------------------------------------------------------------------
+def input_kind(path: str) -> str:
+    """``"hltemu"`` for a file hltemu wrote (its ``hltemu_metadata`` object, or the branches
+    of hltemu's ``corrected_jets``), else ``"nanoaod"``."""
+    from hltemu.io import METADATA_KEY, TREE_NAME
+    from hltemu.io.layout import open_root
+
+    with open_root(path) as f:
+        keys = set(f.keys(cycle=False))
+        if METADATA_KEY in keys:
+            return "hltemu"
+        if TREE_NAME in keys and hasattr(f[TREE_NAME], "keys") and any(
+                n.startswith(_HLTEMU_MARKERS) for n in f[TREE_NAME].keys()):
+            return "hltemu"
+    return "nanoaod"
+
+
+def read_inputs(paths: Sequence[str], settings: StudySettings | None = None,
+                progress: Callable[[int], None] | None = None) -> StudySample:
+    """Read ``paths``, all NanoAOD (:func:`read_nanoaod`) or all hltemu outputs
+    (:func:`hltemu.study.emulator_input.read_emulator`), by :func:`input_kind`."""
+    settings = settings or StudySettings()
+    if not paths:
+        raise StudyError("no input files")
+    kinds = {str(p): input_kind(str(p)) for p in paths}
+    if len(set(kinds.values())) > 1:
+        emu = [p for p, k in kinds.items() if k == "hltemu"]
+        nano = [p for p, k in kinds.items() if k == "nanoaod"]
+        raise StudyError(f"{emu[0]} is an hltemu output but {nano[0]} is not: study hltemu "
+                         "outputs and CMS NanoAOD apart")
+    if next(iter(kinds.values())) == "hltemu":
+        from hltemu.study.emulator_input import read_emulator
+
+        return read_emulator([str(p) for p in paths], settings, progress)
+    if settings.offline_jec is not None:
+        raise StudyError("offline_jec (--offline-jec) corrects hltemu's pfjets; NanoAOD's "
+                         "Jet_pt is corrected already (--offline-pt raw undoes it)")
+    return read_nanoaod(paths, settings, progress)
+
+
 def _hltemu_error(path: str, why: str) -> StudyError:
     return StudyError(
-        f"{path} is an hltemu file ({why}): the study compares HLT jets with offline jets, and "
-        "on emulator input it needs the offline 'pfjets' collection, which this version of "
-        "hltemu does not reconstruct yet; give CMS NanoAOD files (TrigObj_* and Jet_* branches)")
+        f"{path} is an hltemu file ({why}): read_nanoaod reads CMS NanoAOD only; read hltemu "
+        "outputs (with the offline 'pfjets') with read_inputs")
 
 
 def _flat(array: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -287,7 +387,7 @@ def check_classification(kind: np.ndarray, pt: np.ndarray, l1pt: np.ndarray | No
 
 
 def read_nanoaod(paths: Sequence[str], settings: StudySettings | None = None,
-                 progress: Callable[[int], None] | None = None) -> NanoSample:
+                 progress: Callable[[int], None] | None = None) -> StudySample:
     """Read the jets, jet trigger objects, ``HLT_PFJet<N>`` bits and rho of NanoAOD ``paths``.
 
     HLT jets are the ``TrigObj_id == 1`` objects of the kind ``settings.hlt_jets`` asks for
@@ -352,7 +452,7 @@ def read_nanoaod(paths: Sequence[str], settings: StudySettings | None = None,
     offline = Jets(counts_to_offsets(off_counts), pt, cat("Jet_eta").astype(np.float64),
                    cat("Jet_phi").astype(np.float64), extra)
     rho = cat("rho") if all(q["rho"] is not None for q in parts) else None
-    return NanoSample(
+    return StudySample(
         files=[{"path": q["path"], "events": q["events"]} for q in parts], offline=offline,
         hlt=jets, paths={p: _cat_paths(parts, p) for p in path_names}, rho=rho,
         rho_branch=parts[0]["rho_branch"], offline_algorithm=algo, notes=notes)
@@ -363,10 +463,10 @@ def _cat_paths(parts: list[dict[str, Any]], name: str) -> np.ndarray:
     return np.concatenate([q["paths"][name] for q in parts]).astype(bool)
 
 
-def hlt_selection(sample: NanoSample, which: str) -> Jets:
+def hlt_selection(sample: StudySample, which: str) -> Jets:
     """The HLT jets of ``which`` kind: ``"pf"`` (HLT PF jets) or ``"all"`` (every jet trigger
-    object)."""
-    if which == "all":
+    object); on hltemu input its HLT jets whatever ``which`` says."""
+    if which == "all" or sample.kind == "hltemu":
         return sample.hlt
     kind = sample.hlt.extra["kind"]
     if kind.size and np.all(kind < 0):
@@ -381,6 +481,11 @@ def path_threshold(name: str) -> int:
     if m is None:
         raise StudyError(f"{name!r} is not a single-jet path HLT_PFJet<N>")
     return int(m.group(1))
+
+
+def path_cut(sample: StudySample, name: str) -> PathCut:
+    """The cut of path ``name``: the sample's (hltemu: from the menu), else from the name."""
+    return sample.cuts[name] if name in sample.cuts else PathCut(path_threshold(name))
 
 
 # -- matching and response ---------------------------------------------------------------------
@@ -456,22 +561,29 @@ def pt_histogram(offline: Jets, hlt: Jets, partner: np.ndarray) -> dict[str, Any
 
 
 # -- paths -------------------------------------------------------------------------------------
-def leading_hlt_pt(hlt: Jets) -> np.ndarray:
-    """Per event, the highest HLT jet pT (GeV); 0 when there is none."""
-    out = np.zeros(hlt.n_events)
-    np.maximum.at(out, hlt.event, hlt.pt)
+def leading_pt(jets: Jets, eta_max: float = math.inf) -> np.ndarray:
+    """Per event, the highest pT (GeV) among the jets with |eta| <= ``eta_max``; 0 when there
+    is none."""
+    out = np.zeros(jets.n_events)
+    sel = np.abs(jets.eta) <= eta_max
+    np.maximum.at(out, jets.event[sel], jets.pt[sel])
     return out
 
 
-def path_agreement(paths: dict[str, np.ndarray], hlt: Jets) -> dict[str, dict[str, Any]]:
-    """Per ``HLT_PFJet<N>``: events where the bit and "an HLT jet with pT > N" agree or not:
-    ``both``, ``bit_only``, ``object_only``, ``neither`` and the agreeing fraction."""
-    lead = leading_hlt_pt(hlt)
+def path_agreement(paths: dict[str, np.ndarray], hlt: Jets,
+                   cuts: dict[str, PathCut] | None = None) -> dict[str, dict[str, Any]]:
+    """Per single-jet path: events where the bit and "an HLT jet passing the path's cut"
+    (``cuts``, else ``HLT_PFJet<N>``: pT > N) agree or not: ``both``, ``bit_only``,
+    ``object_only``, ``neither`` and the agreeing fraction."""
+    cuts = cuts or {}
     out = {}
     for name, bit in paths.items():
-        n = path_threshold(name)
-        obj = lead > n
-        table = {"threshold": n, "events": int(bit.size), "both": int(np.sum(bit & obj)),
+        cut = cuts[name] if name in cuts else PathCut(path_threshold(name))
+        obj = np.bincount(hlt.event[cut.passes(hlt.pt, hlt.eta)],
+                          minlength=hlt.n_events) > 0
+        table = {"threshold": cut.pt_min, **({"eta_max": cut.eta_max}
+                                             if math.isfinite(cut.eta_max) else {}),
+                 "events": int(bit.size), "both": int(np.sum(bit & obj)),
                  "bit_only": int(np.sum(bit & ~obj)), "object_only": int(np.sum(~bit & obj)),
                  "neither": int(np.sum(~bit & ~obj))}
         table["agreement"] = ((table["both"] + table["neither"]) / bit.size if bit.size
@@ -516,7 +628,7 @@ def efficiency_points(x: np.ndarray, passed: np.ndarray, edges: np.ndarray
             for i in range(total.size) if total[i]]
 
 
-def reference_turn_on(sample: NanoSample, path: str, reference: str, settings: StudySettings
+def reference_turn_on(sample: StudySample, path: str, reference: str, settings: StudySettings
                       ) -> dict[str, Any]:
     """Efficiency of ``path`` in events passing ``reference`` against the leading offline jet's
     pT (GeV) among jets with |eta| < ``settings.turn_on_eta``: eps = N(ref and path) / N(ref),
@@ -528,10 +640,10 @@ def reference_turn_on(sample: NanoSample, path: str, reference: str, settings: S
     fit = fit_turn_on(x, passed, min_rising=settings.min_rising)
     return {"method": "reference", "path": path, "reference": reference,
             "x": f"leading offline jet pT, |eta| < {settings.turn_on_eta:g}", **fit,
-            "points": efficiency_points(x, passed, turn_on_edges(path_threshold(path)))}
+            "points": efficiency_points(x, passed, turn_on_edges(path_cut(sample, path).pt_min))}
 
 
-def tag_and_probe(sample: NanoSample, hlt: Jets, partner: np.ndarray, path: str,
+def tag_and_probe(sample: StudySample, hlt: Jets, partner: np.ndarray, path: str,
                   settings: StudySettings) -> dict[str, Any]:
     """Object-level tag and probe for ``path`` against the probe's offline pT (GeV).
 
@@ -540,8 +652,9 @@ def tag_and_probe(sample: NanoSample, hlt: Jets, partner: np.ndarray, path: str,
     where there is a third jet, have it below ``settings.third_jet_fraction`` times their mean
     pT.  Each of the two serves as tag in turn: a tag has |eta| < ``settings.tag_eta`` and an
     HLT partner (:func:`match`) above the path's threshold; the other jet is then a probe,
-    passing when its own HLT partner is above the threshold."""
-    n = path_threshold(path)
+    passing when its own HLT partner is above the threshold (passes the path's cut,
+    :func:`path_cut`)."""
+    cut = path_cut(sample, path)
     off = sample.offline
     top = ranked(off, None, 3)
     j1, j2, j3 = top[:, 0], top[:, 1], top[:, 2]
@@ -555,10 +668,12 @@ def tag_and_probe(sample: NanoSample, hlt: Jets, partner: np.ndarray, path: str,
     third = np.where(i3 >= 0, off.pt[np.maximum(i3, 0)], 0.0)
     veto = (i3 < 0) | (third < settings.third_jet_fraction * mean12)
     good = central & back & veto
-    hlt_pt = np.where(partner >= 0, hlt.pt[np.maximum(partner, 0)], 0.0)
+    has = partner >= 0
+    online_ok = np.zeros(partner.size, dtype=bool)
+    online_ok[has] = cut.passes(hlt.pt[partner[has]], hlt.eta[partner[has]])
 
     def online(i: np.ndarray) -> np.ndarray:
-        return (partner[i] >= 0) & (hlt_pt[i] > n)
+        return online_ok[i]
 
     probes_x, probes_pass = [], []
     for tag, probe in ((i1, i2), (i2, i1)):
@@ -579,7 +694,7 @@ def tag_and_probe(sample: NanoSample, hlt: Jets, partner: np.ndarray, path: str,
             f"a third jet below {settings.third_jet_fraction:g} <pT12>")
     return {"method": "tag_and_probe", "path": path, "reference": None,
             "x": "probe offline jet pT", "cut_flow": cut_flow, **fit,
-            "points": efficiency_points(x, passed, turn_on_edges(n))}
+            "points": efficiency_points(x, passed, turn_on_edges(cut.pt_min))}
 
 
 # -- the study ---------------------------------------------------------------------------------
@@ -588,29 +703,52 @@ def storage_threshold(hlt: Jets) -> float | None:
     return float(hlt.pt.min()) if hlt.pt.size else None
 
 
-def run_study(sample: NanoSample, settings: StudySettings) -> dict[str, Any]:
-    """Everything the command writes to ``summary.json`` (and the figures draw)."""
-    hlt = hlt_selection(sample, settings.hlt_jets)
+def hlt_levels(sample: StudySample, settings: StudySettings) -> dict[str, Jets]:
+    """The HLT jets compared with the offline jets, per level: hltemu's JEC levels (the same
+    jets, rows and directions at every level, pT differing), or NanoAOD's selected trigger
+    objects :data:`AS_STORED`."""
+    return dict(sample.levels) or {AS_STORED: hlt_selection(sample, settings.hlt_jets)}
+
+
+def _hlt_summary(sample: StudySample, settings: StudySettings, hlt: Jets,
+                 levels: dict[str, Jets]) -> dict[str, Any]:
     threshold = storage_threshold(hlt)
-    partner = match(sample.offline, hlt, settings.max_dr)
+    out: dict[str, Any] = {"used": int(hlt.pt.size), "levels": list(levels),
+                           "storage_threshold": threshold,
+                           "flag_below": None if threshold is None else 2.0 * threshold}
+    if sample.kind == "hltemu":
+        out.update(sample.info["hlt_jets"])
+        out["storage_thresholds"] = {k: storage_threshold(j) for k, j in levels.items()}
+        return out
     kinds = ({k: int(np.sum(sample.hlt.extra["kind"] == i)) for i, k in enumerate(HLT_KINDS)}
              if settings.hlt_jets == "pf" else {"all": int(sample.hlt.pt.size)})
-    summary: dict[str, Any] = {
-        "input": {"files": sample.files, "events": sample.n_events},
-        "offline_algorithm": sample.offline_algorithm,
-        "offline_pt": ("JEC-corrected Jet_pt as stored" if settings.offline_pt == "corrected"
-                       else "raw: Jet_pt * (1 - Jet_rawFactor)"),
-        "settings": {k: list(v) if isinstance(v, tuple) else v
-                     for k, v in asdict(settings).items()},
-        "hlt_jets": {
-            "selection": settings.hlt_jets, "objects": "TrigObj_id == 1",
-            "kinds": kinds, "used": int(hlt.pt.size),
+    return {"selection": settings.hlt_jets, "objects": "TrigObj_id == 1", "kinds": kinds,
             "rule": (f"filter bits only among {list(L1_JET_BITS)}: L1 jet; only among "
                      f"{list(CALO_JET_BITS)}: HLT calo jet; else HLT PF jet"
-                     if settings.hlt_jets == "pf" else "every jet trigger object"),
-            "storage_threshold": threshold,
-            "flag_below": None if threshold is None else 2.0 * threshold,
-        },
+                     if settings.hlt_jets == "pf" else "every jet trigger object"), **out}
+
+
+def run_study(sample: StudySample, settings: StudySettings) -> dict[str, Any]:
+    """Everything the command writes to ``summary.json`` (and the figures draw)."""
+    hlt = hlt_selection(sample, settings.hlt_jets)
+    levels = hlt_levels(sample, settings)
+    threshold = storage_threshold(hlt)
+    partner = match(sample.offline, hlt, settings.max_dr)  # directions: the same at any level
+    reference = settings.reference or DEFAULT_REFERENCE[sample.kind]
+    used = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}
+    used["reference"] = reference
+    if sample.kind == "hltemu":
+        used["offline_jec"] = sample.info["offline_jec"]
+        offline_pt = sample.info["offline_pt"]
+    else:
+        offline_pt = ("JEC-corrected Jet_pt as stored" if settings.offline_pt == "corrected"
+                      else "raw: Jet_pt * (1 - Jet_rawFactor)")
+    summary: dict[str, Any] = {
+        "input": {"kind": sample.kind, "files": sample.files, "events": sample.n_events},
+        "offline_algorithm": sample.offline_algorithm,
+        "offline_pt": offline_pt,
+        "settings": used,
+        "hlt_jets": _hlt_summary(sample, settings, hlt, levels),
         "rho": {"branch": sample.rho_branch,
                 "median": None if sample.rho is None else float(np.median(sample.rho))},
         "offline": {"jets": int(sample.offline.pt.size),
@@ -620,29 +758,50 @@ def run_study(sample: NanoSample, settings: StudySettings) -> dict[str, Any]:
                      "offline_jets": int(sample.offline.pt.size), "hlt_jets": int(hlt.pt.size)},
         "notes": list(sample.notes),
     }
+    if sample.kind == "hltemu":
+        summary["offline_jec"] = sample.info["offline_jec"]
+        summary["generation"] = sample.info["generation"]
     if threshold is None:
         summary["notes"].append("no HLT jets of the kind selected: nothing to match")
-    summary["response"] = response_bins(sample.offline, hlt, partner, settings,
-                                        threshold if threshold is not None else 0.0)
+    summary["response"] = [
+        {"level": name, **row}
+        for name, jets in levels.items()
+        for row in response_bins(sample.offline, jets, partner, settings,
+                                 storage_threshold(jets) or 0.0)]
     summary["hlt_vs_offline"] = pt_histogram(sample.offline, hlt, partner)
-    summary["paths"] = path_agreement(sample.paths, hlt)
-    summary["turn_on"] = {}
+    summary["paths"] = path_agreement(sample.paths, hlt, sample.cuts)
+    summary["turn_on"] = _turn_ons(sample, hlt, partner, reference, settings, summary["notes"])
+    if sample.kind == "hltemu":
+        # imported here: threshold_width builds on this module's helpers
+        from hltemu.study.threshold_width import threshold_width_study
+
+        summary["threshold_width"] = threshold_width_study(sample, settings)
+    return summary
+
+
+def _turn_ons(sample: StudySample, hlt: Jets, partner: np.ndarray, reference: str,
+              settings: StudySettings, notes: list[str]) -> dict[str, dict[str, Any]]:
+    """Both methods' turn-ons of every single-jet path above ``reference``'s threshold."""
     if not sample.paths:
-        summary["notes"].append("no HLT_PFJet<N> bits in the files: no path tables or "
-                                "turn-ons")
-        return summary
-    if settings.reference not in sample.paths:
-        raise StudyError(f"reference path {settings.reference!r} is not in the files; "
-                         f"their HLT_PFJet paths: {', '.join(sample.paths)}")
-    ref_n = path_threshold(settings.reference)
+        notes.append("no HLT_PFJet<N> bits in the files: no path tables or turn-ons"
+                     if sample.kind == "nanoaod" else
+                     "no single-jet path decisions (trigger_pre of stage trigger) in the "
+                     "files: no path tables or reference-method turn-ons")
+        return {}
+    if reference not in sample.paths:
+        which = "HLT_PFJet" if sample.kind == "nanoaod" else "single-jet"
+        raise StudyError(f"reference path {reference!r} is not in the files; their {which} "
+                         f"paths: {', '.join(sample.paths)}")
+    ref_n = path_cut(sample, reference).pt_min
+    out = {}
     for name in sample.paths:
-        if path_threshold(name) <= ref_n:
+        if path_cut(sample, name).pt_min <= ref_n:
             continue
-        summary["turn_on"][name] = {
-            "reference": reference_turn_on(sample, name, settings.reference, settings),
+        out[name] = {
+            "reference": reference_turn_on(sample, name, reference, settings),
             "tag_and_probe": tag_and_probe(sample, hlt, partner, name, settings),
         }
-    return summary
+    return out
 
 
 def _median(values: np.ndarray | None) -> float | None:

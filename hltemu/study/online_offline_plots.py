@@ -3,12 +3,16 @@
 Every figure is drawn from the study's summary (:func:`hltemu.study.online_offline.run_study`,
 ``summary.json``) alone, so that each number drawn is one written:
 
-* ``hlt_vs_offline_pt.png``: matched pairs in (offline pT, HLT pT);
+* ``hlt_vs_offline_pt.png``: matched pairs in (offline pT, HLT pT) (hltemu: full JEC);
 * ``response.png``: per |eta| bin, the median response and the Gaussian core's mean (band: +-
-  its sigma) against offline pT; bins below twice the HLT storage threshold drawn open;
-* ``response_distributions.png``: the response of every non-empty bin with its fitted core;
+  its sigma) against offline pT, one colour per HLT level; bins below twice the HLT storage
+  threshold drawn open;
+* ``response_distributions.png``: the response of every non-empty bin with its fitted core,
+  the HLT levels overlaid;
 * ``turn_on_<path>.png``: per path with any passing event, the efficiency points of each
-  method with the erf fit, p50 and p95.
+  method with the erf fit, p50 and p95;
+* ``threshold_width.png`` (hltemu input): the turn-ons of the corrected and lower-level
+  selections of the width comparison, overlaid (:mod:`hltemu.study.threshold_width`).
 
 The style helpers mirror those of :mod:`hltemu.jec.derive_plots` (CMS style, Agg backend)
 rather than import them: they are private there, and that module loads the JEC derivation.
@@ -27,12 +31,17 @@ import numpy as np
 from hltemu.plotting import grid, log_x, pyplot, save
 from hltemu.study.fits import erf_turn_on
 
+#: Colours of the HLT levels (the levels in the order the summary lists them).
+LEVEL_COLOURS = ("C0", "C1", "C3", "C2", "C4")
+
 
 def _label(ax: Any, summary: dict[str, Any], text: str, size: int = 12) -> None:
-    """The heading above the axes (hltemu, CMS NanoAOD, events) and ``text`` at the top left."""
+    """The heading above the axes (hltemu, the input kind, events) and ``text`` at the top
+    left."""
     ax.text(0.0, 1.01, "hltemu", transform=ax.transAxes, fontsize=size + 2, weight="bold",
             va="bottom", ha="left")
-    ax.text(0.2, 1.01, "CMS NanoAOD", transform=ax.transAxes, fontsize=size, style="italic",
+    kind = "emulation" if summary["input"].get("kind") == "hltemu" else "CMS NanoAOD"
+    ax.text(0.2, 1.01, kind, transform=ax.transAxes, fontsize=size, style="italic",
             va="bottom", ha="left")
     ax.text(1.0, 1.01, f"{summary['input']['events']} events", transform=ax.transAxes,
             fontsize=size, va="bottom", ha="right")
@@ -43,6 +52,11 @@ def _label(ax: Any, summary: dict[str, Any], text: str, size: int = 12) -> None:
 
 def _eta_bins(summary: dict[str, Any]) -> list[tuple[float, float]]:
     return sorted({(b["eta_min"], b["eta_max"]) for b in summary["response"]})
+
+
+def _levels(summary: dict[str, Any]) -> list[str]:
+    """The HLT levels of the response rows, in order (one, unnamed, for older summaries)."""
+    return list(dict.fromkeys(b.get("level", "") for b in summary["response"]))
 
 
 def plot_pt_2d(summary: dict[str, Any], path: Path) -> Path:
@@ -65,33 +79,51 @@ def plot_pt_2d(summary: dict[str, Any], path: Path) -> Path:
 
 def plot_response(summary: dict[str, Any], path: Path) -> Path:
     plt, _ = pyplot()
-    etas = _eta_bins(summary)
+    # |eta| bins with a matched jet (hltemu's calorimeter ends at |eta| = 3), else all
+    etas = [e for e in _eta_bins(summary) if any(
+        b["n"] for b in summary["response"] if (b["eta_min"], b["eta_max"]) == e)] \
+        or _eta_bins(summary)
+    levels = _levels(summary)
+    one = len(levels) == 1
     fig, axes = grid(plt, len(etas), ncols=min(len(etas), 4))
     flag_below = summary["hlt_jets"]["flag_below"]
     for ax, (e0, e1) in zip(axes, etas, strict=True):
-        rows = [b for b in summary["response"]
-                if (b["eta_min"], b["eta_max"]) == (e0, e1) and b["n"]]
-        for flagged in (False, True):
-            sel = [b for b in rows if b["flagged"] == flagged]
-            if not sel:
-                continue
-            x = np.array([math.sqrt(b["pt_min"] * b["pt_max"]) for b in sel])
-            xerr = np.array([[xi - b["pt_min"] for xi, b in zip(x, sel, strict=True)],
-                             [b["pt_max"] - xi for xi, b in zip(x, sel, strict=True)]])
-            suffix = " (flagged)" if flagged else ""
-            ax.errorbar(x, [b["median"] for b in sel], xerr=xerr,
-                        yerr=[b["median_error"] for b in sel], fmt="o", color="k",
-                        mfc="none" if flagged else "k", label="median" + suffix)
-            core = [(xi, b) for xi, b in zip(x, sel, strict=True) if b["core_mean"] is not None]
-            if core:
+        drawn = False
+        for k, level in enumerate(levels):
+            rows = [b for b in summary["response"] if b.get("level", "") == level
+                    and (b["eta_min"], b["eta_max"]) == (e0, e1) and b["n"]]
+            median_colour = "k" if one else LEVEL_COLOURS[k % len(LEVEL_COLOURS)]
+            core_colour = "C3" if one else median_colour
+            shift = 1.0 if one else 1.0 + 0.03 * (k - (len(levels) - 1) / 2)
+            name = "" if one else f"{level}: "
+            for flagged in (False, True):
+                sel = [b for b in rows if b["flagged"] == flagged]
+                if not sel:
+                    continue
+                drawn = True
+                x = np.array([math.sqrt(b["pt_min"] * b["pt_max"]) for b in sel]) * shift
+                xerr = np.array([[xi - b["pt_min"] for xi, b in zip(x, sel, strict=True)],
+                                 [b["pt_max"] - xi for xi, b in zip(x, sel, strict=True)]])
+                suffix = " (flagged)" if flagged else ""
+                ax.errorbar(x, [b["median"] for b in sel], xerr=xerr if one else None,
+                            yerr=[b["median_error"] for b in sel], fmt="o",
+                            color=median_colour, mfc="none" if flagged else median_colour,
+                            label=f"{name}median{suffix}")
+                core = [(xi, b) for xi, b in zip(x, sel, strict=True)
+                        if b["core_mean"] is not None]
+                if not core:
+                    continue
                 cx = np.array([c[0] for c in core])
-                ax.errorbar(cx * 1.03, [c[1]["core_mean"] for c in core],
-                            yerr=[c[1]["core_mean_error"] for c in core], fmt="s", color="C3",
-                            mfc="none" if flagged else "C3", label="Gaussian core" + suffix)
+                if one:
+                    ax.errorbar(cx * 1.03, [c[1]["core_mean"] for c in core],
+                                yerr=[c[1]["core_mean_error"] for c in core], fmt="s",
+                                color=core_colour, mfc="none" if flagged else core_colour,
+                                label="Gaussian core" + suffix)
                 for _, b in core:
                     ax.fill_between([b["pt_min"], b["pt_max"]], b["core_mean"] - b["sigma"],
-                                    b["core_mean"] + b["sigma"], color="C3", alpha=0.15, lw=0)
-        if flag_below is not None:
+                                    b["core_mean"] + b["sigma"], color=core_colour,
+                                    alpha=0.15, lw=0)
+        if flag_below is not None and flag_below > summary["settings"]["pt_edges"][0]:
             ax.axvspan(summary["settings"]["pt_edges"][0], flag_below, color="gray", alpha=0.15,
                        lw=0)
         ax.axhline(1.0, color="gray", lw=1)
@@ -100,7 +132,7 @@ def plot_response(summary: dict[str, Any], path: Path) -> Path:
         ax.set_xlabel(r"offline jet $p_T$ (GeV)")
         ax.set_ylabel(r"$p_T^{HLT} / p_T^{offline}$")
         _label(ax, summary, f"{e0:g} < |η| < {e1:g}\nband: core mean ± σ")
-        if rows:
+        if drawn:
             ax.legend(fontsize=10, loc="lower right")
     return save(plt, fig, path)
 
@@ -108,32 +140,47 @@ def plot_response(summary: dict[str, Any], path: Path) -> Path:
 def plot_response_distributions(summary: dict[str, Any], path: Path) -> Path | None:
     from hltemu.study.online_offline import RESPONSE_EDGES
 
-    rows = [b for b in summary["response"] if b["n"]]
-    if not rows:
+    bins = list(dict.fromkeys((b["eta_min"], b["eta_max"], b["pt_min"], b["pt_max"])
+                              for b in summary["response"] if b["n"]))
+    if not bins:
         return None
+    levels = _levels(summary)
+    one = len(levels) == 1
     plt, mplhep = pyplot()
-    fig, axes = grid(plt, len(rows), ncols=min(len(rows), 6), size=4.5)
+    fig, axes = grid(plt, len(bins), ncols=min(len(bins), 6), size=4.5)
     edges = RESPONSE_EDGES
     width = float(edges[1] - edges[0])
     window = summary["settings"]["core_window"]
     inside = math.erf(window / math.sqrt(2.0))
-    for ax, b in zip(axes, rows, strict=True):
-        mplhep.histplot(np.asarray(b["hist"]), edges, ax=ax, color="k")
-        text = (f"{b['eta_min']:g} < |η| < {b['eta_max']:g}\n"
-                f"{b['pt_min']:g}-{b['pt_max']:g} GeV, n = {b['n']}")
-        if b["core_mean"] is not None:
-            mu, sigma = b["core_mean"], b["sigma"]
-            g = np.linspace(mu - window * sigma, mu + window * sigma, 100)
-            amp = b["n_core"] * width / (sigma * math.sqrt(2 * math.pi) * inside)
-            ax.plot(g, amp * np.exp(-0.5 * ((g - mu) / sigma) ** 2), color="C3")
-            text += f"\nμ = {mu:.3f}, σ = {sigma:.3f}"
-        else:
-            text += f"\ncore: {b['core_status']}"
+    for ax, key in zip(axes, bins, strict=True):
+        rows = [b for b in summary["response"]
+                if (b["eta_min"], b["eta_max"], b["pt_min"], b["pt_max"]) == key and b["n"]]
+        text = (f"{key[0]:g} < |η| < {key[1]:g}\n"
+                f"{key[2]:g}-{key[3]:g} GeV, n = {rows[0]['n']}")
+        top = 1
+        for b in rows:
+            k = levels.index(b.get("level", ""))
+            colour = "k" if one else LEVEL_COLOURS[k % len(LEVEL_COLOURS)]
+            mplhep.histplot(np.asarray(b["hist"]), edges, ax=ax, color=colour,
+                            label=None if one else b["level"])
+            top = max(top, max(b["hist"]))
+            name = "" if one else f"{b['level']}: "
+            if b["core_mean"] is not None:
+                mu, sigma = b["core_mean"], b["sigma"]
+                g = np.linspace(mu - window * sigma, mu + window * sigma, 100)
+                amp = b["n_core"] * width / (sigma * math.sqrt(2 * math.pi) * inside)
+                ax.plot(g, amp * np.exp(-0.5 * ((g - mu) / sigma) ** 2),
+                        color="C3" if one else colour, ls="-" if one else "--")
+                text += f"\n{name}μ = {mu:.3f}, σ = {sigma:.3f}"
+            else:
+                text += f"\n{name}core: {b['core_status']}"
         ax.set_xlabel(r"$p_T^{HLT} / p_T^{offline}$", fontsize=12)
         ax.set_ylabel("jets", fontsize=12)
         ax.tick_params(labelsize=10)
-        ax.text(0.04, 0.95, text, transform=ax.transAxes, fontsize=10, va="top")
-        ax.set_ylim(0, max(max(b["hist"]), 1) * 1.7)
+        ax.text(0.04, 0.95, text, transform=ax.transAxes, fontsize=10 if one else 8, va="top")
+        ax.set_ylim(0, top * (1.7 if one else 2.2))
+        if not one:
+            ax.legend(fontsize=8, loc="upper right")
     return save(plt, fig, path)
 
 
@@ -181,6 +228,54 @@ def plot_turn_on(summary: dict[str, Any], name: str, path: Path) -> Path:
     return save(plt, fig, path)
 
 
+def plot_threshold_width(summary: dict[str, Any], path: Path) -> Path:
+    """The width comparison's selections: efficiency points, erf fits, p50 and p95."""
+    plt, _ = pyplot()
+    w = summary["threshold_width"]
+    fig, ax = plt.subplots(figsize=(9, 7))
+    top = 3.0 * w["threshold"]
+    lines = []
+    for k, (name, r) in enumerate(w["selections"].items()):
+        if r.get("threshold") is None:
+            lines.append(f"{name}: {r['status']}")
+            continue
+        colour = LEVEL_COLOURS[k % len(LEVEL_COLOURS)]
+        pts = [p for p in r["points"] if p["pt_max"] <= top]
+        if pts:
+            x = np.array([0.5 * (p["pt_min"] + p["pt_max"]) for p in pts])
+            eff = np.array([p["efficiency"] for p in pts])
+            ax.errorbar(x, eff, yerr=[eff - [p["low"] for p in pts], [p["high"] for p in pts]
+                                      - eff], fmt="o", color=colour, ms=4,
+                        label=f"{name}: pT > {r['threshold']:g} GeV")
+        if r["status"] == "ok":
+            g = np.linspace(0.0, top, 300)
+            ax.plot(g, erf_turn_on(g, r["mu"], r["sigma"], r["plateau"]), color=colour)
+            for key, ls in (("p50", "--"), ("p95", ":")):
+                if r[key] is not None:
+                    ax.axvline(r[key], color=colour, lw=1, ls=ls)
+            lines.append(f"{name}: p50 {r['p50']:.1f}, width {r['width']:.1f} ± "
+                         f"{r['width_error']:.1f} GeV" if r["width"] is not None
+                         else f"{name}: p50 {r['p50']:.1f}, p95 n/a")
+        else:
+            lines.append(f"{name}: {r['status']}")
+    ax.text(0.96, 0.05, "\n".join(lines), transform=ax.transAxes, fontsize=11, va="bottom",
+            ha="right")
+    _label(ax, summary, f"{w['path']}'s cut (|η| ≤ {w['eta_max']:g}) per HLT level\n"
+                        f"{w['n_events']} events, p50 matched", size=11)
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, 1.45)
+    ax.axhline(1.0, color="gray", lw=1)
+    ax.set_xlabel(f"{w['x']} (GeV)", fontsize=13)
+    ax.set_ylabel("efficiency")
+    ax.legend(fontsize=10, loc="upper right")
+    return save(plt, fig, path)
+
+
+def _has_width(summary: dict[str, Any]) -> bool:
+    w = summary.get("threshold_width")
+    return bool(w) and bool(w.get("selections"))
+
+
 def turn_on_paths(summary: dict[str, Any]) -> list[str]:
     """The paths whose turn-on figure is drawn: those with a passing event in some method."""
     return [name for name, methods in summary["turn_on"].items()
@@ -192,7 +287,8 @@ def figure_names(summary: dict[str, Any]) -> list[str]:
     names = ["hlt_vs_offline_pt.png", "response.png"]
     if any(b["n"] for b in summary["response"]):
         names.append("response_distributions.png")
-    return names + [f"turn_on_{name}.png" for name in turn_on_paths(summary)]
+    names += [f"turn_on_{name}.png" for name in turn_on_paths(summary)]
+    return names + (["threshold_width.png"] if _has_width(summary) else [])
 
 
 def draw_all(summary: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -203,4 +299,6 @@ def draw_all(summary: dict[str, Any], out_dir: Path) -> list[Path]:
              plot_response_distributions(summary, out_dir / "response_distributions.png")]
     for name in turn_on_paths(summary):
         paths.append(plot_turn_on(summary, name, out_dir / f"turn_on_{name}.png"))
+    if _has_width(summary):
+        paths.append(plot_threshold_width(summary, out_dir / "threshold_width.png"))
     return [p for p in paths if p is not None]

@@ -1,0 +1,279 @@
+"""hltemu's own outputs as input to the online-offline study (:func:`read_emulator`).
+
+An ``hltemu run`` output with the HLT chain and the offline one,
+``--stages topocluster,antikt,rho,jec,trigger,tracks,vertices,pfcandidates,pfjets``
+(:data:`RUN_STAGES`), holds both sides of the comparison:
+
+* HLT jets: the calorimeter jets at each JEC level, from ``corrected_jets`` (stage ``jec``):
+  ``raw`` (``pt_raw``, the ``jets`` of stage ``antikt``), the product of the levels up to each
+  intermediate one (``L1FastJet``: ``pt_raw * factor_L1FastJet``, from the ``factor_<level>``
+  columns in chain order) and ``full`` (``pt``).  A file with ``jets`` and no
+  ``corrected_jets`` gives ``raw`` alone.  Every level has the same jets (rows, eta, phi);
+* offline jets: ``pfjets`` (stage ``pfjets``: anti-kT R = 0.4 on particle-flow candidates with
+  charged-hadron subtraction, CMS's AK4 PF CHS), corrected with ``StudySettings.offline_jec``
+  (default :data:`DEFAULT_OFFLINE_JEC`, hltemu's own corrections for them; an empty tuple:
+  raw pfjets), evaluated by :meth:`hltemu.jec.JecChain.correct_reference` with ``JetA`` the
+  jet area and ``Rho`` the event's ``rho`` (stage ``rho``, calorimeter cells), as
+  ``hltemu derive-jec --jets pfjets`` derived them;
+* path decisions: ``trigger_pre`` (stage ``trigger``, before the prescalers: the reference
+  path's prescale does not thin the turn-ons' events), the ``single_jet`` paths of the run's
+  menu, each with its cut (:class:`~hltemu.study.online_offline.PathCut`: ``pt >= pt_min``
+  and ``|eta| <= eta_max`` on the full-JEC jets).  The menu is the one the run's provenance
+  records (``plan.facts.trigger.paths``), else its ``[trigger] menu`` file, else hltemu's
+  shipped menu (with a note).
+
+Events count equally: ``Event_weight`` is not used (a sample generated with a pT-hat bias
+has a flatter spectrum than nature's, which changes how many events each offline pT bin
+holds, not the efficiency or the response in it; the summary records the bias).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from hltemu.batch import counts_to_offsets
+from hltemu.study.online_offline import Jets, PathCut, StudyError, StudySample, StudySettings
+
+#: The ``hltemu run --stages`` that make a study input: the HLT calorimeter chain with its
+#: JEC and menu, and the offline chain (tracks, vertices, pfcandidates, pfjets).
+RUN_STAGES = "topocluster,antikt,rho,jec,trigger,tracks,vertices,pfcandidates,pfjets"
+
+#: The offline chain's stages, which need topocluster's clusters beside them.
+OFFLINE_STAGES = "tracks,vertices,pfcandidates,pfjets"
+
+#: Corrections of the offline pfjets (``hltemu derive-jec --jets pfjets``, shipped).
+DEFAULT_OFFLINE_JEC: tuple[str, ...] = (
+    "builtin:hltemu_PF_V1_MC_L1FastJet_AK4PFchs.txt",
+    "builtin:hltemu_PF_V1_MC_L2Relative_AK4PFchs.txt",
+)
+
+#: What the offline jets are.
+OFFLINE_ALGORITHM = "AK4 PF CHS (hltemu pfjets)"
+
+#: Names of the first and last HLT levels.
+RAW, FULL = "raw", "full"
+
+#: Collections read when present: the HLT jets (``corrected_jets``, else ``jets``), then the
+#: rest.
+_HLT_COLLECTIONS = ("corrected_jets", "jets")
+
+
+def _missing_error(path: str, missing: Sequence[str]) -> StudyError:
+    names = [f"{m!r} (or 'jets')" if m == "corrected_jets" else repr(m) for m in missing]
+    what = (f"collection {names[0]}" if len(names) == 1 else
+            f"collections {', '.join(names[:-1])} and {names[-1]}")
+    return StudyError(
+        f"{path} is an hltemu file without the {what}: the study compares HLT "
+        f"calorimeter jets with the offline pfjets; make its input with `hltemu run INPUT "
+        f"--stages {RUN_STAGES}` (the offline chain {OFFLINE_STAGES} beside topocluster)")
+
+
+def hlt_level_pts(coll: Any) -> dict[str, np.ndarray]:
+    """pT (GeV) of the HLT jets at each level (:data:`RAW`, the intermediate JEC levels,
+    :data:`FULL`) from ``corrected_jets`` (a :class:`~hltemu.batch.Collection`), or
+    :data:`RAW` alone from ``jets``."""
+    if "pt_raw" not in coll:
+        return {RAW: np.asarray(coll["pt"], dtype=np.float64)}
+    cum = np.asarray(coll["pt_raw"], dtype=np.float64)
+    out = {RAW: cum}
+    factors = [c for c in coll.columns if c.startswith("factor_")]
+    for c in factors[:-1]:
+        cum = cum * np.asarray(coll[c], dtype=np.float64)
+        out[c[len("factor_"):]] = cum
+    out[FULL] = np.asarray(coll["pt"], dtype=np.float64)
+    return out
+
+
+def _menu_cuts(path: str, prov: dict[str, Any], notes: list[str]) -> dict[str, PathCut]:
+    """The ``single_jet`` paths of the menu the run used, as cuts."""
+    from hltemu.config import ConfigError
+    from hltemu.stages.trigger import load_menu, path_summary
+
+    tables = ((((prov.get("plan") or {}).get("facts") or {}).get("trigger") or {})
+              .get("paths"))
+    if not tables:
+        menu = ((prov.get("config") or {}).get("trigger") or {}).get("menu")
+        try:
+            tables = [path_summary(p) for p in load_menu(menu or "builtin:menu.toml")]
+        except ConfigError:
+            tables = [path_summary(p) for p in load_menu("builtin:menu.toml")]
+            notes.append(f"{path}: its menu {menu!r} is not readable here; path cuts from "
+                         "hltemu's shipped menu")
+        if not menu:
+            notes.append(f"{path}: no menu in its provenance; path cuts from hltemu's "
+                         "shipped menu")
+    return {t["name"]: PathCut(float(t["pt_min"]), float(t.get("eta_max", np.inf)), True)
+            for t in tables if t.get("type") == "single_jet"}
+
+
+def _offline_chain(entries: tuple[str, ...]) -> Any:
+    from hltemu.jec import JecError, load_chain
+
+    try:
+        return load_chain(entries)
+    except (JecError, OSError) as exc:
+        raise StudyError(f"offline JEC {', '.join(entries)}: {exc}") from None
+
+
+def _generation(prov: dict[str, Any]) -> dict[str, Any]:
+    """How the run's input was generated (pileup, pT-hat bias), where its provenance says."""
+    from hltemu.io.provenance import provenance_pileup
+
+    inputs = prov.get("inputs") or []
+    gen = inputs[0].get("provenance") if len(inputs) == 1 else None
+    settings = (gen or {}).get("settings") or {}
+    return {"pileup": provenance_pileup(prov), "process": settings.get("process"),
+            "seed": settings.get("seed"), "pthat_min": settings.get("pthat_min"),
+            "pthat_bias": settings.get("pthat_bias")}
+
+
+def _read_one(path: str, chain: Any) -> dict[str, Any]:
+    from hltemu.io import read_collections
+    from hltemu.io.layout import common_collections
+    from hltemu.io.provenance import read_provenance
+
+    have = set(common_collections([path]))
+    hlt_name = next((c for c in _HLT_COLLECTIONS if c in have), None)
+    missing = [c for c in ("pfjets",) if c not in have]
+    if hlt_name is None:
+        missing.insert(0, "corrected_jets")
+    if "Rho" in chain.variables and "rho" not in have:
+        missing.append("rho")
+    if missing:
+        raise _missing_error(path, missing)
+    wanted = [hlt_name, "pfjets", *(c for c in ("rho", "Event", "trigger_pre") if c in have)]
+    c = read_collections(path, wanted)
+    prov = read_provenance(path) or {}
+    hlt, pf = c[hlt_name], c["pfjets"]
+    n = pf.n_events
+    rho = np.asarray(c["rho"]["rho"], dtype=np.float64) if "rho" in c else None
+    values = {"JetPt": np.asarray(pf["pt"], dtype=np.float64),
+              "JetEta": np.asarray(pf["eta"], dtype=np.float64),
+              "JetPhi": np.asarray(pf["phi"], dtype=np.float64),
+              "JetA": np.asarray(pf["area"], dtype=np.float64)}
+    if rho is not None:
+        values["Rho"] = rho[np.asarray(pf.event_index())]
+    pf_pt, _, _ = chain.correct_reference(values)
+    notes: list[str] = []
+    return {
+        "path": path, "events": n, "prov": prov, "hlt_name": hlt_name,
+        "hlt_counts": np.asarray(hlt.counts), "hlt_eta": np.asarray(hlt["eta"], np.float64),
+        "hlt_phi": np.asarray(hlt["phi"], np.float64), "levels": hlt_level_pts(hlt),
+        "pf_counts": np.asarray(pf.counts), "pf_pt": pf_pt, "pf_raw": values["JetPt"],
+        "pf_eta": values["JetEta"], "pf_phi": values["JetPhi"], "pf_area": values["JetA"],
+        "rho": rho, "n_pileup": (np.asarray(c["Event"]["n_pileup"], dtype=np.float64)
+                                 if "Event" in c and "n_pileup" in c["Event"] else None),
+        "trigger_pre": ({k: np.asarray(v, dtype=bool) for k, v in c["trigger_pre"].columns.items()}
+                        if "trigger_pre" in c else None),
+        "cuts": _menu_cuts(path, prov, notes), "notes": notes,
+    }
+
+
+def read_emulator(paths: Sequence[str], settings: StudySettings | None = None,
+                  progress: Callable[[int], None] | None = None) -> StudySample:
+    """Read hltemu run outputs (module docstring) into a :class:`StudySample`.
+
+    Raises :class:`StudyError` for a file without ``pfjets`` or HLT jets (naming the stages
+    that make them), files whose HLT JEC levels or menus differ, or settings that apply to
+    NanoAOD only (``offline_pt="raw"``: use ``offline_jec=()``)."""
+    settings = settings or StudySettings()
+    if not paths:
+        raise StudyError("no input files")
+    if settings.offline_pt != "corrected":
+        raise StudyError("offline_pt 'raw' (--offline-pt raw) undoes NanoAOD's Jet_rawFactor; "
+                         "on hltemu outputs the offline pfjets are raw with --offline-jec none")
+    entries = DEFAULT_OFFLINE_JEC if settings.offline_jec is None else settings.offline_jec
+    chain = _offline_chain(tuple(entries))
+    parts = []
+    for p in paths:
+        parts.append(_read_one(str(p), chain))
+        if progress is not None:
+            progress(1)
+    first = parts[0]
+    for q in parts[1:]:
+        if list(q["levels"]) != list(first["levels"]):
+            raise StudyError(f"{q['path']} has the HLT levels {list(q['levels'])}, "
+                             f"{first['path']} {list(first['levels'])}: study them apart")
+        if q["cuts"] != first["cuts"]:
+            raise StudyError(f"{q['path']} was run with other single-jet paths than "
+                             f"{first['path']} ({q['cuts']} vs {first['cuts']}): study them "
+                             "apart")
+    notes = [n for q in parts for n in q["notes"]]
+
+    def cat(key: str) -> np.ndarray:
+        return np.concatenate([q[key] for q in parts])
+
+    hlt_off = counts_to_offsets(cat("hlt_counts"))
+    eta, phi = cat("hlt_eta"), cat("hlt_phi")
+    levels = {name: Jets(hlt_off, np.concatenate([q["levels"][name] for q in parts]), eta, phi)
+              for name in first["levels"]}
+    offline = Jets(counts_to_offsets(cat("pf_counts")), cat("pf_pt"), cat("pf_eta"),
+                   cat("pf_phi"), {"raw_pt": cat("pf_raw"), "area": cat("pf_area")})
+    if len(entries):
+        offline.extra["raw_factor"] = 1.0 - offline.extra["raw_pt"] / np.where(
+            offline.pt > 0, offline.pt, np.nan)
+    cuts = first["cuts"]
+    paths_out: dict[str, np.ndarray] = {}
+    if all(q["trigger_pre"] is not None for q in parts):
+        names = [n for n in cuts if all(n in q["trigger_pre"] for q in parts)]
+        absent = [n for n in cuts if n not in names]
+        if absent:
+            notes.append(f"single-jet paths without decisions in trigger_pre, left out: "
+                         f"{', '.join(absent)}")
+        paths_out = {n: np.concatenate([q["trigger_pre"][n] for q in parts]) for n in names}
+    elif any(q["trigger_pre"] is not None for q in parts):
+        notes.append("trigger_pre is not in every file: no path decisions used")
+    rho = cat("rho") if all(q["rho"] is not None for q in parts) else None
+    generation = [{"file": q["path"], **_generation(q["prov"])} for q in parts]
+    pileups = sorted({g["pileup"] for g in generation}, key=lambda v: (v is None, v))
+    if len(pileups) > 1:
+        notes.append(f"files of different pileup ({', '.join(map(str, pileups))}) studied "
+                     "together")
+    biases = sorted({g["pthat_bias"] for g in generation if g["pthat_bias"]})
+    notes.append("events count equally (Event_weight unused)"
+                 + (f"; the samples were generated with a pT-hat bias {biases}, so the offline "
+                    "pT spectrum is flatter than nature's (the efficiency and response at a "
+                    "given offline pT are not weighted)" if biases else ""))
+    jec = [((q["prov"].get("config") or {}).get("jec") or {}).get("levels") for q in parts]
+    hlt_name = first["hlt_name"]
+    if hlt_name == "jets":
+        notes.append("no corrected_jets (stage jec) in the files: the HLT jets are raw only; "
+                     "no threshold-width comparison")
+    info = {
+        "offline_jec": list(entries),
+        "offline_pt": ("raw pfjets pT (no offline JEC)" if not len(entries) else
+                       f"pfjets pT corrected with {', '.join(entries)}"),
+        "generation": generation,
+        "hlt_jets": {
+            "selection": f"hltemu {hlt_name} (HLT calorimeter jets, stage antikt"
+                         + (", corrected by stage jec)" if hlt_name == "corrected_jets" else ")"),
+            "objects": hlt_name,
+            "jec": jec[0] if all(j == jec[0] for j in jec) else jec,
+            "level_definitions": _level_definitions(list(first["levels"])),
+        },
+    }
+    return StudySample(
+        files=[{"path": q["path"], "events": q["events"],
+                "pileup": _generation(q["prov"])["pileup"],
+                "mean_n_pileup": (None if q["n_pileup"] is None
+                                  else float(np.mean(q["n_pileup"])))} for q in parts],
+        offline=offline, hlt=levels[FULL if FULL in levels else RAW], paths=paths_out, rho=rho,
+        rho_branch="rho_rho" if rho is not None else None, offline_algorithm=OFFLINE_ALGORITHM,
+        notes=notes, kind="hltemu", levels=levels, cuts=cuts, info=info)
+
+
+def _level_definitions(names: list[str]) -> dict[str, str]:
+    out = {}
+    done: list[str] = []
+    for name in names:
+        if name == RAW:
+            out[name] = "pt_raw (stage antikt's jets)"
+        elif name == FULL:
+            out[name] = "pt (corrected_jets, every level of the run's JEC)"
+        else:
+            done.append(name)
+            out[name] = "pt_raw * " + " * ".join(f"factor_{d}" for d in done)
+    return out
