@@ -19,6 +19,6 @@ hltemu generate --process qcd --pthat-min 15 --pthat-bias 4 --pileup 50 --events
   --seed "$seed" --jobs "$jobs" --no-progress -o "qcd_pu50_s$seed.root"
 hltemu run "qcd_pu50_s$seed.root" --backend cpu --no-progress \
   --stages topocluster,antikt,rho,jec,trigger,tracks,vertices,pfcandidates,pfjets,genjets \
-  --drop pfcandidates --drop cell_cluster --drop pfcandidate_jet \
+  --drop 'pfcandidate*' --drop 'track*' --drop cell_cluster \
   -o "run_qcd_pu50_s$seed.root" -r "run_qcd_pu50_s$seed.json"
 hltemu study online-offline "run_qcd_pu50_s$seed.root" -o study --bootstrap 200 --no-progress
