@@ -258,10 +258,14 @@ def _file_info(path: str) -> None:
                    "(e.g. --drop 'pfcandidates' --drop '*doublets'); repeatable.")
 @click.option("--keep", multiple=True, metavar="PATTERN",
               help="Write the products matching this pattern even if a --drop matches them.")
+@click.option("--timeline", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Write the run's timeline to FILE: host start and end of every read, stage "
+                   "and write per batch, as a Chrome trace JSON (open it in ui.perfetto.dev). "
+                   "A local run only.")
 def run(files: tuple[str, ...], backend: str, stages: str | None, batch_size: int,
         max_events: int | None, output: str, report_path: str, config_path: str | None,
         progress: bool, warmup: bool, workers: int | None, scheduler: str | None,
-        keep: tuple[str, ...], drop: tuple[str, ...]) -> None:
+        keep: tuple[str, ...], drop: tuple[str, ...], timeline: str | None) -> None:
     """Run the HLT chain over FILES (default: the built-in ttbar sample)."""
     import warnings
 
@@ -278,11 +282,15 @@ def run(files: tuple[str, ...], backend: str, stages: str | None, batch_size: in
     if distributed and max_events is not None:
         raise click.UsageError("--max-events applies to a local run, not with --workers or "
                                "--scheduler (a Dask task is a whole file)")
+    if distributed and timeline is not None:
+        raise click.UsageError("--timeline records a local run, not one with --workers or "
+                               "--scheduler")
     caught: list[warnings.WarningMessage] = []
     try:
         # the config file is an input too: no output may replace it
         check_outputs([("output file", None if distributed else output),
-                       ("report file", report_path)], [config_path])
+                       ("report file", report_path), ("timeline file", timeline)],
+                      [config_path])
         cfg = _load_config(config_path)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", NoOutputWarning)
@@ -302,6 +310,7 @@ def run(files: tuple[str, ...], backend: str, stages: str | None, batch_size: in
                     batch_size=batch_size, max_events=max_events, output=output,
                     report_path=report_path, progress=progress, warmup=warmup,
                     on_plan=lambda p: _print_plan(console, p.summary()), keep=keep, drop=drop,
+                    timeline=timeline,
                 )
     except _user_errors() as exc:
         raise click.ClickException(str(exc)) from None
@@ -326,6 +335,8 @@ def run(files: tuple[str, ...], backend: str, stages: str | None, batch_size: in
             console.print(f"  {key:<32s} {int(value):>8d}  ({100 * frac:.2f}%)")
     if report.events:
         console.print(f"output: {output}\nreport: {report_path}")
+        if timeline is not None:
+            console.print(f"timeline: {timeline}")
 
 
 @cli.command()

@@ -21,7 +21,7 @@ from hltemu import ui
 from hltemu.backends import Backend, get_backend
 from hltemu.batch import Collection, EventBatch
 from hltemu.config import HLTConfig
-from hltemu.profiling import RunReport, StageTimer
+from hltemu.profiling import RunReport, StageTimer, Timeline
 from hltemu.strictxp import stage_scope
 
 StageFn = Callable[..., Mapping[str, Collection]]
@@ -437,6 +437,7 @@ def run_files(
     on_plan: Callable[[Plan], None] | None = None,
     keep: Sequence[str] = (),
     drop: Sequence[str] = (),
+    timeline: str | Path | None = None,
 ) -> RunReport:
     """Read ``files`` in batches, run the chain on ``backend``, write products and a report.
 
@@ -473,6 +474,10 @@ def run_files(
         Which products are written (:func:`written_products`): those matching a ``drop``
         pattern are left out unless a ``keep`` pattern matches them; the report's plan lists
         them (``not_written``).
+    timeline:
+        JSON file for the run's timeline (:class:`~hltemu.profiling.Timeline`: host start and
+        end of every read, stage and write, per batch; a Chrome trace for Perfetto), written
+        like the report.
     """
     import contextlib
     import time
@@ -488,7 +493,8 @@ def run_files(
     files = [str(f) for f in files]
     if not files:
         raise PipelineError("no input files given")
-    check_outputs([("output file", output), ("report file", report_path)], files)
+    check_outputs([("output file", output), ("report file", report_path),
+                   ("timeline file", timeline)], files)
     present = io.common_collections(files)
     planned = plan(stages, present, config, files)
     chain, inputs, config = planned.stages, planned.inputs, planned.config
@@ -510,13 +516,16 @@ def run_files(
 
     report = RunReport(be.name, be.device, inputs=files, plan=planned.summary(),
                        config={st.name: config.to_dict().get(st.name, {}) for st in chain})
-    timer = StageTimer(be, report)
+    trace = Timeline(be) if timeline is not None else None
+    timer = StageTimer(be, report, trace)
     with contextlib.ExitStack() as outs:
         # temporary files now: a missing or unwritable directory fails before the first event
         out = (outs.enter_context(atomic_output(output, "output file"))
                if output is not None else None)
         rep = (outs.enter_context(atomic_output(report_path, "report file"))
                if report_path is not None else None)
+        tl = (outs.enter_context(atomic_output(timeline, "timeline file"))
+              if timeline is not None else None)
         writer = io.OutputWriter(out.path, name=out.final) if out is not None else None
         bar = _progress(progress, n_total)
         t0 = time.perf_counter()
@@ -528,13 +537,18 @@ def run_files(
             while True:
                 t_batch = time.perf_counter()
                 warm = report.warmup_seconds
+                if trace is not None:
+                    trace.batch += 1
                 with timer.stage("read", 0):
                     batch = next(batches, None)
                 if batch is None:
                     break
                 report.stages["read"].events += batch.n_events
                 if warmup and be.name != "reference" and batch.n_events and chain:
+                    t_warm = time.perf_counter()
                     report.warmup_seconds += _warm_up(batch, chain, config)
+                    if trace is not None:
+                        trace.add("warm-up (not counted)", t_warm, time.perf_counter(), 1)
                     warmup = False
                 run_batch(batch, chain, config, timer)
                 count_products(batch, chain, report)
@@ -558,7 +572,11 @@ def run_files(
             if bar is not None:
                 bar.close()
         report.total_seconds = time.perf_counter() - t0 - report.warmup_seconds
-        _commit_outputs(report, out, rep)
+        if tl is not None and trace is not None and report.events > 0:
+            tl.path.write_text(trace.to_json({"inputs": files, "backend": be.name,
+                                              "device": be.device,
+                                              "warmup_seconds": report.warmup_seconds}))
+        _commit_outputs(report, out, rep, tl)
     return report
 
 
@@ -579,15 +597,16 @@ def _run_provenance(be: Backend, planned: Plan, files: Sequence[str], report: Ru
     return prov
 
 
-def _commit_outputs(report: RunReport, out: Any, rep: Any) -> None:
-    """Finish a run's outputs (:class:`~hltemu.outputs.AtomicOutput` s or ``None``): write the
-    report into its temporary file, then rename both to their names.  After 0 events both are
-    discarded instead, with a :class:`~hltemu.outputs.NoOutputWarning` naming them."""
+def _commit_outputs(report: RunReport, out: Any, rep: Any, *extra: Any) -> None:
+    """Finish a run's outputs (:class:`~hltemu.outputs.AtomicOutput` s or ``None``; ``extra``
+    ones already written, e.g. the timeline): write the report into its temporary file, then
+    rename all to their names.  After 0 events all are discarded instead, with a
+    :class:`~hltemu.outputs.NoOutputWarning` naming them."""
     import warnings
 
     from hltemu.outputs import NoOutputWarning
 
-    pending = [o for o in (out, rep) if o is not None]
+    pending = [o for o in (out, rep, *extra) if o is not None]
     if report.events == 0:
         for o in pending:
             o.discard()

@@ -186,12 +186,46 @@ class RunReport:
         return ui.report_table(self)
 
 
-class StageTimer:
-    """Times stages into a :class:`RunReport`, synchronizing ``backend`` around each one."""
+class Timeline:
+    """The host's start and end of every timed step of a run (read, each stage, write), per
+    batch: a Chrome trace (``traceEvents`` of complete events ``"ph": "X"``, microseconds from
+    the run's start) that Perfetto (ui.perfetto.dev) and chrome://tracing open.  The steps are
+    synchronized with the device at both ends (:class:`StageTimer`), so on ``cuda`` a step's
+    span holds its kernels."""
 
-    def __init__(self, backend: Backend, report: RunReport | None = None) -> None:
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.t0 = time.perf_counter()
+        self.batch = -1
+        self.events: list[dict[str, Any]] = []
+
+    def add(self, name: str, start: float, end: float, n_events: int) -> None:
+        """A step ``name`` from ``start`` to ``end`` (``time.perf_counter`` seconds)."""
+        self.events.append({
+            "name": name, "cat": "read/write" if name in ("read", "write") else "stage",
+            "ph": "X", "ts": round((start - self.t0) * 1e6, 3),
+            "dur": round((end - start) * 1e6, 3), "pid": 1, "tid": 1,
+            "args": {"batch": self.batch, "events": n_events}})
+
+    def to_json(self, meta: dict[str, Any] | None = None) -> str:
+        """The Chrome trace JSON; ``meta`` goes into ``otherData``."""
+        names = [{"name": "process_name", "ph": "M", "pid": 1, "tid": 1,
+                  "args": {"name": f"hltemu run ({self.backend.name})"}},
+                 {"name": "thread_name", "ph": "M", "pid": 1, "tid": 1,
+                  "args": {"name": "host"}}]
+        return json.dumps({"traceEvents": names + self.events, "displayTimeUnit": "ms",
+                           "otherData": dict(meta or {})}, indent=1)
+
+
+class StageTimer:
+    """Times stages into a :class:`RunReport` (and a :class:`Timeline`, when given),
+    synchronizing ``backend`` around each one."""
+
+    def __init__(self, backend: Backend, report: RunReport | None = None,
+                 timeline: Timeline | None = None) -> None:
         self.backend = backend
         self.report = report if report is not None else RunReport(backend.name, backend.device)
+        self.timeline = timeline
 
     @contextlib.contextmanager
     def stage(self, name: str, n_events: int) -> Iterator[None]:
@@ -202,7 +236,10 @@ class StageTimer:
                 yield
             finally:
                 self.backend.synchronize()
-                self.report.record(name, n_events, time.perf_counter() - t0)
+                t1 = time.perf_counter()
+                self.report.record(name, n_events, t1 - t0)
+                if self.timeline is not None:
+                    self.timeline.add(name, t0, t1, n_events)
 
 
 @contextlib.contextmanager

@@ -122,3 +122,40 @@ def test_stage_timer_range_encloses_both_synchronizations(monkeypatch):
     assert log == [("push", "hltemu:antikt", "hltemu"), "sync", "body", "sync",
                    ("pop", "hltemu:antikt", "hltemu")]
     assert timer.report.stages["antikt"].calls == 1
+
+
+def test_timeline_is_a_chrome_trace_of_every_step(tmp_path):
+    """`hltemu run --timeline FILE`: one complete event per read, stage and write of every
+    batch (the batch's events in args), in time order within a batch, the warm-up apart;
+    refused with --workers; no file after 0 events."""
+    from click.testing import CliRunner
+
+    from hltemu.cli import cli
+
+    tl, out, rep = tmp_path / "t.json", tmp_path / "o.root", tmp_path / "r.json"
+    stages = ["topocluster", "antikt", "rho"]
+    res = CliRunner().invoke(cli, ["run", "-n", "6", "--batch-size", "4", "-b", "cpu",
+                                   "--stages", ",".join(stages), "--no-progress", "-o", str(out),
+                                   "-r", str(rep), "--timeline", str(tl)])
+    assert res.exit_code == 0, res.output
+    assert f"timeline: {tl}" in res.output
+    trace = json.loads(tl.read_text())
+    steps = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    warm = [e for e in steps if e["name"].startswith("warm-up")]
+    assert len(warm) == 1
+    for b, n in ((0, 4), (1, 2)):
+        mine = [e for e in steps if e["args"]["batch"] == b and e not in warm]
+        assert [e["name"] for e in mine] == ["read", *stages, "write"]
+        assert all(e["args"]["events"] == n for e in mine[1:])
+        ends = [e["ts"] + e["dur"] for e in mine]
+        assert all(nxt["ts"] >= end - 1e-3 for nxt, end in zip(mine[1:], ends, strict=False))
+    report = json.loads(rep.read_text())
+    for st in stages:  # the trace's durations are the report's seconds
+        total = sum(e["dur"] for e in steps if e["name"] == st) / 1e6
+        assert total == pytest.approx(report["stages"][st]["seconds"], rel=1e-3, abs=1e-5)
+    res = CliRunner().invoke(cli, ["run", "--workers", "2", "--timeline", str(tl)])
+    assert res.exit_code != 0 and "--timeline records a local run" in res.output
+    empty = tmp_path / "e.json"
+    res = CliRunner().invoke(cli, ["run", "-n", "0", "--stages", "rho", "--no-progress",
+                                   "-o", str(tmp_path / "e.root"), "--timeline", str(empty)])
+    assert res.exit_code == 0 and not empty.exists()
