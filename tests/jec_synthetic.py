@@ -92,9 +92,10 @@ def to_sample(parts: list[dict]) -> JetSample:
                      run_config={"antikt": {"R": R}}, **cat)
 
 
-def write_run_output(path: Path, p: dict, seed: int) -> None:
+def write_run_output(path: Path, p: dict, seed: int, pfjets_scale: float | None = None) -> None:
     """Write :func:`make_events` columns as an ``hltemu run`` output (Event, jets, genjets,
-    rho) with a run provenance naming the generation settings."""
+    rho) with a run provenance naming the generation settings; with ``pfjets_scale``, also
+    ``pfjets``: the truth jets with pT times that scale (area 0.5), as offline jets."""
     from hltemu.backends import get_backend
     from hltemu.batch import Collection, EventBatch
     from hltemu.io.writer import OutputWriter
@@ -113,13 +114,20 @@ def write_run_output(path: Path, p: dict, seed: int) -> None:
     gj = Collection.from_counts(np.bincount(p["t_ev"], minlength=n), {
         "pt": p["t_pt"], "eta": p["t_eta"], "phi": p["t_phi"]})
     rho = Collection.event_level({"rho": p["rho"]})
-    batch = EventBatch(get_backend("reference"), n, {"Event": event, "jets": jets, "genjets": gj, "rho": rho})
+    colls = {"Event": event, "jets": jets, "genjets": gj, "rho": rho}
+    config = {"antikt": {"R": R, "pt_min": 5.0},
+              "genjets": {"R": R, "pt_min": 5.0, "vertices": "hard_scatter"},
+              "rho": {"eta_max": 3.0, "grid_spacing": 0.55}}
+    if pfjets_scale is not None:
+        colls["pfjets"] = Collection.from_counts(np.bincount(p["t_ev"], minlength=n), {
+            "pt": p["t_pt"] * pfjets_scale, "eta": p["t_eta"], "phi": p["t_phi"],
+            "area": np.full(p["t_pt"].shape[0], 0.5)})
+        config["pfjets"] = {"R": R, "pt_min": 5.0, "chs": True}
+    batch = EventBatch(get_backend("reference"), n, colls)
     w = OutputWriter(path)
     w.set_provenance({
         "format": "hltemu-provenance/1", "kind": "run",
-        "config": {"antikt": {"R": R, "pt_min": 5.0},
-                   "genjets": {"R": R, "pt_min": 5.0, "vertices": "hard_scatter"},
-                   "rho": {"eta_max": 3.0, "grid_spacing": 0.55}},
+        "config": config,
         "inputs": [{"file": f"gen{seed}.root", "provenance": {
             "kind": "generate", "command": "synthetic",
             "settings": {"seed": seed, "pileup": p["pileup"], "process": "qcd"},

@@ -206,7 +206,8 @@ def run_outputs(tmp_path_factory):
                                 "d20": (2500, 20, 13), "d20_0": (2500, 0, 13),
                                 "v0": (1500, 0, 21), "v40": (1500, 40, 21)}.items():
         files[name] = d / f"{name}.root"
-        write_run_output(files[name], make_events(n, pu, seed, run=seed), seed)
+        write_run_output(files[name], make_events(n, pu, seed, run=seed), seed,
+                         pfjets_scale=0.8)
     return files
 
 
@@ -279,9 +280,11 @@ def test_load_sample_refuses_mixed_radii(run_outputs, tmp_path):
     assert sample.weight.sum() == pytest.approx(2 * 2.0, rel=1e-6)  # sigma / weight_sum per file
     with pytest.raises(DeriveError, match="no input files"):
         load_sample([])
+    calo_only = tmp_path / "calo_only.root"
+    write_run_output(calo_only, make_events(100, 0, 31), 31)
     with pytest.raises(DeriveError, match="no collection 'pfjets'.*--stages tracks,vertices,"
                        "topocluster,pfcandidates,pfjets,genjets,rho"):
-        load_sample([run_outputs["d0"]], jets="pfjets")
+        load_sample([calo_only], jets="pfjets")
     with pytest.raises(DeriveError, match="derive-jec corrects jets or pfjets"):
         load_sample([run_outputs["d0"]], jets="clusters")
 
@@ -400,3 +403,29 @@ def test_the_shipped_pfjets_corrections():
     for f in full["l2"]:
         fit = L2Fit(**{**f, "eta": tuple(f["eta"]), "pt_range": tuple(f["pt_range"])})
         assert cliffs(fit) == [], fit.eta
+
+
+def test_reference_pfjets_calibrates_to_the_corrected_offline_jets(run_outputs, tmp_path):
+    """--reference pfjets: the reference jets are the offline pfjets with their corrections
+    applied (here pT x 0.8, corrected by a flat 1.25 back to the truth), so the HLT correction
+    derived against them equals the one derived against truth; a file without pfjets and a
+    reference equal to the jets corrected are refused."""
+    flat = tmp_path / "flat_L2Relative_AK4PFchs.txt"
+    flat.write_text("{1 JetEta 1 JetPt [0] Correction L2Relative}\n-5.191 5.191 3 1 14000 1.25\n")
+    files = [run_outputs[k] for k in ("d0", "d40", "d20", "d20_0")]
+    truth = load_sample(files)
+    offline = load_sample(files, reference="pfjets", reference_levels=[str(flat)])
+    assert offline.reference == "pfjets"
+    np.testing.assert_allclose(offline.t_pt, truth.t_pt, rtol=1e-12)
+    a, b = derive(truth), derive(offline)
+    from hltemu.jec.derive import l2_correction
+
+    for fa, fb in zip(a.l2, b.l2, strict=True):
+        pts = np.geomspace(*fa.pt_range, 20)
+        np.testing.assert_allclose(l2_correction(fb.params, pts), l2_correction(fa.params, pts),
+                                   rtol=1e-4)
+    assert b.inputs["truth"] == "pfjets (offline, corrected)"
+    with pytest.raises(DeriveError, match="reference 'jets'"):
+        load_sample(files, reference="jets")
+    with pytest.raises(DeriveError, match="reference 'pfjets'"):
+        load_sample(files, jets="pfjets", reference="pfjets")

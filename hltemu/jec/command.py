@@ -25,6 +25,11 @@ import click
               help="The jets to correct: calorimeter jets (stage antikt) or the offline "
                    "particle-flow jets (stage pfjets; FILES then from `hltemu run --stages "
                    "tracks,vertices,topocluster,pfcandidates,pfjets,genjets,rho`).")
+@click.option("--reference", "reference", type=click.Choice(["genjets", "pfjets"]),
+              default="genjets", show_default=True,
+              help="What the jets are calibrated to: hard-scatter truth jets, or the offline "
+                   "particle-flow jets corrected with the shipped hltemu_PF_V1_MC (HLT/offline "
+                   "= 1 after the correction; FILES then also need the pfjets stages).")
 @click.option("--algo", default=None,
               help="Jet algorithm label of the file names  [default: AK4Calo for jets, "
                    "AK4PFchs for pfjets]")
@@ -37,8 +42,8 @@ import click
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show progress bars.")
 def derive_jec(files: tuple[str, ...], output_dir: str, validate: tuple[str, ...], era: str,
-               jets: str, algo: str | None, weighted: bool, plots: bool, progress: bool
-               ) -> None:
+               jets: str, reference: str, algo: str | None, weighted: bool, plots: bool,
+               progress: bool) -> None:
     """Derive L1FastJet and L2Relative jet corrections from FILES written by hltemu run.
 
     FILES are `hltemu run FILE --stages topocluster,antikt,genjets,rho` outputs of a paired
@@ -87,8 +92,9 @@ def derive_jec(files: tuple[str, ...], output_dir: str, validate: tuple[str, ...
         bar = ui.ProgressBar(len(files) + len(validate), "files read") if progress else None
         step = bar.update if bar is not None else None
         try:
-            sample = load_sample(files, progress=step, jets=jets)
-            held_out = load_sample(validate, progress=step, jets=jets) if validate else None
+            sample = load_sample(files, progress=step, jets=jets, reference=reference)
+            held_out = (load_sample(validate, progress=step, jets=jets, reference=reference)
+                        if validate else None)
         finally:
             if bar is not None:
                 bar.close()

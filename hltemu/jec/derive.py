@@ -46,6 +46,11 @@ each event counts with ``Event_weight`` times its file's cross-section over its 
 (from the generation provenance), so biased samples and files of different sizes combine into
 one physical spectrum.  Either way the effective number of jets of every point is recorded.
 
+Reference: truth jets by default; with ``reference="pfjets"`` the L2 response is measured
+against the offline particle-flow jets corrected by :data:`OFFLINE_LEVELS`, so the HLT
+correction calibrates HLT jets to the offline ones (the online-offline study measures the
+result).
+
 Acceptance: the calorimeter's ``|eta| < 3``; the outermost bins reach 5.191 (CMS's edge) so
 that a jet outside still gets a factor.
 
@@ -83,7 +88,16 @@ L2_FORMULA = ("max(0.0001,[0]+[1]/(pow(log10(x),2)+[2])"
               "+[3]*exp(-[4]*pow(log10(x)-[5],2)))")
 
 #: Collections a derivation reads from each ``hltemu run`` output.
-NEEDED = ("Event", "genjets", "rho")
+NEEDED = ("Event", "rho")
+
+#: The reference jets a derivation calibrates to: hard-scatter truth jets, or the offline
+#: particle-flow jets corrected with :data:`OFFLINE_LEVELS` ("move knowledge between online and
+#: offline": an HLT correction that gives HLT/offline = 1).
+REFERENCES: tuple[str, ...] = ("genjets", "pfjets")
+
+#: The corrections of the offline reference ``pfjets`` (derive-jec --jets pfjets, shipped).
+OFFLINE_LEVELS: tuple[str, ...] = ("builtin:hltemu_PF_V1_MC_L1FastJet_AK4PFchs.txt",
+                                   "builtin:hltemu_PF_V1_MC_L2Relative_AK4PFchs.txt")
 
 #: Jet collections corrections can be derived for -> the stages whose settings make them (the
 #: first holds ``R`` and ``pt_min``), which must agree between the inputs.
@@ -173,6 +187,8 @@ class JetSample:
     noise_mode: dict[str, Any] = field(default_factory=dict)
     #: the reco jets' collection (a key of :data:`JET_COLLECTIONS`)
     jets: str = "jets"
+    #: what the ``t_*`` jets are: ``"genjets"`` (truth) or ``"pfjets"`` (corrected offline jets)
+    reference: str = "genjets"
 
     @property
     def n_events(self) -> int:
@@ -191,12 +207,12 @@ class JetSample:
             self.weight[mask], self.file[mask], new_index[self.j_ev[jm]], self.j_pt[jm],
             self.j_eta[jm], self.j_phi[jm], self.j_area[jm], new_index[self.t_ev[tm]],
             self.t_pt[tm], self.t_eta[tm], self.t_phi[tm], self.radius, self.run_config,
-            self.generation, self.noise_mode, self.jets)
+            self.generation, self.noise_mode, self.jets, self.reference)
 
 
 #: run-config entries that must agree between the inputs of one derivation (besides the jet
 #: collection's stages, :data:`JET_COLLECTIONS`)
-_MUST_AGREE = ("genjets", "rho")
+_MUST_AGREE = ("rho",)
 
 
 def _generation_provenance(prov: dict[str, Any] | None) -> dict[str, Any]:
@@ -225,9 +241,14 @@ def _generation_provenance(prov: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def load_sample(paths: Sequence[str | Path], progress: Callable[[int], None] | None = None,
-                jets: str = "jets") -> JetSample:
+                jets: str = "jets", reference: str = "genjets",
+                reference_levels: Sequence[str] = OFFLINE_LEVELS) -> JetSample:
     """Read the reco jets ``jets`` (``"jets"``: calorimeter, ``"pfjets"``: particle flow),
-    ``genjets``, ``rho`` and ``Event`` of each ``hltemu run`` output.
+    the reference jets, ``rho`` and ``Event`` of each ``hltemu run`` output.
+
+    The reference (the ``t_*`` arrays) is ``genjets`` (hard-scatter truth) or ``pfjets`` (the
+    offline jets, their pT corrected by ``reference_levels``: an HLT correction derived against
+    them calibrates HLT jets to offline ones).
 
     A missing collection, a file written with another jet radius or rho definition than the
     first, or an empty input is a :class:`DeriveError` naming the file.  ``progress`` is called
@@ -241,8 +262,20 @@ def load_sample(paths: Sequence[str | Path], progress: Callable[[int], None] | N
         raise DeriveError("no input files given")
     if jets not in JET_COLLECTIONS:
         raise DeriveError(f"jets {jets!r}: derive-jec corrects {' or '.join(JET_COLLECTIONS)}")
-    must_agree = (*JET_COLLECTIONS[jets], *_MUST_AGREE)
-    needed = (jets, *NEEDED)
+    if reference not in REFERENCES or reference == jets:
+        raise DeriveError(f"reference {reference!r}: give one of {', '.join(REFERENCES)}, other "
+                          f"than the jets corrected ({jets!r})")
+    must_agree = tuple(dict.fromkeys((*JET_COLLECTIONS[jets], *_MUST_AGREE,
+                                      *(JET_COLLECTIONS.get(reference, ())))))
+    needed = (jets, reference, *NEEDED)
+    offline_chain = None
+    if reference == "pfjets":
+        from hltemu.jec import load_chain
+
+        try:
+            offline_chain = load_chain(tuple(str(x) for x in reference_levels))
+        except JecError as exc:
+            raise DeriveError(f"reference pfjets corrections: {exc}") from None
     parts: list[dict[str, np.ndarray]] = []
     files = [str(p) for p in paths]
     first_config: dict[str, Any] | None = None
@@ -256,7 +289,8 @@ def load_sample(paths: Sequence[str | Path], progress: Callable[[int], None] | N
         if missing:
             raise DeriveError(
                 f"{path}: no collection {', '.join(map(repr, missing))}; derive-jec reads the "
-                f"output of `hltemu run FILE --stages {RUN_STAGES[jets]}`")
+                f"output of `hltemu run FILE --stages {RUN_STAGES[jets]}`"
+                + ("" if reference == "genjets" else f" (and {RUN_STAGES['pfjets']})"))
         prov = read_provenance(path) or {}
         config = {k: (prov.get("config") or {}).get(k) for k in must_agree}
         config["topocluster"] = (prov.get("config") or {}).get("topocluster")
@@ -281,7 +315,7 @@ def load_sample(paths: Sequence[str | Path], progress: Callable[[int], None] | N
                     f"{path}: topocluster {this} differs from {mode_file}'s {mode}; derive "
                     "corrections from files clustered with the same noise mode")
         c = read_collections(path, list(needed))
-        ev, reco, gj, rho = c["Event"], c[jets], c["genjets"], c["rho"]
+        ev, reco, gj, rho = c["Event"], c[jets], c[reference], c["rho"]
         n = ev.n_events
         if n == 0:
             raise DeriveError(f"{path}: no events")
@@ -305,7 +339,7 @@ def load_sample(paths: Sequence[str | Path], progress: Callable[[int], None] | N
             "j_phi": np.asarray(reco["phi"], dtype=np.float64),
             "j_area": np.asarray(reco["area"], dtype=np.float64),
             "t_ev": np.asarray(gj.event_index()) + offset,
-            "t_pt": np.asarray(gj["pt"], dtype=np.float64),
+            "t_pt": _reference_pt(gj, rho, offline_chain),
             "t_eta": np.asarray(gj["eta"], dtype=np.float64),
             "t_phi": np.asarray(gj["phi"], dtype=np.float64),
         })
@@ -314,18 +348,31 @@ def load_sample(paths: Sequence[str | Path], progress: Callable[[int], None] | N
             progress(1)
     assert first_config is not None
     radius = float((first_config.get(JET_COLLECTIONS[jets][0]) or {}).get("R", 0.4))
-    truth_r = (first_config.get("genjets") or {}).get("R")
+    truth_r = (first_config.get(JET_COLLECTIONS.get(reference, ("genjets",))[0]) or {}).get("R")
     if truth_r is not None and float(truth_r) != radius:
         raise DeriveError(f"{files[0]}: jets have R = {radius:g} but genjets R = {truth_r}; "
                           "derive with truth jets of the same radius")
     vertices = (first_config.get("genjets") or {}).get("vertices")
-    if vertices not in (None, "hard_scatter"):
+    if reference == "genjets" and vertices not in (None, "hard_scatter"):
         raise DeriveError(f"{files[0]}: genjets were clustered from {vertices!r} vertices; the "
                           "response is defined against hard-scatter truth jets "
                           "([genjets] vertices = \"hard_scatter\")")
     cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     return JetSample(files=files, radius=radius, run_config=first_config, generation=generation,
-                     noise_mode=mode or {}, jets=jets, **cat)
+                     noise_mode=mode or {}, jets=jets, reference=reference, **cat)
+
+
+def _reference_pt(ref: Any, rho: Any, chain: Any) -> np.ndarray:
+    """The reference jets' pT [GeV]: as stored (genjets), or corrected by ``chain``."""
+    pt = np.asarray(ref["pt"], dtype=np.float64)
+    if chain is None:
+        return pt
+    values = {"JetPt": pt, "JetEta": np.asarray(ref["eta"], dtype=np.float64),
+              "JetPhi": np.asarray(ref["phi"], dtype=np.float64),
+              "JetA": np.asarray(ref["area"], dtype=np.float64),
+              "Rho": np.asarray(rho["rho"], dtype=np.float64)[np.asarray(ref.event_index())]}
+    _, _, factors = chain.correct_reference(values)
+    return pt * np.prod(np.asarray(factors), axis=1)
 
 
 def pair_events(pu: JetSample, pu0: JetSample) -> np.ndarray:
@@ -688,7 +735,8 @@ def derive(sample: JetSample, settings: DeriveSettings | None = None) -> Derivat
         "R": sample.radius,
         "noise_mode": sample.noise_mode,
         "jets": f"{sample.jets} (stage {JET_COLLECTIONS[sample.jets][0]})",
-        "truth": "genjets (hard scatter)",
+        "truth": ("genjets (hard scatter)" if sample.reference == "genjets" else
+                  f"{sample.reference} (offline, corrected)"),
         "rho": sample.run_config.get("rho"),
         "topocluster": sample.run_config.get("topocluster"),
         "run_facts": sample.run_config.get("facts"),
