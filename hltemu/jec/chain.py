@@ -150,6 +150,18 @@ class JecChain:
         return self._device_tables[key]
 
 
+def jet_values(jets: Any, rho: Any = None) -> dict[str, np.ndarray]:
+    """CMS-named float64 NumPy arrays of a host jets collection (columns ``pt`` [GeV], ``eta``,
+    ``phi`` [rad], ``area``), with ``Rho`` [GeV per unit area] per jet from an event-level
+    ``rho`` collection when given: the ``values`` of :meth:`JecChain.correct_reference`."""
+    values = {var: np.asarray(jets[col], dtype=np.float64)
+              for var, col in (("JetPt", "pt"), ("JetEta", "eta"), ("JetPhi", "phi"),
+                               ("JetA", "area"))}
+    if rho is not None:
+        values["Rho"] = np.asarray(rho["rho"], dtype=np.float64)[np.asarray(jets.event_index())]
+    return values
+
+
 def values_matrix(values: Mapping[str, Any], n: int, xp: Any = np) -> Any:
     """The kernels' ``values`` array ``(n, N_VARS)`` from CMS-named columns (NaN when absent)."""
     out = xp.full((n, K.N_VARS), xp.nan, dtype=xp.float64)

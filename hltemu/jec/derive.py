@@ -364,15 +364,11 @@ def load_sample(paths: Sequence[str | Path], progress: Callable[[int], None] | N
 
 def _reference_pt(ref: Any, rho: Any, chain: Any) -> np.ndarray:
     """The reference jets' pT [GeV]: as stored (genjets), or corrected by ``chain``."""
-    pt = np.asarray(ref["pt"], dtype=np.float64)
+    from hltemu.jec.chain import jet_values
+
     if chain is None:
-        return pt
-    values = {"JetPt": pt, "JetEta": np.asarray(ref["eta"], dtype=np.float64),
-              "JetPhi": np.asarray(ref["phi"], dtype=np.float64),
-              "JetA": np.asarray(ref["area"], dtype=np.float64),
-              "Rho": np.asarray(rho["rho"], dtype=np.float64)[np.asarray(ref.event_index())]}
-    _, _, factors = chain.correct_reference(values)
-    return pt * np.prod(np.asarray(factors), axis=1)
+        return np.asarray(ref["pt"], dtype=np.float64)
+    return chain.correct_reference(jet_values(ref, rho))[0]
 
 
 def pair_events(pu: JetSample, pu0: JetSample) -> np.ndarray:

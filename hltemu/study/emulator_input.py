@@ -134,6 +134,7 @@ def _read_one(path: str, chain: Any) -> dict[str, Any]:
     from hltemu.io import read_collections
     from hltemu.io.layout import common_collections
     from hltemu.io.provenance import read_provenance
+    from hltemu.jec.chain import jet_values
 
     have = set(common_collections([path]))
     hlt_name = next((c for c in _HLT_COLLECTIONS if c in have), None)
@@ -150,12 +151,7 @@ def _read_one(path: str, chain: Any) -> dict[str, Any]:
     hlt, pf = c[hlt_name], c["pfjets"]
     n = pf.n_events
     rho = np.asarray(c["rho"]["rho"], dtype=np.float64) if "rho" in c else None
-    values = {"JetPt": np.asarray(pf["pt"], dtype=np.float64),
-              "JetEta": np.asarray(pf["eta"], dtype=np.float64),
-              "JetPhi": np.asarray(pf["phi"], dtype=np.float64),
-              "JetA": np.asarray(pf["area"], dtype=np.float64)}
-    if rho is not None:
-        values["Rho"] = rho[np.asarray(pf.event_index())]
+    values = jet_values(pf, c.get("rho"))
     pf_pt, _, _ = chain.correct_reference(values)
     notes: list[str] = []
     return {
