@@ -217,31 +217,49 @@ def link_reference(t_off: np.ndarray, c_off: np.ndarray, t_eta: np.ndarray, t_ph
     return link, expected, variance
 
 
-def _link_cpu(*args: Any, xp: Any) -> tuple[Any, Any, Any]:
+class LinkInputs(NamedTuple):
+    """The link's arguments, in :func:`link_reference`'s (and the kernels') order."""
+
+    t_off: Any
+    c_off: Any
+    t_eta: Any
+    t_phi: Any
+    reach: Any
+    mean: Any
+    var: Any
+    c_eta: Any
+    c_phi: Any
+    c_energy: Any
+    link_dr2: float
+
+
+def _link_outputs(inp: LinkInputs, xp: Any) -> tuple[Any, Any, Any]:
+    """The kernels' outputs ``(link, expected, variance)``, to be filled."""
+    n_clusters = inp.c_eta.shape[0]
+    return (xp.empty(inp.t_eta.shape[0], dtype=xp.int64),
+            xp.empty(n_clusters, dtype=xp.float64), xp.empty(n_clusters, dtype=xp.float64))
+
+
+def _link_cpu(inp: LinkInputs, xp: Any) -> tuple[Any, Any, Any]:
     from hltemu.kernels.pfcandidates import link_cpu
 
-    link = np.empty(args[2].shape[0], dtype=np.int64)
-    expected = np.empty(args[7].shape[0])
-    variance = np.empty(args[7].shape[0])
-    link_cpu(*args, link, expected, variance)
-    return link, expected, variance
+    out = _link_outputs(inp, np)
+    link_cpu(*inp, *out)
+    return out
 
 
-def _link_cuda(*args: Any, xp: Any) -> tuple[Any, Any, Any]:
+def _link_cuda(inp: LinkInputs, xp: Any) -> tuple[Any, Any, Any]:
     from hltemu.kernels.pfcandidates import link_cuda
 
-    t_off = args[0]
-    n_events = t_off.shape[0] - 1
-    link = xp.empty(args[2].shape[0], dtype=xp.int64)
-    expected = xp.empty(args[7].shape[0], dtype=xp.float64)
-    variance = xp.empty(args[7].shape[0], dtype=xp.float64)
+    out = _link_outputs(inp, xp)
+    n_events = inp.t_off.shape[0] - 1
     if n_events > 0:
-        link_cuda[blocks(n_events), THREADS_PER_BLOCK](*args, link, expected, variance)
-    return link, expected, variance
+        link_cuda[blocks(n_events), THREADS_PER_BLOCK](*inp, *out)
+    return out
 
 
-def _link_reference(*args: Any, xp: Any) -> tuple[Any, Any, Any]:
-    return link_reference(*args)
+def _link_reference(inp: LinkInputs, xp: Any) -> tuple[Any, Any, Any]:
+    return link_reference(*inp)
 
 
 # -- the stage ------------------------------------------------------------------------------------
@@ -282,10 +300,10 @@ def pf_stage(batch: EventBatch, cfg: PFCandidatesConfig, prep: Prepared, linker:
                                            prep, xp)
     p = t["pt"] * xp.cosh(t["eta"])
     mean, sigma = prep.table.expected_deposit(p, eta_imp, xp, spread="rms")
-    link, expected, variance = linker(
+    link, expected, variance = linker(LinkInputs(
         t_off, c_off, eta_imp, phi_imp, reach, xp.ascontiguousarray(mean),
         xp.ascontiguousarray(sigma * sigma), cl["eta"], cl["phi"], cl["energy"],
-        float(cfg.link_dr) ** 2, xp=xp)
+        float(cfg.link_dr) ** 2), xp)
     # rule 4: neutral candidates
     n_clusters = cl["energy"].shape[0]
     linked = link[link >= 0]

@@ -184,28 +184,48 @@ def plot_response_distributions(summary: dict[str, Any], path: Path) -> Path | N
     return save(plt, fig, path)
 
 
+def _draw_efficiency(ax: Any, pts: list[dict[str, Any]], r: dict[str, Any], top: float,
+                     colour: str, fit_colour: str, label: str, fit_label: str | None = None,
+                     xerr: bool = False) -> None:
+    """Efficiency points (68% Clopper-Pearson) and, for a fit with status ok, its erf curve
+    up to ``top`` [GeV] with p50 (dashed) and p95 (dotted) lines; ``fit_label`` names the
+    curve and the lines in the legend (none when ``None``)."""
+    if pts:
+        x = np.array([0.5 * (p["pt_min"] + p["pt_max"]) for p in pts])
+        eff = np.array([p["efficiency"] for p in pts])
+        ax.errorbar(x, eff, xerr=([0.5 * (p["pt_max"] - p["pt_min"]) for p in pts] if xerr
+                                  else None),
+                    yerr=[eff - [p["low"] for p in pts], [p["high"] for p in pts] - eff],
+                    fmt="o", color=colour, label=label, **({} if xerr else {"ms": 4}))
+    if r["status"] == "ok":
+        g = np.linspace(0.0, top, 300)
+        ax.plot(g, erf_turn_on(g, r["mu"], r["sigma"], r["plateau"]), color=fit_colour,
+                label=fit_label)
+        for key, ls in (("p50", "--"), ("p95", ":")):
+            if r[key] is not None:
+                ax.axvline(r[key], color=fit_colour, lw=1, ls=ls,
+                           label=key if fit_label is not None else None)
+
+
+def _efficiency_frame(ax: Any, top: float, xlabel: str) -> None:
+    """Axes of an efficiency plot: pT from 0 to ``top`` [GeV], efficiency 0 to 1.45, a line
+    at 1."""
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, 1.45)
+    ax.axhline(1.0, color="gray", lw=1)
+    ax.set_xlabel(f"{xlabel} (GeV)", fontsize=13)
+    ax.set_ylabel("efficiency")
+
+
 def plot_turn_on(summary: dict[str, Any], name: str, path: Path) -> Path:
     plt, _ = pyplot()
     methods = summary["turn_on"][name]
     fig, axes = grid(plt, len(methods), ncols=len(methods))
     for ax, (method, r) in zip(axes, methods.items(), strict=True):
         pts = r["points"]
-        if pts:
-            x = np.array([0.5 * (p["pt_min"] + p["pt_max"]) for p in pts])
-            eff = np.array([p["efficiency"] for p in pts])
-            ax.errorbar(x, eff, xerr=[0.5 * (p["pt_max"] - p["pt_min"]) for p in pts],
-                        yerr=[eff - [p["low"] for p in pts], [p["high"] for p in pts] - eff],
-                        fmt="o", color="k", label="data (68% CP)")
-            top = pts[-1]["pt_max"]
-        else:
-            top = 3.0 * summary["paths"][name]["threshold"]
+        top = pts[-1]["pt_max"] if pts else 3.0 * summary["paths"][name]["threshold"]
+        _draw_efficiency(ax, pts, r, top, "k", "C3", "data (68% CP)", "erf fit", xerr=True)
         if r["status"] == "ok":
-            g = np.linspace(0.0, top, 300)
-            ax.plot(g, erf_turn_on(g, r["mu"], r["sigma"], r["plateau"]), color="C3",
-                    label="erf fit")
-            for key, ls in (("p50", "--"), ("p95", ":")):
-                if r[key] is not None:
-                    ax.axvline(r[key], color="C3", lw=1, ls=ls, label=key)
             fit = (f"p50 = {r['p50']:.1f} ± {r['p50_error']:.1f} GeV\n"
                    + (f"p95 = {r['p95']:.1f} ± {r['p95_error']:.1f} GeV\n"
                       if r["p95"] is not None else "p95 n/a\n")
@@ -218,11 +238,7 @@ def plot_turn_on(summary: dict[str, Any], name: str, path: Path) -> Path:
         _label(ax, summary, f"{name}, {how}\n{r['n_events']} "
                             f"{'events' if method == 'reference' else 'probes'}, "
                             f"{r['n_rising']} within μ ± 2σ", size=11)
-        ax.set_xlim(0, top)
-        ax.set_ylim(0, 1.45)
-        ax.axhline(1.0, color="gray", lw=1)
-        ax.set_xlabel(f"{r['x']} (GeV)", fontsize=13)
-        ax.set_ylabel("efficiency")
+        _efficiency_frame(ax, top, r["x"])
         if pts:
             ax.legend(fontsize=10, loc="upper right")
     return save(plt, fig, path)
@@ -241,18 +257,8 @@ def plot_threshold_width(summary: dict[str, Any], path: Path) -> Path:
             continue
         colour = LEVEL_COLOURS[k % len(LEVEL_COLOURS)]
         pts = [p for p in r["points"] if p["pt_max"] <= top]
-        if pts:
-            x = np.array([0.5 * (p["pt_min"] + p["pt_max"]) for p in pts])
-            eff = np.array([p["efficiency"] for p in pts])
-            ax.errorbar(x, eff, yerr=[eff - [p["low"] for p in pts], [p["high"] for p in pts]
-                                      - eff], fmt="o", color=colour, ms=4,
-                        label=f"{name}: pT > {r['threshold']:g} GeV")
+        _draw_efficiency(ax, pts, r, top, colour, colour, f"{name}: pT > {r['threshold']:g} GeV")
         if r["status"] == "ok":
-            g = np.linspace(0.0, top, 300)
-            ax.plot(g, erf_turn_on(g, r["mu"], r["sigma"], r["plateau"]), color=colour)
-            for key, ls in (("p50", "--"), ("p95", ":")):
-                if r[key] is not None:
-                    ax.axvline(r[key], color=colour, lw=1, ls=ls)
             lines.append(f"{name}: p50 {r['p50']:.1f}, width {r['width']:.1f} ± "
                          f"{r['width_error']:.1f} GeV" if r["width"] is not None
                          else f"{name}: p50 {r['p50']:.1f}, p95 n/a")
@@ -262,11 +268,7 @@ def plot_threshold_width(summary: dict[str, Any], path: Path) -> Path:
             ha="right")
     _label(ax, summary, f"{w['path']}'s cut (|η| ≤ {w['eta_max']:g}) per HLT level\n"
                         f"{w['n_events']} events, p50 matched", size=11)
-    ax.set_xlim(0, top)
-    ax.set_ylim(0, 1.45)
-    ax.axhline(1.0, color="gray", lw=1)
-    ax.set_xlabel(f"{w['x']} (GeV)", fontsize=13)
-    ax.set_ylabel("efficiency")
+    _efficiency_frame(ax, top, w["x"])
     ax.legend(fontsize=10, loc="upper right")
     return save(plt, fig, path)
 
