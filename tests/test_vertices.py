@@ -1,12 +1,12 @@
 """Stage ``vertices`` (primary vertex from track z0): a hand-built event with its vertices and
 associations worked out here, the reference against an independent NumPy oracle (sort, gaps,
-``bincount`` sums) on random tracks, the three backends bit for bit on random tracks and on the
+masked sums) on random tracks, the three backends bit for bit on random tracks and on the
 tracks of Pythia events, the primary vertex of the built-in ttbar sample against its true
 hard-scatter vertex, bad inputs and configs.
 
 Tolerances: given the same tracks every backend gives the same bits (tolerance 0: the same
 comparisons, the same sums in the same order, :mod:`hltemu.stages.vertices`).  The oracle adds
-with ``bincount`` in its own order: its vertex positions and sums agree to 1e-12 relative, its
+with ``np.sum`` in its own order: its vertex positions and sums agree to 1e-12 relative, its
 discrete results (vertices, their order, n_tracks, associations) exactly.
 """
 
@@ -72,13 +72,15 @@ def test_a_hand_built_event():
     fourth at 0.15 (pT 1); a second cluster at 1.00, 1.04 (pT 5, 1) with twice the first's
     sigma on 1.04; a lone track at 3.0 (no vertex: min_tracks 2); a displaced track at 0.01
     (d0 0.05 = 5 sigma_d0: not selected); a track at 1.02 with sigma_z0 1.5 cm (not
-    selected).  Vertices: the second (sum pT^2 26) first, z = (1.00 w + 1.04 w/4) / (5 w / 4)
-    = 1.008; then the first (sum pT^2 7, z = mean 0.055 of equal sigmas)."""
+    selected).  With a fit window wide enough to keep every track (fit_sigmas 1e9), vertices:
+    the second (sum pT^2 26) first, z = (1.00 w + 1.04 w/4) / (5 w / 4) = 1.008; then the
+    first (sum pT^2 7, z = mean 0.055 of equal sigmas).  test_the_trimmed_fit has the default
+    window."""
     ev = {"z0": [0.00, 0.05, 0.02, 0.15, 1.00, 1.04, 3.0, 0.01, 1.02],
           "pt": [1.0, 1.0, 2.0, 1.0, 5.0, 1.0, 9.0, 1.0, 1.0],
           "sigma_z0": [0.01, 0.01, 0.01, 0.01, 0.01, 0.02, 0.01, 0.01, 1.5],
           "d0": [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.05, 0.0]}
-    cfg = VerticesConfig(z_separation=0.1)
+    cfg = VerticesConfig(z_separation=0.1, fit_sigmas=1e9)
     for b in ("reference", "cpu", "cuda"):
         v, a = run_vertices(track_batch([ev, {"z0": []}], b), cfg)
         assert v.counts.tolist() == [2, 0] and a.counts.tolist() == [9, 0], b
@@ -93,11 +95,39 @@ def test_a_hand_built_event():
         assert v["n_tracks"].dtype == np.int32 and a["vertex"].dtype == np.int32
         assert a["pv"].dtype == bool
     # a smaller z_separation splits the first cluster at its 0.1 gap: 3 + 1 tracks
-    v, a = run_vertices(track_batch([ev]), VerticesConfig(z_separation=0.09))
+    v, a = run_vertices(track_batch([ev]), VerticesConfig(z_separation=0.09, fit_sigmas=1e9))
     assert v["n_tracks"].tolist() == [2, 3] and a["vertex"].tolist()[:4] == [1, 1, 1, -1]
     # min_tracks 1 makes the lone track a vertex, and the largest sum pT^2 (81)
-    v, _ = run_vertices(track_batch([ev]), VerticesConfig(z_separation=0.1, min_tracks=1))
+    v, _ = run_vertices(track_batch([ev]), VerticesConfig(z_separation=0.1, min_tracks=1,
+                                                          fit_sigmas=1e9))
     assert v["z"][0] == pytest.approx(3.0, rel=1e-15) and v["sum_pt2"].tolist() == [81.0, 26.0, 7.0]
+
+
+def test_the_trimmed_fit():
+    """The default fit (3 sigma_z0) on the event above: the first cluster (z0 0.00, 0.02,
+    0.05, 0.15, sigma 0.01) starts at its weighted median 0.02 (the second of four equal
+    weights reaches half the sum), keeps 0.00 and 0.02 (0.05 is 0.03 + 2e-18 away, outside),
+    refits to 0.01, keeps the same two: z = 0.01, two tracks, sum pT^2 1 + 4.  The second
+    cluster keeps both its tracks (1.04 is 1.6 sigma from 1.008).  A cluster of two tracks 1 mm
+    apart with sigma 0.1 mm keeps only the better measured track after its median: with
+    min_tracks 2 it is no vertex, with min_tracks 1 a vertex of one track.  Every track of a
+    cluster keeps its vertex row; n_tracks counts those in the fit."""
+    ev = {"z0": [0.00, 0.05, 0.02, 0.15, 1.00, 1.04, 3.0, 3.1],
+          "pt": [1.0, 1.0, 2.0, 1.0, 5.0, 1.0, 1.0, 1.0],
+          "sigma_z0": [0.01, 0.01, 0.01, 0.01, 0.01, 0.02, 0.01, 0.02]}
+    cfg = VerticesConfig(z_separation=0.11)
+    for b in ("reference", "cpu", "cuda"):
+        v, a = run_vertices(track_batch([ev], b), cfg)
+        np.testing.assert_allclose(v["z"], [1.008, 0.01], rtol=1e-14, err_msg=b)
+        assert v["n_tracks"].tolist() == [2, 2] and v["sum_pt2"].tolist() == [26.0, 5.0], b
+        assert a["vertex"].tolist() == [1, 1, 1, 1, 0, 0, -1, -1], b
+        v, a = run_vertices(track_batch([ev], b), VerticesConfig(z_separation=0.11,
+                                                                  min_tracks=1))
+        assert v["z"].tolist()[2] == 3.0 and v["n_tracks"].tolist() == [2, 2, 1], b
+        assert a["vertex"].tolist()[-2:] == [2, 2], b
+    # one refit at most: the median's neighbours, without the second pass
+    v, _ = run_vertices(track_batch([ev]), VerticesConfig(z_separation=0.11, fit_iterations=1))
+    np.testing.assert_allclose(v["z"], [1.008, 0.01], rtol=1e-14)
 
 
 def test_ties_in_z0_and_sum_pt2():
@@ -111,9 +141,24 @@ def test_ties_in_z0_and_sum_pt2():
 
 
 # -- the oracle ----------------------------------------------------------------------------------
+def trimmed_fit(z0: np.ndarray, sz: np.ndarray, pt: np.ndarray, cfg: VerticesConfig
+                ) -> tuple[float, float, int, float]:
+    """One cluster's fit (tracks in ascending z0): sum of w, z, n and sum pT^2 of the tracks
+    within fit_sigmas sigma_z0 of z, from the weighted median until z stays."""
+    w = 1 / sz**2
+    cw = np.cumsum(w)
+    z = z0[np.searchsorted(cw, 0.5 * cw[-1])]
+    for _ in range(cfg.fit_iterations):
+        keep = np.abs(z0 - z) < cfg.fit_sigmas * sz
+        z, previous = np.sum(w[keep] * z0[keep]) / np.sum(w[keep]), z
+        if z == previous:
+            break
+    return np.sum(w[keep]), z, int(keep.sum()), np.sum(pt[keep] ** 2)
+
+
 def oracle(events: list[dict], cfg: VerticesConfig) -> list[tuple[np.ndarray, ...]]:
     """Per event: (z, z_error, n_tracks, sum_pt2) of its vertices in PV-first order, each
-    track's vertex row and PV association, with NumPy's sort, diff and bincount."""
+    track's vertex row and PV association, with NumPy's sort, diff, cumsum and masks."""
     out = []
     for ev in events:
         pt, d0, z0, sd, sz = (np.asarray(ev[c], dtype=np.float64) for c in
@@ -124,11 +169,9 @@ def oracle(events: list[dict], cfg: VerticesConfig) -> list[tuple[np.ndarray, ..
         cluster = np.concatenate([[0], np.cumsum(np.diff(z0[sel]) > cfg.z_separation)]) \
             if sel.size else np.zeros(0, np.int64)
         m = int(cluster.max()) + 1 if sel.size else 0
-        w = 1 / sz[sel] ** 2
-        sw = np.bincount(cluster, w, m)
-        z = np.bincount(cluster, w * z0[sel], m) / sw
-        n = np.bincount(cluster, minlength=m)
-        pt2 = np.bincount(cluster, pt[sel] ** 2, m)
+        fits = [trimmed_fit(z0[sel][cluster == k], sz[sel][cluster == k],
+                            pt[sel][cluster == k], cfg) for k in range(m)]
+        sw, z, n, pt2 = (np.array([f[i] for f in fits]) for i in range(4))
         keep = np.flatnonzero(n >= cfg.min_tracks)
         keep = keep[np.lexsort((keep, -pt2[keep]))]
         row = np.full(m, -1)
@@ -247,6 +290,8 @@ def test_config_errors():
     assert config_from_dict({"vertices": {"z_separation": 0.2}})["vertices"].z_separation == 0.2
     for table, msg in (({"z_separation": -0.1}, "z_separation must be a finite number >= 0"),
                        ({"max_sigma_z0": math.nan}, "max_sigma_z0 must be a finite number"),
-                       ({"min_tracks": 0}, "min_tracks must be >= 1")):
+                       ({"min_tracks": 0}, "min_tracks must be >= 1"),
+                       ({"fit_sigmas": 0.0}, "fit_sigmas must be a finite number > 0"),
+                       ({"fit_iterations": 0}, "fit_iterations must be >= 1")):
         with pytest.raises(ConfigError, match=r"\[vertices\].*" + msg):
             config_from_dict({"vertices": table})

@@ -31,11 +31,24 @@ The rule
 
    (PV: the primary vertex below against the true hard-scatter vertex ``Event.pv_z``; seed
    6060 for pileup 50.)  Smaller gaps split the hard scatter's soft tracks into extra
-   vertices; 0.02 cm is the compromise.  A cluster of at least ``min_tracks`` (2) tracks is a
-   vertex.
-3. **Vertex.**  ``z = sum(w z0) / sum(w)``, ``w = 1 / sigma_z0^2``, the weighted mean (sums in
-   ascending (z0, row) order); ``z_error = 1 / sqrt(sum(w))``; ``n_tracks``; ``sum_pt2 =
-   sum(pT^2)``.  No outlier rejection and no refit: a cluster's tracks all count.
+   vertices; 0.02 cm is the compromise.  (This table predates rule 3's fit, which changes
+   only the vertex positions; rule 3 has its effect.)
+3. **Vertex: a trimmed fit.**  ``z`` starts at the cluster's weighted median z0 (``w = 1 /
+   sigma_z0^2``; the first track, in ascending (z0, row) order, at which the running sum of
+   ``w`` reaches half the cluster's), then at most ``fit_iterations`` (10) times: the tracks
+   with ``|z0 - z| < fit_sigmas sigma_z0`` (3) are the fit's, and ``z = sum(w z0) / sum(w)``
+   over them (sums in ascending (z0, row) order), until ``z`` stays.  ``z_error = 1 /
+   sqrt(sum(w))``, ``n_tracks`` and ``sum_pt2 = sum(pT^2)`` are those of the fit's tracks;
+   a cluster is a vertex when its fit keeps at least ``min_tracks``.  CMS fits its vertices
+   with the adaptive vertex fitter (tracks down-weighted with their distance, JINST 9 (2014)
+   P10009 section 4); this is its hard-threshold form.  Without it, gap clustering at pileup
+   50 chains soft pileup tracks onto the hard scatter's cluster and their weighted mean pulls
+   the vertex 0.1-1 mm off, beyond 3 sigma_z0 of the hard scatter's precise tracks, which
+   then lose their association (rule 5) and their jets' charged hadrons: on QCD at pileup 50
+   (seed 1001, 1,500 events) the PV lay 50 um - 1 mm from the true vertex for 14-17% of the
+   hard-scatter jets of 30-200 GeV (|eta| < 2.5) with the plain mean, 1-3% with the fit;
+   the jets of 100-200 GeV in events with the PV 0.1-1 mm off had 0.73 of their pileup-0 pT
+   (median).
 4. **The primary vertex** is the vertex of largest ``sum_pt2`` (CMS's choice in Run 1, JINST 9
    (2014) P10009).  The event's vertices are ordered by ``sum_pt2`` descending (ties: lower z
    first), so the primary vertex is row 0; an event with no vertex has none.
@@ -48,15 +61,16 @@ Outputs
 ``vertices``, per event (PV first):
 
 =========== ===== ========================================================
-z           cm    weighted mean of the cluster's z0
+z           cm    weighted mean of the fit's tracks' z0 (rule 3)
 z_error     cm    ``1 / sqrt(sum(1 / sigma_z0^2))``
-n_tracks    \\-    tracks in the cluster (int32)
-sum_pt2     GeV^2 sum of the tracks' pT^2
+n_tracks    \\-    tracks in the fit (int32)
+sum_pt2     GeV^2 sum of the fit's tracks' pT^2
 =========== ===== ========================================================
 
 ``track_pv``, one row per track (the offsets of ``tracks``): ``vertex`` (int32), the row of
-the track's vertex within the event's ``vertices`` (-1: the track was not selected or its
-cluster has fewer than ``min_tracks`` tracks), and ``pv`` (bool), the association with the
+the vertex of the track's cluster within the event's ``vertices``, whether or not the fit
+kept the track (-1: the track was not selected or its cluster's fit kept fewer than
+``min_tracks`` tracks), and ``pv`` (bool), the association with the
 primary vertex (False when the event has none).  A stage cannot add columns to another's
 collection, so the association is a collection of its own, aligned row for row with
 ``tracks``: what particle flow reads to keep or subtract a charged particle.
@@ -122,7 +136,10 @@ class VerticesConfig:
                                        "sigma_d0 enter")
     z_separation: float = param(0.02, "cm", "a gap in z0 above this between consecutive "
                                 "selected tracks starts a new cluster")
-    min_tracks: int = param(2, "", "clusters of at least this many tracks are vertices")
+    fit_sigmas: float = param(3.0, "", "a cluster's track stays in its vertex fit while "
+                              "|z0 - z| < fit_sigmas sigma_z0")
+    fit_iterations: int = param(10, "", "at most this many refits of a vertex")
+    min_tracks: int = param(2, "", "vertices have at least this many tracks in their fit")
     association_sigmas: float = param(3.0, "", "a track is associated with the primary vertex "
                                       "when |z0 - z_PV| < association_sigmas sigma_z0")
 
@@ -133,6 +150,12 @@ class VerticesConfig:
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"[vertices] {name} must be a finite number >= 0, got "
                                   f"{value}")
+        if not (math.isfinite(self.fit_sigmas) and self.fit_sigmas > 0):
+            raise ConfigError(f"[vertices] fit_sigmas must be a finite number > 0, got "
+                              f"{self.fit_sigmas}")
+        if self.fit_iterations < 1:
+            raise ConfigError(f"[vertices] fit_iterations must be >= 1, got "
+                              f"{self.fit_iterations}")
         if self.min_tracks < 1:
             raise ConfigError(f"[vertices] min_tracks must be >= 1, got {self.min_tracks}")
 
@@ -145,8 +168,8 @@ VERTEX_COLUMNS: tuple[str, ...] = ("z", "z_error", "n_tracks", "sum_pt2")
 
 def cuts(cfg: VerticesConfig) -> np.ndarray:
     """The kernels' ``cuts`` array (:mod:`hltemu.kernels.vertices`)."""
-    return np.array([cfg.pt_min, cfg.max_sigma_z0, cfg.max_d0_significance, cfg.z_separation],
-                    dtype=np.float64)
+    return np.array([cfg.pt_min, cfg.max_sigma_z0, cfg.max_d0_significance, cfg.z_separation,
+                     cfg.fit_sigmas, cfg.fit_iterations], dtype=np.float64)
 
 
 def prepare(cfg: VerticesConfig, backend: Backend) -> Any:
@@ -185,6 +208,37 @@ def check_tracks(tracks: Collection, xp: Any, stage: str = "vertices") -> TrackI
 
 
 # -- reference ------------------------------------------------------------------------------------
+def _fit_reference(members: list[int], trk: TrackInputs, cfg: VerticesConfig
+                   ) -> tuple[float, float, float, int]:
+    """The trimmed fit of one cluster (its track rows in ascending (z0, row) order): sum of w,
+    w z0 and pT^2 of the tracks in the last fit, and their count (rule 3)."""
+    weights = [1.0 / (trk.sigma_z0[r] * trk.sigma_z0[r]) for r in members]
+    total = 0.0
+    for w in weights:  # in order, as the kernels (not sum(): compensated from Python 3.12)
+        total += w
+    half = 0.5 * total
+    running, z = 0.0, trk.z0[members[-1]]
+    for r, w in zip(members, weights, strict=True):
+        running += w
+        if running >= half:
+            z = trk.z0[r]  # the weighted median
+            break
+    result = (0.0, 0.0, 0.0, 0)
+    for _ in range(cfg.fit_iterations):
+        kept = [(r, w) for r, w in zip(members, weights, strict=True)
+                if abs(trk.z0[r] - z) < cfg.fit_sigmas * trk.sigma_z0[r]]
+        sw = swz = pt2 = 0.0
+        for r, w in kept:
+            sw += w
+            swz += w * trk.z0[r]
+            pt2 += trk.pt[r] * trk.pt[r]
+        result = (sw, swz, pt2, len(kept))
+        if swz / sw == z:
+            break
+        z = swz / sw
+    return result
+
+
 def vertices_reference(trk: TrackInputs, cfg: VerticesConfig
                        ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
     """Plain Python, one event at a time: the vertex columns, vertices per event, and per
@@ -204,15 +258,10 @@ def vertices_reference(trk: TrackInputs, cfg: VerticesConfig
             clusters[-1].append(r)
         found = []  # (sum_pt2, cluster index, z, z_error, n, tracks)
         for k, members in enumerate(clusters):
-            if len(members) < cfg.min_tracks:
+            sw, swz, pt2, n = _fit_reference(members, trk, cfg)
+            if n < cfg.min_tracks:
                 continue
-            sw = swz = pt2 = 0.0
-            for r in members:
-                w = 1.0 / (trk.sigma_z0[r] * trk.sigma_z0[r])
-                sw += w
-                swz += w * trk.z0[r]
-                pt2 += trk.pt[r] * trk.pt[r]
-            found.append((pt2, k, swz / sw, math.sqrt(1.0 / sw), len(members), members))
+            found.append((pt2, k, swz / sw, math.sqrt(1.0 / sw), n, members))
         found.sort(key=lambda v: (-v[0], v[1]))  # largest sum pT^2 first, then lower z
         of = {r: i for i, v in enumerate(found) for r in v[5]}
         for pt2, _, z, z_err, n, _ in found:
@@ -350,7 +399,7 @@ STAGE = register(Stage(
     config_type=VerticesConfig,
     prepare=prepare,
     implementations={"reference": run_reference, "cpu": run_cpu, "cuda": run_cuda},
-    doc="offline primary vertices from track z0 (gap clustering, weighted mean, PV = largest "
-        "sum pT^2) and each track's association with the PV",
+    doc="offline primary vertices from track z0 (gap clustering, trimmed weighted-mean fit, "
+        "PV = largest sum pT^2) and each track's association with the PV",
     in_default_chain=False,
 ))
