@@ -1,7 +1,9 @@
-"""Event pT density rho from calorimeter towers: Numba CPU and CUDA kernels.
+"""Event pT density rho from calorimeter towers and from particle-flow candidates: Numba CPU
+and CUDA kernels.
 
-The rules are stated in :mod:`hltemu.stages.rho`; these kernels know the detector only through
-four tables the stage builds once per (config, backend):
+The rules are stated in :mod:`hltemu.stages.rho` and :mod:`hltemu.stages.pfrho`; the towers'
+kernels know the detector only through four tables the stage builds once per (config,
+backend):
 
 * ``tower_offsets`` (int64, n_towers + 1) and ``tower_cells`` (int32): CSR list of the cell ids
   of each tower, ascending;
@@ -23,6 +25,12 @@ Two steps, the same sums in the same order on both targets:
 2. rho (:func:`rho_cuda`, one thread per event): each grid cell's ``0.0 + pT_1 + pT_2 + ...``
    over its towers in ascending tower index, divided by its area, then the median of all grid
    cells (quickselect; the mean of the two middle values for an even count).
+
+The candidates' rho (:func:`candidate_rho_cpu`, :func:`candidate_rho_cuda`, one thread per
+event) takes each candidate's grid cell (int32, -1 outside the grid), computed by the stage
+with the backend's array module, and adds the event's candidates' pT [GeV] into their cells in
+ascending row order (``0.0 + pT_1 + ...``); then the same "divide by the area, take the median"
+device function as step 2 (``median_density``).
 
 Every float operation is one exactly rounded IEEE-754 float64 ``+``, ``/`` or ``*``
 (:mod:`hltemu.kernels.ieee`: libdevice's ``dadd_rn``, ``ddiv_rn``, ``dmul_rn`` on CUDA, never
@@ -75,8 +83,9 @@ def _select(a, n, k):
 
 
 def _make(jit, mul, add, sub, div):
-    """The target's device functions ``(tower_pt, grid_median)``, compiled with ``jit`` on the
-    exactly rounded arithmetic ``mul, add, sub, div`` (a set of :mod:`hltemu.kernels.ieee`)."""
+    """The target's device functions ``(tower_pt, grid_median, candidate_median)``, compiled
+    with ``jit`` on the exactly rounded arithmetic ``mul, add, sub, div`` (a set of
+    :mod:`hltemu.kernels.ieee`)."""
     select = jit(_select)
 
     def tower_pt(e, t, slot, offsets, energy, tower_offsets, tower_cells, tower_cosh):
@@ -90,16 +99,11 @@ def _make(jit, mul, add, sub, div):
                 s = add(s, energy[base + r])
         return div(s, tower_cosh[t])
 
-    def grid_median(e, tower_pt, tower_cell, area, cells):
-        """Rho of event ``e`` from its towers' pT (row ``e`` of ``tower_pt``): the median over
-        the grid cells of pT sum / area; ``cells`` is scratch of at least ``area.shape[0]``."""
+    def median_density(cells, area):
+        """The median over the grid cells of ``cells[c] / area[c]`` (``cells[:n]``: each grid
+        cell's pT sum [GeV], overwritten; ``n = area.shape[0]``); for an even ``n`` the mean of
+        the two middle values."""
         n = area.shape[0]
-        for c in range(n):
-            cells[c] = 0.0
-        for t in range(tower_cell.shape[0]):
-            c = tower_cell[t]
-            if c >= 0:
-                cells[c] = add(cells[c], tower_pt[e, t])
         for c in range(n):
             cells[c] = div(cells[c], area[c])
         half = n // 2
@@ -112,11 +116,41 @@ def _make(jit, mul, add, sub, div):
                 lower = cells[c]
         return mul(0.5, add(lower, upper))
 
-    return jit(tower_pt), jit(grid_median)
+    median = jit(median_density)
+
+    def grid_median(e, tower_pt, tower_cell, area, cells):
+        """Rho of event ``e`` from its towers' pT (row ``e`` of ``tower_pt``): the median over
+        the grid cells of pT sum / area; ``cells`` is scratch of at least ``area.shape[0]``."""
+        n = area.shape[0]
+        for c in range(n):
+            cells[c] = 0.0
+        for t in range(tower_cell.shape[0]):
+            c = tower_cell[t]
+            if c >= 0:
+                cells[c] = add(cells[c], tower_pt[e, t])
+        return median(cells, area)
+
+    def candidate_median(e, offsets, cell, pt, area, cells):
+        """Rho of event ``e`` from its candidates (rows ``offsets[e]`` to ``offsets[e + 1]``):
+        each grid cell's ``0.0 + pT_1 + pT_2 + ...`` over the candidates with ``cell[r] == c``
+        in ascending row order (``cell[r] < 0``: outside the grid), then the median over the
+        grid cells of pT sum / area; ``cells`` is scratch of at least ``area.shape[0]``."""
+        n = area.shape[0]
+        for c in range(n):
+            cells[c] = 0.0
+        for r in range(offsets[e], offsets[e + 1]):
+            c = cell[r]
+            if c >= 0:
+                cells[c] = add(cells[c], pt[r])
+        return median(cells, area)
+
+    return jit(tower_pt), jit(grid_median), jit(candidate_median)
 
 
-_tower_pt_cpu, _grid_median_cpu = _make(numba.njit(cache=True, inline="always"), *CPU_OPS)
-_tower_pt_cuda, _grid_median_cuda = _make(cuda.jit(device=True), *CUDA_OPS)
+_tower_pt_cpu, _grid_median_cpu, _candidate_median_cpu = _make(
+    numba.njit(cache=True, inline="always"), *CPU_OPS)
+_tower_pt_cuda, _grid_median_cuda, _candidate_median_cuda = _make(
+    cuda.jit(device=True), *CUDA_OPS)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -170,3 +204,21 @@ def rho_cuda(tower_pt, tower_cell, area, out):
     if i < out.shape[0]:
         cells = cuda.local.array(MAX_CELLS, numba.float64)
         out[i] = _grid_median_cuda(i, tower_pt, tower_cell, area, cells)
+
+
+@numba.njit(parallel=True, cache=True)
+def candidate_rho_cpu(offsets, cell, pt, area, out):
+    """``out[e]`` = rho [GeV per unit area] of every event ``e`` from its candidates' pT
+    [GeV] and grid cells (``cell``, -1: outside the grid), in parallel over events."""
+    for e in numba.prange(out.shape[0]):
+        cells = np.empty(area.shape[0], dtype=np.float64)
+        out[e] = _candidate_median_cpu(e, offsets, cell, pt, area, cells)
+
+
+@cuda.jit(cache=True)
+def candidate_rho_cuda(offsets, cell, pt, area, out):
+    """One thread per event: ``out[e]`` = rho, as :func:`candidate_rho_cpu`."""
+    i = cuda.grid(1)
+    if i < out.shape[0]:
+        cells = cuda.local.array(MAX_CELLS, numba.float64)
+        out[i] = _candidate_median_cuda(i, offsets, cell, pt, area, cells)
