@@ -49,9 +49,9 @@ def _make(jit, mul, add, sub, div):
         return (pt >= cuts[CUT_PT_MIN] and sigma_z0 < cuts[CUT_SIGMA_Z0_MAX]
                 and abs(d0) < mul(cuts[CUT_D0_SIGNIFICANCE_MAX], sigma_d0))
 
-    def fit(rows, start, stop, z0, pt, sigma_z0, cuts, j, c_sw, c_swz, c_n, c_pt2):
-        """The trimmed fit of the cluster ``rows[start:stop]`` (ascending z0) into slot ``j``
-        (see the module docstring)."""
+    def fit(rows, start, stop, z0, pt, sigma_z0, cuts, j, c_sw, c_swz, c_n, c_pt2, in_fit):
+        """The trimmed fit of the cluster ``rows[start:stop]`` (ascending z0) into slot ``j``,
+        and ``in_fit[row]`` 1 for the tracks of its last sums (see the module docstring)."""
         total = 0.0
         for i in range(start, stop):
             s = sigma_z0[rows[i]]
@@ -70,6 +70,7 @@ def _make(jit, mul, add, sub, div):
         c_n[j] = 0
         c_pt2[j] = 0.0
         window = cuts[CUT_FIT_SIGMAS]
+        z_fit = z
         for _ in range(int(cuts[CUT_FIT_ITERATIONS])):
             sw = 0.0
             swz = 0.0
@@ -90,13 +91,17 @@ def _make(jit, mul, add, sub, div):
             c_swz[j] = swz
             c_n[j] = n
             c_pt2[j] = pt2
+            z_fit = z
             z_new = div(swz, sw)
             if z_new == z:
                 break
             z = z_new
+        for i in range(start, stop):
+            r = rows[i]
+            in_fit[r] = 1 if abs(sub(z0[r], z_fit)) < mul(window, sigma_z0[r]) else 0
 
     def walk(rows, start, stop, z0, pt, sigma_z0, cuts, slot0, cluster_of, c_sw, c_swz, c_n,
-             c_pt2):
+             c_pt2, in_fit):
         """Gap clustering of the tracks ``rows[start:stop]`` (ascending z0) and the fit of
         each cluster; returns the number of clusters (see the module docstring)."""
         gap = cuts[CUT_Z_SEPARATION]
@@ -109,13 +114,14 @@ def _make(jit, mul, add, sub, div):
             if k < 0 or sub(z, prev) > gap:
                 if k >= 0:
                     fit(rows, first, i, z0, pt, sigma_z0, cuts, slot0 + k, c_sw, c_swz, c_n,
-                        c_pt2)
+                        c_pt2, in_fit)
                 k += 1
                 first = i
             cluster_of[r] = k
             prev = z
         if k >= 0:
-            fit(rows, first, stop, z0, pt, sigma_z0, cuts, slot0 + k, c_sw, c_swz, c_n, c_pt2)
+            fit(rows, first, stop, z0, pt, sigma_z0, cuts, slot0 + k, c_sw, c_swz, c_n, c_pt2,
+                in_fit)
         return k + 1
 
     fit = jit(fit)
@@ -128,10 +134,11 @@ _selected_cuda, _walk_cuda = _make(cuda.jit(device=True), *CUDA_OPS)
 
 @numba.njit(parallel=True, cache=True)
 def cluster_cpu(offsets, pt, d0, z0, sigma_d0, sigma_z0, cuts, cluster_of, c_sw, c_swz, c_n,
-                c_pt2, n_clusters):
+                c_pt2, n_clusters, in_fit):
     """Every event (in parallel): select, sort by (z0, row), cluster and fit its tracks;
     ``cluster_of[row]`` = the track's cluster within the event (-1: not selected),
-    ``n_clusters[e]``."""
+    ``n_clusters[e]``, ``in_fit[row]`` (1: in its cluster's fit; rows not selected are left
+    as they were: pass zeros)."""
     for e in numba.prange(offsets.shape[0] - 1):
         lo, hi = offsets[e], offsets[e + 1]
         rows = np.empty(hi - lo, dtype=np.int64)
@@ -144,7 +151,7 @@ def cluster_cpu(offsets, pt, d0, z0, sigma_d0, sigma_z0, cuts, cluster_of, c_sw,
         rows = rows[:m]
         order = np.argsort(z0[rows], kind="mergesort")  # stable: equal z0 keep row order
         n_clusters[e] = _walk_cpu(rows[order], 0, m, z0, pt, sigma_z0, cuts, lo, cluster_of,
-                                  c_sw, c_swz, c_n, c_pt2)
+                                  c_sw, c_swz, c_n, c_pt2, in_fit)
 
 
 @cuda.jit(cache=True)
@@ -157,11 +164,11 @@ def select_cuda(pt, d0, sigma_d0, sigma_z0, cuts, selected):
 
 @cuda.jit(cache=True)
 def cluster_cuda(offsets, order, order_offsets, pt, z0, sigma_z0, cuts, cluster_of, c_sw,
-                 c_swz, c_n, c_pt2, n_clusters):
+                 c_swz, c_n, c_pt2, n_clusters, in_fit):
     """One thread per event ``e``: the gap clustering and fits of its selected tracks, which
     ``order[order_offsets[e]:order_offsets[e + 1]]`` lists in ascending (z0, row)."""
     e = cuda.grid(1)
     if e < n_clusters.shape[0]:
         n_clusters[e] = _walk_cuda(order, order_offsets[e], order_offsets[e + 1], z0, pt,
                                    sigma_z0, cuts, offsets[e], cluster_of, c_sw, c_swz, c_n,
-                                   c_pt2)
+                                   c_pt2, in_fit)

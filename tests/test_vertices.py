@@ -25,7 +25,8 @@ from hltemu.config import ConfigError
 from hltemu.pipeline import PipelineError, config_from_dict, get_stage
 from hltemu.stages.vertices import VerticesConfig
 
-TRACK_DEFAULTS = {"pt": 1.0, "d0": 0.0, "z0": 0.0, "sigma_d0": 0.01, "sigma_z0": 0.01}
+TRACK_DEFAULTS = {"pt": 1.0, "eta": 0.0, "phi": 0.0, "d0": 0.0, "z0": 0.0, "sigma_d0": 0.01,
+                  "sigma_z0": 0.01}
 
 
 def track_batch(events: list[dict], backend: str = "reference") -> EventBatch:
@@ -60,8 +61,13 @@ def random_tracks(seed: int, n_events: int, n_vertices: int = 6, max_per: int = 
         d0 = rng.normal(0, sd)
         d0[rng.random(n) < 0.1] = rng.uniform(-1.0, 1.0)  # displaced
         z0 = np.round(rng.normal(z_true, sz), 3)  # 10 um steps: exact ties happen
+        # a few directions per event, so that track jets have several tracks or one
+        axes = rng.uniform(-np.pi, np.pi, (3, 2)) * [0.8, 1.0]
+        axis = axes[rng.integers(0, 3, n)]
         events.append({"pt": rng.exponential(2.0, n) + 0.1, "d0": d0, "z0": z0,
-                       "sigma_d0": sd, "sigma_z0": sz})
+                       "sigma_d0": sd, "sigma_z0": sz,
+                       "eta": axis[:, 0] + rng.normal(0, 0.3, n),
+                       "phi": (axis[:, 1] + rng.normal(0, 0.3, n) + np.pi) % (2 * np.pi) - np.pi})
     return events
 
 
@@ -74,8 +80,9 @@ def test_a_hand_built_event():
     (d0 0.05 = 5 sigma_d0: not selected); a track at 1.02 with sigma_z0 1.5 cm (not
     selected).  With a fit window wide enough to keep every track (fit_sigmas 1e9), vertices:
     the second (sum pT^2 26) first, z = (1.00 w + 1.04 w/4) / (5 w / 4) = 1.008; then the
-    first (sum pT^2 7, z = mean 0.055 of equal sigmas).  test_the_trimmed_fit has the default
-    window."""
+    first (sum pT^2 7, z = mean 0.055 of equal sigmas).  Every track points along eta = phi =
+    0, so each vertex's tracks make one track jet: scores (sum of pT)^2 = 36 and 25.
+    test_the_trimmed_fit has the default window."""
     ev = {"z0": [0.00, 0.05, 0.02, 0.15, 1.00, 1.04, 3.0, 0.01, 1.02],
           "pt": [1.0, 1.0, 2.0, 1.0, 5.0, 1.0, 9.0, 1.0, 1.0],
           "sigma_z0": [0.01, 0.01, 0.01, 0.01, 0.01, 0.02, 0.01, 0.01, 1.5],
@@ -89,6 +96,7 @@ def test_a_hand_built_event():
         np.testing.assert_allclose(v["z_error"], [1 / math.sqrt(1.25 * w), 1 / math.sqrt(4 * w)],
                                    rtol=1e-14)
         assert v["n_tracks"].tolist() == [2, 4] and v["sum_pt2"].tolist() == [26.0, 7.0]
+        np.testing.assert_allclose(v["score"], [36.0, 25.0], rtol=1e-14, err_msg=b)
         assert a["vertex"].tolist() == [1, 1, 1, 1, 0, 0, -1, -1, -1], b
         # |z0 - 1.008| < 3 sigma_z0: 1.00 (0.8 sigma), 1.04 (1.6 sigma of 0.02), 1.02 (sigma 1.5)
         assert a["pv"].tolist() == [False, False, False, False, True, True, False, False, True]
@@ -101,6 +109,24 @@ def test_a_hand_built_event():
     v, _ = run_vertices(track_batch([ev]), VerticesConfig(z_separation=0.1, min_tracks=1,
                                                           fit_sigmas=1e9))
     assert v["z"][0] == pytest.approx(3.0, rel=1e-15) and v["sum_pt2"].tolist() == [81.0, 26.0, 7.0]
+
+
+def test_the_ranking_by_track_jets():
+    """Vertex A at z = 0: tracks of 6 and 1 GeV back to back (sum pT^2 37; two track jets, 36 +
+    1 = 37).  Vertex B at z = 1: four 3 GeV tracks at one phi, 0.1 apart in eta (sum pT^2 36;
+    one track jet of 12 GeV: 144).  Track jets make B the primary vertex; sum_pt2 makes A it;
+    so do track jets of radius 0.05, which leave B's four tracks apart (4 x 9 = 36)."""
+    ev = {"z0": [0.0, 0.001, 1.0, 1.001, 1.002, 1.003], "pt": [6.0, 1.0, 3.0, 3.0, 3.0, 3.0],
+          "eta": [0.5, -0.5, 1.0, 1.1, 1.2, 1.3], "phi": [0.0, 3.0, 2.0, 2.0, 2.0, 2.0]}
+    for b in ("reference", "cpu", "cuda"):
+        v, a = run_vertices(track_batch([ev], b))
+        assert v["z"].tolist()[0] == pytest.approx(1.0015) and a["pv"].tolist()[2:] == [True] * 4
+        np.testing.assert_allclose(v["score"], [144.0, 37.0], rtol=1e-12, err_msg=b)
+        np.testing.assert_allclose(v["sum_pt2"], [36.0, 37.0], rtol=1e-14, err_msg=b)
+        for cfg in (VerticesConfig(ranking="sum_pt2"), VerticesConfig(track_jet_radius=0.05)):
+            v, a = run_vertices(track_batch([ev], b), cfg)
+            assert v["z"].tolist()[0] == pytest.approx(0.0005), (b, cfg)
+            assert a["pv"].tolist() == [True, True] + [False] * 4, (b, cfg)
 
 
 def test_the_trimmed_fit():
@@ -120,6 +146,7 @@ def test_the_trimmed_fit():
         v, a = run_vertices(track_batch([ev], b), cfg)
         np.testing.assert_allclose(v["z"], [1.008, 0.01], rtol=1e-14, err_msg=b)
         assert v["n_tracks"].tolist() == [2, 2] and v["sum_pt2"].tolist() == [26.0, 5.0], b
+        np.testing.assert_allclose(v["score"], [36.0, 9.0], rtol=1e-14, err_msg=b)
         assert a["vertex"].tolist() == [1, 1, 1, 1, 0, 0, -1, -1], b
         v, a = run_vertices(track_batch([ev], b), VerticesConfig(z_separation=0.11,
                                                                   min_tracks=1))
@@ -142,9 +169,9 @@ def test_ties_in_z0_and_sum_pt2():
 
 # -- the oracle ----------------------------------------------------------------------------------
 def trimmed_fit(z0: np.ndarray, sz: np.ndarray, pt: np.ndarray, cfg: VerticesConfig
-                ) -> tuple[float, float, int, float]:
-    """One cluster's fit (tracks in ascending z0): sum of w, z, n and sum pT^2 of the tracks
-    within fit_sigmas sigma_z0 of z, from the weighted median until z stays."""
+                ) -> tuple[float, float, int, float, np.ndarray]:
+    """One cluster's fit (tracks in ascending z0): sum of w, z, n, sum pT^2 and the mask of
+    the tracks within fit_sigmas sigma_z0 of z, from the weighted median until z stays."""
     w = 1 / sz**2
     cw = np.cumsum(w)
     z = z0[np.searchsorted(cw, 0.5 * cw[-1])]
@@ -153,16 +180,29 @@ def trimmed_fit(z0: np.ndarray, sz: np.ndarray, pt: np.ndarray, cfg: VerticesCon
         z, previous = np.sum(w[keep] * z0[keep]) / np.sum(w[keep]), z
         if z == previous:
             break
-    return np.sum(w[keep]), z, int(keep.sum()), np.sum(pt[keep] ** 2)
+    return np.sum(w[keep]), z, int(keep.sum()), np.sum(pt[keep] ** 2), keep
+
+
+def fastjet_score(pt: np.ndarray, eta: np.ndarray, phi: np.ndarray, radius: float) -> float:
+    """Sum of pT^2 [GeV^2] of FastJet's anti-kT jets of massless tracks."""
+    fastjet = pytest.importorskip("fastjet")
+    parts = [fastjet.PseudoJet(*(float(x) for x in (p * np.cos(f), p * np.sin(f),
+                                                     p * np.sinh(e), p * np.cosh(e))))
+             for p, e, f in zip(pt, eta, phi, strict=True)]
+    jets = fastjet.ClusterSequence(parts, fastjet.JetDefinition(fastjet.antikt_algorithm,
+                                                                radius)).inclusive_jets()
+    return float(sum(j.pt() ** 2 for j in jets))
 
 
 def oracle(events: list[dict], cfg: VerticesConfig) -> list[tuple[np.ndarray, ...]]:
-    """Per event: (z, z_error, n_tracks, sum_pt2) of its vertices in PV-first order, each
-    track's vertex row and PV association, with NumPy's sort, diff, cumsum and masks."""
+    """Per event: (z, z_error, n_tracks, sum_pt2, score) of its vertices in PV-first order,
+    each track's vertex row and PV association, with NumPy's sort, diff, cumsum and masks and
+    FastJet's track jets."""
     out = []
     for ev in events:
-        pt, d0, z0, sd, sz = (np.asarray(ev[c], dtype=np.float64) for c in
-                              ("pt", "d0", "z0", "sigma_d0", "sigma_z0"))
+        pt, eta, phi, d0, z0, sd, sz = (np.asarray(ev[c], dtype=np.float64) for c in
+                                        ("pt", "eta", "phi", "d0", "z0", "sigma_d0",
+                                         "sigma_z0"))
         sel = np.flatnonzero((pt >= cfg.pt_min) & (sz < cfg.max_sigma_z0)
                              & (np.abs(d0) < cfg.max_d0_significance * sd))
         sel = sel[np.lexsort((sel, z0[sel]))]
@@ -172,21 +212,28 @@ def oracle(events: list[dict], cfg: VerticesConfig) -> list[tuple[np.ndarray, ..
         fits = [trimmed_fit(z0[sel][cluster == k], sz[sel][cluster == k],
                             pt[sel][cluster == k], cfg) for k in range(m)]
         sw, z, n, pt2 = (np.array([f[i] for f in fits]) for i in range(4))
+        score = pt2.copy()
+        if cfg.ranking == "track_jets":
+            for k, f in enumerate(fits):
+                rows = sel[cluster == k][f[4]]
+                score[k] = fastjet_score(pt[rows], eta[rows], phi[rows], cfg.track_jet_radius)
         keep = np.flatnonzero(n >= cfg.min_tracks)
-        keep = keep[np.lexsort((keep, -pt2[keep]))]
+        keep = keep[np.lexsort((keep, -score[keep]))]
         row = np.full(m, -1)
         row[keep] = np.arange(keep.size)
         vertex = np.full(z0.size, -1)
         vertex[sel] = row[cluster]
         pv = (np.abs(z0 - z[keep[0]]) < cfg.association_sigmas * sz) if keep.size \
             else np.zeros(z0.size, bool)
-        out.append((z[keep], 1 / np.sqrt(sw[keep]), n[keep], pt2[keep], vertex, pv))
+        out.append((z[keep], 1 / np.sqrt(sw[keep]), n[keep], pt2[keep], score[keep], vertex,
+                    pv))
     return out
 
 
 @pytest.mark.parametrize("seed", range(8))
 def test_reference_equals_the_oracle_on_random_tracks(seed):
-    cfg = [VerticesConfig(), VerticesConfig(z_separation=0.1, min_tracks=3)][seed % 2]
+    cfg = [VerticesConfig(), VerticesConfig(z_separation=0.1, min_tracks=3),
+           VerticesConfig(ranking="sum_pt2", fit_sigmas=2.0)][seed % 3]
     events = random_tracks(seed, 20)
     v, a = run_vertices(track_batch(events), cfg)
     want = oracle(events, cfg)
@@ -198,8 +245,9 @@ def test_reference_equals_the_oracle_on_random_tracks(seed):
         np.testing.assert_allclose(got["z_error"], w[1], rtol=1e-12)
         np.testing.assert_array_equal(got["n_tracks"], w[2])
         np.testing.assert_allclose(got["sum_pt2"], w[3], rtol=1e-12)
-        np.testing.assert_array_equal(a.event(e)["vertex"], w[4])
-        np.testing.assert_array_equal(a.event(e)["pv"], w[5])
+        np.testing.assert_allclose(got["score"], w[4], rtol=1e-12)
+        np.testing.assert_array_equal(a.event(e)["vertex"], w[5])
+        np.testing.assert_array_equal(a.event(e)["pv"], w[6])
 
 
 def assert_identical(got: tuple[Collection, Collection], want: tuple[Collection, Collection],
@@ -217,8 +265,11 @@ def test_backends_agree_bit_for_bit_on_random_tracks(seed):
     events = random_tracks(50 + seed, 12)
     want = run_vertices(track_batch(events))
     assert want[0].size > 10
-    for b in ("cpu", "cuda"):
-        assert_identical(run_vertices(track_batch(events, b)), want, b)
+    assert_identical(run_vertices(track_batch(events, "cpu")), want, "cpu")
+    # the simulator runs the track jets' anti-kT a block (vertex) at a time, ~0.5 s each
+    few = run_vertices(track_batch(events[:3]))
+    assert few[0].size >= 3
+    assert_identical(run_vertices(track_batch(events[:3], "cuda")), few, "cuda")
 
 
 # -- Pythia events -------------------------------------------------------------------------------
@@ -240,8 +291,16 @@ def test_backends_agree_on_the_tracks_of_pythia_events(sample_tracks):
     want = run_vertices(batch)
     assert (want[0].counts > 10).all()
     assert_identical(run_vertices(batch.to("cpu")), want, "cpu")
-    two = EventBatch(batch.backend, 2, {"tracks": tracks.select_events(3, 5)})
-    assert_identical(run_vertices(two.to("cuda")), run_vertices(two), "cuda")
+    # cuda (the simulator: ~0.5 s per vertex for the track jets) on two events' tracks above
+    # 1.5 GeV, a tenth of them: still ~10 vertices per event
+    two = tracks.select_events(3, 5)
+    hard = np.asarray(two["pt"]) > 1.5
+    two = Collection.from_counts(np.add.reduceat(hard, two.offsets[:-1]),
+                                 {c: np.asarray(v)[hard] for c, v in two.columns.items()})
+    two = EventBatch(batch.backend, 2, {"tracks": two})
+    want = run_vertices(two)
+    assert (want[0].counts >= 5).all()
+    assert_identical(run_vertices(two.to("cuda")), want, "cuda")
 
 
 def test_the_primary_vertex_of_ttbar_events_is_the_hard_scatter(sample_tracks):
