@@ -18,7 +18,7 @@ cd "$work"
 hltemu generate --process qcd --pthat-min 15 --pthat-bias 4 --pileup 50 --events "$events" \
   --seed "$seed" --jobs "$jobs" --no-progress -o "qcd_pu50_s$seed.root"
 hltemu run "qcd_pu50_s$seed.root" --backend cpu --no-progress \
-  --stages topocluster,antikt,rho,jec,trigger,tracks,vertices,pfcandidates,pfjets,genjets \
+  --stages topocluster,antikt,rho,jec,trigger,tracks,vertices,pfcandidates,pfjets,pfrho,genjets \
   --drop 'pfcandidate*' --drop 'track*' --drop cell_cluster \
   -o "run_qcd_pu50_s$seed.root" -r "run_qcd_pu50_s$seed.json"
 hltemu study online-offline "run_qcd_pu50_s$seed.root" -o study --bootstrap 200 --no-progress

@@ -95,7 +95,8 @@ def to_sample(parts: list[dict]) -> JetSample:
 def write_run_output(path: Path, p: dict, seed: int, pfjets_scale: float | None = None) -> None:
     """Write :func:`make_events` columns as an ``hltemu run`` output (Event, jets, genjets,
     rho) with a run provenance naming the generation settings; with ``pfjets_scale``, also
-    ``pfjets``: the truth jets with pT times that scale (area 0.5), as offline jets."""
+    ``pfjets``: the truth jets with pT times that scale (area 0.5), as offline jets, and their
+    ``pfrho`` (0.7 rho)."""
     from hltemu.backends import get_backend
     from hltemu.batch import Collection, EventBatch
     from hltemu.io.writer import OutputWriter
@@ -123,6 +124,8 @@ def write_run_output(path: Path, p: dict, seed: int, pfjets_scale: float | None 
             "pt": p["t_pt"] * pfjets_scale, "eta": p["t_eta"], "phi": p["t_phi"],
             "area": np.full(p["t_pt"].shape[0], 0.5)})
         config["pfjets"] = {"R": R, "pt_min": 5.0, "chs": True}
+        colls["pfrho"] = Collection.event_level({"rho": 0.7 * p["rho"]})
+        config["pfrho"] = {"eta_max": 3.0, "grid_spacing": 0.55}
     batch = EventBatch(get_backend("reference"), n, colls)
     w = OutputWriter(path)
     w.set_provenance({

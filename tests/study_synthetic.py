@@ -93,6 +93,7 @@ def write_study_output(path: Path, n_events: int = 3000, seed: int = 5,
     if with_pfjets:
         collections["pfjets"] = Collection.from_counts(counts, {
             "pt": e["t"] / OFFLINE_SCALE, "eta": e["eta"], "phi": e["phi"], "area": area})
+        collections["pfrho"] = Collection.event_level({"rho": np.full(n_events, 1.0)})
     batch = EventBatch(get_backend("reference"), n_events, collections)
     w = OutputWriter(path)
     w.set_provenance({

@@ -282,8 +282,8 @@ def test_load_sample_refuses_mixed_radii(run_outputs, tmp_path):
         load_sample([])
     calo_only = tmp_path / "calo_only.root"
     write_run_output(calo_only, make_events(100, 0, 31), 31)
-    with pytest.raises(DeriveError, match="no collection 'pfjets'.*--stages tracks,vertices,"
-                       "topocluster,pfcandidates,pfjets,genjets,rho"):
+    with pytest.raises(DeriveError, match="no collection 'pfjets', 'pfrho'.*--stages tracks,"
+                       "vertices,topocluster,pfcandidates,pfjets,pfrho,genjets`"):
         load_sample([calo_only], jets="pfjets")
     with pytest.raises(DeriveError, match="derive-jec corrects jets or pfjets"):
         load_sample([run_outputs["d0"]], jets="clusters")
@@ -388,18 +388,20 @@ def test_pileup_0_events_with_the_same_ids_are_refused():
 
 
 def test_the_shipped_pfjets_corrections():
-    """hltemu_PF_V1_MC (derive-jec --jets pfjets) is shipped with its record: derived for
-    pfjets, with R 0.4 and the derivation's pileups, and its L2Relative has no cliffs."""
+    """hltemu_PF_V2_MC (derive-jec --jets pfjets) is shipped with its record: derived for
+    pfjets, with R 0.4, the derivation's pileups and the particle-flow rho, and its L2Relative
+    has no cliffs."""
     from hltemu.jec.derive import L2Fit
     from hltemu.jec.record import derivation_record
 
-    levels = ("builtin:hltemu_PF_V1_MC_L1FastJet_AK4PFchs.txt",
-              "builtin:hltemu_PF_V1_MC_L2Relative_AK4PFchs.txt")
+    levels = ("builtin:hltemu_PF_V2_MC_L1FastJet_AK4PFchs.txt",
+              "builtin:hltemu_PF_V2_MC_L2Relative_AK4PFchs.txt")
     assert list(jec.load_chain(levels).names) == ["L1FastJet", "L2Relative"]
     record = derivation_record(levels[0])
     assert record is not None and record["jets"] == "pfjets (stage pfjets)"
     assert record["R"] == 0.4 and record["pileups"] == [0.0, 20.0, 50.0]
-    full = json.loads(jec.chain.builtin_path("hltemu_PF_V1_MC_derivation.json").read_text())
+    assert record["rho_collection"] == "pfrho"
+    full = json.loads(jec.chain.builtin_path("hltemu_PF_V2_MC_derivation.json").read_text())
     for f in full["l2"]:
         fit = L2Fit(**{**f, "eta": tuple(f["eta"]), "pt_range": tuple(f["pt_range"])})
         assert cliffs(fit) == [], fit.eta

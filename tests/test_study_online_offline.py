@@ -353,7 +353,7 @@ def test_a_file_with_corrected_jets_is_an_hltemu_file(tmp_path):
     with pytest.raises(StudyError, match="corrected_jets.*read_inputs"):
         read_nanoaod([str(path)])
     # no metadata, but hltemu's branches: read as emulator output, which lacks the pfjets
-    with pytest.raises(StudyError, match="without the collections 'pfjets' and 'rho'.*--stages"):
+    with pytest.raises(StudyError, match="without the collections 'pfjets' and 'pfrho'.*--stages"):
         read_inputs([str(path)])
 
 
@@ -513,8 +513,8 @@ def test_offline_jec_none_compares_raw_pfjets(emu_file, tmp_path):
     s = read_inputs([str(path)], StudySettings())
     assert run_study(s, StudySettings(eta_edges=(0.0, 2.5), pt_edges=(30.0, 1000.0))
                      )["offline_jec"] == [
-        "builtin:hltemu_PF_V1_MC_L1FastJet_AK4PFchs.txt",
-        "builtin:hltemu_PF_V1_MC_L2Relative_AK4PFchs.txt"]
+        "builtin:hltemu_PF_V2_MC_L1FastJet_AK4PFchs.txt",
+        "builtin:hltemu_PF_V2_MC_L2Relative_AK4PFchs.txt"]
 
 
 def test_emulator_output_without_pfjets_is_a_one_line_error(tmp_path):
@@ -525,8 +525,8 @@ def test_emulator_output_without_pfjets_is_a_one_line_error(tmp_path):
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and str(path) in lines[0]
-    assert "without the collection 'pfjets'" in lines[0]
-    assert "tracks,vertices,pfcandidates,pfjets" in lines[0] and "topocluster" in lines[0]
+    assert "without the collections 'pfjets' and 'pfrho'" in lines[0]
+    assert "tracks,vertices,pfcandidates,pfjets,pfrho" in lines[0] and "topocluster" in lines[0]
     assert not (tmp_path / "o" / "summary.json").exists()
 
 

@@ -24,11 +24,12 @@ import click
               show_default=True,
               help="The jets to correct: calorimeter jets (stage antikt) or the offline "
                    "particle-flow jets (stage pfjets; FILES then from `hltemu run --stages "
-                   "tracks,vertices,topocluster,pfcandidates,pfjets,genjets,rho`).")
+                   "tracks,vertices,topocluster,pfcandidates,pfjets,pfrho,genjets`; their "
+                   "L1FastJet reads the particle-flow rho, pfrho).")
 @click.option("--reference", "reference", type=click.Choice(["genjets", "pfjets"]),
               default="genjets", show_default=True,
               help="What the jets are calibrated to: hard-scatter truth jets, or the offline "
-                   "particle-flow jets corrected with the shipped hltemu_PF_V1_MC (HLT/offline "
+                   "particle-flow jets corrected with the shipped hltemu_PF_V2_MC (HLT/offline "
                    "= 1 after the correction; FILES then also need the pfjets stages).")
 @click.option("--algo", default=None,
               help="Jet algorithm label of the file names  [default: AK4Calo for jets, "

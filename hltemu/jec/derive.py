@@ -1,10 +1,12 @@
 """The emulator's own jet energy corrections: ``hltemu derive-jec``.
 
 Input: files written by ``hltemu run`` with the stages ``topocluster,antikt,genjets,rho`` (the
-collections ``jets``, ``genjets``, ``rho`` and ``Event``) from a *paired* production: the same
-generator seeds at pileup 0 and at one or more pileups (``hltemu generate`` gives the same hard
-scatter, vertex and detector response for the same seed at any pileup), so an event at pileup N
-and its partner at pileup 0 share ``(run, luminosityBlock, event)``.
+collections ``jets``, ``genjets``, ``rho`` and ``Event``; for ``--jets pfjets``, the offline
+stages and ``pfrho`` in place of ``antikt`` and ``rho``, :data:`RUN_STAGES`) from a *paired*
+production: the same generator seeds at pileup 0 and at one or more pileups (``hltemu
+generate`` gives the same hard scatter, vertex and detector response for the same seed at any
+pileup), so an event at pileup N and its partner at pileup 0 share ``(run, luminosityBlock,
+event)``.
 
 Two levels are derived, as CMS does for its calorimeter jets (JINST 12 (2017) P02014):
 
@@ -87,8 +89,13 @@ L1_VARIABLES = ("Rho", "JetPt", "JetA")
 L2_FORMULA = ("max(0.0001,[0]+[1]/(pow(log10(x),2)+[2])"
               "+[3]*exp(-[4]*pow(log10(x)-[5],2)))")
 
-#: Collections a derivation reads from each ``hltemu run`` output.
-NEEDED = ("Event", "rho")
+#: Collections a derivation reads from each ``hltemu run`` output (and the jets' rho,
+#: :data:`RHO_COLLECTIONS`).
+NEEDED = ("Event",)
+
+#: The event rho each jet collection's L1FastJet reads: the calorimeter towers' for calo jets,
+#: the particle-flow candidates' (CMS's fixedGridRhoFastjetAll) for pfjets.
+RHO_COLLECTIONS: dict[str, str] = {"jets": "rho", "pfjets": "pfrho"}
 
 #: The reference jets a derivation calibrates to: hard-scatter truth jets, or the offline
 #: particle-flow jets corrected with :data:`OFFLINE_LEVELS` ("move knowledge between online and
@@ -96,8 +103,8 @@ NEEDED = ("Event", "rho")
 REFERENCES: tuple[str, ...] = ("genjets", "pfjets")
 
 #: The corrections of the offline reference ``pfjets`` (derive-jec --jets pfjets, shipped).
-OFFLINE_LEVELS: tuple[str, ...] = ("builtin:hltemu_PF_V1_MC_L1FastJet_AK4PFchs.txt",
-                                   "builtin:hltemu_PF_V1_MC_L2Relative_AK4PFchs.txt")
+OFFLINE_LEVELS: tuple[str, ...] = ("builtin:hltemu_PF_V2_MC_L1FastJet_AK4PFchs.txt",
+                                   "builtin:hltemu_PF_V2_MC_L2Relative_AK4PFchs.txt")
 
 #: Jet collections corrections can be derived for -> the stages whose settings make them (the
 #: first holds ``R`` and ``pt_min``), which must agree between the inputs.
@@ -109,7 +116,7 @@ JET_COLLECTIONS: dict[str, tuple[str, ...]] = {
 #: The ``hltemu run --stages`` that make each collection's derive-jec input.
 RUN_STAGES: dict[str, str] = {
     "jets": "topocluster,antikt,genjets,rho",
-    "pfjets": "tracks,vertices,topocluster,pfcandidates,pfjets,genjets,rho",
+    "pfjets": "tracks,vertices,topocluster,pfcandidates,pfjets,pfrho,genjets",
 }
 
 
@@ -210,9 +217,6 @@ class JetSample:
             self.generation, self.noise_mode, self.jets, self.reference)
 
 
-#: run-config entries that must agree between the inputs of one derivation (besides the jet
-#: collection's stages, :data:`JET_COLLECTIONS`)
-_MUST_AGREE = ("rho",)
 
 
 def _generation_provenance(prov: dict[str, Any] | None) -> dict[str, Any]:
@@ -265,9 +269,12 @@ def load_sample(paths: Sequence[str | Path], progress: Callable[[int], None] | N
     if reference not in REFERENCES or reference == jets:
         raise DeriveError(f"reference {reference!r}: give one of {', '.join(REFERENCES)}, other "
                           f"than the jets corrected ({jets!r})")
-    must_agree = tuple(dict.fromkeys((*JET_COLLECTIONS[jets], *_MUST_AGREE,
-                                      *(JET_COLLECTIONS.get(reference, ())))))
-    needed = (jets, reference, *NEEDED)
+    rho_name, ref_rho_name = RHO_COLLECTIONS[jets], RHO_COLLECTIONS.get(reference)
+    must_agree = tuple(dict.fromkeys((*JET_COLLECTIONS[jets], rho_name,
+                                      *(JET_COLLECTIONS.get(reference, ())),
+                                      *((ref_rho_name,) if ref_rho_name else ()))))
+    needed = tuple(dict.fromkeys((jets, reference, *NEEDED, rho_name,
+                                  *((ref_rho_name,) if ref_rho_name else ()))))
     offline_chain = None
     if reference == "pfjets":
         from hltemu.jec import load_chain
@@ -315,7 +322,7 @@ def load_sample(paths: Sequence[str | Path], progress: Callable[[int], None] | N
                     f"{path}: topocluster {this} differs from {mode_file}'s {mode}; derive "
                     "corrections from files clustered with the same noise mode")
         c = read_collections(path, list(needed))
-        ev, reco, gj, rho = c["Event"], c[jets], c[reference], c["rho"]
+        ev, reco, gj, rho = c["Event"], c[jets], c[reference], c[rho_name]
         n = ev.n_events
         if n == 0:
             raise DeriveError(f"{path}: no events")
@@ -339,7 +346,8 @@ def load_sample(paths: Sequence[str | Path], progress: Callable[[int], None] | N
             "j_phi": np.asarray(reco["phi"], dtype=np.float64),
             "j_area": np.asarray(reco["area"], dtype=np.float64),
             "t_ev": np.asarray(gj.event_index()) + offset,
-            "t_pt": _reference_pt(gj, rho, offline_chain),
+            "t_pt": _reference_pt(gj, c[ref_rho_name] if ref_rho_name else None,
+                                  offline_chain),
             "t_eta": np.asarray(gj["eta"], dtype=np.float64),
             "t_phi": np.asarray(gj["phi"], dtype=np.float64),
         })
@@ -733,7 +741,8 @@ def derive(sample: JetSample, settings: DeriveSettings | None = None) -> Derivat
         "jets": f"{sample.jets} (stage {JET_COLLECTIONS[sample.jets][0]})",
         "truth": ("genjets (hard scatter)" if sample.reference == "genjets" else
                   f"{sample.reference} (offline, corrected)"),
-        "rho": sample.run_config.get("rho"),
+        "rho": sample.run_config.get(RHO_COLLECTIONS[sample.jets]),
+        "rho_collection": RHO_COLLECTIONS[sample.jets],
         "topocluster": sample.run_config.get("topocluster"),
         "run_facts": sample.run_config.get("facts"),
         "pileups": sample.pileups(),

@@ -50,9 +50,9 @@ def _edges(text: str, what: str) -> tuple[float, ...]:
                    "undone); on hltemu output see --offline-jec.")
 @click.option("--offline-jec", default=None, metavar="FILES|none",
               help="hltemu output: corrections of the offline pfjets, comma-separated level "
-                   "files in order (builtin:NAME for shipped ones), or 'none' for raw pfjets.  "
-                   "[default: builtin:hltemu_PF_V1_MC_L1FastJet_AK4PFchs.txt,"
-                   "builtin:hltemu_PF_V1_MC_L2Relative_AK4PFchs.txt]")
+                   "files in order (builtin:NAME for shipped ones; their L1FastJet reads the "
+                   "file's pfrho), or 'none' for raw pfjets.  [default: the shipped "
+                   "pfjets corrections, hltemu_PF_V2_MC]")
 @click.option("--width-path", default="HLT_CaloJet80", show_default=True,
               help="hltemu output: the single-jet path whose cut is emulated on corrected and "
                    "on raw HLT jets to compare turn-on widths.")

@@ -35,20 +35,19 @@ from typing import Any
 import numpy as np
 
 from hltemu.batch import counts_to_offsets
+from hltemu.jec.derive import OFFLINE_LEVELS
 from hltemu.study.online_offline import Jets, PathCut, StudyError, StudySample, StudySettings
 
 #: The ``hltemu run --stages`` that make a study input: the HLT calorimeter chain with its
 #: JEC and menu, and the offline chain (tracks, vertices, pfcandidates, pfjets).
-RUN_STAGES = "topocluster,antikt,rho,jec,trigger,tracks,vertices,pfcandidates,pfjets"
+RUN_STAGES = "topocluster,antikt,rho,jec,trigger,tracks,vertices,pfcandidates,pfjets,pfrho"
 
 #: The offline chain's stages, which need topocluster's clusters beside them.
-OFFLINE_STAGES = "tracks,vertices,pfcandidates,pfjets"
+OFFLINE_STAGES = "tracks,vertices,pfcandidates,pfjets,pfrho"
 
-#: Corrections of the offline pfjets (``hltemu derive-jec --jets pfjets``, shipped).
-DEFAULT_OFFLINE_JEC: tuple[str, ...] = (
-    "builtin:hltemu_PF_V1_MC_L1FastJet_AK4PFchs.txt",
-    "builtin:hltemu_PF_V1_MC_L2Relative_AK4PFchs.txt",
-)
+#: Corrections of the offline pfjets (``hltemu derive-jec --jets pfjets``, shipped; their
+#: L1FastJet reads the particle-flow rho, ``pfrho``).
+DEFAULT_OFFLINE_JEC: tuple[str, ...] = OFFLINE_LEVELS
 
 #: What the offline jets are.
 OFFLINE_ALGORITHM = "AK4 PF CHS (hltemu pfjets)"
@@ -141,17 +140,18 @@ def _read_one(path: str, chain: Any) -> dict[str, Any]:
     missing = [c for c in ("pfjets",) if c not in have]
     if hlt_name is None:
         missing.insert(0, "corrected_jets")
-    if "Rho" in chain.variables and "rho" not in have:
-        missing.append("rho")
+    if "Rho" in chain.variables and "pfrho" not in have:
+        missing.append("pfrho")
     if missing:
         raise _missing_error(path, missing)
-    wanted = [hlt_name, "pfjets", *(c for c in ("rho", "Event", "trigger_pre") if c in have)]
+    wanted = [hlt_name, "pfjets", *(c for c in ("rho", "pfrho", "Event", "trigger_pre")
+                                    if c in have)]
     c = read_collections(path, wanted)
     prov = read_provenance(path) or {}
     hlt, pf = c[hlt_name], c["pfjets"]
     n = pf.n_events
     rho = np.asarray(c["rho"]["rho"], dtype=np.float64) if "rho" in c else None
-    values = jet_values(pf, c.get("rho"))
+    values = jet_values(pf, c.get("pfrho"))
     pf_pt, _, _ = chain.correct_reference(values)
     notes: list[str] = []
     return {
