@@ -342,8 +342,8 @@ def plan(requested: Sequence[str] | None, available: Iterable[str], config: Any 
     inputs = tuple(str(f) for f in files)
     for st in chain:
         if requested is None and not st.in_default_chain:
-            result.skipped[st.name] = ("not in the default chain (offline reconstruction): "
-                                       "name it in --stages")
+            result.skipped[st.name] = ("not in the default chain (offline reconstruction "
+                                       "and pixel tracking): name it in --stages")
             continue
         cfg = config.get(st.name, st.config_type)
         try:

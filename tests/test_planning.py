@@ -53,9 +53,9 @@ def test_calorimeter_only_file_runs_the_calo_chain(tmp_path):
     assert result.exit_code == 0, result.output
     skipped = json.loads(report.read_text())["plan"]["skipped"]
     assert sorted(skipped) == ["doublet_cnn", "doublets", "genjets", "pfcandidates", "pfjets",
-                               "tracks", "vertices"]
-    assert skipped["tracks"] == ("not in the default chain (offline reconstruction): name it "
-                                 "in --stages")
+                               "pfrho", "pixeltracks", "pixelvertices", "tracks", "vertices"]
+    assert skipped["tracks"] == ("not in the default chain (offline reconstruction and pixel "
+                                 "tracking): name it in --stages")
     assert skipped["doublets"] == ("needs 'PixelHit', which neither the input nor an earlier "
                                    "stage provides")
     assert "skipped doublets: needs 'PixelHit'" in _flat(result.output)
