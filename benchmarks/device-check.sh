@@ -8,7 +8,7 @@
 #                  device minutes with the machine's start)
 #   here, dry run: OUT=/tmp/dc bash benchmarks/device-check.sh   (every part that needs no GPU)
 #
-# Each part runs under its own `timeout` and writes to $OUT as it finishes (8 files at most):
+# Each part runs under its own `timeout` and writes to $OUT as it finishes (9 files at most):
 #   env.txt      nvidia-smi, versions, `hltemu info`
 #   tests.log    pytest -m "cuda or gpu" on the real device (not the CPU suite)
 #   san-mem.log  compute-sanitizer memcheck of the whole chain on one event ("unavailable" if refused)
@@ -16,8 +16,10 @@
 #   scale.log    cpu vs cuda events/s per stage at 10/100/500 tiled sample events, and the
 #   scale.json   comparison of every product column (exact ints, max relative float difference)
 #   bench.log    pytest-benchmark suites (no reference backend), JSON in bench.json
+#   hbench.json  `hltemu bench` cpu vs cuda, 100 tiled sample events at pileup 50 (its tables
+#                are appended to bench.log); time-boxed to what is left of 400 s, at most 75 s
 # Inputs are the built-in sample tiled in memory; nothing but the wheels is carried.
-# PARTS="tests san scale bench" (default: all) picks parts for a rerun; SCALE_TILES="1 10 50".
+# PARTS="tests san scale bench clibench" (default: all) picks parts for a rerun; SCALE_TILES="1 10 50".
 # Later issues add their own time-boxed section here (keep the total under 6 minutes).
 set -u
 OUT=${OUT:?set OUT to a folder for the logs}
@@ -36,7 +38,7 @@ export PYTHONUNBUFFERED=1 XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/hltemu-cache}
 GPU=0
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then GPU=1; fi
 [ $GPU = 1 ] && export NUMBA_ENABLE_CUDASIM=0
-PARTS=${PARTS:-tests san scale bench}
+PARTS=${PARTS:-tests san scale bench clibench}
 has() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
 t_start=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - t_start )) s] $*"; }
@@ -91,6 +93,21 @@ if has bench; then
      --benchmark-json="$OUT/bench.json" --benchmark-columns=min,median,mean,rounds \
      >"$OUT/bench.log" 2>&1 || echo "exit $?" >>"$OUT/bench.log"
   stamp "bench done"
+fi
+
+# 5. `hltemu bench` (the command): median and spread per stage, machine, tiling, in JSON; in
+# what is left of 400 s since the start (at most 75 s, skipped under 20 s)
+if has clibench; then
+  left=$(( 400 - ($(date +%s) - t_start) )); [ $left -gt 75 ] && left=75
+  HB="--backends cpu,cuda --events 100 --repeat 3"; [ $GPU = 1 ] || HB="--backends reference,cpu --events 12 --repeat 2"
+  if [ $left -ge 20 ]; then
+    { echo "== hltemu bench $HB --pileup 50 (timeout ${left} s)"
+      $T $left $P -m hltemu.cli bench $HB --pileup 50 --no-progress --json "$OUT/hbench.json" \
+        || echo "exit $?"; } >>"$OUT/bench.log" 2>&1
+    stamp "hltemu bench: $(grep -h -A1 '^ total' "$OUT/bench.log" | tail -n 2 | tr -s ' ' | tr '\n' ' ')$(grep -h '^exit' "$OUT/bench.log")"
+  else
+    echo "hltemu bench skipped: ${left} s left of 400" >>"$OUT/bench.log"; stamp "hltemu bench skipped"
+  fi
 fi
 
 tail -n 3 "$OUT/tests.log" 2>/dev/null

@@ -345,27 +345,54 @@ def run(files: tuple[str, ...], backend: str, stages: str | None, batch_size: in
               help="Comma-separated backends to compare (first one is the baseline).")
 @click.option("--stages", "-s", default=None, help="Comma-separated stages (default: all).")
 @click.option("--events", "-n", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Events in the batch.")
+              help="Events in the batch; tiled from the input's events when it holds fewer.")
+@click.option("--pileup", type=click.FloatRange(min=0), default=None, metavar="P",
+              help="Refuse an input whose pileup (provenance, else the mean of "
+                   "Event_n_pileup) is not P, and label the result with it.")
+@click.option("--tile/--no-tile", default=True, show_default=True,
+              help="Repeat the input's events to reach --events (--no-tile: refuse instead).")
 @click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Timed repetitions per backend (after one warm-up).")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
-def bench(files: tuple[str, ...], backends: str, stages: str | None, events: int, repeat: int,
-          config_path: str | None) -> None:
-    """Time the chain on several backends over the same batch and print ratios."""
+              help="Timed repetitions per backend (after the warm-ups).")
+@click.option("--warmups", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Untimed passes per backend before the repeats (kernels compiled).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              metavar="FILE", help="Write the figures as JSON to FILE: per backend and stage "
+              "median and spread of seconds per event, events/s, speed-ups, machine, inputs.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Show a progress bar (stderr) over warm-ups and repeats.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="TOML file with stage settings (see `hltemu info`).")
+def bench(files: tuple[str, ...], backends: str, stages: str | None, events: int,
+          pileup: float | None, tile: bool, repeat: int, warmups: int, json_path: str | None,
+          progress: bool, config_path: str | None) -> None:
+    """Time the chain on several backends over the same batch and print ratios.
+
+    FILES default to the built-in ttbar sample (pileup 50).  The batch is the first --events
+    events, repeated in order when the files hold fewer (the JSON records the tiling), so
+    that one command per pileup measures the cost's growth:
+
+    \b
+        hltemu bench FILE_PU200 --events 500 --pileup 200 --json pu200.json"""
     from rich.console import Console
 
-    from hltemu.bench import compare_backends
+    from hltemu.bench import run_bench
 
     inputs = list(files) or [str(builtin_sample())]
     try:
-        table = compare_backends(
-            inputs, [b.strip() for b in backends.split(",") if b.strip()],
-            stages=_parse_stages(stages), n_events=events, repeat=repeat,
-            config=_load_config(config_path),
+        result = run_bench(
+            inputs, backends, stages=_parse_stages(stages), n_events=events, repeat=repeat,
+            config=_load_config(config_path), warmups=warmups, pileup=pileup, tile=tile,
+            progress=progress, json_path=json_path, config_path=config_path,
         )
     except _user_errors() as exc:
         raise click.ClickException(str(exc)) from None
-    Console().print(table)
+    console = Console()
+    for line in result.summary_lines():
+        console.print(line, highlight=False)
+    for table in result.tables():
+        console.print(table)
+    if json_path is not None:
+        console.print(f"json: {json_path}", highlight=False)
 
 
 def main() -> None:

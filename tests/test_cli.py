@@ -174,8 +174,8 @@ def test_bench_prints_ratios(tmp_path, cell_sum_stage, monkeypatch):  # noqa: F8
 
     timed = []
 
-    def recording(batch, backend, chain, config, repeat):
-        best = real(batch, backend, chain, config, repeat)
+    def recording(batch, backend, chain, config, repeat, **kw):
+        best = real(batch, backend, chain, config, repeat, **kw)
         timed.append((backend, batch.n_events, [st.name for st in chain], repeat, best))
         return best
 
