@@ -524,8 +524,13 @@ def test_vertices_cuda_on_300_events(sample, sample_events, monkeypatch):
     """Stage ``vertices``: 300 events of 0-45 consecutive tracks (in GenPart order, so
     neighbouring interactions' tracks mix) cut from the cpu tracks of the sample's first two
     events; the selection one thread per track (> 40 blocks), the clustering one thread per
-    event (3 blocks, the last partly idle); vertices and associations as cpu."""
+    event (3 blocks, the last partly idle); vertices and associations as cpu.  The primary
+    vertex by sum pT^2 (``ranking = "sum_pt2"``): the track jets' anti-kT, a block per vertex,
+    would take the simulator ~0.5 s per vertex here (its launches: tests/test_antikt.py, and
+    tests/test_vertices.py runs the track-jet ranking on cuda)."""
     import hltemu.kernels.vertices as K
+
+    from hltemu.stages.vertices import VerticesConfig
 
     be = cuda_backend()
     log = LaunchLog(monkeypatch)
@@ -541,8 +546,9 @@ def test_vertices_cuda_on_300_events(sample, sample_events, monkeypatch):
     cut = Collection.from_counts(counts, {k: v[rows] for k, v in tracks.columns.items()})
     batch = EventBatch(get_backend("cpu"), 300, {"tracks": cut})
 
-    want = run_stage("vertices", batch)
-    got = run_stage("vertices", batch.to(be))
+    cfg = VerticesConfig(ranking="sum_pt2")
+    want = run_stage("vertices", batch, cfg)
+    got = run_stage("vertices", batch.to(be), cfg)
     n = cut.size
     assert n > 40 * THREADS_PER_BLOCK
     assert log.of("select_cuda") == [(-(-n // THREADS_PER_BLOCK), THREADS_PER_BLOCK)]

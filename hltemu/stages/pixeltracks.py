@@ -55,10 +55,11 @@ The rules
      |rho|`` [GeV] with ``C`` = 0.2998 GeV/(T m) and ``B`` the geometry's field [T]; charge
      ``sign(rho)`` (a positive particle bends clockwise seen from +z).
    * **r-z**: a weighted straight line ``z = z0 + cot(theta) s`` with ``s`` [cm] the
-     transverse arc length from the PCA (the chord to the hit times the series of
-     ``asin``, relative error < 3e-5 for pT > 0.3 GeV); a disk hit's error in z is ``sigma_r
-     |cot theta|`` (cot theta from its first and last hits).  ``eta = asinh(cot theta)``,
-     ``z0`` [cm] the z of the PCA.
+     transverse arc length from the PCA (the chord ``L`` to the hit times the series of ``2
+     asin(u / 2) / u``, ``u = rho L``, to ``u^4``: ``1 + u^2 / 24 + 3 u^4 / 640``, relative
+     error < 3e-5 for pT > 0.3 GeV); a disk hit's error in z is ``sigma_r |cot theta|`` (cot
+     theta from its first and last hits).  ``eta = asinh(cot theta)``, ``z0`` [cm] the z of
+     the PCA.
    * ``chi2`` = the circle's sum of squared hit distances / ``sigma_rphi^2`` plus the line's
      sum of squared z residuals / their errors^2 (``2 n - 5`` degrees of freedom).
 
@@ -76,7 +77,10 @@ The rules
    events at pileup 50): it keeps 100% of the triplets and 99.9% of the quadruplets whose hits
    all come from one particle and removes 48% of the other triplets (with errors of pitch /
    sqrt(12), several times the toy detector's resolution, true tracks have chi2 / dof ~ 0.1).
-   A degenerate fit (all hits at one radius, a straight line in r-phi) drops the n-tuplet.
+   A degenerate fit drops the n-tuplet: all hits at one radius or no defined direction
+   (Karimaki's ``C_rr`` or both ``q1``, ``q2`` zero), ``1 - 4 delta kappa <= 0``, zero
+   curvature (a straight line in r-phi), the last hit's ``s`` not above the first's, a zero
+   error (a disk hit and ``cot theta`` 0), all hits at one ``s``, or a non-finite chi2.
 
 5. **Cleaning** of shared hits (Patatrack's duplicate removers, simplified to one rule): the
    event's n-tuplets that pass 4 are ranked by more hits first, then smaller chi2, then
@@ -106,23 +110,30 @@ sim_index       \\-      truth (when PixelHit has ``sim_index``): the GenPart ro
 
 Backends
 --------
-``reference`` builds each event's graph, walks and cleans it in plain Python (dicts, lists,
-recursion, ``sorted``) and calls the plain-Python versions of the triplet cut and the fit;
-``cpu`` runs :mod:`hltemu.kernels.pixeltracks` with Numba (``prange`` over cells, candidates
-and events), ``cuda`` the same device functions one thread per cell, candidate or event
-(counts, prefix sums, then fills: no atomics, no buffer to overflow).  The ranking of step 5
-is a sort with ``xp``.  Every arithmetic operation that decides is exactly rounded and done in
-the same order everywhere, so the three backends give the same tracks and the same bits for
-pt, d0, z0 and chi2; eta and phi come from NumPy's or CuPy's ``arcsinh`` and ``arctan2``, which
-may differ in the last bit (tolerance 1e-12 relative).
+``reference`` (:func:`tracks_reference`) is written from the rules above for clarity and
+imports nothing from :mod:`hltemu.kernels.pixeltracks`: per event, a dict of cells by inner
+hit, the triplet cut as the formulas read (``math.hypot``), a recursive depth-first search,
+Karimaki's fit with centred moments and ``atan2`` for phi, the line fit in centred form,
+``sorted`` for the ranking, a set of used hits, and its own truth match.  ``cpu`` runs
+:mod:`hltemu.kernels.pixeltracks` with Numba (``prange`` over cells, candidates and events),
+``cuda`` the same device functions one thread per cell, candidate or event (counts, prefix
+sums, then fills: no atomics, no buffer to overflow).  The ranking of step 5 is a sort with
+``xp``.  In the kernels every arithmetic operation that decides is exactly rounded and done in
+the same order on both targets, so cpu and cuda give the same tracks and the same bits for
+pt, d0, z0 and chi2 (eta and phi come from NumPy's or CuPy's ``arcsinh`` and ``arctan2``: 1e-12
+relative).
 
-The reference shares the arithmetic of the triplet cut and the fit with the kernels (as stage
-``doublets`` shares its cut): it is the oracle of the graph, the search, the ranking and the
-cleaning; ``tests/test_pixeltracks.py`` checks the cut against its geometric meaning and the
-fit against known helices.
+The reference rounds differently (other formulas for the same quantities), so against it the
+discrete output (which tracks, n_hits, charge, the hit rows and their order, sim_index) is
+checked exactly and the floats within: pt 1e-9 relative; eta, phi (modulo 2 pi) 1e-11; d0,
+z0 1e-10 cm; chi2 1e-9 absolute (kept tracks have chi2 < 9).  Measured largest differences
+on the built-in sample (4,996 tracks): pt 2e-11 relative (a 2.4 TeV track), eta 3e-14, phi
+2e-13, d0 7e-13 cm, z0 1e-12 cm, chi2 6e-12; random helix events alike.  A cut value or
+ranking key within ~1e-12 relative of its threshold or of a rival's could in principle decide
+differently; none has been seen.
 
 Measured (2026-11-29, the built-in sample: 10 ttbar events at pileup 50, default doublets and
-config, cpu = reference bit for bit): 500 tracks per event (1,319 triplets, 3,384
+config, cpu = reference): 500 tracks per event (1,319 triplets, 3,384
 quadruplets, 293 of 5 hits in all); 88.2% of the tracks have all their hits from one GenPart
 (triplets 55.5%, quadruplets 99.9%, 5 hits 100%); of the charged particles with pT > 0.9
 GeV, |eta| < 2.5, produced within 0.2 cm of the beam line and with hits on >= 3 layers,
@@ -362,88 +373,279 @@ class Candidates(NamedTuple):
     par: Any
 
 
-# -- reference -----------------------------------------------------------------------------------
-def _graph_reference(inp: Inputs, cells: list[tuple[int, int]], flags: list[int],
-                     cuts: list[float]) -> list[list[int]]:
-    """Per cell (an (inner, outer) hit-row pair) the positions in ``cells`` of its outer
-    neighbours (rule 1), ascending."""
-    from hltemu.kernels.pixeltracks import triplet_passes_py
+# -- reference: the rules written out, independent of hltemu.kernels.pixeltracks ---------------
+class ReferenceRules(NamedTuple):
+    """What the reference needs besides the config: layer kinds and the fit's constants."""
 
-    x, y, z, r, layer = inp.x, inp.y, inp.z, inp.r, inp.layer
-    starting_at: dict[int, list[int]] = {}
-    for i, (a, _) in enumerate(cells):
-        starting_at.setdefault(a, []).append(i)
-
-    def passes(a: int, b: int, o: int) -> bool:
-        return triplet_passes_py(x[a], y[a], z[a], r[a], flags[layer[a]],
-                                 x[b], y[b], z[b], r[b], flags[layer[b]],
-                                 x[o], y[o], z[o], r[o], cuts)
-
-    return [[j for j in starting_at.get(b, []) if passes(a, b, cells[j][1])]
-            for a, b in cells]
+    cfg: PixelTracksConfig
+    innermost: int  # the innermost barrel layer id (the inner dca cut)
+    sigma_rphi: float  # cm
+    sigma_z: float  # cm, barrel hits
+    sigma_r: float  # cm, disk hits
+    pt_per_curvature: float  # GeV cm: pT = this / |curvature|
 
 
-def _ntuplets_reference(inp: Inputs, cells: list[tuple[int, int]], neighbours: list[list[int]],
-                        flags: list[int], min_hits: int) -> list[list[int]]:
-    """The hit rows of every n-tuplet (rule 2), by recursion from the start cells."""
-    from hltemu.kernels.pixeltracks import FLAG_START, MAX_CELLS
+class ReferenceHit(NamedTuple):
+    """A hit as the reference sees it: ``x, y, z, r`` [cm] and its pixel layer id."""
 
-    paths: list[list[int]] = []
+    x: float
+    y: float
+    z: float
+    r: float
+    layer: int
+
+
+class ReferenceFit(NamedTuple):
+    """A fitted n-tuplet (rule 3)."""
+
+    curvature: float  # 1/cm, > 0 bends clockwise seen from +z
+    phi: float  # rad, direction at the PCA, in (-pi, pi]
+    d0: float  # cm
+    cot_theta: float
+    z0: float  # cm
+    chi2: float
+    pt: float  # GeV
+
+
+def reference_rules(cfg: PixelTracksConfig) -> ReferenceRules:
+    """The reference's constants: hit errors pitch / sqrt(12) and ``pT = 0.01 C B / |rho|``
+    with the default geometry's pitches and field."""
+    pixel, b_field = default_geometry().pixel, default_geometry().b_field
+    return ReferenceRules(cfg, BARREL_LAYERS[0], pixel.pitch_x / math.sqrt(12.0),
+                          pixel.pitch_y / math.sqrt(12.0), pixel.pitch_y / math.sqrt(12.0),
+                          0.01 * C_LIGHT * b_field)
+
+
+def _beam_line_distance(p1: ReferenceHit, p2: ReferenceHit, p3: ReferenceHit) -> float:
+    """Distance [cm] of the beam line (the origin of x-y) from the circle through the three
+    hits in x-y: the origin's power ``|C|^2 - R^2`` over ``|C| + R``; from the straight line
+    through them when they are collinear."""
+    ax, ay = p2.x - p1.x, p2.y - p1.y
+    bx, by = p3.x - p1.x, p3.y - p1.y
+    cross = ax * by - ay * bx
+    if cross == 0.0:
+        return abs(p1.x * by - p1.y * bx) / math.hypot(bx, by)
+    # u = C - p1 is equidistant from p1, p2, p3: u . a = |a|^2 / 2, u . b = |b|^2 / 2
+    a2, b2 = ax * ax + ay * ay, bx * bx + by * by
+    ux = (a2 * by - b2 * ay) / (2.0 * cross)
+    uy = (b2 * ax - a2 * bx) / (2.0 * cross)
+    radius = math.hypot(ux, uy)
+    centre = math.hypot(p1.x + ux, p1.y + uy)
+    power = p1.x * p1.x + p1.y * p1.y + 2.0 * (p1.x * ux + p1.y * uy)  # |p1 + u|^2 - |u|^2
+    return abs(power) / (centre + radius)
+
+
+def triplet_passes_reference(h1: ReferenceHit, h2: ReferenceHit, h3: ReferenceHit,
+                             rules: ReferenceRules) -> bool:
+    """Rule 1 for hits ``h1`` (inner), ``h2``, ``h3`` (outer): r-z alignment, hardCurvCut and
+    the dca of the r-phi circle to the beam line."""
+    cfg = rules.cfg
+    # r-z alignment: kink * p_min <= theta_cut, multiplied out (no division by |r1 - r3|)
+    theta_cut = (cfg.ca_theta_cut_barrel if is_barrel_layer(h2.layer)
+                 else cfg.ca_theta_cut_forward)
+    d13 = math.hypot(h1.r - h3.r, h1.z - h3.z)
+    area2 = abs(h1.z * (h2.r - h3.r) + h2.z * (h3.r - h1.r) + h3.z * (h1.r - h2.r))
+    if area2 * cfg.ptmin * d13 > theta_cut * d13 ** 2 * abs(h1.r - h3.r):
+        return False
+    # hardCurvCut: curvature 2 |a x b| / (|a| |b| |b - a|) of the circle through the hits
+    ax, ay = h2.x - h1.x, h2.y - h1.y
+    bx, by = h3.x - h1.x, h3.y - h1.y
+    sides = math.hypot(ax, ay) * math.hypot(bx, by) * math.hypot(h3.x - h2.x, h3.y - h2.y)
+    if sides == 0.0:  # two hits at one (x, y): no circle
+        return False
+    if 2.0 * abs(ax * by - ay * bx) / sides > cfg.hard_curv_cut:
+        return False
+    dca_cut = (cfg.dca_cut_inner_triplet if h1.layer == rules.innermost
+               else cfg.dca_cut_outer_triplet)
+    return _beam_line_distance(h1, h2, h3) < dca_cut
+
+
+def _arc_length(h: ReferenceHit, pca: tuple[float, float], curvature: float) -> float:
+    """Transverse arc length [cm] from the PCA to hit ``h``: the chord ``L`` times ``2 asin(u /
+    2) / u`` (``u = curvature L``) as its series to ``u^4``: ``1 + u^2 / 24 + 3 u^4 / 640``."""
+    chord = math.hypot(h.x - pca[0], h.y - pca[1])
+    u2 = (curvature * chord) ** 2
+    return chord * (1.0 + u2 / 24.0 + 3.0 * u2 * u2 / 640.0)
+
+
+def fit_reference(hits: list[ReferenceHit], rules: ReferenceRules) -> ReferenceFit | None:
+    """Rule 3: Karimaki's circle fit, then the weighted line fit in s-z; None when degenerate."""
+    n = len(hits)
+    # -- r-phi: Karimaki, equal weights; q = x^2 + y^2
+    xs, ys = [h.x for h in hits], [h.y for h in hits]
+    qs = [x * x + y * y for x, y in zip(xs, ys, strict=True)]
+    xm, ym, qm = sum(xs) / n, sum(ys) / n, sum(qs) / n
+
+    def cov(u: list[float], um: float, v: list[float], vm: float) -> float:
+        return sum((a - um) * (b - vm) for a, b in zip(u, v, strict=True)) / n
+
+    cxx, cyy, cxy = cov(xs, xm, xs, xm), cov(ys, ym, ys, ym), cov(xs, xm, ys, ym)
+    cxq, cyq, cqq = cov(xs, xm, qs, qm), cov(ys, ym, qs, qm), cov(qs, qm, qs, qm)
+    q1 = cqq * cxy - cxq * cyq
+    q2 = cqq * (cxx - cyy) - cxq * cxq + cyq * cyq
+    if not (cqq > 0.0 and (q1 != 0.0 or q2 != 0.0)):  # all hits at one radius, or no direction
+        return None
+    phi = 0.5 * math.atan2(2.0 * q1, q2)  # tan(2 phi) = 2 q1 / q2, phi in (-pi/2, pi/2]
+    kappa = (math.sin(phi) * cxq - math.cos(phi) * cyq) / cqq
+    delta = -kappa * qm + math.sin(phi) * xm - math.cos(phi) * ym
+    chord = (xs[-1] - xs[0], ys[-1] - ys[0])
+    if chord[0] * math.cos(phi) + chord[1] * math.sin(phi) < 0.0:
+        phi, kappa, delta = phi + math.pi, -kappa, -delta  # the track runs first to last hit
+        if phi > math.pi:
+            phi -= 2.0 * math.pi
+    disc = 1.0 - 4.0 * delta * kappa
+    if not disc > 0.0:
+        return None
+    rho = 2.0 * kappa / math.sqrt(disc)
+    d = 2.0 * delta / (1.0 + math.sqrt(disc))  # Karimaki's d: PCA = d (sin phi, -cos phi)
+    if rho == 0.0:
+        return None
+    sin_phi, cos_phi = math.sin(phi), math.cos(phi)
+    pca = (d * sin_phi, -d * cos_phi)
+    d0 = -pca[0] * sin_phi + pca[1] * cos_phi  # CMS sign: PCA . (-sin phi, cos phi)
+    chi2_circle = 0.0
+    for h, q in zip(hits, qs, strict=True):
+        # Karimaki's eps = rho/2 (|p - C|^2 - R^2); the signed distance from the circle is the
+        # root of rho/2 dist^2 + dist = eps
+        eps = 0.5 * rho * q - (1.0 + rho * d) * (h.x * sin_phi - h.y * cos_phi) \
+            + 0.5 * rho * d * d + d
+        dist = 2.0 * eps / (1.0 + math.sqrt(max(1.0 + 2.0 * rho * eps, 0.0)))
+        chi2_circle += (dist / rules.sigma_rphi) ** 2
+    # -- r-z: z = z0 + cot(theta) s, weights 1 / sigma^2
+    s = [_arc_length(h, pca, rho) for h in hits]
+    if not s[-1] > s[0]:
+        return None
+    cot_first_last = abs((hits[-1].z - hits[0].z) / (s[-1] - s[0]))
+    sigma = [rules.sigma_z if is_barrel_layer(h.layer) else rules.sigma_r * cot_first_last
+             for h in hits]
+    if not all(e > 0.0 for e in sigma):
+        return None
+    w = [1.0 / (e * e) for e in sigma]
+    sw = sum(w)
+    sm = sum(wi * si for wi, si in zip(w, s, strict=True)) / sw
+    zm = sum(wi * h.z for wi, h in zip(w, hits, strict=True)) / sw
+    sss = sum(wi * (si - sm) ** 2 for wi, si in zip(w, s, strict=True))
+    ssz = sum(wi * (si - sm) * (h.z - zm) for wi, si, h in zip(w, s, hits, strict=True))
+    if not sss > 0.0:
+        return None
+    cot = ssz / sss
+    z0 = zm - cot * sm
+    chi2_line = sum(wi * (h.z - z0 - cot * si) ** 2 for wi, si, h in zip(w, s, hits,
+                                                                          strict=True))
+    chi2 = chi2_circle + chi2_line
+    if not math.isfinite(chi2):
+        return None
+    return ReferenceFit(rho, phi, d0, cot, z0, chi2, rules.pt_per_curvature / abs(rho))
+
+
+def quality_reference(n_hits: int, fit: ReferenceFit, cfg: PixelTracksConfig) -> bool:
+    """Rule 4."""
+    if n_hits == 3:
+        tip, min_pt, zip_ = cfg.triplet_max_tip, cfg.triplet_min_pt, cfg.triplet_max_zip
+    else:
+        tip, min_pt, zip_ = cfg.quadruplet_max_tip, cfg.quadruplet_min_pt, cfg.quadruplet_max_zip
+    return (abs(fit.d0) < tip and abs(fit.z0) < zip_ and fit.pt > min_pt
+            and fit.chi2 < cfg.max_chi2)
+
+
+def ntuplets_reference(hits: list[ReferenceHit], cells: list[tuple[int, int]],
+                       rules: ReferenceRules) -> list[list[int]]:
+    """Rules 1 and 2 for one event: the hit lists (inner to outer) of its n-tuplets, found
+    depth first from the start cells along outer neighbours (ascending)."""
+    cfg = rules.cfg
+    starting_at: dict[int, list[int]] = {}  # inner hit -> outer hits of its cells, ascending
+    for a, b in sorted(set(cells)):
+        starting_at.setdefault(a, []).append(b)
+    neighbours: dict[tuple[int, int], list[int]] = {}
+
+    def outer_neighbours(a: int, b: int) -> list[int]:
+        """Outer hits ``o`` of the cells (b, o) that are neighbours of cell (a, b)."""
+        if (a, b) not in neighbours:
+            neighbours[a, b] = [o for o in starting_at.get(b, [])
+                                if triplet_passes_reference(hits[a], hits[b], hits[o], rules)]
+        return neighbours[a, b]
+
+    found: list[list[int]] = []
 
     def extend(path: list[int]) -> None:
-        following = neighbours[path[-1]]
-        if not following or len(path) == MAX_CELLS:
-            if len(path) + 1 >= min_hits:
-                paths.append(path)
+        following = outer_neighbours(path[-2], path[-1])
+        if not following or len(path) == 5:  # 5 hits: 4 cells, Patatrack's depth
+            if len(path) >= cfg.min_hits_per_ntuplet:
+                found.append(path)
             return
-        for j in following:
-            extend(path + [j])
+        for o in following:
+            extend(path + [o])
 
-    for i, (a, _) in enumerate(cells):
-        if flags[inp.layer[a]] & FLAG_START:
-            extend([i])
-    return [[cells[i][0] for i in path] + [cells[path[-1]][1]] for path in paths]
+    for a in sorted(starting_at):
+        if hits[a].layer in cfg.start_layers:
+            for b in starting_at[a]:
+                extend([a, b])
+    return found
 
 
-def _event_reference(inp: Inputs, lo: int, hi: int, cfg: PixelTracksConfig, prep: Prepared
-                     ) -> list[tuple[list[int], list[float]]]:
-    """One event in plain Python: its tracks as (hit rows, fit results), ordered by hit0.
-    ``lo:hi`` are the event's cells."""
-    from hltemu.kernels.pixeltracks import N_PAR, PAR_CHI2, PAR_D0, fit_py
-
-    flags, cuts = prep.flags.tolist(), prep.cuts.tolist()
-    cells = [(int(inp.inner[c]), int(inp.outer[c])) for c in range(lo, hi)]  # sorted
-    neighbours = _graph_reference(inp, cells, flags, cuts)
+def event_reference(hits: list[ReferenceHit], cells: list[tuple[int, int]],
+                    rules: ReferenceRules) -> list[tuple[list[int], ReferenceFit]]:
+    """One event: its tracks as (hit rows within the event, fit), ordered by the first hit."""
     candidates = []
-    for rows in _ntuplets_reference(inp, cells, neighbours, flags, cfg.min_hits_per_ntuplet):
-        par = [0.0] * N_PAR
-        if fit_py(rows, len(rows), inp.x, inp.y, inp.z, inp.layer, flags, cuts, par):
-            candidates.append((rows, par))
-    candidates.sort(key=lambda c: (-len(c[0]), c[1][PAR_CHI2], abs(c[1][PAR_D0]), c[0]))
+    for path in ntuplets_reference(hits, cells, rules):  # rules 1-4
+        fit = fit_reference([hits[h] for h in path], rules)
+        if fit is not None and quality_reference(len(path), fit, rules.cfg):
+            candidates.append((path, fit))
+    ranked = sorted(candidates, key=lambda c: (-len(c[0]), c[1].chi2, abs(c[1].d0), c[0]))
     used: set[int] = set()
     tracks = []
-    for rows, par in candidates:  # rule 5
-        if used.isdisjoint(rows):
-            used.update(rows)
-            tracks.append((rows, par))
+    for path, fit in ranked:  # rule 5
+        if used.isdisjoint(path):
+            used.update(path)
+            tracks.append((path, fit))
     return sorted(tracks, key=lambda t: t[0][0])
 
 
-def candidates_reference(inp: Inputs, cfg: PixelTracksConfig, prep: Prepared) -> Candidates:
-    """Every event by :func:`_event_reference`."""
-    from hltemu.kernels.pixeltracks import MAX_HITS, N_PAR
+def _truth_reference(path: list[int], sim: list[int]) -> int:
+    """The GenPart row of at least 75% of the hits of ``path``, -1 if none."""
+    for particle in sorted({sim[h] for h in path if sim[h] >= 0}):
+        if 4 * sum(sim[h] == particle for h in path) >= 3 * len(path):
+            return particle
+    return -1
 
-    host = inp._replace(x=inp.x.tolist(), y=inp.y.tolist(), z=inp.z.tolist(),
-                        r=inp.r.tolist(), layer=inp.layer.tolist())
-    cell_lo = inp.hit_cells[inp.offsets].tolist()  # the cells of event e: its hits' cells
-    tracks = [t for e in range(inp.n_events)
-              for t in _event_reference(host, cell_lo[e], cell_lo[e + 1], cfg, prep)]
-    hits = np.full((len(tracks), MAX_HITS), -1, dtype=np.int64)
-    par = np.zeros((len(tracks), N_PAR), dtype=np.float64)
-    for i, (rows, p) in enumerate(tracks):
-        hits[i, :len(rows)] = rows
-        par[i] = p[:N_PAR]
-    return Candidates(hits, np.array([len(t[0]) for t in tracks], dtype=np.int32), par)
+
+def tracks_reference(inp: Inputs, cfg: PixelTracksConfig) -> Collection:
+    """The ``pixeltracks`` collection, one event at a time by :func:`event_reference`."""
+    rules = reference_rules(cfg)
+    offsets = inp.offsets.tolist()
+    x, y, z, layer = inp.x.tolist(), inp.y.tolist(), inp.z.tolist(), inp.layer.tolist()
+    sim = None if inp.sim_index is None else inp.sim_index.tolist()
+    inner, outer = inp.inner.tolist(), inp.outer.tolist()  # batch rows
+    cell_bounds = np.searchsorted(inp.inner, inp.offsets).tolist()  # cells of event e
+    names = [f"hit{i}" for i in range(5)]  # at most 5 hits (rule 2)
+    rows: dict[str, list] = {c: [] for c in ("pt", "eta", "phi", "d0", "z0", "chi2", "charge",
+                                             "n_hits", *names)}
+    truth: list[int] = []
+    counts = []
+    for e in range(inp.n_events):
+        lo, hi = offsets[e], offsets[e + 1]
+        hits = [ReferenceHit(x[i], y[i], z[i], math.hypot(x[i], y[i]), layer[i])
+                for i in range(lo, hi)]
+        cells = [(inner[c] - lo, outer[c] - lo) for c in range(cell_bounds[e],
+                                                               cell_bounds[e + 1])]
+        tracks = event_reference(hits, cells, rules)
+        event_sim = sim[lo:hi] if sim is not None else []
+        counts.append(len(tracks))
+        for path, fit in tracks:
+            for col, value in (("pt", fit.pt), ("eta", math.asinh(fit.cot_theta)),
+                               ("phi", fit.phi), ("d0", fit.d0), ("z0", fit.z0),
+                               ("chi2", fit.chi2), ("charge", 1 if fit.curvature > 0 else -1),
+                               ("n_hits", len(path))):
+                rows[col].append(value)
+            for i, col in enumerate(names):
+                rows[col].append(path[i] if i < len(path) else -1)
+            if sim is not None:
+                truth.append(_truth_reference(path, event_sim))
+    cols = {c: np.array(v, dtype=np.float64 if c in ("pt", "eta", "phi", "d0", "z0", "chi2")
+                        else np.int32) for c, v in rows.items()}
+    if sim is not None:
+        cols["sim_index"] = np.array(truth, dtype=np.int32)
+    return Collection.from_counts(np.array(counts, dtype=np.int64), cols)
 
 
 # -- cpu and cuda: the kernels of hltemu.kernels.pixeltracks -------------------------------------
@@ -596,9 +798,8 @@ def track_collection(inp: Inputs, cand: Candidates, xp: Any) -> Collection:
 # -- the stage -----------------------------------------------------------------------------------
 def run_reference(batch: EventBatch, cfg: PixelTracksConfig, prep: Prepared
                   ) -> dict[str, Collection]:
-    """Plain Python per event (:func:`candidates_reference`)."""
-    inp = check_inputs(batch)
-    return {"pixeltracks": track_collection(inp, candidates_reference(inp, cfg, prep), np)}
+    """Plain Python per event (:func:`tracks_reference`), independent of the kernels."""
+    return {"pixeltracks": tracks_reference(check_inputs(batch), cfg)}
 
 
 def run_cpu(batch: EventBatch, cfg: PixelTracksConfig, prep: Prepared) -> dict[str, Collection]:
