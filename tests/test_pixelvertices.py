@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 import pytest
+from collection_asserts import assert_collections_identical
 from pythia_inputs import SAMPLE
 
 from hltemu import io
@@ -313,12 +314,7 @@ def test_the_random_events_split_and_reject():
 
 def assert_identical(got: tuple[Collection, Collection], want: tuple[Collection, Collection],
                      what: str) -> None:
-    for g, w, name in zip(got, want, ("pixelvertices", "pixeltrack_vertex"), strict=True):
-        np.testing.assert_array_equal(g.offsets, w.offsets, err_msg=f"{what} {name}")
-        assert sorted(g.columns) == sorted(w.columns)
-        for c in w.columns:
-            assert g[c].dtype == w[c].dtype, (what, name, c)
-            np.testing.assert_array_equal(g[c], w[c], err_msg=f"{what} {name}.{c}")
+    assert_collections_identical(got, want, ("pixelvertices", "pixeltrack_vertex"), what)
 
 
 @pytest.mark.parametrize("seed", range(4))

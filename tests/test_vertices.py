@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 import pytest
+from collection_asserts import assert_collections_identical
 from pythia_inputs import SAMPLE
 
 from hltemu import io
@@ -252,12 +253,7 @@ def test_reference_equals_the_oracle_on_random_tracks(seed):
 
 def assert_identical(got: tuple[Collection, Collection], want: tuple[Collection, Collection],
                      what: str) -> None:
-    for g, w, name in zip(got, want, ("vertices", "track_pv"), strict=True):
-        np.testing.assert_array_equal(g.offsets, w.offsets, err_msg=f"{what} {name}")
-        assert sorted(g.columns) == sorted(w.columns)
-        for c in w.columns:
-            assert g[c].dtype == w[c].dtype, (what, name, c)
-            np.testing.assert_array_equal(g[c], w[c], err_msg=f"{what} {name}.{c}")
+    assert_collections_identical(got, want, ("vertices", "track_pv"), what)
 
 
 @pytest.mark.parametrize("seed", range(4))
