@@ -94,6 +94,7 @@ from hltemu.config import ConfigError, param
 from hltemu.ops import THREADS_PER_BLOCK, blocks
 from hltemu.pipeline import Stage, register
 from hltemu.stages.antikt import _check_columns, _check_finite
+from hltemu.stages.rho import grid_shape
 
 #: ``pfcandidates`` columns read.
 CANDIDATE_COLUMNS = ("pt", "eta", "phi")
@@ -121,18 +122,9 @@ class PFRhoGrid(NamedTuple):
 
 
 def pfrho_grid(eta_max: float, grid_spacing: float) -> PFRhoGrid:
-    """The grid of rule 1 (cell counts as :func:`hltemu.stages.rho.rho_grid`'s); a
-    :class:`ConfigError` when it has more cells than the kernels support
-    (:data:`hltemu.kernels.rho.MAX_CELLS`)."""
-    from hltemu.kernels.rho import MAX_CELLS
-
-    n_eta = max(1, int(2.0 * eta_max / grid_spacing + 0.5))
-    n_phi = max(1, int(2.0 * math.pi / grid_spacing + 0.5))
-    if n_eta * n_phi > MAX_CELLS:
-        raise ConfigError(
-            f"grid_spacing={grid_spacing} with eta_max={eta_max} gives {n_eta} x {n_phi} = "
-            f"{n_eta * n_phi} cells, more than the {MAX_CELLS} the kernels support; use a "
-            "larger grid_spacing")
+    """The grid of rule 1 (cell counts by :func:`hltemu.stages.rho.grid_shape`, as stage
+    ``rho``'s); a :class:`ConfigError` when it has more cells than the kernels support."""
+    n_eta, n_phi = grid_shape(eta_max, grid_spacing, "pfrho")
     return PFRhoGrid(float(eta_max), 2.0 * eta_max / n_eta, n_eta, 2.0 * math.pi / n_phi, n_phi)
 
 

@@ -248,24 +248,33 @@ class RhoGrid(NamedTuple):
         return self.area
 
 
+def grid_shape(eta_max: float, grid_spacing: float, stage: str) -> tuple[int, int]:
+    """``(n_eta, n_phi)`` of a fixed grid over ``|eta| < eta_max`` and ``2 pi`` in phi with
+    cells of about ``grid_spacing``: the counts rounded to the nearest integer, at least 1; a
+    :class:`ConfigError` naming ``[stage]`` when the kernels cannot hold that many cells
+    (:data:`hltemu.kernels.rho.MAX_CELLS`).  Stages ``rho`` and ``pfrho`` share it."""
+    from hltemu.kernels.rho import MAX_CELLS
+
+    n_eta = max(1, int(2.0 * eta_max / grid_spacing + 0.5))
+    n_phi = max(1, int(2.0 * math.pi / grid_spacing + 0.5))
+    if n_eta * n_phi > MAX_CELLS:
+        raise ConfigError(
+            f"[{stage}] grid_spacing={grid_spacing} with eta_max={eta_max} gives "
+            f"{n_eta} x {n_phi} = {n_eta * n_phi} cells, more than the {MAX_CELLS} the kernels "
+            "support; use a larger grid_spacing")
+    return n_eta, n_phi
+
+
 def rho_grid(cfg: RhoConfig, calo: Any = None) -> RhoGrid:
     """The grid of a configuration over the towers of ``calo`` (default: the default
     geometry's): cell counts rounded to the nearest integer, at least 1.  A
     :class:`ConfigError` when ``eta_max`` exceeds the calorimeter, the grid has more cells than
     the kernels support, or a grid cell holds no tower."""
-    from hltemu.kernels.rho import MAX_CELLS
-
     towers = calo_towers(calo)
     if cfg.eta_max > towers.eta_max:
         raise ConfigError(f"[rho] eta_max = {cfg.eta_max} is beyond the calorimeter's "
                           f"acceptance |eta| < {towers.eta_max}")
-    n_eta = max(1, int(2.0 * cfg.eta_max / cfg.grid_spacing + 0.5))
-    n_phi = max(1, int(2.0 * math.pi / cfg.grid_spacing + 0.5))
-    if n_eta * n_phi > MAX_CELLS:
-        raise ConfigError(
-            f"[rho] grid_spacing={cfg.grid_spacing} with eta_max={cfg.eta_max} gives "
-            f"{n_eta} x {n_phi} = {n_eta * n_phi} cells, more than the {MAX_CELLS} the kernels "
-            "support; use a larger grid_spacing")
+    n_eta, n_phi = grid_shape(cfg.eta_max, cfg.grid_spacing, "rho")
     d_eta, d_phi = 2.0 * cfg.eta_max / n_eta, 2.0 * math.pi / n_phi
     inside = (towers.eta >= -cfg.eta_max) & (towers.eta < cfg.eta_max)
     row = np.clip(np.floor((towers.eta + cfg.eta_max) / d_eta).astype(np.int64), 0, n_eta - 1)
