@@ -1,12 +1,32 @@
-"""Assertions on collections shared by the stage tests."""
+"""Collections shared by the stage tests: a one-collection batch built from per-event
+columns, and a bit-for-bit comparison."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from hltemu.batch import Collection
+from hltemu.backends import get_backend
+from hltemu.batch import Collection, EventBatch
+
+
+def one_collection_batch(name: str, events: Sequence[dict], defaults: dict[str, float],
+                         backend: str = "reference", dtypes: dict[str, Any] | None = None
+                         ) -> EventBatch:
+    """A batch holding only collection ``name``: one dict of columns per event (each event
+    needs ``z0``, which gives its row count; a missing column takes its value in
+    ``defaults``), float64 unless ``dtypes`` says otherwise, on ``backend``."""
+    dtypes = dtypes or {}
+    cols = {}
+    for c, d in defaults.items():
+        dtype = dtypes.get(c, np.float64)
+        cols[c] = (np.concatenate([np.broadcast_to(np.asarray(e.get(c, d), dtype=dtype),
+                                                   np.shape(e["z0"])) for e in events])
+                   if events else np.zeros(0, dtype=dtype))
+    coll = Collection.from_counts([len(e["z0"]) for e in events], cols)
+    return EventBatch(get_backend("reference"), len(events), {name: coll}).to(backend)
 
 
 def assert_collections_identical(got: Sequence[Collection], want: Sequence[Collection],

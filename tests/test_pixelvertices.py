@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 import pytest
-from collection_asserts import assert_collections_identical
+from collection_asserts import assert_collections_identical, one_collection_batch
 from pythia_inputs import SAMPLE
 
 from hltemu import io
@@ -35,14 +35,8 @@ FLAT = {"z0_error_eta_edges": (), "z0_errors": (0.01,)}
 
 def track_batch(events: list[dict], backend: str = "reference") -> EventBatch:
     """A batch holding only ``pixeltracks`` (one dict of columns per event; defaults above)."""
-    cols = {}
-    for c, d in TRACK_DEFAULTS.items():
-        dtype = np.int32 if c == "n_hits" else np.float64
-        cols[c] = (np.concatenate([np.broadcast_to(np.asarray(e.get(c, d), dtype=dtype),
-                                                   np.shape(e["z0"])) for e in events])
-                   if events else np.zeros(0, dtype=dtype))
-    tracks = Collection.from_counts([len(e["z0"]) for e in events], cols)
-    return EventBatch(get_backend("reference"), len(events), {"pixeltracks": tracks}).to(backend)
+    return one_collection_batch("pixeltracks", events, TRACK_DEFAULTS, backend,
+                                {"n_hits": np.int32})
 
 
 def run(batch: EventBatch, cfg: PixelVerticesConfig | None = None

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 import pytest
-from collection_asserts import assert_collections_identical
+from collection_asserts import assert_collections_identical, one_collection_batch
 from pythia_inputs import SAMPLE
 
 from hltemu import io
@@ -32,11 +32,7 @@ TRACK_DEFAULTS = {"pt": 1.0, "eta": 0.0, "phi": 0.0, "d0": 0.0, "z0": 0.0, "sigm
 
 def track_batch(events: list[dict], backend: str = "reference") -> EventBatch:
     """A batch holding only ``tracks`` (one dict of columns per event; defaults above)."""
-    cols = {c: np.concatenate([np.broadcast_to(np.asarray(e.get(c, d), dtype=np.float64),
-                                               np.shape(e["z0"])) for e in events])
-            if events else np.zeros(0) for c, d in TRACK_DEFAULTS.items()}
-    tracks = Collection.from_counts([len(e["z0"]) for e in events], cols)
-    return EventBatch(get_backend("reference"), len(events), {"tracks": tracks}).to(backend)
+    return one_collection_batch("tracks", events, TRACK_DEFAULTS, backend)
 
 
 def run_vertices(batch: EventBatch, cfg: VerticesConfig | None = None
