@@ -217,8 +217,6 @@ class JetSample:
             self.generation, self.noise_mode, self.jets, self.reference)
 
 
-
-
 def _generation_provenance(prov: dict[str, Any] | None) -> dict[str, Any]:
     """The generation settings of a run output's input (seed, pileup, process, cross-section
     and weight sum of the hard process), or {} when it does not say."""
@@ -270,11 +268,10 @@ def load_sample(paths: Sequence[str | Path], progress: Callable[[int], None] | N
         raise DeriveError(f"reference {reference!r}: give one of {', '.join(REFERENCES)}, other "
                           f"than the jets corrected ({jets!r})")
     rho_name, ref_rho_name = RHO_COLLECTIONS[jets], RHO_COLLECTIONS.get(reference)
+    ref_rho = (ref_rho_name,) if ref_rho_name else ()
     must_agree = tuple(dict.fromkeys((*JET_COLLECTIONS[jets], rho_name,
-                                      *(JET_COLLECTIONS.get(reference, ())),
-                                      *((ref_rho_name,) if ref_rho_name else ()))))
-    needed = tuple(dict.fromkeys((jets, reference, *NEEDED, rho_name,
-                                  *((ref_rho_name,) if ref_rho_name else ()))))
+                                      *JET_COLLECTIONS.get(reference, ()), *ref_rho)))
+    needed = tuple(dict.fromkeys((jets, reference, *NEEDED, rho_name, *ref_rho)))
     offline_chain = None
     if reference == "pfjets":
         from hltemu.jec import load_chain

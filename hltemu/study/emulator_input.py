@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from hltemu.batch import counts_to_offsets
-from hltemu.jec.derive import OFFLINE_LEVELS
+from hltemu.jec.derive import OFFLINE_LEVELS, RHO_COLLECTIONS
 from hltemu.study.online_offline import Jets, PathCut, StudyError, StudySample, StudySettings
 
 #: The ``hltemu run --stages`` that make a study input: the HLT calorimeter chain with its
@@ -48,6 +48,9 @@ OFFLINE_STAGES = "tracks,vertices,pfcandidates,pfjets,pfrho"
 #: Corrections of the offline pfjets (``hltemu derive-jec --jets pfjets``, shipped; their
 #: L1FastJet reads the particle-flow rho, ``pfrho``).
 DEFAULT_OFFLINE_JEC: tuple[str, ...] = OFFLINE_LEVELS
+
+#: The rho the offline corrections read (``pfrho``, as derive-jec's).
+OFFLINE_RHO = RHO_COLLECTIONS["pfjets"]
 
 #: What the offline jets are.
 OFFLINE_ALGORITHM = "AK4 PF CHS (hltemu pfjets)"
@@ -140,18 +143,18 @@ def _read_one(path: str, chain: Any) -> dict[str, Any]:
     missing = [c for c in ("pfjets",) if c not in have]
     if hlt_name is None:
         missing.insert(0, "corrected_jets")
-    if "Rho" in chain.variables and "pfrho" not in have:
-        missing.append("pfrho")
+    if "Rho" in chain.variables and OFFLINE_RHO not in have:
+        missing.append(OFFLINE_RHO)
     if missing:
         raise _missing_error(path, missing)
-    wanted = [hlt_name, "pfjets", *(c for c in ("rho", "pfrho", "Event", "trigger_pre")
+    wanted = [hlt_name, "pfjets", *(c for c in ("rho", OFFLINE_RHO, "Event", "trigger_pre")
                                     if c in have)]
     c = read_collections(path, wanted)
     prov = read_provenance(path) or {}
     hlt, pf = c[hlt_name], c["pfjets"]
     n = pf.n_events
     rho = np.asarray(c["rho"]["rho"], dtype=np.float64) if "rho" in c else None
-    values = jet_values(pf, c.get("pfrho"))
+    values = jet_values(pf, c.get(OFFLINE_RHO))
     pf_pt, _, _ = chain.correct_reference(values)
     notes: list[str] = []
     return {
