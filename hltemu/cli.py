@@ -257,7 +257,13 @@ def _file_info(path: str) -> None:
               help="Leave the products matching this shell-style pattern out of the output "
                    "(e.g. --drop 'pfcandidates' --drop '*doublets'); repeatable.")
 @click.option("--keep", multiple=True, metavar="PATTERN",
-              help="Write the products matching this pattern even if a --drop matches them.")
+              help="Write the products matching this pattern whole, even if a --drop matches "
+                   "them; the doublet collections are written as per-event counts only "
+                   "unless kept (--keep doublets, --keep '*').")
+@click.option("--pipeline/--no-pipeline", default=True, show_default=True,
+              help="Read the next batch and write the previous ones while the stages run on "
+                   "the current one (threads; same output). --no-pipeline runs them in "
+                   "sequence.")
 @click.option("--timeline", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Write the run's timeline to FILE: host start and end of every read, stage "
                    "and write per batch, as a Chrome trace JSON (open it in ui.perfetto.dev). "
@@ -265,7 +271,8 @@ def _file_info(path: str) -> None:
 def run(files: tuple[str, ...], backend: str, stages: str | None, batch_size: int,
         max_events: int | None, output: str, report_path: str, config_path: str | None,
         progress: bool, warmup: bool, workers: int | None, scheduler: str | None,
-        keep: tuple[str, ...], drop: tuple[str, ...], timeline: str | None) -> None:
+        keep: tuple[str, ...], drop: tuple[str, ...], timeline: str | None,
+        pipeline: bool) -> None:
     """Run the HLT chain over FILES (default: the built-in ttbar sample)."""
     import warnings
 
@@ -310,7 +317,7 @@ def run(files: tuple[str, ...], backend: str, stages: str | None, batch_size: in
                     batch_size=batch_size, max_events=max_events, output=output,
                     report_path=report_path, progress=progress, warmup=warmup,
                     on_plan=lambda p: _print_plan(console, p.summary()), keep=keep, drop=drop,
-                    timeline=timeline,
+                    timeline=timeline, pipeline=pipeline,
                 )
     except _user_errors() as exc:
         raise click.ClickException(str(exc)) from None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -140,6 +140,17 @@ class Stage:
         reconstruction (``tracks``, ``vertices``, ``pfcandidates``, ``pfjets``) is not part of
         the HLT that ``hltemu run`` emulates by default; the default chain lists it among the
         stages left out, with that reason.
+    counts_only:
+        Products that ``hltemu run`` writes as their per-event counts only (the counter
+        ``nC``, no column) unless a ``--keep`` pattern names them: collections too large to
+        write by default (the doublets: 0.9 MB per event at pileup 50, 97% of a full output)
+        whose counts are what later commands read (:func:`output_products`).
+    counts_suffice:
+        Needs of which the stage reads only the per-event counts (the offsets), so that an
+        input holding only those counts feeds it (the trigger's doublet paths): a tuple, or a
+        function of the stage's config returning one.  A stage given a counts-only input
+        collection it needs the columns of is refused by the planner, naming the
+        ``--keep`` that restores them.
     """
 
     name: str
@@ -155,6 +166,14 @@ class Stage:
     cross_check: Callable[[Any, Mapping[str, Any], tuple[str, ...], tuple[str, ...]],
                           Sequence[str]] | None = None
     in_default_chain: bool = True
+    counts_only: tuple[str, ...] = ()
+    counts_suffice: tuple[str, ...] | Callable[[Any], Sequence[str]] = ()
+
+    def counts_suffice_for(self, cfg: Any = None) -> tuple[str, ...]:
+        """The needs of which the stage reads only the counts, with ``cfg``."""
+        if not callable(self.counts_suffice):
+            return tuple(self.counts_suffice)
+        return tuple(self.counts_suffice(cfg if cfg is not None else self.config_type()))
 
     def needs_for(self, cfg: Any = None) -> tuple[str, ...]:
         """The collections the stage reads with ``cfg`` (``None``: the defaults)."""
@@ -299,6 +318,8 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     #: products the run leaves out of its output (``--drop``)
     not_written: list[str] = field(default_factory=list)
+    #: products the run writes as per-event counts only (:attr:`Stage.counts_only`)
+    counts_only: list[str] = field(default_factory=list)
     facts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -306,7 +327,7 @@ class Plan:
         return {"stages": [st.name for st in self.stages], "inputs": list(self.inputs),
                 "skipped": dict(self.skipped), "notes": list(self.notes),
                 "facts": {k: dict(v) for k, v in self.facts.items()},
-                "not_written": list(self.not_written)}
+                "not_written": list(self.not_written), "counts_only": list(self.counts_only)}
 
 
 def _missing_need(st: Stage, need: str, available: set[str], stages: Mapping[str, Stage],
@@ -317,6 +338,30 @@ def _missing_need(st: Stage, need: str, available: set[str], stages: Mapping[str
     hint = f"; add stage {' or '.join(map(repr, makers))} before it" if makers else ""
     return (f"stage {st.name!r} needs collection {need!r}, which neither the input "
             f"(has {sorted(available)}) nor an earlier stage provides{hint}")
+
+
+def _counts_only_inputs(files: Sequence[str], available: set[str]) -> dict[str, str]:
+    """Input collections that a file of ``files`` holds as per-event counts only -> that
+    file."""
+    if not files:
+        return {}
+    from hltemu import io
+
+    out: dict[str, str] = {}
+    for f in files:
+        for name in io.counts_only_collections([f]):
+            if name in available:
+                out.setdefault(name, f)
+    return out
+
+
+def _counts_only_need(st: Stage, need: str, path: str, short: bool = False) -> str:
+    if short:
+        return (f"needs the columns of {need!r}, of which the input holds only the per-event "
+                f"counts (rerun the run that wrote it with --keep {need})")
+    return (f"stage {st.name!r} needs the columns of collection {need!r}, of which {path} "
+            f"holds only the per-event counts (hltemu run writes {need!r} so by default): "
+            f"rerun the run that wrote it with --keep {need}")
 
 
 def plan(requested: Sequence[str] | None, available: Iterable[str], config: Any = None,
@@ -340,6 +385,7 @@ def plan(requested: Sequence[str] | None, available: Iterable[str], config: Any 
     fitted: dict[str, Any] = dict(config.stages)
     have = set(available)
     inputs = tuple(str(f) for f in files)
+    counts_in = _counts_only_inputs(inputs, available)
     for st in chain:
         if requested is None and not st.in_default_chain:
             result.skipped[st.name] = ("not in the default chain (offline reconstruction "
@@ -361,6 +407,9 @@ def plan(requested: Sequence[str] | None, available: Iterable[str], config: Any 
                 if need not in have:
                     raise CannotRun(_missing_need(st, need, available, stages,
                                                   short=requested is None))
+                if need in counts_in and need not in st.counts_suffice_for(cfg):
+                    raise CannotRun(_counts_only_need(st, need, counts_in[need],
+                                                      short=requested is None))
         except CannotRun as exc:
             if requested is not None:
                 raise
@@ -375,6 +424,8 @@ def plan(requested: Sequence[str] | None, available: Iterable[str], config: Any 
         if planned.facts:
             result.facts[st.name] = dict(planned.facts)
         have |= set(st.adds)
+        for name in st.adds:  # a stage's product replaces the input's
+            counts_in.pop(name, None)
     names = tuple(st.name for st in result.stages)
     for st in result.stages:
         if st.cross_check is not None:
@@ -438,6 +489,7 @@ def run_files(
     keep: Sequence[str] = (),
     drop: Sequence[str] = (),
     timeline: str | Path | None = None,
+    pipeline: bool = True,
 ) -> RunReport:
     """Read ``files`` in batches, run the chain on ``backend``, write products and a report.
 
@@ -471,13 +523,21 @@ def run_files(
         Called with the :class:`Plan` (stages run and skipped, notes) once the chain is
         checked, before any event is read; its summary is also in the report (``plan``).
     keep, drop:
-        Which products are written (:func:`written_products`): those matching a ``drop``
+        Which products are written (:func:`output_products`): those matching a ``drop``
         pattern are left out unless a ``keep`` pattern matches them; the report's plan lists
-        them (``not_written``).
+        them (``not_written``).  The stages' :attr:`~Stage.counts_only` products are written
+        as per-event counts unless a ``keep`` pattern names them (``counts_only`` in the
+        plan).
     timeline:
         JSON file for the run's timeline (:class:`~hltemu.profiling.Timeline`: host start and
         end of every read, stage and write, per batch; a Chrome trace for Perfetto), written
         like the report.
+    pipeline:
+        Overlap reading the next batch and writing the previous ones with the stages on the
+        current one (two threads, :class:`_BatchSteps`); the same output as ``False``, which
+        runs read, stages and write of each batch in sequence.  The stages' kernels release
+        Python's GIL, so the threads' work proceeds while they run.  In the report, ``read``
+        and ``write`` then overlap the stages: the rows add up to more than the total.
     """
     import contextlib
     import time
@@ -501,8 +561,9 @@ def run_files(
     to_read = list(dict.fromkeys([*inputs, *([io.EVENT] if io.EVENT in present else [])]))
     planned.notes.extend(io.reading_notes(files, {n: None for n in to_read}))
     added = [name for st in chain for name in st.adds]
-    products = written_products(added, keep, drop) if chain else []
+    products, counts_only = output_products(chain, keep, drop) if chain else ([], [])
     planned.not_written = [n for n in added if n not in products]
+    planned.counts_only = counts_only
     if on_plan is not None:
         on_plan(planned)
     if not chain:
@@ -527,46 +588,38 @@ def run_files(
         tl = (outs.enter_context(atomic_output(timeline, "timeline file"))
               if timeline is not None else None)
         writer = io.OutputWriter(out.path, name=out.final) if out is not None else None
+        names = [*([io.EVENT] if io.EVENT in to_read else []), *products]
         bar = _progress(progress, n_total)
         t0 = time.perf_counter()
+        steps = _BatchSteps(
+            io.iterate_batches(files, {n: None for n in to_read}, batch_size=batch_size,
+                               max_events=max_events, backend=be),
+            timer, report, writer, names, counts_only, pipeline)
         try:
-            batches = io.iterate_batches(
-                files, {n: None for n in to_read}, batch_size=batch_size,
-                max_events=max_events, backend=be,
-            )
-            while True:
-                t_batch = time.perf_counter()
-                warm = report.warmup_seconds
-                if trace is not None:
-                    trace.batch += 1
-                with timer.stage("read", 0):
-                    batch = next(batches, None)
-                if batch is None:
-                    break
-                report.stages["read"].events += batch.n_events
+            while (batch := steps.next_batch()) is not None:
                 if warmup and be.name != "reference" and batch.n_events and chain:
                     t_warm = time.perf_counter()
                     report.warmup_seconds += _warm_up(batch, chain, config)
                     if trace is not None:
                         trace.add("warm-up (not counted)", t_warm, time.perf_counter(), 1)
                     warmup = False
+                if trace is not None:
+                    trace.batch = steps.current
+                steps.read_ahead()  # after the warm-up: it must not hide the next read
+                before = _chain_seconds(report, chain)
                 run_batch(batch, chain, config, timer)
+                steps.add_seconds(batch.source, _chain_seconds(report, chain) - before)
                 count_products(batch, chain, report)
-                if writer is not None:
-                    with timer.stage("write", batch.n_events):
-                        writer.write(batch,
-                                     [*([io.EVENT] if io.EVENT in batch else []), *products])
+                steps.write(batch)
                 report.events += batch.n_events
-                per_file = report.files.setdefault(batch.source, {"events": 0, "seconds": 0.0})
-                per_file["events"] += batch.n_events
-                per_file["seconds"] += (time.perf_counter() - t_batch
-                                        - (report.warmup_seconds - warm))
                 if bar is not None:
                     bar.update(batch.n_events)
+            steps.finish()
             if writer is not None:
                 writer.set_provenance(_run_provenance(be, planned, files, report, batch_size,
                                                       max_events))
         finally:
+            steps.close()  # the reading and writing threads end before the file is closed
             if writer is not None:
                 writer.close()
             if bar is not None:
@@ -578,6 +631,117 @@ def run_files(
                                               "warmup_seconds": report.warmup_seconds}))
         _commit_outputs(report, out, rep, tl)
     return report
+
+
+def _chain_seconds(report: RunReport, chain: Sequence[Stage]) -> float:
+    """Seconds the report holds for the stages of ``chain`` so far."""
+    return sum(report.stages[st.name].seconds for st in chain if st.name in report.stages)
+
+
+#: Batches a pipelined run writes behind the stages at most (each held in memory until
+#: written).
+WRITES_IN_FLIGHT = 2
+
+
+class _BatchSteps:
+    """Reading and writing of a run's batches, in sequence with the stages or, when
+    ``pipelined``, overlapping them: one thread reads the next batch (decompression, reading
+    checks, upload to the device) while the stages run on the current one, another writes the
+    previous ones (download, compression), at most :data:`WRITES_IN_FLIGHT` behind.  Each
+    thread handles its batches in order, so the output's events and products are those of a
+    run in sequence.  An error in either thread is raised in the caller's at the next
+    :meth:`next_batch`, :meth:`write` or :meth:`finish`.
+
+    The run's per-file seconds (:attr:`RunReport.files`) are the sums of its batches' timed
+    steps (read + stages + write, as the report's rows count them), which in a pipelined run
+    overlap other batches' steps.
+    """
+
+    def __init__(self, batches: Iterator[EventBatch], timer: StageTimer, report: RunReport,
+                 writer: Any, names: Sequence[str], counts_only: Sequence[str],
+                 pipelined: bool) -> None:
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.batches, self.timer, self.report = batches, timer, report
+        self.writer, self.names, self.pipelined = writer, list(names), pipelined
+        self.counts_only = list(counts_only)
+        self.n_read = 0  # batches read (one more than the current one while reading ahead)
+        self.current = -1  # index of the batch the stages run on
+        self._source: str | None = None
+        self._reading: Any = None
+        self._writes: deque[Any] = deque()
+        self._read_pool = (ThreadPoolExecutor(1, thread_name_prefix="hltemu-read")
+                           if pipelined else None)
+        self._write_pool = (ThreadPoolExecutor(1, thread_name_prefix="hltemu-write")
+                            if pipelined and writer is not None else None)
+
+    def add_seconds(self, source: str, seconds: float) -> None:
+        per_file = self.report.files.setdefault(source, {"events": 0, "seconds": 0.0})
+        per_file["seconds"] += seconds
+
+    def _read(self) -> tuple[EventBatch | None, float]:
+        with self.timer.stage("read", 0, sync=not self.pipelined, batch=self.n_read) as took:
+            batch = next(self.batches, None)
+        if batch is not None:
+            self.n_read += 1
+        return batch, took[0]
+
+    def next_batch(self) -> EventBatch | None:
+        """The next batch (``None`` after the last), counted into the report's ``read``."""
+        if self._reading is not None:
+            batch, seconds = self._reading.result()
+            self._reading = None
+        else:
+            batch, seconds = self._read()
+        if batch is not None:
+            self.current += 1
+            self.report.stages["read"].events += batch.n_events
+            self._source = batch.source
+            self.report.files.setdefault(batch.source, {"events": 0, "seconds": 0.0})
+            self.report.files[batch.source]["events"] += batch.n_events
+        if self._source is not None:  # the read that found the end: the last file's
+            self.add_seconds(self._source, seconds)
+        return batch
+
+    def read_ahead(self) -> None:
+        """Start reading the batch after the current one (pipelined; otherwise nothing)."""
+        if self._read_pool is not None and self._reading is None:
+            self._reading = self._read_pool.submit(self._read)
+
+    def _write(self, batch: EventBatch, index: int) -> float:
+        sync = not self.pipelined
+        with self.timer.stage("write", batch.n_events, sync=sync, batch=index) as took:
+            self.writer.write(batch, self.names, self.counts_only)
+        return took[0]
+
+    def write(self, batch: EventBatch) -> None:
+        """Write ``batch``'s products (in sequence, or queued behind the ones in flight)."""
+        if self.writer is None:
+            return
+        index = self.current
+        if self._write_pool is None:
+            self.add_seconds(batch.source, self._write(batch, index))
+            return
+        while len(self._writes) >= WRITES_IN_FLIGHT:
+            self._collect()
+        self._writes.append((batch.source, self._write_pool.submit(self._write, batch, index)))
+
+    def _collect(self) -> None:
+        source, done = self._writes.popleft()
+        self.add_seconds(source, done.result())
+
+    def finish(self) -> None:
+        """Wait for the writes in flight (their errors raised here)."""
+        while self._writes:
+            self._collect()
+
+    def close(self) -> None:
+        """End the threads: a read or write in progress finishes, queued ones are cancelled
+        (after an error or Ctrl-C; the output is then discarded)."""
+        for pool in (self._read_pool, self._write_pool):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _run_provenance(be: Backend, planned: Plan, files: Sequence[str], report: RunReport,
@@ -649,6 +813,22 @@ def written_products(products: Sequence[str], keep: Sequence[str] = (),
     return [n for n in products
             if not any(fnmatch.fnmatchcase(n, p) for p in drop)
             or any(fnmatch.fnmatchcase(n, p) for p in keep)]
+
+
+def output_products(chain: Sequence[Stage], keep: Sequence[str] = (),
+                    drop: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """What a run of ``chain`` writes: (the products written, those of them written as
+    per-event counts only).  :func:`written_products` chooses the first; a product a stage
+    declares :attr:`~Stage.counts_only` is written as counts unless a ``keep`` pattern names
+    it (``--keep doublets``; ``--keep '*'`` writes everything whole)."""
+    import fnmatch
+
+    added = [name for st in chain for name in st.adds]
+    written = written_products(added, keep, drop)
+    heavy = {name for st in chain for name in st.counts_only}
+    counts = [n for n in written
+              if n in heavy and not any(fnmatch.fnmatchcase(n, p) for p in keep)]
+    return written, counts
 
 
 def count_products(batch: EventBatch, chain: Sequence[Stage], report: RunReport) -> None:

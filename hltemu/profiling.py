@@ -14,6 +14,7 @@ import json
 import platform
 import shlex
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -100,8 +101,9 @@ class RunReport:
             timespec="seconds"))
     #: Files written (the ROOT output(s); the report itself is not listed).
     outputs: list[str] = field(default_factory=list)
-    #: Per input file: ``{"events": n, "seconds": s}``, ``seconds`` the wall time of its
-    #: batches (reading, stages, writing; warm-up excluded).
+    #: Per input file: ``{"events": n, "seconds": s}``, ``seconds`` the sum of its batches'
+    #: timed steps (read, stages, write; warm-up excluded): in a run in sequence the wall time
+    #: of its batches, in a pipelined one more, the steps of different batches overlapping.
     files: dict[str, dict[str, float]] = field(default_factory=dict)
     #: Seconds to start or reach the Dask cluster (0 for a local run), not in ``total_seconds``'s
     #: stage rows.
@@ -191,55 +193,85 @@ class Timeline:
     batch: a Chrome trace (``traceEvents`` of complete events ``"ph": "X"``, microseconds from
     the run's start) that Perfetto (ui.perfetto.dev) and chrome://tracing open.  The steps are
     synchronized with the device at both ends (:class:`StageTimer`), so on ``cuda`` a step's
-    span holds its kernels."""
+    span holds its kernels.
+
+    Each step lies on one of three tracks (trace threads): ``read``, ``stages`` and ``write``,
+    so that a pipelined run (:func:`hltemu.pipeline.run_files`), whose reading of the next
+    batch and writing of the previous one overlap the stages of the current one, shows the
+    overlap.  :meth:`add` may be called from several threads.
+    """
+
+    #: Track (trace thread id) of a step: reading and writing on their own, the rest on
+    #: ``stages``.
+    TRACKS: dict[str, int] = {"stages": 1, "read": 2, "write": 3}
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self.t0 = time.perf_counter()
         self.batch = -1
         self.events: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
 
-    def add(self, name: str, start: float, end: float, n_events: int) -> None:
-        """A step ``name`` from ``start`` to ``end`` (``time.perf_counter`` seconds)."""
-        self.events.append({
+    def add(self, name: str, start: float, end: float, n_events: int,
+            batch: int | None = None) -> None:
+        """A step ``name`` from ``start`` to ``end`` (``time.perf_counter`` seconds) of batch
+        ``batch`` (default: :attr:`batch`, the batch whose stages run)."""
+        track = self.TRACKS.get(name, self.TRACKS["stages"])
+        event = {
             "name": name, "cat": "read/write" if name in ("read", "write") else "stage",
             "ph": "X", "ts": round((start - self.t0) * 1e6, 3),
-            "dur": round((end - start) * 1e6, 3), "pid": 1, "tid": 1,
-            "args": {"batch": self.batch, "events": n_events}})
+            "dur": round((end - start) * 1e6, 3), "pid": 1, "tid": track,
+            "args": {"batch": self.batch if batch is None else batch, "events": n_events}}
+        with self._lock:
+            self.events.append(event)
 
     def to_json(self, meta: dict[str, Any] | None = None) -> str:
-        """The Chrome trace JSON; ``meta`` goes into ``otherData``."""
+        """The Chrome trace JSON (steps in time order); ``meta`` goes into ``otherData``."""
         names = [{"name": "process_name", "ph": "M", "pid": 1, "tid": 1,
-                  "args": {"name": f"hltemu run ({self.backend.name})"}},
-                 {"name": "thread_name", "ph": "M", "pid": 1, "tid": 1,
-                  "args": {"name": "host"}}]
-        return json.dumps({"traceEvents": names + self.events, "displayTimeUnit": "ms",
+                  "args": {"name": f"hltemu run ({self.backend.name})"}}]
+        names += [{"name": "thread_name", "ph": "M", "pid": 1, "tid": tid,
+                   "args": {"name": track}} for track, tid in self.TRACKS.items()]
+        steps = sorted(self.events, key=lambda e: e["ts"])
+        return json.dumps({"traceEvents": names + steps, "displayTimeUnit": "ms",
                            "otherData": dict(meta or {})}, indent=1)
 
 
 class StageTimer:
     """Times stages into a :class:`RunReport` (and a :class:`Timeline`, when given),
-    synchronizing ``backend`` around each one."""
+    synchronizing ``backend`` around each one.  Safe to use from several threads (the reading
+    and writing threads of a pipelined run)."""
 
     def __init__(self, backend: Backend, report: RunReport | None = None,
                  timeline: Timeline | None = None) -> None:
         self.backend = backend
         self.report = report if report is not None else RunReport(backend.name, backend.device)
         self.timeline = timeline
+        self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def stage(self, name: str, n_events: int) -> Iterator[None]:
+    def stage(self, name: str, n_events: int, *, sync: bool = True,
+              batch: int | None = None) -> Iterator[list[float]]:
+        """Time the block as step ``name`` of ``n_events`` events (of batch ``batch`` in the
+        timeline).  ``sync=False`` reads the clock without synchronizing the device (a step
+        that only moves data between host and device with synchronous copies, on a thread
+        that must not wait for the kernels another thread queued).  Yields a list that holds
+        the step's seconds once the block is left."""
+        took: list[float] = []
         with nvtx_range(name):
-            self.backend.synchronize()
+            if sync:
+                self.backend.synchronize()
             t0 = time.perf_counter()
             try:
-                yield
+                yield took
             finally:
-                self.backend.synchronize()
+                if sync:
+                    self.backend.synchronize()
                 t1 = time.perf_counter()
-                self.report.record(name, n_events, t1 - t0)
+                took.append(t1 - t0)
+                with self._lock:
+                    self.report.record(name, n_events, t1 - t0)
                 if self.timeline is not None:
-                    self.timeline.add(name, t0, t1, n_events)
+                    self.timeline.add(name, t0, t1, n_events, batch)
 
 
 @contextlib.contextmanager

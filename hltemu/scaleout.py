@@ -43,7 +43,7 @@ from hltemu.outputs import (
     check_outputs,
     remove_temporaries,
 )
-from hltemu.pipeline import PipelineError, Plan, plan, run_files, written_products
+from hltemu.pipeline import PipelineError, Plan, output_products, plan, run_files
 from hltemu.profiling import RunReport
 
 
@@ -148,7 +148,8 @@ def run_files_dask(
     # a cluster starts; each worker plans the same chain again
     planned = plan(stages, io.common_collections(files), config, files)
     products = [n for st in planned.stages for n in st.adds]
-    planned.not_written = [n for n in products if n not in written_products(products, keep, drop)]
+    written, planned.counts_only = output_products(planned.stages, keep, drop)
+    planned.not_written = [n for n in products if n not in written]
     if on_plan is not None:
         on_plan(planned)
     distributed = _import_distributed()

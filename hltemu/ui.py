@@ -249,6 +249,9 @@ def plan_lines(summary: Mapping[str, Any]) -> list[str]:
     if summary.get("not_written"):
         lines.append(f"[yellow]not written[/yellow] (--drop): "
                      f"{escape(', '.join(summary['not_written']))}")
+    if summary.get("counts_only"):
+        lines.append(f"[yellow]counts only[/yellow] (--keep NAME writes them whole): "
+                     f"{escape(', '.join(summary['counts_only']))}")
     return lines
 
 

@@ -429,7 +429,7 @@ def cluster_event_cpu(px, py, pz, e, radius, jet_of, jpx, jpy, jpz, je, jfirst):
     return n_jets
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, nogil=True, cache=True)
 def antikt_cpu(px, py, pz, e, offsets, radius, jet_of, jpx, jpy, jpz, je, jfirst, n_jets):
     """Cluster every event (in parallel over events); see the module docstring."""
     for ev in numba.prange(offsets.shape[0] - 1):
@@ -440,7 +440,7 @@ def antikt_cpu(px, py, pz, e, offsets, radius, jet_of, jpx, jpy, jpz, je, jfirst
                                        je[lo:hi], jfirst[lo:hi])
 
 
-@numba.njit(cache=True)
+@numba.njit(nogil=True, cache=True)
 def antikt_serial_cpu(px, py, pz, e, offsets, radius, jet_of, jpx, jpy, jpz, je, jfirst,
                       n_jets):
     """:func:`antikt_cpu` on one core (for benchmarks per core)."""

@@ -190,7 +190,7 @@ def _scan_event_cpu(e, x, y, z, r, s, phi, layer, bin_offsets, n_layers, n_bins,
     return n
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, nogil=True, cache=True)
 def count_doublets_cpu(x, y, z, r, s, phi, layer, bin_offsets, n_layers, n_bins,
                        layer_pair_offsets, layer_pairs, pair_outer, pair_window, pair_cuts, cuts,
                        counts):  # pragma: no cover - compiled
@@ -202,7 +202,7 @@ def count_doublets_cpu(x, y, z, r, s, phi, layer, bin_offsets, n_layers, n_bins,
                                     pair_window, pair_cuts, cuts, False, 0, dummy, dummy, dummy)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, nogil=True, cache=True)
 def fill_doublets_cpu(x, y, z, r, s, phi, layer, bin_offsets, n_layers, n_bins,
                       layer_pair_offsets, layer_pairs, pair_outer, pair_window, pair_cuts, cuts,
                       out_offsets, out_inner, out_outer, out_pair):  # pragma: no cover - compiled

@@ -296,7 +296,7 @@ else:
         cuda.jit(device=True), _compiled, **_MATH)
 
 
-@numba.njit(parallel=True, cache=True, error_model="numpy")
+@numba.njit(parallel=True, nogil=True, cache=True, error_model="numpy")
 def correct_jets_cpu(values, levels, bin_lo, bin_hi, var_lo, var_hi, rows, params, edges,
                      cand_offsets, cand_rows, programs, code_op, code_arg, factors):
     """Correct every jet in place (``values`` pT and E columns) and fill ``factors``.
@@ -328,7 +328,7 @@ def correct_jets_cuda(values, levels, bin_lo, bin_hi, var_lo, var_hi, rows, para
                           xs, stack)
 
 
-@numba.njit(parallel=True, cache=True, error_model="numpy")
+@numba.njit(parallel=True, nogil=True, cache=True, error_model="numpy")
 def eval_formula_cpu(code_op, code_arg, params, xs, out):
     """Evaluate one program (the whole ``code_op``) per point: ``params`` (n, n_params),
     ``xs`` (n, MAX_PAR_VARS), ``out`` (n,).  Used to test the interpreter on its own."""

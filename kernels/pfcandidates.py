@@ -80,7 +80,7 @@ _link_event_cpu = _make(numba.njit(cache=True, inline="always"), *CPU_OPS)
 _link_event_cuda = _make(cuda.jit(device=True), *CUDA_OPS)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, nogil=True, cache=True)
 def link_cpu(t_off, c_off, t_eta, t_phi, reach, mean, var, c_eta, c_phi, c_energy, link_dr2,
              link, expected, variance):
     """:func:`link_event` of every event, in parallel over events."""

@@ -235,7 +235,7 @@ _event_cpu = _make(numba.njit(cache=True, inline="always"), *CPU_OPS)
 _event_cuda = _make(cuda.jit(device=True), *CUDA_OPS)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, nogil=True, cache=True)
 def vertices_cpu(offsets, z, e2, pt2, cuts, nn, parent, cid, zz, side, zv, wv, chi2, ndof, n,
                  sum_pt2, n_clusters):
     """Every event in parallel (see the module docstring); ``n_clusters[e]`` its clusters."""

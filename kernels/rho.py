@@ -153,7 +153,7 @@ _tower_pt_cuda, _grid_median_cuda, _candidate_median_cuda = _make(
     cuda.jit(device=True), *CUDA_OPS)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, nogil=True, cache=True)
 def slot_map_cpu(ids, offsets, slot, repeated):
     """``slot[e, c]`` = the row within event ``e`` of its cell id ``c`` (-1: not held), and
     ``repeated[e]`` = the first row (global) whose id event ``e`` already held, else -1; in
@@ -170,7 +170,7 @@ def slot_map_cpu(ids, offsets, slot, repeated):
             slot[e, c] = r - base
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, nogil=True, cache=True)
 def rho_cpu(slot, offsets, energy, tower_offsets, tower_cells, tower_cosh, tower_cell, area,
             tower_pt, out):
     """``tower_pt[e, t]`` [GeV] and ``out[e]`` = rho [GeV per unit area] of every event ``e``,
@@ -206,7 +206,7 @@ def rho_cuda(tower_pt, tower_cell, area, out):
         out[i] = _grid_median_cuda(i, tower_pt, tower_cell, area, cells)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, nogil=True, cache=True)
 def candidate_rho_cpu(offsets, cell, pt, area, out):
     """``out[e]`` = rho [GeV per unit area] of every event ``e`` from its candidates' pT
     [GeV] and grid cells (``cell``, -1: outside the grid), in parallel over events."""

@@ -22,7 +22,7 @@ _segment_sum_one_cpu = numba.njit(inline="always", cache=True)(_segment_sum_one)
 _segment_sum_one_cuda = cuda.jit(device=True)(_segment_sum_one)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, nogil=True, cache=True)
 def segment_sum_cpu(values: np.ndarray, offsets: np.ndarray, out: np.ndarray) -> None:
     """``out[i] = sum(values[offsets[i]:offsets[i+1]])`` for every event, in parallel."""
     for i in numba.prange(out.shape[0]):

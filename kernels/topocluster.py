@@ -127,7 +127,7 @@ _better_cuda, _neighbour_row_cuda, _cluster_sums_cuda = _make(cuda.jit(device=Tr
 
 
 # -- CPU ----------------------------------------------------------------------------------------
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, nogil=True, cache=True)
 def label_cells_cpu(cell_id, sig, offsets, slot, nbr_offsets, nbr_index, t_seed, t_grow,
                     t_perim, label):
     """``label[r]``: global row of the label seed of cell ``r``'s cluster, or -1 (int64).
@@ -192,7 +192,7 @@ def label_cells_cpu(cell_id, sig, offsets, slot, nbr_offsets, nbr_index, t_seed,
                         label[q] = s
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, nogil=True, cache=True)
 def cluster_kinematics_cpu(members, member_offsets, energy, row_eta, row_phi, seed_row,
                            out_energy, out_eta, out_phi, out_n):
     """Energy [GeV], eta, phi [rad] and cell count of every cluster (see :func:`_cluster_sums`)."""

@@ -245,7 +245,7 @@ _event_key_cuda, _candidate_cuda, _respond_cuda = (
     _CUDA[k] for k in ("event_key", "candidate", "respond"))
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, nogil=True, cache=True)
 def tracks_cpu(offsets, run, lumi, event, key0, pt, eta, phi, charge, status, pdg, vx, vy, vz,
                cuts, pt_edges, eta_edges, eff_hadron, eff_muon, res_edges, res_a, res_b,
                ip_edges, ip_nodes, d0_values, d0_slopes, z0_values, z0_slopes,

@@ -132,7 +132,7 @@ _selected_cpu, _walk_cpu = _make(numba.njit(cache=True, inline="always"), *CPU_O
 _selected_cuda, _walk_cuda = _make(cuda.jit(device=True), *CUDA_OPS)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, nogil=True, cache=True)
 def cluster_cpu(offsets, pt, d0, z0, sigma_d0, sigma_z0, cuts, cluster_of, c_sw, c_swz, c_n,
                 c_pt2, n_clusters, in_fit):
     """Every event (in parallel): select, sort by (z0, row), cluster and fit its tracks;

@@ -1,6 +1,6 @@
 """The default chain end to end, through the command line: ``hltemu generate`` makes 3 ttbar
-events at pileup 40 (seed 7), ``hltemu run`` runs every stage on cpu in batches of 2, and the
-output is read back with uproot (not hltemu's reader) and checked for consistency: every
+events at pileup 40 (seed 7), ``hltemu run`` runs every stage on cpu in batches of 2 (the doublet
+collections written whole: ``--keep '*doublets'``), and the output is read back with uproot (not hltemu's reader) and checked for consistency: every
 product collection with its branches and 3 entries, counters equal to the jagged lengths, the
 links cell -> cluster -> jet against the counts they imply, jets against their constituents,
 rho against a plain-loop oracle of the calorimeter towers, and each trigger bit against the corrected jets and the menu.
@@ -72,7 +72,7 @@ def run(tmp_path_factory):
                             str(PILEUP), "--seed", "7", "-o", str(events), "--no-progress"])
     assert r.exit_code == 0, r.output
     r = runner.invoke(cli, ["run", str(events), "-b", "cpu", "--batch-size", "2", "-o", str(out),
-                            "-r", str(rep), "--no-progress"])
+                            "-r", str(rep), "--no-progress", "--keep", "*doublets"])
     assert r.exit_code == 0, r.output
     with uproot.open(out) as f:
         tree = f["Events"]

@@ -450,11 +450,11 @@ class DieOnceAfterOpening(WorkerPlugin):
         marker, log = self.marker, self.log
         write, commit = writer.OutputWriter.write, outputs.AtomicOutput.commit
 
-        def write_or_die(self, batch, names=None):
+        def write_or_die(self, batch, names=None, counts_only=()):
             try:
                 fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
             except FileExistsError:
-                return write(self, batch, names)
+                return write(self, batch, names, counts_only)
             os.write(fd, f"{self.path}\n{self.name}\n{int(os.path.exists(self.path))}".encode())
             os.close(fd)
             os._exit(17)

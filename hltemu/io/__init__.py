@@ -11,7 +11,8 @@ Schema conventions (NanoAOD style, one TTree ``Events``, one entry per event):
 Modules of this package (every public name is re-exported here): :mod:`~hltemu.io.schema`
 (the declarations, :func:`describe_schema`), :mod:`~hltemu.io.errors`,
 :mod:`~hltemu.io.layout` (validation: opening a file and finding its collections;
-:func:`read_metadata`, :func:`count_events`, :func:`common_collections`),
+:func:`read_metadata`, :func:`count_events`, :func:`common_collections`,
+:func:`counts_only_collections`),
 :mod:`~hltemu.io.reader` (reading: :func:`iterate_batches`, :func:`read_collections`),
 :mod:`~hltemu.io.writer` (writing: :class:`OutputWriter`) and :mod:`~hltemu.io.provenance`
 (the provenance object: :func:`read_provenance`, :func:`provenance_header`,
@@ -58,7 +59,13 @@ is the jagged collection ``C``.  :class:`OutputWriter` always writes a TTree.
 """
 
 from hltemu.io.errors import InputError, OutputError
-from hltemu.io.layout import Paths, common_collections, count_events, read_metadata
+from hltemu.io.layout import (
+    Paths,
+    common_collections,
+    count_events,
+    counts_only_collections,
+    read_metadata,
+)
 from hltemu.io.provenance import (
     PROVENANCE_FORMAT,
     command_line,
@@ -109,6 +116,7 @@ __all__ = [
     "branch_name",
     "command_line",
     "common_collections",
+    "counts_only_collections",
     "count_events",
     "describe_schema",
     "dumps_provenance",

@@ -457,3 +457,15 @@ def common_collections(files: Paths, tree: str = TREE_NAME) -> list[str]:
     layouts = [_inspect(p, tree) for p in _as_paths(files)]
     first = list(layouts[0].collections)
     return [c for c in first if all(c in lay.collections for lay in layouts[1:])]
+
+
+def counts_only_collections(files: Paths, tree: str = TREE_NAME) -> list[str]:
+    """Names of the jagged collections that some file in ``files`` holds as per-event counts
+    only (a counter ``nC`` and no column), as ``hltemu run`` writes its largest products by
+    default (the doublets); in the first such file's order."""
+    out: list[str] = []
+    for p in _as_paths(files):
+        for name, c in _inspect(p, tree).collections.items():
+            if not c.per_event and not c.columns and name not in out:
+                out.append(name)
+    return out

@@ -128,9 +128,13 @@ class OutputWriter:
             self._file.close()
             self._file = None
 
-    def write(self, batch: EventBatch, names: Sequence[str] | None = None) -> None:
+    def write(self, batch: EventBatch, names: Sequence[str] | None = None,
+              counts_only: Sequence[str] = ()) -> None:
         """Append the collections ``names`` (``None``: all) of ``batch`` as ``batch.n_events``
-        new entries.  Arrays on a GPU are copied to the host first."""
+        new entries.  Of the jagged collections in ``counts_only`` (a subset of ``names``) only
+        the per-event counts are written (branch ``nC``, no column), which the reader returns
+        as a collection with offsets and no column.  Arrays on a GPU are copied to the host
+        first."""
         if self._file is None:
             raise OutputError(f"output file {self.name} is closed")
         names = list(batch.collections) if names is None else list(dict.fromkeys(names))
@@ -140,7 +144,12 @@ class OutputWriter:
                 f"cannot write collection(s) {missing} to {self.name}: the batch has "
                 f"{sorted(batch.collections)}"
             )
-        colls = {n: batch[n].to_host() for n in names}
+        bad = [n for n in counts_only if n not in names or batch[n].per_event]
+        if bad:
+            raise OutputError(f"counts only of {bad} in {self.name}: each must be a jagged "
+                              f"collection among those written ({names})")
+        colls = {n: (Collection(batch.backend.to_host(batch[n].offsets))
+                     if n in counts_only else batch[n].to_host()) for n in names}
         layout = {n: self._describe(n, c) for n, c in colls.items()}
         if self._layout is None:
             self._create(layout)

@@ -588,6 +588,7 @@ STAGE = register(Stage(
     adds=("doublets",),
     config_type=DoubletsConfig,
     prepare=prepare,
+    counts_only=("doublets",),
     implementations={"reference": run_reference, "cpu": run_cpu, "cuda": run_cuda},
     doc="pixel doublets on 19 Phase-1 layer pairs with Patatrack-style cuts (phi, z0, pT, "
         "cluster size)",
