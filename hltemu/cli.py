@@ -260,6 +260,9 @@ def _file_info(path: str) -> None:
               help="Write the products matching this pattern whole, even if a --drop matches "
                    "them; the doublet collections are written as per-event counts only "
                    "unless kept (--keep doublets, --keep '*').")
+@click.option("--compression", default="zstd:1", show_default=True, metavar="ALGO[:LEVEL]",
+              help="Output compression: zstd, zlib, lz4 or lzma, with a level (zstd:3), or "
+                   "none.")
 @click.option("--pipeline/--no-pipeline", default=True, show_default=True,
               help="Read the next batch and write the previous ones while the stages run on "
                    "the current one (threads; same output). --no-pipeline runs them in "
@@ -272,7 +275,7 @@ def run(files: tuple[str, ...], backend: str, stages: str | None, batch_size: in
         max_events: int | None, output: str, report_path: str, config_path: str | None,
         progress: bool, warmup: bool, workers: int | None, scheduler: str | None,
         keep: tuple[str, ...], drop: tuple[str, ...], timeline: str | None,
-        pipeline: bool) -> None:
+        compression: str, pipeline: bool) -> None:
     """Run the HLT chain over FILES (default: the built-in ttbar sample)."""
     import warnings
 
@@ -309,6 +312,7 @@ def run(files: tuple[str, ...], backend: str, stages: str | None, batch_size: in
                     batch_size=batch_size, output=output, report_path=report_path,
                     n_workers=workers, scheduler=scheduler, progress=progress, warmup=warmup,
                     on_plan=lambda p: _print_plan(console, p.summary()), keep=keep, drop=drop,
+                    compression=compression, pipeline=pipeline,
                 )
                 output = ", ".join(map(str, written))
             else:
@@ -317,7 +321,7 @@ def run(files: tuple[str, ...], backend: str, stages: str | None, batch_size: in
                     batch_size=batch_size, max_events=max_events, output=output,
                     report_path=report_path, progress=progress, warmup=warmup,
                     on_plan=lambda p: _print_plan(console, p.summary()), keep=keep, drop=drop,
-                    timeline=timeline, pipeline=pipeline,
+                    timeline=timeline, pipeline=pipeline, compression=compression,
                 )
     except _user_errors() as exc:
         raise click.ClickException(str(exc)) from None

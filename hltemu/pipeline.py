@@ -490,6 +490,7 @@ def run_files(
     drop: Sequence[str] = (),
     timeline: str | Path | None = None,
     pipeline: bool = True,
+    compression: str = "zstd:1",  # io.DEFAULT_COMPRESSION (io is imported lazily)
 ) -> RunReport:
     """Read ``files`` in batches, run the chain on ``backend``, write products and a report.
 
@@ -538,6 +539,10 @@ def run_files(
         runs read, stages and write of each batch in sequence.  The stages' kernels release
         Python's GIL, so the threads' work proceeds while they run.  In the report, ``read``
         and ``write`` then overlap the stages: the rows add up to more than the total.
+    compression:
+        The output's compression, ``ALGO[:LEVEL]`` or ``none``
+        (:func:`hltemu.io.parse_compression`; default :data:`hltemu.io.DEFAULT_COMPRESSION`,
+        checked before anything is read).
     """
     import contextlib
     import time
@@ -555,6 +560,7 @@ def run_files(
         raise PipelineError("no input files given")
     check_outputs([("output file", output), ("report file", report_path),
                    ("timeline file", timeline)], files)
+    io.parse_compression(compression)  # a bad spec fails before anything is read
     present = io.common_collections(files)
     planned = plan(stages, present, config, files)
     chain, inputs, config = planned.stages, planned.inputs, planned.config
@@ -587,7 +593,8 @@ def run_files(
                if report_path is not None else None)
         tl = (outs.enter_context(atomic_output(timeline, "timeline file"))
               if timeline is not None else None)
-        writer = io.OutputWriter(out.path, name=out.final) if out is not None else None
+        writer = (io.OutputWriter(out.path, name=out.final, compression=compression)
+                  if out is not None else None)
         names = [*([io.EVENT] if io.EVENT in to_read else []), *products]
         bar = _progress(progress, n_total)
         t0 = time.perf_counter()

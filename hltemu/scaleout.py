@@ -31,7 +31,7 @@ import contextlib
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +72,8 @@ def output_paths(files: Sequence[str | Path], output: str | Path) -> list[Path]:
 
 
 def _run_one(path: str, backend: str, stages: list[str] | None, config: Any, batch_size: int,
-             output: str | None, warmup: bool, keep: Sequence[str] = (),
-             drop: Sequence[str] = ()) -> RunReport:
+             output: str | None, warmup: bool, options: Mapping[str, Any] | None = None
+             ) -> RunReport:
     """The task: the chain on one file (runs on a worker).  The file's output belongs to this
     task alone, so temporary files of it are those of an earlier attempt whose worker was
     killed, and are removed first."""
@@ -81,7 +81,7 @@ def _run_one(path: str, backend: str, stages: list[str] | None, config: Any, bat
         remove_temporaries(output)
     return run_files([path], backend=backend, stages=stages, config=config,
                      batch_size=batch_size, output=output, progress=False, warmup=warmup,
-                     keep=keep, drop=drop)
+                     **dict(options or {}))
 
 
 def run_files_dask(
@@ -102,13 +102,16 @@ def run_files_dask(
     on_plan: Callable[[Plan], None] | None = None,
     keep: Sequence[str] = (),
     drop: Sequence[str] = (),
+    compression: str = "zstd:1",
+    pipeline: bool = True,
 ) -> tuple[RunReport, list[Path]]:
     """Run the chain over ``files`` on a Dask cluster, one task per file.
 
     Parameters
     ----------
-    files, backend, stages, config, batch_size, warmup, keep, drop:
-        As for :func:`hltemu.pipeline.run_files`; ``backend`` is resolved on each worker.
+    files, backend, stages, config, batch_size, warmup, keep, drop, compression, pipeline:
+        As for :func:`hltemu.pipeline.run_files` (each task runs it on one file); ``backend``
+        is resolved on each worker.
     output:
         Base name of the products: each input gets its own file (:func:`output_paths`);
         ``None`` writes nothing.
@@ -143,6 +146,7 @@ def run_files_dask(
         raise ScaleOutError("give at most one of n_workers, scheduler and client")
     outputs = output_paths(files, output) if output is not None else []
     check_outputs([*(("output file", p) for p in outputs), ("report file", report_path)], files)
+    io.parse_compression(compression)  # a bad spec fails before a cluster starts
     io.count_events(files)  # validates every file (one clear error) before anything runs
     # the whole chain checked on the client (config, menu, correction files, model) before
     # a cluster starts; each worker plans the same chain again
@@ -162,7 +166,9 @@ def run_files_dask(
         stack.callback(_sweep, outputs)  # what tasks killed with their worker left
         report, done = _submit_and_merge(
             distributed, files, outputs, planned.summary(), backend, stages, config, batch_size,
-            warmup, progress, n_workers, scheduler, client, connect_timeout, (keep, drop))
+            warmup, progress, n_workers, scheduler, client, connect_timeout,
+            {"keep": list(keep), "drop": list(drop), "compression": compression,
+             "pipeline": pipeline})
         per_file = list(zip(outputs, done, strict=False))  # outputs: none, or one per file
         written = [p for p, events in per_file if events > 0]
         empty = [str(p) for p, events in per_file if events == 0]
@@ -195,8 +201,7 @@ def _submit_and_merge(distributed: Any, files: list[str], outputs: list[Path],
                       plan_summary: dict[str, Any], backend: str,
                       stages: Sequence[str] | None, config: Any, batch_size: int, warmup: bool,
                       progress: bool, n_workers: int | None, scheduler: str | None, client: Any,
-                      connect_timeout: float,
-                      selection: tuple[Sequence[str], Sequence[str]] = ((), ())
+                      connect_timeout: float, options: Mapping[str, Any] | None = None
                       ) -> tuple[RunReport, list[int]]:
     """Connect (or start a cluster), run one task per file and merge the reports; returns the
     merged report and the events of each file (input order)."""
@@ -225,7 +230,7 @@ def _submit_and_merge(distributed: Any, files: list[str], outputs: list[Path],
         t0 = time.perf_counter()
         futures = [
             client.submit(_run_one, f, str(backend), stage_list, config, batch_size,
-                          str(outputs[i]) if outputs else None, warmup, *map(list, selection),
+                          str(outputs[i]) if outputs else None, warmup, dict(options or {}),
                           pure=False)
             for i, f in enumerate(files)
         ]

@@ -148,3 +148,41 @@ def test_a_stage_needing_columns_of_counts_only_input_is_refused(tmp_path):
     # with the doublets stage run first its product replaces the input's counts
     assert [s.name for s in plan(["doublets", "pixeltracks"], available, None,
                                  [str(merged)]).stages] == ["doublets", "pixeltracks"]
+
+
+@pytest.mark.parametrize("spec, fcompress", [("zstd:1", 501), ("zstd", 501), ("zlib:4", 104),
+                                             ("lz4:4", 404), ("lzma:9", 209), ("none", 100)])
+def test_output_compression(tmp_path, spec, fcompress):
+    """The file's compression setting (ROOT's algorithm * 100 + level) is the one asked for,
+    and the products read back the same."""
+    out = tmp_path / "o.root"
+    run_files([builtin_sample()], backend="cpu", stages=["rho"], max_events=3, output=out,
+              compression=spec)
+    with uproot.open(out) as f:
+        assert f.file.fCompress == fcompress
+    ref = tmp_path / "r.root"
+    run_files([builtin_sample()], backend="cpu", stages=["rho"], max_events=3, output=ref)
+    _assert_same_trees(out, ref)
+
+
+def test_default_compression_is_zstd_level_1():
+    assert io.DEFAULT_COMPRESSION == "zstd:1"
+    import inspect
+
+    from hltemu import cli, scaleout
+
+    assert inspect.signature(run_files).parameters["compression"].default == "zstd:1"
+    assert inspect.signature(scaleout.run_files_dask).parameters["compression"].default == \
+        "zstd:1"
+    opt = next(p for p in cli.run.params if p.name == "compression")
+    assert opt.default == io.DEFAULT_COMPRESSION
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("gzip", "unknown compression 'gzip'"), ("zlib:0", "the level must be an integer 1-9"),
+    ("zstd:23", "the level must be"), ("lzma:x", "got 'x'")])
+def test_bad_compression_fails_before_reading(tmp_path, spec, message):
+    out = tmp_path / "o.root"
+    with pytest.raises(io.OutputError, match=message):
+        run_files([tmp_path / "missing.root"], backend="cpu", output=out, compression=spec)
+    assert not out.exists()

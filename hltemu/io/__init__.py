@@ -14,7 +14,8 @@ Modules of this package (every public name is re-exported here): :mod:`~hltemu.i
 :func:`read_metadata`, :func:`count_events`, :func:`common_collections`,
 :func:`counts_only_collections`),
 :mod:`~hltemu.io.reader` (reading: :func:`iterate_batches`, :func:`read_collections`),
-:mod:`~hltemu.io.writer` (writing: :class:`OutputWriter`) and :mod:`~hltemu.io.provenance`
+:mod:`~hltemu.io.writer` (writing: :class:`OutputWriter`, :func:`parse_compression`) and
+:mod:`~hltemu.io.provenance`
 (the provenance object: :func:`read_provenance`, :func:`provenance_header`,
 :func:`input_provenance`, :func:`event_id_summary`, and the mean pileup a file was made
 with, :func:`input_pileup`).
@@ -94,7 +95,7 @@ from hltemu.io.schema import (
     branch_name,
     describe_schema,
 )
-from hltemu.io.writer import OutputWriter
+from hltemu.io.writer import DEFAULT_COMPRESSION, OutputWriter, parse_compression
 
 __all__ = [
     "EVENT",
@@ -112,6 +113,8 @@ __all__ = [
     "InputError",
     "OutputError",
     "OutputWriter",
+    "DEFAULT_COMPRESSION",
+    "parse_compression",
     "Paths",
     "branch_name",
     "command_line",

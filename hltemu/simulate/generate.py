@@ -354,18 +354,15 @@ def _event_stats(stats: EventStats, geom: Geometry, ev: dict[str, dict[str, np.n
     stats.seconds.append(seconds)
 
 
-#: ``--compression`` choices: name -> uproot compression (None: uproot's default, ZLIB level 1).
-#: LZMA (Python's own lzma) makes files about 30% smaller than ZLIB, and slower to write.
-COMPRESSIONS: dict[str, Any] = {"zlib": None, "lzma": ("LZMA", 9), "zstd": ("ZSTD", 9)}
+#: ``--compression`` choices: name -> :func:`hltemu.io.parse_compression` spec.  LZMA makes
+#: files about 30% smaller than ZLIB, and slower to write.
+COMPRESSIONS: dict[str, str] = {"zlib": "zlib:1", "lzma": "lzma:9", "zstd": "zstd:9"}
 
 
-def _compression(name: str) -> Any:
-    import uproot
-
+def _compression(name: str) -> str:
     if name not in COMPRESSIONS:
         raise SimulationError(f"unknown compression {name!r}; choices: {', '.join(COMPRESSIONS)}")
-    spec = COMPRESSIONS[name]
-    return None if spec is None else getattr(uproot, spec[0])(spec[1])
+    return COMPRESSIONS[name]
 
 
 def generate_file(path: str | Path, cfg: GenerateConfig, detector: DetectorConfig | None = None,
