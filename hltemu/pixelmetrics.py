@@ -6,7 +6,8 @@ tests, examples and studies, never called by the chain (like :mod:`hltemu.metric
 function takes one :class:`~hltemu.batch.EventBatch` or a list of them (the figures are then
 those of all their events together).  Collections read: ``PixelHit`` (``layer``,
 ``sim_index``), ``GenPart`` (``pt, eta, phi, charge, status, vx, vy, vz, vertex``),
-``pixeltracks`` (``pt, eta, phi, d0, z0, n_hits, hit0 ... hit4``, ``sim_index`` if present),
+``pixeltracks`` (``pt, eta, phi, d0, z0, charge, n_hits, hit0 ... hit4``, ``sim_index`` and
+the covariance ``cov_*`` if present),
 ``pixelvertices`` (``z``) and, when present, ``Event`` (``pv_z``, ``n_pileup``).
 
 Definitions (the cuts are fields of :class:`PixelTruthConfig`; units GeV, cm, rad)
@@ -57,8 +58,16 @@ phi``), ``phi_true`` the direction at the PCA and ``z0_true = vz - s sinh(eta)``
 the signed arc length from the PCA to the production point (for a particle made on the beam
 line ``z0_true = vz`` exactly, ``d0_true = 0``).  Reported: the median and half of the
 16-84% width (``half_width_68``) of each residual, over all such tracks and per true-pT bin.
-Pulls ``(fit - true) / sigma`` cannot be formed: ``pixeltracks`` has no covariance matrix (its
-fit does not give one; see its *Approximations*), so the result says ``pulls: null``.
+*Pulls* ``(fit - true) / sigma`` of the same tracks, ``sigma`` the square root of the
+diagonal of ``pixeltracks``' covariance (``cov_qoverpt_qoverpt``, ``cov_phi_phi``,
+``cov_d0_d0``, ``cov_cottheta_cottheta``, ``cov_z0_z0``), for ``q / pt`` [1/GeV] (``charge /
+pt`` against ``sign(q_true) / pt_true``), ``phi``, ``d0``, ``cot(theta) = sinh(eta)`` and
+``z0`` against the truth above: per track type (``all``, ``triplets``, ``quadruplets`` = 4 or 5
+hits) the Gaussian core (:func:`hltemu.study.fits.gaussian_core_fit`, an iterative
+truncated-moment fit in a +-2 sigma window: mean and sigma with their errors), the half 16-84%
+width and the rms.  A width of 1 means the covariance describes the residuals; tracks with a
+foreign hit (3 of 4 hits matched) and displaced particles sit in the tails.  Without the
+covariance columns the result says ``pulls: null``.
 
 *Vertices.*  An interaction is *eligible* when at least ``vertex_min_particles`` (2) of its
 particles are denominator particles (the definition above).  Within each event, pixel
@@ -96,8 +105,16 @@ from hltemu.geometry import C_LIGHT, N_PIXEL_LAYERS, default_geometry
 _MAX_TRACK_HITS = 5
 HIT_COLUMNS: tuple[str, ...] = tuple(f"hit{i}" for i in range(_MAX_TRACK_HITS))
 
-PULLS_NOTE = ("pulls (fit - true) / sigma are not possible: pixeltracks has no covariance "
-              "matrix (its circle + line fit gives none)")
+PULLS_NOTE = ("pulls (fit - true) / sigma need pixeltracks' covariance columns (cov_*), which "
+              "these tracks lack")
+#: Pulled quantity -> (pixeltracks covariance column, unit of the fitted quantity).
+PULL_COLUMNS: dict[str, tuple[str, str]] = {
+    "qoverpt": ("cov_qoverpt_qoverpt", "1/GeV"), "phi": ("cov_phi_phi", "rad"),
+    "d0": ("cov_d0_d0", "cm"), "cottheta": ("cov_cottheta_cottheta", ""),
+    "z0": ("cov_z0_z0", "cm"),
+}
+#: Window (in sigma) of the iterative Gaussian-core fit of the pulls.
+PULL_CORE_WINDOW = 2.0
 
 
 @dataclass(frozen=True)
@@ -360,7 +377,19 @@ def _batch_tables(batch: EventBatch, cfg: PixelTruthConfig) -> dict[str, Any]:
         "z0": _f64(tracks, "z0")[res_rows] - true["z0"],
         "eta": t_eta[res_rows] - parts["eta"][g],
         "phi": _wrap(_f64(tracks, "phi")[res_rows] - true["phi"]),
+        "n_hits": _i64(tracks, "n_hits")[res_rows],
     }
+    if all(col in tracks for col, _ in PULL_COLUMNS.values()):
+        fitted = {"qoverpt": _f64(tracks, "charge")[res_rows] / t_pt[res_rows],
+                  "cottheta": np.sinh(t_eta[res_rows])}
+        truth = {"qoverpt": np.sign(parts["charge"][g]) / parts["pt"][g],
+                 "cottheta": np.sinh(parts["eta"][g])}
+        diff = {"qoverpt": fitted["qoverpt"] - truth["qoverpt"], "phi": residuals["phi"],
+                "d0": residuals["d0"], "cottheta": fitted["cottheta"] - truth["cottheta"],
+                "z0": residuals["z0"]}
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for name, (col, _) in PULL_COLUMNS.items():
+                residuals[f"pull_{name}"] = diff[name] / np.sqrt(_f64(tracks, col)[res_rows])
     # duplicates among the selected matched tracks
     sel_matched = sel & (gid >= 0)
     n_distinct = np.unique(gid[sel_matched]).size
@@ -485,6 +514,33 @@ def _efficiency(found: np.ndarray, pt: np.ndarray, eta: np.ndarray, cfg: PixelTr
             "eta_bins": _binned_efficiency(found, np.abs(eta), cfg.eta_bins, cfg.cl)}
 
 
+def pull_core(pulls: np.ndarray) -> dict[str, Any]:
+    """The Gaussian core of pulls: :func:`hltemu.study.fits.gaussian_core_fit` with a
+    +-:data:`PULL_CORE_WINDOW` sigma window (``n``, ``mean``, ``sigma`` and their errors,
+    ``status``), plus ``half_width_68`` (half the 16-84% width) and ``rms``; non-finite pulls
+    (a zero variance) are left out."""
+    from hltemu.study.fits import gaussian_core_fit
+
+    p = np.asarray(pulls, dtype=np.float64)
+    p = p[np.isfinite(p)]
+    core = gaussian_core_fit(p, window=PULL_CORE_WINDOW)
+    out = {"n": int(p.size), **{k: core[k] for k in ("status", "mean", "mean_error", "sigma",
+                                                     "sigma_error", "n_core")}}
+    out["half_width_68"] = spread(p)["half_width_68"]
+    out["rms"] = float(p.std()) if p.size else float("nan")
+    return out
+
+
+def pull_widths(residuals: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Per track type (``all``, ``triplets``: 3 hits, ``quadruplets``: 4 or 5 hits) and pulled
+    quantity (:data:`PULL_COLUMNS`) the :func:`pull_core` of ``(fit - true) / sigma``."""
+    n_hits = np.asarray(residuals["n_hits"])
+    types = {"all": np.ones(n_hits.size, dtype=bool), "triplets": n_hits == 3,
+             "quadruplets": n_hits >= 4}
+    return {kind: {name: pull_core(np.asarray(residuals[f"pull_{name}"])[sel])
+                   for name in PULL_COLUMNS} for kind, sel in types.items()}
+
+
 def _tracking_from_tables(tables: Sequence[Mapping[str, Any]], cfg: PixelTruthConfig
                           ) -> dict[str, Any]:
     found = _cat(tables, "den_found").astype(bool)
@@ -492,7 +548,8 @@ def _tracking_from_tables(tables: Sequence[Mapping[str, Any]], cfg: PixelTruthCo
     hs = _cat(tables, "den", "interaction") == 0
     n_events = sum(t["n_events"] for t in tables)
     n_tracks = sum(t["n_tracks"] for t in tables)
-    res = {k: _cat(tables, "residuals", k) for k in tables[0]["residuals"]}
+    common = set.intersection(*(set(t["residuals"]) for t in tables))
+    res = {k: _cat(tables, "residuals", k) for k in tables[0]["residuals"] if k in common}
     names = {"pt_rel": "pt_rel", "d0": "d0_cm", "z0": "z0_cm", "eta": "eta",
              "phi": "phi_rad"}
 
@@ -505,6 +562,7 @@ def _tracking_from_tables(tables: Sequence[Mapping[str, Any]], cfg: PixelTruthCo
         pt_bins.append({"lo": lo, "hi": hi,
                         **resolutions((true_pt >= lo) & (true_pt < hi))})
     mism = [t["sim_index_mismatches"] for t in tables]
+    has_pulls = all("pull_d0" in t["residuals"] for t in tables)
     return {
         "events": n_events,
         "tracks": n_tracks,
@@ -519,8 +577,8 @@ def _tracking_from_tables(tables: Sequence[Mapping[str, Any]], cfg: PixelTruthCo
         "resolution": {"all": {"lo": cfg.pt_bins[0], "hi": cfg.pt_bins[-1],
                                **resolutions(np.ones(true_pt.size, dtype=bool))},
                        "pt_bins": pt_bins},
-        "pulls": None,
-        "pulls_note": PULLS_NOTE,
+        "pulls": pull_widths(res) if has_pulls else None,
+        "pulls_note": None if has_pulls else PULLS_NOTE,
         "checks": {
             "sim_index_mismatches": (None if any(m < 0 for m in mism) else sum(mism)),
             "n_hits_mismatches": sum(t["n_hits_mismatches"] for t in tables),
@@ -601,7 +659,8 @@ def pixel_metrics(batches: EventBatch | Iterable[EventBatch],
         "vertices": _vertex_from_tables(tables, cfg),
         "units": {"pt": "GeV", "d0_cm": "cm", "z0_cm": "cm", "phi_rad": "rad",
                   "pt_rel": "pt / pt_true - 1", "interval": f"Clopper-Pearson, cl {cfg.cl}",
-                  "half_width_68": "half of the 16-84% width"},
+                  "half_width_68": "half of the 16-84% width",
+                  "pulls": "(fit - true) / sigma, dimensionless"},
         "definitions": DEFINITIONS,
     })
 
@@ -618,6 +677,9 @@ DEFINITIONS: dict[str, str] = {
     "duplicate_rate": "(matched tracks - distinct particles) / matched tracks, same tracks",
     "resolution": "tracks matched to denominator particles vs the particle's helix at the "
                   "PCA to the beam line: median and half the 16-84% width, per true pT bin",
+    "pulls": "(fit - true) / sqrt(covariance diagonal) of the same tracks, per track type "
+             "(3 hits, 4-5 hits): Gaussian core (iterative fit in +-2 sigma), half 16-84% "
+             "width, rms",
     "vertex_efficiency": "interactions with >= vertex_min_particles denominator particles "
                          "that get a pixel vertex within vertex_max_dz (nearest pairs "
                          "first, one vertex per interaction) / such interactions",
@@ -668,7 +730,19 @@ def metrics_rows(result: Mapping[str, Any]) -> list[tuple[str, str]]:
                      f"z0 {_fmt_spread(b['z0_cm'], 1e4, 1)} um, "
                      f"eta {_fmt_spread(b['eta'], 1e3, 2)} e-3, "
                      f"phi {_fmt_spread(b['phi_rad'], 1e3, 2)} mrad"))
-    rows.append(("pulls", "n/a: " + t["pulls_note"]))
+    if t["pulls"] is None:
+        rows.append(("pulls", "n/a: " + t["pulls_note"]))
+    else:
+        for kind, by_name in t["pulls"].items():
+            cells = []
+            for name, c in by_name.items():
+                if c["status"] != "ok":
+                    cells.append(f"{name} n/a ({c['status']})")
+                    continue
+                cells.append(f"{name} {c['sigma']:.3f}+-{c['sigma_error']:.3f} "
+                             f"({c['mean']:+.2f})")
+            n = next(iter(by_name.values()))["n"]
+            rows.append((f"pull core sigma (mean) {kind} (n={n})", ", ".join(cells)))
     rows.append(("sim_index cross-check mismatches", str(t["checks"]["sim_index_mismatches"])))
     v = result.get("vertices")
     if v is not None:

@@ -17,14 +17,20 @@ Data layout
 * Outer neighbours of cell ``c``: ``nb[nb_offsets[c]:nb_offsets[c + 1]]``, ascending.
 * Candidates (n-tuplets): ``tup_hits[t, :tup_n[t]]`` hit rows inner to outer (-1 after),
   those of start cell ``c`` at ``tup_offsets[c]:tup_offsets[c + 1]`` in depth-first order.
-* Fit results ``par[t, PAR_*]`` and the quality flag ``good[t]`` (uint8).
+* Per hit the fit's errors: float64 ``err_t`` (r-phi) and ``err_l`` (z on a barrel layer, r
+  on a disk) [cm]; per layer id ``layer_ms`` (float64): Highland's ``theta0^2 p^2``
+  [GeV^2] at normal incidence, 0 without material.
+* Fit results ``par[t, PAR_*]`` (the parameters, chi2, pT and the covariance) and the
+  quality flag ``good[t]`` (uint8).
 * ``cuts``: float64 indexed by ``CUT_*``.
 
 Steps, each a loop over independent items (a ``prange`` iteration or a CUDA thread):
 
 1. per cell: count its outer neighbours, then (after a prefix sum) write them;
 2. per start cell: count its n-tuplets by a depth-first walk, then write them;
-3. per candidate: fit it and apply the quality cuts;
+3. per candidate: fit it (Karimaki's prefit, one Gauss-Newton step of the weighted circle
+   fit, the weighted line fit: generalised least squares by Cholesky factorisation on
+   thread-local arrays) and apply the quality cuts;
 4. per event: walk its good candidates in rank order (sorted by the stage) and keep each whose
    hits no kept candidate uses.
 
@@ -34,7 +40,8 @@ the cleaning of an event is one sequential walk and events own disjoint hit rows
 operation that decides something (a triplet cut, a fitted quantity that is cut on or ranked)
 is one IEEE-754 operation through :mod:`hltemu.kernels.ieee`'s sets or ``sqrt`` (correctly
 rounded everywhere), in the same order on every target: Python, Numba CPU and CUDA give the
-same bits.  No transcendental function is used here (phi and eta are computed by the stage).
+same bits.  No transcendental function is used here (phi and eta are computed by the stage;
+the fit rotates phi by its step with the series of sin and cos).
 
 Numba's on-disk cache: after editing :mod:`hltemu.kernels.ieee`, clear
 ``kernels/__pycache__/pixeltracks*``.
@@ -73,12 +80,10 @@ CUT_TRIPLET_MAX_ZIP = 8  #: cm
 CUT_QUADRUPLET_MAX_TIP = 9  #: cm, n-tuplets of 4 or more hits
 CUT_QUADRUPLET_MIN_PT = 10  #: GeV
 CUT_QUADRUPLET_MAX_ZIP = 11  #: cm
-CUT_SIGMA_RPHI = 12  #: cm, hit error along r-phi
-CUT_SIGMA_Z = 13  #: cm, hit error along z (barrel hits)
-CUT_SIGMA_R = 14  #: cm, hit error along r (disk hits)
-CUT_PT_PER_CURVATURE = 15  #: GeV cm, pT = this / |curvature|: 0.01 C_LIGHT B
-CUT_MAX_CHI2 = 16  #: largest chi2 of the fit
-N_CUTS = 17
+CUT_PT_PER_CURVATURE = 12  #: GeV cm, pT = this / |curvature|: 0.01 C_LIGHT B
+CUT_MAX_CHI2 = 13  #: largest chi2 of the fit
+CUT_MAX_DPHI = 14  #: rad, largest phi step from the prefit (else the fit is degenerate)
+N_CUTS = 15
 
 # -- fit results (par[t, column]) -------------------------------------------------------------
 PAR_CURVATURE = 0  #: 1/cm, signed: > 0 bends clockwise seen from +z (positive charge)
@@ -89,7 +94,18 @@ PAR_COT_THETA = 4  #: dz / ds
 PAR_Z0 = 5  #: cm, z at the PCA
 PAR_CHI2 = 6  #: chi2 of the circle and line fits
 PAR_PT = 7  #: GeV
-N_PAR = 8
+# covariance of (q/pT [1/GeV], phi [rad], d0 [cm]) and of (cot theta, z0 [cm]):
+PAR_COV_QPT_QPT = 8  #: 1/GeV^2
+PAR_COV_QPT_PHI = 9  #: rad/GeV
+PAR_COV_QPT_D0 = 10  #: cm/GeV
+PAR_COV_PHI_PHI = 11  #: rad^2
+PAR_COV_PHI_D0 = 12  #: rad cm
+PAR_COV_D0_D0 = 13  #: cm^2
+PAR_COV_COT_COT = 14  #: (cot theta)^2
+PAR_COV_COT_Z0 = 15  #: cm
+PAR_COV_Z0_Z0 = 16  #: cm^2
+N_PAR = 17
+
 
 
 def _make(jit, mul, add, sub, div):
@@ -202,9 +218,8 @@ def _make(jit, mul, add, sub, div):
 
     def circle_fit(hits, n, x, y, par):
         """Karimaki's closed-form circle fit (NIM A 305 (1991) 187) of hits ``hits[:n]``
-        (equal weights), direction from the first to the last hit.  Fills curvature, cos/sin
-        phi and d0 of ``par``; returns the chi2 in units of the squared hit error, -1 when the
-        fit is degenerate."""
+        (equal weights), direction from the first to the last hit: the prefit.  Fills
+        curvature, cos/sin phi and d0 of ``par``; returns 0, -1 when the fit is degenerate."""
         nf = float(n)
         sx = sy = sxx = syy = sxy = sr = sxr = syr = srr = 0.0
         for i in range(n):
@@ -247,97 +262,243 @@ def _make(jit, mul, add, sub, div):
         root = sqrt(disc)
         rho = div(mul(2.0, kappa), root)
         d = div(mul(2.0, delta), add(1.0, root))  # PCA = d (sin phi, -cos phi)
-        chi2 = 0.0
-        half_rho = mul(0.5, rho)
-        one_rho_d = add(1.0, mul(rho, d))
-        const = add(mul(half_rho, mul(d, d)), d)
-        for i in range(n):
-            h = hits[i]
-            r2 = add(mul(x[h], x[h]), mul(y[h], y[h]))
-            eps = add(sub(mul(half_rho, r2), mul(one_rho_d, sub(mul(x[h], sphi), mul(y[h], cphi)))),
-                      const)
-            arg = add(1.0, mul(mul(2.0, rho), eps))
-            dist = div(mul(2.0, eps), add(1.0, sqrt(arg if arg > 0.0 else 0.0)))
-            chi2 = add(chi2, mul(dist, dist))
         par[PAR_CURVATURE] = rho
         par[PAR_COS_PHI] = cphi
         par[PAR_SIN_PHI] = sphi
         par[PAR_D0] = -d
-        return chi2
+        return 0.0
 
     circle_fit = jit(circle_fit)
 
     def arc_length(xh, yh, px, py, rho):
         """Transverse arc length [cm] from the PCA ``(px, py)`` to a hit along a circle of
         curvature ``rho``: the chord ``L`` times the series of ``2 asin(u / 2) / u``, ``u =
-        rho L``, to ``u**4`` (relative error below 3e-5 for ``|u| < 0.6``)."""
+        rho L``, to ``u**8`` (relative error below 2e-7 for ``|u| < 0.6``)."""
         dx, dy = sub(xh, px), sub(yh, py)
         chord = sqrt(add(mul(dx, dx), mul(dy, dy)))
         u2 = mul(mul(rho, chord), mul(rho, chord))
-        series = add(1.0, mul(u2, add(div(1.0, 24.0), mul(u2, div(3.0, 640.0)))))
+        series = mul(u2, div(35.0, 294912.0))
+        series = mul(u2, add(div(5.0, 7168.0), series))
+        series = mul(u2, add(div(3.0, 640.0), series))
+        series = add(1.0, mul(u2, add(div(1.0, 24.0), series)))
         return mul(chord, series)
 
     arc_length = jit(arc_length)
 
-    def line_fit(hits, n, x, y, z, layer, layer_flags, cuts, par):
-        """Weighted straight-line fit ``z = z0 + cot(theta) s`` in the r-z view (``s`` the arc
-        length from the PCA); fills cot theta and z0 of ``par``, returns the chi2, -1 when
-        degenerate.  Barrel hits measure z (error sigma_z), disk hits r (error sigma_r, in z
-        ``sigma_r |cot theta|`` with cot theta from the first and last hit)."""
-        rho, d0 = par[PAR_CURVATURE], par[PAR_D0]
-        px, py = mul(-d0, par[PAR_SIN_PHI]), mul(d0, par[PAR_COS_PHI])  # PCA
-        first, last = hits[0], hits[n - 1]
-        s_first = arc_length(x[first], y[first], px, py, rho)
-        s_last = arc_length(x[last], y[last], px, py, rho)
-        if not s_last > s_first:
-            return -1.0
-        cot0 = abs(div(sub(z[last], z[first]), sub(s_last, s_first)))
-        sw = sws = swz = swss = swsz = 0.0
+    def cholesky(a, n):
+        """In place: ``a[:n, :n]`` (symmetric, its lower triangle read) becomes its lower
+        Cholesky factor ``L`` (``a = L L^T``); False when it is not positive definite."""
+        for j in range(n):
+            s = a[j, j]
+            for k in range(j):
+                s = sub(s, mul(a[j, k], a[j, k]))
+            if not s > 0.0:
+                return False
+            d = sqrt(s)
+            a[j, j] = d
+            for i in range(j + 1, n):
+                s = a[i, j]
+                for k in range(j):
+                    s = sub(s, mul(a[i, k], a[j, k]))
+                a[i, j] = div(s, d)
+        return True
+
+    cholesky = jit(cholesky)
+
+    def lower_solve(low, m, n, c):
+        """In place: column ``c`` of ``m[:n]`` becomes ``L^-1`` times it (``L`` the lower
+        triangle of ``low[:n, :n]``), by forward substitution."""
         for i in range(n):
-            h = hits[i]
-            sigma = cuts[CUT_SIGMA_Z]
-            if not layer_flags[layer[h]] & FLAG_BARREL:
-                sigma = mul(cuts[CUT_SIGMA_R], cot0)
-            if not sigma > 0.0:
-                return -1.0
-            w = div(1.0, mul(sigma, sigma))
-            s = arc_length(x[h], y[h], px, py, rho)
-            sw, sws, swz = add(sw, w), add(sws, mul(w, s)), add(swz, mul(w, z[h]))
-            swss, swsz = add(swss, mul(w, mul(s, s))), add(swsz, mul(w, mul(s, z[h])))
-        det = sub(mul(sw, swss), mul(sws, sws))
-        if not det > 0.0:
+            s = m[i, c]
+            for j in range(i):
+                s = sub(s, mul(low[i, j], m[j, c]))
+            m[i, c] = div(s, low[i, i])
+
+    lower_solve = jit(lower_solve)
+
+    def gls(v, m, n, k, nrm, cov, dp):
+        """Generalised least squares of the linear model ``r(p) = m[:n, k] + m[:n, :k] p``,
+        ``r`` with covariance ``v[:n, :n]``: the ``p`` that minimises ``r^T v^-1 r`` into
+        ``dp[:k]``, its covariance ``(m^T v^-1 m)^-1`` into ``cov[:k, :k]``; returns that
+        minimum (the chi2), -1 when ``v`` or the normal matrix is not positive definite.
+        Overwrites ``v`` (with its Cholesky factor ``L``), ``m`` (with ``L^-1 m``) and ``nrm``
+        (``k x k`` scratch)."""
+        if not cholesky(v, n):
             return -1.0
-        cot = div(sub(mul(sw, swsz), mul(sws, swz)), det)
-        z0 = div(sub(mul(swss, swz), mul(sws, swsz)), det)
+        for c in range(k + 1):  # whitened model: L^-1 r = L^-1 m[:, k] + (L^-1 m[:, :k]) p
+            lower_solve(v, m, n, c)
+        for a in range(k):  # normal matrix N = m^T m, right side -m^T r0 (into dp)
+            for b in range(a + 1):
+                s = 0.0
+                for i in range(n):
+                    s = add(s, mul(m[i, a], m[i, b]))
+                nrm[a, b] = s
+            s = 0.0
+            for i in range(n):
+                s = add(s, mul(m[i, a], m[i, k]))
+            dp[a] = -s
+        if not cholesky(nrm, k):  # N = G G^T
+            return -1.0
+        for j in range(k):  # cov[:, j] <- G^-1 e_j (lower triangular), then cov = G^-T G^-1
+            for i in range(k):
+                cov[i, j] = 1.0 if i == j else 0.0
+        for j in range(k):
+            lower_solve(nrm, cov, k, j)
+        for a in range(k):  # (G^-1)^T G^-1: column a of G^-1 dotted with column b
+            for b in range(a + 1):
+                s = 0.0
+                for i in range(k):
+                    s = add(s, mul(cov[i, a], cov[i, b]))
+                nrm[b, a] = s  # upper triangle: the lower one still holds G
+        for a in range(k):
+            for b in range(k):
+                cov[a, b] = nrm[a, b] if a <= b else nrm[b, a]
+        rhs0, rhs1, rhs2 = dp[0], dp[1] if k > 1 else 0.0, dp[2] if k > 2 else 0.0
+        for a in range(k):
+            s = mul(cov[a, 0], rhs0)
+            if k > 1:
+                s = add(s, mul(cov[a, 1], rhs1))
+            if k > 2:
+                s = add(s, mul(cov[a, 2], rhs2))
+            dp[a] = s
         chi2 = 0.0
         for i in range(n):
-            h = hits[i]
-            sigma = cuts[CUT_SIGMA_Z]
-            if not layer_flags[layer[h]] & FLAG_BARREL:
-                sigma = mul(cuts[CUT_SIGMA_R], cot0)
-            res = sub(sub(z[h], z0), mul(cot, arc_length(x[h], y[h], px, py, rho)))
-            chi2 = add(chi2, div(mul(res, res), mul(sigma, sigma)))
-        par[PAR_COT_THETA] = cot
-        par[PAR_Z0] = z0
+            s = m[i, k]
+            for a in range(k):
+                s = add(s, mul(m[i, a], dp[a]))
+            chi2 = add(chi2, mul(s, s))
         return chi2
 
-    line_fit = jit(line_fit)
+    gls = jit(gls)
 
-    def fit(hits, n, x, y, z, layer, layer_flags, cuts, par):
-        """Fit the n-tuplet ``hits[:n]`` into ``par`` and apply the quality cuts: 1 when it
-        passes, 0 when it fails them or the fit is degenerate."""
-        chi2_circle = circle_fit(hits, n, x, y, par)
-        if chi2_circle < 0.0 or par[PAR_CURVATURE] == 0.0:
+    def scattering(v, hits, n, layer, layer_flags, layer_ms, s, factor, cot):
+        """Add to ``v[:n, :n]`` the multiple-scattering covariance of the hit residuals: a
+        kink at every hit ``k`` but the last, of variance ``theta_k^2 = layer_ms[layer] *
+        path / p^2``, moves hit ``i > k`` by ``theta (s_i - s_k)`` times the view's factor;
+        ``factor`` is ``theta^2 (view factor)^2`` without the layer's ``layer_ms * path``,
+        ``path`` the crossing's thickness over the normal one (``sqrt(1 + cot^2)`` in the
+        barrel, ``sqrt(1 + cot^2) / |cot|`` on a disk)."""
+        slope = sqrt(add(1.0, mul(cot, cot)))
+        for k in range(n - 1):
+            ms = layer_ms[layer[hits[k]]]
+            if ms == 0.0:
+                continue
+            path = slope
+            if not layer_flags[layer[hits[k]]] & FLAG_BARREL:  # a disk: crossed at theta
+                path = div(slope, abs(cot))
+            theta2 = mul(mul(ms, path), factor)
+            for i in range(k + 1, n):
+                for j in range(k + 1, i + 1):
+                    term = mul(theta2, mul(sub(s[i], s[k]), sub(s[j], s[k])))
+                    v[i, j] = add(v[i, j], term)
+
+    scattering = jit(scattering)
+
+    def fit(hits, n, x, y, z, layer, layer_flags, err_t, err_l, layer_ms, cuts, par, v, m,
+            nrm, cov, dp, s):
+        """Fit the n-tuplet ``hits[:n]`` into ``par`` (rule 3 of the stage) and apply the
+        quality cuts: 1 when it passes, 0 when it fails them or the fit is degenerate.
+        ``v`` (``MAX_HITS x MAX_HITS``), ``m`` (``MAX_HITS x 4``), ``nrm``, ``cov`` (3 x 3),
+        ``dp`` (3) and ``s`` (``MAX_HITS``) are scratch."""
+        if circle_fit(hits, n, x, y, par) < 0.0 or par[PAR_CURVATURE] == 0.0:
             return 0
-        chi2_line = line_fit(hits, n, x, y, z, layer, layer_flags, cuts, par)
+        rho, cphi, sphi, d = par[PAR_CURVATURE], par[PAR_COS_PHI], par[PAR_SIN_PHI], -par[PAR_D0]
+        # -- the prefit's arc lengths, cot(theta) from the first and last hit, the pT
+        px, py = mul(d, sphi), -mul(d, cphi)  # PCA = d (sin phi, -cos phi)
+        for i in range(n):
+            h = hits[i]
+            s[i] = arc_length(x[h], y[h], px, py, rho)
+        if not s[n - 1] > s[0]:
+            return 0
+        cot0 = div(sub(z[hits[n - 1]], z[hits[0]]), sub(s[n - 1], s[0]))
+        pt_inv = div(abs(rho), cuts[CUT_PT_PER_CURVATURE])  # 1 / pT of the prefit [1/GeV]
+        pt_inv2 = mul(pt_inv, pt_inv)
+        # -- r-phi: one Gauss-Newton step of the weighted circle fit from the prefit
+        for i in range(n):
+            h = hits[i]
+            xi, yi = x[h], y[h]
+            along = sub(mul(xi, sphi), mul(yi, cphi))  # x sin phi - y cos phi
+            across = add(mul(xi, cphi), mul(yi, sphi))  # x cos phi + y sin phi
+            r2 = add(mul(xi, xi), mul(yi, yi))
+            one_rho_d = add(1.0, mul(rho, d))
+            eps = add(sub(mul(mul(0.5, rho), r2), mul(one_rho_d, along)),
+                      add(mul(mul(0.5, rho), mul(d, d)), d))
+            arg = add(1.0, mul(mul(2.0, rho), eps))
+            if not arg > 0.0:
+                return 0
+            root = sqrt(arg)
+            dist = div(mul(2.0, eps), add(1.0, root))  # rho/2 dist^2 + dist = eps
+            # d dist / d p = (d eps / d p - [p = rho] dist^2 / 2) / (1 + rho dist) = ... / root
+            de_drho = add(sub(mul(0.5, r2), mul(d, along)), mul(0.5, mul(d, d)))
+            m[i, 0] = div(sub(de_drho, mul(0.5, mul(dist, dist))), root)
+            m[i, 1] = div(-mul(one_rho_d, across), root)
+            m[i, 2] = div(add(1.0, sub(mul(rho, d), mul(rho, along))), root)
+            m[i, 3] = dist
+            for j in range(n):
+                v[i, j] = 0.0
+            v[i, i] = mul(err_t[h], err_t[h])
+        scattering(v, hits, n, layer, layer_flags, layer_ms, s, pt_inv2, cot0)
+        chi2_circle = gls(v, m, n, 3, nrm, cov, dp)
+        if chi2_circle < 0.0 or not abs(dp[1]) < cuts[CUT_MAX_DPHI]:
+            return 0
+        rho = add(rho, dp[0])
+        d = add(d, dp[2])
+        if rho == 0.0:
+            return 0
+        # rotate (cos phi, sin phi) by dp[1]: sin and cos as their series to dphi^9, dphi^8
+        a = dp[1]
+        a2 = mul(a, a)
+        sin_a = mul(a, sub(1.0, mul(div(a2, 6.0), sub(1.0, mul(div(a2, 20.0), sub(
+            1.0, mul(div(a2, 42.0), sub(1.0, div(a2, 72.0)))))))))
+        cos_a = sub(1.0, mul(div(a2, 2.0), sub(1.0, mul(div(a2, 12.0), sub(
+            1.0, mul(div(a2, 30.0), sub(1.0, div(a2, 56.0))))))))
+        cphi, sphi = sub(mul(cphi, cos_a), mul(sphi, sin_a)), add(mul(sphi, cos_a),
+                                                                    mul(cphi, sin_a))
+        k = cuts[CUT_PT_PER_CURVATURE]
+        par[PAR_CURVATURE] = rho
+        par[PAR_COS_PHI] = cphi
+        par[PAR_SIN_PHI] = sphi
+        par[PAR_D0] = -d
+        # (q/pT, phi, d0) = (rho / k, phi, -d)
+        par[PAR_COV_QPT_QPT] = div(div(cov[0, 0], k), k)
+        par[PAR_COV_QPT_PHI] = div(cov[0, 1], k)
+        par[PAR_COV_QPT_D0] = -div(cov[0, 2], k)
+        par[PAR_COV_PHI_PHI] = cov[1, 1]
+        par[PAR_COV_PHI_D0] = -cov[1, 2]
+        par[PAR_COV_D0_D0] = cov[2, 2]
+        # -- r-z: z = z0 + cot(theta) s along the fitted circle
+        px, py = mul(d, sphi), -mul(d, cphi)
+        for i in range(n):
+            h = hits[i]
+            s[i] = arc_length(x[h], y[h], px, py, rho)
+        if not s[n - 1] > s[0]:
+            return 0
+        for i in range(n):
+            h = hits[i]
+            sigma = err_l[h]
+            if not layer_flags[layer[h]] & FLAG_BARREL:  # a disk measures r: sigma_r |cot|
+                sigma = mul(sigma, abs(cot0))
+            m[i, 0] = 1.0
+            m[i, 1] = s[i]
+            m[i, 2] = -z[h]
+            for j in range(n):
+                v[i, j] = 0.0
+            v[i, i] = mul(sigma, sigma)
+        scattering(v, hits, n, layer, layer_flags, layer_ms, s,
+                   mul(pt_inv2, add(1.0, mul(cot0, cot0))), cot0)
+        chi2_line = gls(v, m, n, 2, nrm, cov, dp)
         if chi2_line < 0.0:
             return 0
-        sigma = cuts[CUT_SIGMA_RPHI]
-        chi2 = add(div(chi2_circle, mul(sigma, sigma)), chi2_line)
+        par[PAR_Z0] = dp[0]
+        par[PAR_COT_THETA] = dp[1]
+        par[PAR_COV_Z0_Z0] = cov[0, 0]
+        par[PAR_COV_COT_Z0] = cov[0, 1]
+        par[PAR_COV_COT_COT] = cov[1, 1]
+        chi2 = add(chi2_circle, chi2_line)
         if not chi2 >= 0.0:  # NaN: a degenerate fit
             return 0
         par[PAR_CHI2] = chi2
-        pt = div(cuts[CUT_PT_PER_CURVATURE], abs(par[PAR_CURVATURE]))
+        pt = div(k, abs(rho))
         par[PAR_PT] = pt
         if n == 3:
             tip, min_pt, zip_ = (cuts[CUT_TRIPLET_MAX_TIP], cuts[CUT_TRIPLET_MIN_PT],
@@ -408,10 +569,18 @@ def ntuplets_cpu(cell_inner, cell_outer, layer, layer_flags, nb_offsets, nb, min
 
 
 @numba.njit(parallel=True, cache=True)
-def fit_cpu(tup_hits, tup_n, x, y, z, layer, layer_flags, cuts, par, good):
+def fit_cpu(tup_hits, tup_n, x, y, z, layer, layer_flags, err_t, err_l, layer_ms, cuts, par,
+            good):
     """Every candidate: its fit into ``par[t]`` and its quality flag ``good[t]``."""
     for t in numba.prange(tup_n.shape[0]):
-        good[t] = _fit_cpu(tup_hits[t], tup_n[t], x, y, z, layer, layer_flags, cuts, par[t])
+        v = np.empty((MAX_HITS, MAX_HITS), dtype=np.float64)
+        m = np.empty((MAX_HITS, 4), dtype=np.float64)
+        nrm = np.empty((3, 3), dtype=np.float64)
+        cov = np.empty((3, 3), dtype=np.float64)
+        dp = np.empty(3, dtype=np.float64)
+        s = np.empty(MAX_HITS, dtype=np.float64)
+        good[t] = _fit_cpu(tup_hits[t], tup_n[t], x, y, z, layer, layer_flags, err_t, err_l,
+                           layer_ms, cuts, par[t], v, m, nrm, cov, dp, s)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -448,11 +617,19 @@ def ntuplets_cuda(cell_inner, cell_outer, layer, layer_flags, nb_offsets, nb, mi
 
 
 @cuda.jit(cache=True)
-def fit_cuda(tup_hits, tup_n, x, y, z, layer, layer_flags, cuts, par, good):
+def fit_cuda(tup_hits, tup_n, x, y, z, layer, layer_flags, err_t, err_l, layer_ms, cuts, par,
+             good):
     """One thread per candidate: :func:`fit_cpu`'s loop body."""
     t = cuda.grid(1)
     if t < tup_n.shape[0]:
-        good[t] = _fit_cuda(tup_hits[t], tup_n[t], x, y, z, layer, layer_flags, cuts, par[t])
+        v = cuda.local.array((MAX_HITS, MAX_HITS), numba.float64)
+        m = cuda.local.array((MAX_HITS, 4), numba.float64)
+        nrm = cuda.local.array((3, 3), numba.float64)
+        cov = cuda.local.array((3, 3), numba.float64)
+        dp = cuda.local.array(3, numba.float64)
+        s = cuda.local.array(MAX_HITS, numba.float64)
+        good[t] = _fit_cuda(tup_hits[t], tup_n[t], x, y, z, layer, layer_flags, err_t, err_l,
+                            layer_ms, cuts, par[t], v, m, nrm, cov, dp, s)
 
 
 @cuda.jit(cache=True)

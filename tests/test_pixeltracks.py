@@ -29,6 +29,7 @@ from hltemu.geometry import C_LIGHT, default_geometry
 from hltemu.pipeline import PipelineError, config_from_dict, get_stage
 from hltemu.stages.doublets import DoubletsConfig
 from hltemu.stages.pixeltracks import (
+    COV_COLUMNS,
     PixelTracksConfig,
     ReferenceHit,
     cut_vector,
@@ -132,7 +133,8 @@ def assert_identical(got: Collection, want: Collection, what: str) -> None:
 #: Reference vs cpu or cuda: (relative, absolute) tolerance per float column (the module's
 #: "Backends"); phi is compared modulo 2 pi.
 FLOAT_TOLERANCE = {"pt": (1e-9, 0.0), "eta": (0.0, 1e-11), "phi": (0.0, 1e-11),
-                   "d0": (0.0, 1e-10), "z0": (0.0, 1e-10), "chi2": (0.0, 1e-9)}
+                   "d0": (0.0, 1e-10), "z0": (0.0, 1e-9), "chi2": (1e-9, 1e-9),
+                   **{c: (1e-9, 0.0) for c in COV_COLUMNS}}
 
 
 def assert_agree(got: Collection, want: Collection, what: str) -> None:
@@ -285,7 +287,8 @@ def test_reference_and_cpu_agree_on_random_events(seed):
     PixelTracksConfig(start_layers=(0,), ptmin=0.5, hard_curv_cut=0.06, max_chi2=50.0),
     PixelTracksConfig(dca_cut_inner_triplet=1.0, dca_cut_outer_triplet=1.0,
                       triplet_max_tip=1.0, quadruplet_max_tip=1.0),
-], ids=["min_hits_4", "bpix1_start_loose", "loose_dca"])
+    PixelTracksConfig(radiation_length=(0.02,) * 4 + (0.05,) * 6, max_chi2=100.0),
+], ids=["min_hits_4", "bpix1_start_loose", "loose_dca", "material"])
 def test_reference_and_cpu_agree_with_other_configs_and_dense_noise(cfg):
     events = random_events(11, 2, 60, 300)
     want = run_tracks(hit_batch(events), cfg)
@@ -339,20 +342,137 @@ def test_cuda_identical_on_pileup_events(sample):
 
 
 def test_tracks_of_the_sample_against_truth(sample):
-    """Measured on the 10 events: 88% of the tracks have all their hits from one particle
-    (quadruplets and 5-hit tracks > 99.8%); the pT of matched tracks is within 0.9% (half
-    width of the central 68%) of the particle's, without bias; every matched charge right."""
+    """Measured on the 10 events: 92.6% of the tracks are matched (all their hits from one
+    particle but 0.06%; quadruplets and 5-hit tracks 100% matched, 99.9% pure); the pT of
+    matched tracks is within 0.62% (half width of the central 68%) of the particle's, without
+    bias; every matched charge right."""
     tracks = get_stage("pixeltracks")(sample)["pixeltracks"].to_host()
     gen = sample["GenPart"].to_host()
     matched = tracks["sim_index"] >= 0
-    assert 0.85 < matched.mean() < 0.92
+    assert 0.9 < matched.mean() < 0.95
     assert matched[tracks["n_hits"] >= 4].mean() > 0.998
     row = gen.offsets[tracks.event_index()[matched]] + tracks["sim_index"][matched]
     true_pt = np.asarray(gen["pt"], dtype=np.float64)[row]
     rel = tracks["pt"][matched] / true_pt - 1
     lo, mid, hi = np.percentile(rel, [16, 50, 84])
-    assert (hi - lo) / 2 < 0.01 and abs(mid) < 1e-3
+    assert (hi - lo) / 2 < 0.008 and abs(mid) < 1e-3
     assert (tracks["charge"][matched] == gen["charge"][row]).all()
+
+
+# -- the covariance --------------------------------------------------------------------------
+def covariance_blocks(tracks: Collection) -> tuple[np.ndarray, np.ndarray]:
+    """Per track the (q/pT, phi, d0) covariance (n, 3, 3) and the (cot theta, z0) one (n, 2,
+    2), from the ``cov_*`` columns."""
+    c = {k: np.asarray(tracks[k]) for k in COV_COLUMNS}
+    transverse = np.stack([
+        np.stack([c["cov_qoverpt_qoverpt"], c["cov_qoverpt_phi"], c["cov_qoverpt_d0"]], -1),
+        np.stack([c["cov_qoverpt_phi"], c["cov_phi_phi"], c["cov_phi_d0"]], -1),
+        np.stack([c["cov_qoverpt_d0"], c["cov_phi_d0"], c["cov_d0_d0"]], -1)], -2)
+    longitudinal = np.stack([
+        np.stack([c["cov_cottheta_cottheta"], c["cov_cottheta_z0"]], -1),
+        np.stack([c["cov_cottheta_z0"], c["cov_z0_z0"]], -1)], -2)
+    return transverse, longitudinal
+
+
+def test_covariance_is_positive_definite_and_grows_with_material(sample):
+    """Every track's two covariance blocks have positive eigenvalues; with material in the
+    fit's error model (2% X0 per layer, none in the simulation) the same tracks get larger
+    errors, most for soft tracks (the scattering term goes as 1 / pT^2)."""
+    tracks = get_stage("pixeltracks")(sample)["pixeltracks"].to_host()
+    for block in covariance_blocks(tracks):
+        assert (np.linalg.eigvalsh(block)[:, 0] > 0).all()
+    cfg = PixelTracksConfig(radiation_length=(0.02,) * 10, max_chi2=1e9)
+    thick = get_stage("pixeltracks")(sample, cfg)["pixeltracks"].to_host()
+    thin = get_stage("pixeltracks")(sample, PixelTracksConfig(max_chi2=1e9))["pixeltracks"]
+    thin = thin.to_host()
+    for block in covariance_blocks(thick):
+        assert (np.linalg.eigvalsh(block)[:, 0] > 0).all()
+    key = {tuple(r): i for i, r in enumerate(np.stack([thin[c] for c in hit_columns()], 1)
+                                              .tolist())}
+    pairs = [(key[tuple(r)], j) for j, r in enumerate(
+        np.stack([thick[c] for c in hit_columns()], 1).tolist()) if tuple(r) in key]
+    assert len(pairs) > 0.9 * thick.size
+    a, b = np.array(pairs).T
+    ratio = np.sqrt(thick["cov_d0_d0"][b] / thin["cov_d0_d0"][a])
+    assert (ratio >= 1.0).all()
+    soft = thin["pt"][a] < 1.0
+    assert np.median(ratio[soft]) > 2.0 and np.median(ratio[~soft]) < np.median(ratio[soft])
+
+
+#: Hit smearing of :func:`test_pulls_of_smeared_helices` [cm], the same in r-phi, z and r.
+SMEAR = 15e-4
+
+
+def test_pulls_of_smeared_helices():
+    """400 single helices (pT 0.5-10 GeV, |eta| < 2.5, z0 ~ N(0, 4 cm), d0 = 0) with hits
+    smeared by 15 um (Gaussian) and the fit told so: the pulls of q/pT, phi, d0, cot theta and
+    z0 against the generated values have mean ~0 and rms ~1 (the rms of 400 unit Gaussians
+    has a spread of 0.035; the bounds are 4 of it) and the chi2 its dof on average."""
+    rng = np.random.default_rng(19)
+    truth, events = [], []
+    while len(events) < 400:
+        pt = math.exp(rng.uniform(math.log(0.5), math.log(10.0)))
+        hx = (pt, rng.uniform(-2.5, 2.5), rng.uniform(-math.pi, math.pi), rng.normal(0.0, 4.0),
+              int(rng.choice([-1, 1])))
+        hits = helix_hits(*hx, sim=0, smear=SMEAR, rng=rng)
+        if len(hits) >= 3:
+            truth.append(hx)
+            events.append(hits)
+    cfg = PixelTracksConfig(hit_error_barrel_rphi=(SMEAR,), hit_error_barrel_z=(SMEAR,),
+                            hit_error_disk_rphi=(SMEAR,), hit_error_disk_r=(SMEAR,))
+    tracks = run_tracks(hit_batch(events, "cpu"), cfg)
+    ev = tracks.event_index()
+    mine = tracks["sim_index"] == 0
+    assert np.unique(ev[mine]).size > 0.75 * len(events)  # some lack a start-layer cell
+    pt, eta, phi0, z0, charge = (np.array(v)[ev[mine]] for v in zip(*truth, strict=True))
+    t = {c: np.asarray(tracks[c])[mine] for c in tracks.columns}
+    pulls = {
+        "q/pT": (t["charge"] / t["pt"] - charge / pt) / np.sqrt(t["cov_qoverpt_qoverpt"]),
+        "phi": np.remainder(t["phi"] - phi0 + math.pi, 2 * math.pi) - math.pi,
+        "d0": t["d0"] / np.sqrt(t["cov_d0_d0"]),
+        "cot theta": (np.sinh(t["eta"]) - np.sinh(eta)) / np.sqrt(t["cov_cottheta_cottheta"]),
+        "z0": (t["z0"] - z0) / np.sqrt(t["cov_z0_z0"]),
+    }
+    pulls["phi"] = pulls["phi"] / np.sqrt(t["cov_phi_phi"])
+    for name, p in pulls.items():
+        assert abs(p.mean()) < 0.2 and 0.86 < p.std() < 1.14, (name, p.mean(), p.std())
+    dof = 2 * t["n_hits"] - 5
+    assert 0.85 < t["chi2"].sum() / dof.sum() < 1.15
+
+
+def test_pulls_on_the_sample(sample):
+    """hltemu's own simulation (the built-in sample): tracks whose hits all come from one
+    prompt particle (produced within 0.01 cm of the beam line) have pulls of q/pT, d0 and z0
+    with Gaussian-core widths in 0.8-1.2 (measured: 0.92, 0.93, 0.97 on about 4,200 tracks;
+    the width's error is 0.02), i.e. the hit errors measured from the simulation and put in
+    the config describe its hits."""
+    from hltemu.pixelmetrics import true_track_parameters
+    from hltemu.study.fits import gaussian_core_fit
+
+    tracks = get_stage("pixeltracks")(sample)["pixeltracks"].to_host()
+    hits, gen = sample["PixelHit"].to_host(), sample["GenPart"].to_host()
+    ev = tracks.event_index()
+    rows = np.stack([tracks[c] for c in hit_columns()], 1)
+    owner = np.where(rows >= 0, hits["sim_index"][hits.offsets[ev][:, None]
+                                                  + np.maximum(rows, 0)], -2)
+    sim = tracks["sim_index"]
+    pure = (sim >= 0) & ((owner == sim[:, None]) | (rows < 0)).all(1)
+    g = gen.offsets[ev[pure]] + sim[pure]
+    part = {c: np.asarray(gen[c], dtype=np.float64)[g] for c in ("pt", "eta", "phi", "charge",
+                                                                  "vx", "vy", "vz")}
+    prompt = np.hypot(part["vx"], part["vy"]) < 0.01
+    true = true_track_parameters(*(part[c] for c in ("pt", "eta", "phi", "charge", "vx", "vy",
+                                                      "vz")))
+    t = {c: np.asarray(tracks[c])[pure] for c in tracks.columns}
+    pulls = {"q/pT": (t["charge"] / t["pt"] - np.sign(part["charge"]) / part["pt"])
+             / np.sqrt(t["cov_qoverpt_qoverpt"]),
+             "d0": (t["d0"] - true["d0"]) / np.sqrt(t["cov_d0_d0"]),
+             "z0": (t["z0"] - true["z0"]) / np.sqrt(t["cov_z0_z0"])}
+    assert prompt.sum() > 3000
+    for name, p in pulls.items():
+        core = gaussian_core_fit(p[prompt], window=2.0)
+        assert core["status"] == "ok" and 0.8 < core["sigma"] < 1.2, (name, core)
+        assert abs(core["mean"]) < 0.15, (name, core)
 
 
 # -- bad inputs, empty inputs, configs -----------------------------------------------------------
@@ -401,7 +521,8 @@ def test_empty_batches_and_events(backend):
     tracks = run_tracks(hit_batch([[], helix_hits(*HELICES[0], sim=0)[:2], []], backend))
     assert tracks.counts.tolist() == [0, 0, 0] and tracks["pt"].dtype == np.float64
     assert sorted(tracks.columns) == sorted(["pt", "eta", "phi", "d0", "z0", "chi2", "charge",
-                                             "n_hits", *hit_columns(), "sim_index"])
+                                             "n_hits", *hit_columns(), "sim_index",
+                                             *COV_COLUMNS])
 
 
 def test_config_errors():
@@ -410,7 +531,12 @@ def test_config_errors():
     for table, msg in (({"ptmin": -1.0}, "ptmin must be a finite number >= 0"),
                        ({"dca_cut_inner_triplet": math.inf}, "dca_cut_inner_triplet must be"),
                        ({"min_hits_per_ntuplet": 2}, "min_hits_per_ntuplet must be 3 to 5"),
-                       ({"start_layers": (0, 10)}, r"start_layers must be pixel layer ids")):
+                       ({"start_layers": (0, 10)}, r"start_layers must be pixel layer ids"),
+                       ({"hit_error_disk_r": (2e-3, 0.0)}, r"hit_error_disk_r must be a "
+                                                           r"non-empty tuple of finite errors"),
+                       ({"hit_error_barrel_z": ()}, r"hit_error_barrel_z must be"),
+                       ({"radiation_length": (0.01,) * 3}, r"radiation_length must be 10 "
+                                                           r"fractions")):
         with pytest.raises(ConfigError, match=r"\[pixeltracks\] " + msg):
             config_from_dict({"pixeltracks": table})
 
@@ -443,7 +569,8 @@ def _ptx_counts() -> dict[str, dict[str, int]]:
                                   + (ai4, au1, a8, ai8, ai8, b1, ai8)),
         "ntuplets_cuda": kernel(K.ntuplets_cuda, (ai8, ai8, ai4, au1, ai8, ai8, i8, ai8, h2,
                                                   ai4, b1, ai8)),
-        "fit_cuda": kernel(K.fit_cuda, (h2, ai4, a8, a8, a8, ai4, au1, a8, f8[:, ::1], au1)),
+        "fit_cuda": kernel(K.fit_cuda, (h2, ai4, a8, a8, a8, ai4, au1, a8, a8, a8, a8,
+                                        f8[:, ::1], au1)),
         "clean_cuda": kernel(K.clean_cuda, (ai8, ai8, h2, ai4, au1, au1)),
     }
 

@@ -69,8 +69,9 @@ none (not selected, noise, an outlier, or a cluster under ``min_tracks``): Patat
 Approximations
 --------------
 * **sigma_z0.**  Patatrack takes each track's z0 variance from its broken-line fit's
-  covariance; ``pixeltracks`` has no covariance (its fit has no multiple scattering, nor does
-  the simulation any material).  We parameterise ``sigma_z0`` by ``|eta|``: ``z0_errors[i]``
+  covariance.  ``pixeltracks`` gives one now (``cov_z0_z0``), but this stage still uses the
+  table below, measured with its earlier fit (Karimaki circle and an unweighted line, z0
+  resolution 2-3x worse than the present fit's ~10 um).  We parameterise ``sigma_z0`` by ``|eta|``: ``z0_errors[i]``
   for ``z0_error_eta_edges[i-1] <= |eta| < z0_error_eta_edges[i]``.  The defaults are the
   central-68% half widths of ``z0 - vz`` of pixel tracks of >= 4 hits matched to a prompt
   particle (``sim_index``, production within 100 um of the beam line) on the built-in sample
