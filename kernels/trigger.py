@@ -1,20 +1,32 @@
 """Trigger path decisions: one event per CPU iteration or CUDA thread, every path in turn.
 
-Path kinds (``path_kind``): single jet, multi-jet, HT, pixel-doublet multiplicity.  Cuts per
-path come as parallel arrays (``pt_min`` [GeV], ``eta_max``, ``ht_min`` [GeV], ``n_min``,
-``prescale``, ``count_col``).  Jets are the flat columns ``pt`` [GeV], ``eta`` with CSR
-``offsets``; ``counts`` (n_events, n_count_columns) int64 holds object multiplicities (e.g.
-doublets per event) that multiplicity paths read through ``count_col``.
+Path kinds (``path_kind``): single jet, multi-jet, HT, object multiplicity (pixel doublets),
+pixel-track multiplicity and pixel-vertex multiplicity.  Cuts per path come as parallel
+arrays (``pt_min`` [GeV], ``eta_max``, ``ht_min`` [GeV], ``n_min``, ``prescale``,
+``count_col``, ``min_hits``, ``dz_max`` [cm], ``min_tracks``).  Jets are the flat columns
+``pt`` [GeV], ``eta`` with CSR ``offsets``; ``counts`` (n_events, n_count_columns) int64 holds
+object multiplicities (e.g. doublets per event) that multiplicity paths read through
+``count_col``.  Pixel tracks are ``trk_pt`` [GeV], ``trk_eta``, ``trk_n_hits``, ``trk_z0``
+[cm] with ``trk_offsets``; pixel vertices ``vtx_z`` [cm], ``vtx_n_tracks`` with
+``vtx_offsets``, the primary vertex first in each event (as stage ``pixelvertices`` orders
+them).
 
 A path accepts an event when its prescaler lets the event through and its filter passes (the
 decision before the prescaler, the filter's alone, is returned too):
 the prescaler counts events from 1 (``entry + 1``) and lets through every ``prescale``-th one
 (0 disables the path), as CMS's HLTPrescaler with offset 0.  Jet cuts are inclusive
 (``pt >= pt_min``, ``|eta| <= eta_max``), as CMS's HLT jet filters.  HT sums jet pT in input
-order, so every backend computes the same sum bit for bit.
+order, so every backend computes the same sum bit for bit.  A pixel-track path counts the
+tracks with ``pt >= pt_min``, ``|eta| <= eta_max``, ``n_hits >= min_hits`` and, when
+``dz_max`` is finite, ``|z0 - z_PV| <= dz_max`` (an event without a pixel vertex then has no
+such track); a pixel-vertex path counts the vertices with ``n_tracks >= min_tracks``.  Every
+cut is one comparison of stored values (or of one IEEE subtraction), so the decisions are
+identical on every backend.
 """
 
 from __future__ import annotations
+
+import math
 
 import numba
 from numba import cuda
@@ -23,14 +35,39 @@ KIND_SINGLE_JET = 0  # at least one jet with pt >= pt_min and |eta| <= eta_max
 KIND_MULTI_JET = 1  # at least n_min such jets
 KIND_HT = 2  # sum of pt of such jets >= ht_min
 KIND_COUNT = 3  # counts[event, count_col] >= n_min (pixel doublets)
+KIND_TRACKS = 4  # at least n_min pixel tracks passing pt_min, eta_max, min_hits, dz_max
+KIND_VERTICES = 5  # at least n_min pixel vertices with n_tracks >= min_tracks
 
 
-def _path_filter(i, p, pt, eta, offsets, counts, kind, pt_min, eta_max, ht_min, n_min,
-                 count_col):
-    """Whether event ``i`` passes the filter of path ``p`` (prescale not applied)."""
+def _count_tracks(i, p, trk_pt, trk_eta, trk_n_hits, trk_z0, trk_offsets, vtx_z, vtx_offsets,
+                  pt_min, eta_max, min_hits, dz_max):
+    """Pixel tracks of event ``i`` that pass path ``p``'s cuts."""
+    use_dz = dz_max[p] < math.inf
+    has_pv = vtx_offsets[i + 1] > vtx_offsets[i]
+    if use_dz and not has_pv:
+        return 0
+    pv_z = vtx_z[vtx_offsets[i]] if has_pv else 0.0
+    n = 0
+    for j in range(trk_offsets[i], trk_offsets[i + 1]):
+        if (trk_pt[j] >= pt_min[p] and abs(trk_eta[j]) <= eta_max[p]
+                and trk_n_hits[j] >= min_hits[p]
+                and (not use_dz or abs(trk_z0[j] - pv_z) <= dz_max[p])):
+            n += 1
+    return n
+
+
+def _count_vertices(i, p, vtx_n_tracks, vtx_offsets, min_tracks):
+    """Pixel vertices of event ``i`` with at least path ``p``'s ``min_tracks`` tracks."""
+    n = 0
+    for j in range(vtx_offsets[i], vtx_offsets[i + 1]):
+        if vtx_n_tracks[j] >= min_tracks[p]:
+            n += 1
+    return n
+
+
+def _jet_filter(i, p, pt, eta, offsets, kind, pt_min, eta_max, ht_min, n_min):
+    """Whether event ``i`` passes the jet path ``p`` (single jet, multi-jet or HT)."""
     k = kind[p]
-    if k == KIND_COUNT:
-        return counts[i, count_col[p]] >= n_min[p]
     n = 0
     ht = 0.0
     for j in range(offsets[i], offsets[i + 1]):
@@ -52,14 +89,26 @@ def _prescaler(entry, prescale):
 
 
 def _make(jit):
-    path_filter = jit(_path_filter)
+    jet_filter = jit(_jet_filter)
+    count_tracks = jit(_count_tracks)
+    count_vertices = jit(_count_vertices)
     prescaler = jit(_prescaler)
 
-    def decide_event(i, pt, eta, offsets, counts, first_entry, kind, pt_min, eta_max, ht_min,
-                     n_min, prescale, count_col, out, out_pre):
+    def decide_event(i, pt, eta, offsets, counts, trk_pt, trk_eta, trk_n_hits, trk_z0,
+                     trk_offsets, vtx_z, vtx_n_tracks, vtx_offsets, first_entry, kind, pt_min,
+                     eta_max, ht_min, n_min, prescale, count_col, min_hits, dz_max, min_tracks,
+                     out, out_pre):
         for p in range(kind.shape[0]):
-            ok = path_filter(i, p, pt, eta, offsets, counts, kind, pt_min, eta_max, ht_min,
-                             n_min, count_col)
+            k = kind[p]
+            if k == KIND_COUNT:
+                ok = counts[i, count_col[p]] >= n_min[p]
+            elif k == KIND_TRACKS:
+                ok = count_tracks(i, p, trk_pt, trk_eta, trk_n_hits, trk_z0, trk_offsets, vtx_z,
+                                  vtx_offsets, pt_min, eta_max, min_hits, dz_max) >= n_min[p]
+            elif k == KIND_VERTICES:
+                ok = count_vertices(i, p, vtx_n_tracks, vtx_offsets, min_tracks) >= n_min[p]
+            else:
+                ok = jet_filter(i, p, pt, eta, offsets, kind, pt_min, eta_max, ht_min, n_min)
             out_pre[i, p] = ok
             out[i, p] = ok and prescaler(first_entry + i, prescale[p])
 
@@ -71,23 +120,29 @@ _decide_event_cuda = _make(cuda.jit(device=True))
 
 
 @numba.njit(parallel=True, cache=True)
-def trigger_cpu(pt, eta, offsets, counts, first_entry, kind, pt_min, eta_max, ht_min, n_min,
-                prescale, count_col, out, out_pre):
+def trigger_cpu(pt, eta, offsets, counts, trk_pt, trk_eta, trk_n_hits, trk_z0, trk_offsets,
+                vtx_z, vtx_n_tracks, vtx_offsets, first_entry, kind, pt_min, eta_max, ht_min,
+                n_min, prescale, count_col, min_hits, dz_max, min_tracks, out, out_pre):
     """``out[i, p]`` = decision of path ``p`` for event ``i`` (bool), in parallel over events;
     ``out_pre[i, p]`` the decision before the prescaler (the filter alone).
 
     ``first_entry`` is the entry number of event 0 in its file (drives the prescalers).
     """
     for i in numba.prange(out.shape[0]):
-        _decide_event_cpu(i, pt, eta, offsets, counts, first_entry, kind, pt_min, eta_max,
-                          ht_min, n_min, prescale, count_col, out, out_pre)
+        _decide_event_cpu(i, pt, eta, offsets, counts, trk_pt, trk_eta, trk_n_hits, trk_z0,
+                          trk_offsets, vtx_z, vtx_n_tracks, vtx_offsets, first_entry, kind,
+                          pt_min, eta_max, ht_min, n_min, prescale, count_col, min_hits, dz_max,
+                          min_tracks, out, out_pre)
 
 
 @cuda.jit(cache=True)
-def trigger_cuda(pt, eta, offsets, counts, first_entry, kind, pt_min, eta_max, ht_min, n_min,
-                 prescale, count_col, out, out_pre):
+def trigger_cuda(pt, eta, offsets, counts, trk_pt, trk_eta, trk_n_hits, trk_z0, trk_offsets,
+                 vtx_z, vtx_n_tracks, vtx_offsets, first_entry, kind, pt_min, eta_max, ht_min,
+                 n_min, prescale, count_col, min_hits, dz_max, min_tracks, out, out_pre):
     """One thread per event: same arguments and result as :func:`trigger_cpu`."""
     i = cuda.grid(1)
     if i < out.shape[0]:
-        _decide_event_cuda(i, pt, eta, offsets, counts, first_entry, kind, pt_min, eta_max,
-                           ht_min, n_min, prescale, count_col, out, out_pre)
+        _decide_event_cuda(i, pt, eta, offsets, counts, trk_pt, trk_eta, trk_n_hits, trk_z0,
+                           trk_offsets, vtx_z, vtx_n_tracks, vtx_offsets, first_entry, kind,
+                           pt_min, eta_max, ht_min, n_min, prescale, count_col, min_hits,
+                           dz_max, min_tracks, out, out_pre)

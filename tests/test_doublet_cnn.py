@@ -42,12 +42,14 @@ from hltemu.io import read_collections
 from hltemu.ops import THREADS_PER_BLOCK
 from hltemu.pipeline import PipelineError, get_stage, load_config, run_batch
 from hltemu.stages.doublet_cnn import (
+    DEFAULT_THRESHOLDS,
     OUTPUT,
     DoubletCnnConfig,
     _cuda_encoder,
     get_model,
     score_doublets,
     select_doublets,
+    table_thresholds,
 )
 from hltemu.stages.doublets import DoubletsConfig, find_doublets
 
@@ -663,8 +665,11 @@ def test_config_round_trip(tmp_path, saved):
     cfg = DoubletCnnConfig(weights=str(saved), working_point=0.5, chunk_size=97)
     path = tmp_path / "hlt.toml"
     HLTConfig({"doublet_cnn": cfg}).save(path)
-    assert tomllib.loads(path.read_text())["doublet_cnn"] == {
-        "weights": str(saved), "working_point": 0.5, "chunk_size": 97}
+    written = tomllib.loads(path.read_text())["doublet_cnn"]
+    assert {k: written[k] for k in ("weights", "working_point", "chunk_size",
+                                    "threshold_mode")} == {
+        "weights": str(saved), "working_point": 0.5, "chunk_size": 97,
+        "threshold_mode": "single"}
     assert load_config(path)["doublet_cnn"] == cfg
     path.write_text("[doublet_cnn]\nworking_point = 0.5\nchunk_size = 97\n")
     loaded = load_config(path)
@@ -677,7 +682,8 @@ def test_config_round_trip(tmp_path, saved):
         load_config(path)
     path.write_text("[doublet_cnn]\nworkingpoint = 0.5\n")
     with pytest.raises(ConfigError, match=r"unknown key\(s\) 'workingpoint'; valid keys: "
-                                          "chunk_size, weights, working_point"):
+                                          "chunk_size, curvature_edges, table_pairs, "
+                                          "threshold_mode, thresholds, weights, working_point"):
         load_config(path)
     # the loaded working point (not the model's) selects the doublets in the chain
     be = get_backend("cpu")
@@ -690,3 +696,135 @@ def test_config_round_trip(tmp_path, saved):
     assert between.sum() > 100  # the model's own working point would keep these
     np.testing.assert_array_equal(f["score"], s[s >= np.float32(0.5)])
     np.testing.assert_array_equal(f["inner"], d["inner"][s >= np.float32(0.5)])
+
+
+# -- the observable-only threshold table -----------------------------------------------------------
+def _table_oracle(doublets: Collection, cfg: DoubletCnnConfig, single: float) -> np.ndarray:
+    """Each doublet's threshold, one doublet at a time: its layer pair's row of the table (the
+    single working point when the table does not list the pair) at the bin its |curvature| is
+    in (the number of edges at or below it)."""
+    rows = {tuple(p): r for p, r in zip(cfg.table_pairs, table_thresholds(cfg), strict=True)}
+    out = np.empty(doublets.size, dtype=np.float32)
+    for i in range(doublets.size):
+        pair = (int(doublets["inner_layer"][i]), int(doublets["outer_layer"][i]))
+        k = sum(abs(float(doublets["curvature"][i])) >= e for e in cfg.curvature_edges)
+        out[i] = np.float32(rows[pair][k]) if pair in rows else np.float32(single)
+    return out
+
+
+def _random_table(rng: np.random.Generator, drop_pair: tuple[int, int]) -> DoubletCnnConfig:
+    """The table mode with the default pairs and edges but random thresholds, one pair left
+    out (it gets the single working point)."""
+    pairs = tuple(p for p in DoubletCnnConfig().table_pairs if tuple(p) != drop_pair)
+    n_bins = len(DoubletCnnConfig().curvature_edges) + 1
+    values = tuple(tuple(float(v) for v in np.round(rng.uniform(0.0, 0.6, n_bins), 4))
+                   for _ in pairs)
+    return DoubletCnnConfig(threshold_mode="table", table_pairs=pairs, thresholds=values)
+
+
+def test_default_stays_the_single_working_point():
+    """The default chain keeps its behaviour: one threshold, the model's own; the table is the
+    named option ``threshold_mode = "table"``, with one row per default layer pair."""
+    cfg = DoubletCnnConfig()
+    assert cfg.threshold_mode == "single" and cfg.working_point < 0
+    assert cfg.thresholds == () and table_thresholds(cfg) == DEFAULT_THRESHOLDS
+    assert len(cfg.table_pairs) == len(DoubletsConfig().layer_pairs) == len(DEFAULT_THRESHOLDS)
+    assert {tuple(p) for p in cfg.table_pairs} == {tuple(p) for p in DoubletsConfig().layer_pairs}
+    assert all(len(row) == len(cfg.curvature_edges) + 1 for row in DEFAULT_THRESHOLDS)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"threshold_mode": "pairs"}, r"threshold_mode = 'pairs'; choices: single, table"),
+    ({"curvature_edges": (0.002, 0.001)}, r"curvature_edges must be finite numbers >= 0 "
+                                          r"\[1/cm\] in ascending order"),
+    ({"curvature_edges": (0.001, float("nan"))}, "curvature_edges must be finite"),
+    ({"table_pairs": ((0, 1), (0, 10)) + DoubletCnnConfig().table_pairs[2:]},
+     r"table_pairs: \(0, 10\) is not an \(inner, outer\) pair of pixel layer ids 0-9"),
+    ({"table_pairs": ((0, 1), (0, 1)) + DoubletCnnConfig().table_pairs[2:]},
+     "lists a layer pair twice"),
+    ({"thresholds": DEFAULT_THRESHOLDS[:-1]}, "thresholds has 18 rows; table_pairs has 19 "
+                                              "pairs"),
+    ({"thresholds": ((0.1,) * 7,) + DEFAULT_THRESHOLDS[1:]},
+     r"thresholds row of layer pair \(0, 1\): expected 8 numbers in \[0, 1\]"),
+    ({"curvature_edges": (0.001,)}, r"thresholds is empty \(the built-in table, which is for "
+                                    r"the default curvature_edges and table_pairs\)"),
+    ({"thresholds": ((0.1,) * 7 + (1.5,),) + DEFAULT_THRESHOLDS[1:]},
+     r"row of layer pair \(0, 1\).*got \(0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 1.5\)"),
+])
+def test_table_config_errors_name_key_and_value(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        DoubletCnnConfig(**kwargs)
+
+
+def test_table_round_trips_through_toml(tmp_path):
+    cfg = _random_table(np.random.default_rng(3), (2, 7))
+    path = tmp_path / "hlt.toml"
+    HLTConfig({"doublet_cnn": cfg}).save(path)
+    assert load_config(path)["doublet_cnn"] == cfg
+    path.write_text("[doublet_cnn]\nthreshold_mode = 'table'\ncurvature_edges = [0.001]\n"
+                    "table_pairs = [[0, 1]]\nthresholds = [[0.2, 0.3]]\n")
+    loaded = load_config(path)["doublet_cnn"]
+    assert loaded.table_pairs == ((0, 1),) and loaded.thresholds == ((0.2, 0.3),)
+    path.write_text("[doublet_cnn]\ncurvature_edges = [0.001]\nthresholds = [[0.1, 0.2]]\n")
+    with pytest.raises(ConfigError, match=r"thresholds has 1 rows; table_pairs has 19"):
+        load_config(path)
+
+
+def test_table_lookup_on_every_backend(sample_hits, backend):
+    """doublets -> doublet_cnn in table mode: filtered_doublets is the doublets whose score
+    is at or above the threshold a per-doublet loop finds for them, on every backend (the
+    thresholds themselves identical everywhere: a lookup from observables)."""
+    from hltemu.stages.doublet_cnn import doublet_thresholds, prepare
+
+    hits = sample_hits.select_events(0, 1)
+    if backend.name == "cuda":  # the simulator: a handful of hits near one another
+        keep = np.nonzero((hits["layer"] < 3) & (np.abs(np.arctan2(hits["y"], hits["x"]))
+                                                 < 0.05) & (np.abs(hits["z"]) < 8))[0]
+        hits = Collection.from_counts([keep.size], {k: v[keep] for k, v in hits.columns.items()})
+    cfg = _random_table(np.random.default_rng(11), (1, 3))
+    config = HLTConfig({"doublet_cnn": cfg})
+    batch = EventBatch(backend, hits.n_events, {"PixelHit": hits.to(backend)})
+    run_batch(batch, [get_stage("doublets"), get_stage("doublet_cnn")], config)
+    d, f = batch["doublets"].to_host(), batch[OUTPUT].to_host()
+    m = load_model("builtin:doublet_cnn")
+    want_thr = _table_oracle(d, cfg, m.working_point)
+    assert len(set(want_thr.tolist())) > 3  # several rows and bins in use
+    prep = prepare(cfg, backend)
+    got_thr = backend.to_host(doublet_thresholds(batch["doublets"], prep, backend.xp))
+    np.testing.assert_array_equal(got_thr, want_thr)
+    own = scores_on(backend.name, hits, d, m)
+    keep = own >= want_thr
+    assert 0 < f.size == int(keep.sum()) < d.size
+    for name in d.columns:
+        np.testing.assert_array_equal(f[name], d[name][keep], err_msg=name)
+    np.testing.assert_array_equal(f["score"], own[keep])
+    # the reference keeps the same doublets but for scores within tolerance of a threshold
+    ref = scores_on("reference", hits, d, m)
+    differ = keep != (ref >= want_thr)
+    assert np.all(np.abs(ref[differ] - want_thr[differ]) <= SCORE_TOLERANCE)
+
+
+def test_table_decisions_read_no_truth(sample_hits):
+    """Permuting every truth column (PixelHit.sim_index, doublets.sim_index) leaves the kept
+    doublets as they were: the CNN and the table read observables only."""
+    be = get_backend("cpu")
+    hits = sample_hits.select_events(0, 1)
+    cnn_cfg = DoubletCnnConfig(threshold_mode="table")
+    runs = []
+    for permute in (False, True):
+        h = hits
+        if permute:
+            h = Collection(hits.offsets, {**hits.columns, "sim_index": np.random.default_rng(
+                5).permutation(hits["sim_index"])})
+        d = get_stage("doublets")(EventBatch(be, 1, {"PixelHit": h}), DoubletsConfig())[
+            "doublets"]
+        if permute:
+            d = Collection(d.offsets, {**d.columns, "sim_index": np.random.default_rng(
+                6).permutation(d["sim_index"])})
+        batch = EventBatch(be, 1, {"PixelHit": h, "doublets": d})
+        runs.append(get_stage("doublet_cnn")(batch, cnn_cfg)[OUTPUT])
+    assert runs[0].size > 0
+    np.testing.assert_array_equal(runs[0].offsets, runs[1].offsets)
+    for name in ("inner", "outer", "pair", "score"):
+        np.testing.assert_array_equal(runs[0][name], runs[1][name], err_msg=name)
+    assert not np.array_equal(runs[0]["sim_index"], runs[1]["sim_index"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -426,3 +427,326 @@ def test_cli_run_prints_per_path_accept_counts(tmp_path):
                                   batch["trigger"]["HLT_CaloJet80"])
     assert math.isclose(float(back["corrected_jets"]["pt"][0]),
                         float(batch["corrected_jets"]["pt"][0]), rel_tol=1e-12)
+
+
+# ---- pixel-track and pixel-vertex multiplicity paths -------------------------------------------
+
+PIXEL_MENU = """
+[[path]]
+name = "J50"
+type = "single_jet"
+pt_min = 50.0
+
+[[path]]
+name = "Trk1"
+type = "pixeltracks"
+n_min = 1
+pt_min = 0.9
+eta_max = 2.4
+
+[[path]]
+name = "Trk2QuadDz"
+type = "pixeltracks"
+n_min = 2
+pt_min = 0.9
+eta_max = 2.4
+min_hits = 4
+dz_max = 0.25
+
+[[path]]
+name = "Vtx2"
+type = "pixelvertices"
+n_min = 2
+
+[[path]]
+name = "Vtx1Big"
+type = "pixelvertices"
+n_min = 1
+min_tracks = 5
+"""
+
+
+def pixel_objects_from(tracks: list[list[tuple[float, float, int, float]]],
+                       vertices: list[list[tuple[float, int]]]) -> dict[str, Collection]:
+    """``pixeltracks`` from per-event (pt [GeV], eta, n_hits, z0 [cm]) and ``pixelvertices``
+    from per-event (z [cm], n_tracks), primary vertex first."""
+    flat = [t for e in tracks for t in e]
+    trk = Collection.from_counts([len(e) for e in tracks], {
+        "pt": np.array([t[0] for t in flat], dtype=np.float64),
+        "eta": np.array([t[1] for t in flat], dtype=np.float64),
+        "n_hits": np.array([t[2] for t in flat], dtype=np.int32),
+        "z0": np.array([t[3] for t in flat], dtype=np.float64)})
+    vflat = [v for e in vertices for v in e]
+    vtx = Collection.from_counts([len(e) for e in vertices], {
+        "z": np.array([v[0] for v in vflat], dtype=np.float64),
+        "n_tracks": np.array([v[1] for v in vflat], dtype=np.int32)})
+    return {"pixeltracks": trk, "pixelvertices": vtx}
+
+
+def test_pixel_menu_parses_and_states_its_needs(tmp_path):
+    menu = write_menu(tmp_path, PIXEL_MENU)
+    paths = {p.name: p for p in load_menu(menu)}
+    assert paths["Trk1"].min_hits == 3 and math.isinf(paths["Trk1"].dz_max)
+    assert paths["Trk2QuadDz"].min_hits == 4 and paths["Trk2QuadDz"].dz_max == 0.25
+    assert paths["Vtx2"].min_tracks == 0 and paths["Vtx1Big"].min_tracks == 5
+    stage = get_stage("trigger")
+    assert stage.needs_for(TriggerConfig(menu=menu, paths=("Trk1",))) == ("pixeltracks",)
+    assert stage.needs_for(TriggerConfig(menu=menu, paths=("Trk2QuadDz",))) == (
+        "pixeltracks", "pixelvertices")
+    assert stage.needs_for(TriggerConfig(menu=menu, paths=("Vtx2",))) == ("pixelvertices",)
+    from hltemu.stages.trigger import path_summary
+
+    assert path_summary(paths["Trk1"]) == {"name": "Trk1", "type": "pixeltracks", "n_min": 1,
+                                           "pt_min": 0.9, "eta_max": 2.4, "min_hits": 3,
+                                           "prescale": 1}
+    assert path_summary(paths["Trk2QuadDz"])["dz_max"] == 0.25
+    assert path_summary(paths["Vtx1Big"]) == {"name": "Vtx1Big", "type": "pixelvertices",
+                                              "n_min": 1, "min_tracks": 5, "prescale": 1}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[[path]]\nname = 'T'\ntype = 'pixeltracks'\nn_min = 2\npt_min = 0.5\n",
+     "missing key.*eta_max"),
+    ("[[path]]\nname = 'T'\ntype = 'pixeltracks'\nn_min = 2\npt_min = 0.5\neta_max = 2.4\n"
+     "min_hits = 3.5\n", "'min_hits' must be a non-negative integer, got 3.5"),
+    ("[[path]]\nname = 'T'\ntype = 'pixeltracks'\nn_min = 2\npt_min = 0.5\neta_max = 2.4\n"
+     "dz_max = 0.0\n", "'dz_max' must be a positive distance \\[cm\\].*got 0.0"),
+    ("[[path]]\nname = 'T'\ntype = 'pixeltracks'\nn_min = 2\npt_min = 0.5\neta_max = 2.4\n"
+     "dz_max = -0.1\n", "'dz_max' must be a non-negative number"),
+    ("[[path]]\nname = 'T'\ntype = 'pixeltracks'\nn_min = 2\npt_min = 0.5\neta_max = 2.4\n"
+     "min_tracks = 2\n", "unknown key.*min_tracks.*valid keys: dz_max, eta_max, min_hits"),
+    ("[[path]]\nname = 'V'\ntype = 'pixelvertices'\nn_min = 2\nmin_tracks = -1\n",
+     "'min_tracks' must be a non-negative integer"),
+    ("[[path]]\nname = 'V'\ntype = 'pixelvertices'\nn_min = 2\npt_min = 1.0\n",
+     "unknown key.*pt_min.*for type 'pixelvertices'"),
+])
+def test_pixel_menu_errors(tmp_path, text, message):
+    path = write_menu(tmp_path, text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_menu(path)
+    assert path in str(info.value)
+
+
+def test_hand_checked_pixel_decisions(tmp_path, backend):
+    """Thresholds hit exactly (inclusive cuts), a dz cut to the PV only, an event without a
+    vertex, an empty event; all three backends."""
+    menu = write_menu(tmp_path, PIXEL_MENU)
+    tracks = [
+        [(1.0, 2.4, 4, 1.25),   # Trk1; Trk2QuadDz at its eta and dz edges (PV at 1.0)
+         (0.9, 0.0, 3, 1.0),    # Trk1 at its pT edge; 3 hits: not Trk2QuadDz
+         (2.0, -1.0, 5, 6.0),   # at the second vertex, 5 cm from the PV
+         (3.0, 0.5, 4, 0.75)],  # Trk2QuadDz (dz 0.25): two tracks pass
+        [(5.0, 0.0, 4, 0.0), (5.0, 0.1, 4, 0.0)],  # no vertex: no track passes a dz cut
+        [],
+        [(0.899, 0.0, 4, -3.0),  # below pT
+         (1.0, 2.41, 4, -3.0),   # beyond eta
+         (1.0, 1.0, 4, -3.0),    # passes everything
+         (1.0, -2.5, 4, -2.75)], # beyond eta: one track for Trk2QuadDz
+    ]
+    vertices = [[(1.0, 5), (6.0, 2)], [], [], [(-3.0, 5)]]
+    extra = pixel_objects_from(tracks, vertices)
+    jets = jets_from([[(60.0, 0.0)], [], [], []])
+    expected = {"J50": [True, False, False, False],
+                "Trk1": [True, True, False, True],
+                "Trk2QuadDz": [True, False, False, False],
+                "Vtx2": [True, False, False, False],
+                "Vtx1Big": [True, False, False, True]}
+    for coll in ("trigger", "trigger_pre"):
+        got = run_trigger(backend, jets, TriggerConfig(menu=menu), extra, collection=coll)
+        for name, want in expected.items():
+            assert got[name].tolist() == want, (coll, name)
+        assert got[ANY_PATH].tolist() == [True, True, False, True]
+    # a pixel-only menu runs without jets; its collections checked by the stage
+    only = TriggerConfig(menu=menu, paths=("Trk2QuadDz", "Vtx2"))
+    be = get_backend(backend)
+    batch = EventBatch(be, 4, {k: v.to(be) for k, v in extra.items()})
+    out = get_stage("trigger")(batch, only)["trigger"]
+    assert be.to_host(out["Trk2QuadDz"]).tolist() == expected["Trk2QuadDz"]
+    no_vertices = EventBatch(be, 4, {"pixeltracks": extra["pixeltracks"].to(be)})
+    with pytest.raises(PipelineError, match=r"needs collection\(s\) \['pixelvertices'\]"):
+        get_stage("trigger")(no_vertices, only)
+
+
+def test_pixel_paths_need_their_stages_in_the_chain(tmp_path):
+    """The default chain has no pixeltracks: the pixel paths are planned out with a note naming
+    the stage that makes what they read; a chain with pixeltracks but no pixelvertices keeps
+    the track path without a dz cut only."""
+    menu = write_menu(tmp_path, PIXEL_MENU)
+    cfg = config_from_dict({"trigger": {"menu": menu}})
+    p = plan(None, ["CaloCell", "PixelHit"], cfg)
+    assert "pixeltracks" not in [st.name for st in p.stages]
+    assert p.config["trigger"].paths == ("J50",)
+    assert p.facts["trigger"]["dropped_paths"] == ["Trk1", "Trk2QuadDz", "Vtx2", "Vtx1Big"]
+    assert ("trigger: path Trk2QuadDz dropped: needs 'pixeltracks' (made by stage "
+            "'pixeltracks'), 'pixelvertices' (made by stage 'pixelvertices'), which this chain "
+            "does not have") in p.notes
+    p = plan(["doublets", "pixeltracks", "trigger"], ["PixelHit"], cfg)
+    assert p.config["trigger"].paths == ("Trk1",)
+    p = plan(["doublets", "pixeltracks", "pixelvertices", "trigger"], ["PixelHit"], cfg)
+    assert p.config["trigger"].paths == ("Trk1", "Trk2QuadDz", "Vtx2", "Vtx1Big")
+    # the default menu plans exactly as before: no pixel paths, nothing more to note
+    default = plan(None, ["CaloCell", "PixelHit"], default_config())
+    assert not default.notes and default.config["trigger"].paths == ()
+
+
+def _pixel_loop(p: TriggerPath, trk: Collection, vtx: Collection, i: int) -> bool:
+    """Path ``p``'s filter on event ``i``, one object at a time (the oracle of the random
+    test)."""
+    if p.kind == "pixelvertices":
+        rows = range(vtx.offsets[i], vtx.offsets[i + 1])
+        return sum(int(vtx["n_tracks"][j]) >= p.min_tracks for j in rows) >= p.n_min
+    has_pv = vtx.offsets[i + 1] > vtx.offsets[i]
+    n = 0
+    for j in range(trk.offsets[i], trk.offsets[i + 1]):
+        ok = (trk["pt"][j] >= p.pt_min and abs(trk["eta"][j]) <= p.eta_max
+              and trk["n_hits"][j] >= p.min_hits)
+        if math.isfinite(p.dz_max):
+            ok = ok and has_pv and abs(trk["z0"][j] - vtx["z"][vtx.offsets[i]]) <= p.dz_max
+        n += ok
+    return n >= p.n_min
+
+
+@st.composite
+def pixel_menus_and_events(draw):
+    paths = []
+    for i in range(draw(st.integers(1, 6))):
+        kind = draw(st.sampled_from(["pixeltracks", "pixelvertices"]))
+        paths.append(TriggerPath(
+            f"P{i}", kind, pt_min=draw(st.sampled_from([0.0, 0.5, 0.9, 2.0])),
+            eta_max=draw(st.sampled_from([1.0, 2.4, 3.0])), n_min=draw(st.integers(0, 6)),
+            prescale=draw(st.integers(0, 3)),
+            min_hits=draw(st.integers(3, 5)) if kind == "pixeltracks" else 0,
+            dz_max=draw(st.sampled_from([math.inf, 0.05, 0.25, 1.0]))
+            if kind == "pixeltracks" else math.inf,
+            min_tracks=draw(st.integers(0, 6)) if kind == "pixelvertices" else 0))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n_events = draw(st.integers(1, 10))
+    n_vtx = rng.integers(0, 4, n_events)
+    n_vtx[rng.random(n_events) < 0.3] = 0  # events without a primary vertex
+    m_v = int(n_vtx.sum())
+    vtx = Collection.from_counts(n_vtx, {"z": rng.uniform(-10, 10, m_v),
+                                         "n_tracks": rng.integers(2, 8, m_v).astype(np.int32)})
+    n_trk = rng.integers(0, 12, n_events)
+    m = int(n_trk.sum())
+    event = np.repeat(np.arange(n_events), n_trk)
+    pv = np.where(n_vtx > 0, np.concatenate([vtx["z"], [0.0]])[vtx.offsets[:-1]], 0.0)
+    # thresholds hit exactly now and then: values drawn from grids that contain them
+    pt = np.where(rng.random(m) < 0.3, rng.choice([0.5, 0.9, 2.0], m), rng.exponential(1.5, m))
+    eta = np.where(rng.random(m) < 0.3, rng.choice([-2.4, 1.0, 3.0], m), rng.uniform(-3, 3, m))
+    z0 = pv[event] + np.where(rng.random(m) < 0.3, rng.choice([-0.25, 0.05, 1.0], m),
+                              rng.normal(0.0, 0.5, m))
+    trk = Collection.from_counts(n_trk, {"pt": pt, "eta": eta, "z0": z0,
+                                         "n_hits": rng.integers(3, 6, m).astype(np.int32)})
+    return tuple(paths), trk, vtx, draw(st.integers(0, 1000))
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pixel_menus_and_events())
+def test_pixel_paths_agree_on_every_backend(case):
+    """Reference against a per-object loop, cpu and cuda (the simulator where there is no GPU)
+    against the reference, on random menus, tracks and vertices."""
+    from hltemu.stages import trigger as T
+
+    paths, trk, vtx, first_entry = case
+    n = trk.n_events
+    pix = T.PixelObjects(trk["pt"], trk["eta"], trk["n_hits"].astype(np.int64), trk["z0"],
+                         trk.offsets, vtx["z"], vtx["n_tracks"].astype(np.int64), vtx.offsets)
+    ref = decide_reference(np.zeros(0), np.zeros(0), np.zeros(n + 1, dtype=np.int64), {},
+                           first_entry, paths, pix)
+    for p in paths:
+        want = [_pixel_loop(p, trk, vtx, i) for i in range(n)]
+        assert ref.before_prescale[p.name].tolist() == want, p
+    for b in ("cpu", "cuda"):
+        be = get_backend(b)
+        batch = EventBatch(be, n, {"pixeltracks": trk.to(be), "pixelvertices": vtx.to(be)},
+                           first_entry=first_entry)
+        prep = T.prepare_paths(paths, be)
+        got = T.decide_cpu(batch, prep) if b == "cpu" else T.decide_cuda(batch, prep)
+        for p in paths:
+            np.testing.assert_array_equal(be.to_host(got.accept[p.name]), ref.accept[p.name],
+                                          err_msg=f"{b} {p}")
+            np.testing.assert_array_equal(be.to_host(got.before_prescale[p.name]),
+                                          ref.before_prescale[p.name], err_msg=f"{b} {p}")
+
+
+def test_pixel_paths_end_to_end_match_the_written_products(tmp_path):
+    """`run_files` with stages doublets, pixeltracks, pixelvertices, trigger on the built-in
+    sample: each pixel path's decisions equal the tracks and vertices counted by hand from the
+    output file; the jet path is dropped with a note.  A first run (every n_min 0) gives the
+    counts per event; the second puts each path's n_min at their median, so that each path
+    passes some events and fails others whatever the tracking's details."""
+    import awkward as ak
+    import uproot
+
+    from hltemu.pipeline import run_files
+
+    sample = Path(str(resources.files("hltemu") / "data" / "sample.root"))
+    paths = """
+[[path]]
+name = "J50"
+type = "single_jet"
+pt_min = 50.0
+
+[[path]]
+name = "Trk"
+type = "pixeltracks"
+n_min = {Trk}
+pt_min = 0.5
+eta_max = 2.4
+
+[[path]]
+name = "TrkQuadDz"
+type = "pixeltracks"
+n_min = {TrkQuadDz}
+pt_min = 0.9
+eta_max = 2.4
+min_hits = 4
+dz_max = 0.25
+
+[[path]]
+name = "Vtx"
+type = "pixelvertices"
+n_min = {Vtx}
+
+[[path]]
+name = "VtxTrk3"
+type = "pixelvertices"
+n_min = {VtxTrk3}
+min_tracks = 3
+"""
+
+    def run(n_min: dict[str, int], out: Path) -> tuple[dict[str, np.ndarray], ak.Array, list]:
+        notes: list[str] = []
+        menu = tmp_path / f"{out.stem}.toml"
+        menu.write_text(paths.format(**n_min))
+        report = run_files([sample], backend="cpu", output=out,
+                           stages=["doublets", "pixeltracks", "pixelvertices", "trigger"],
+                           config=config_from_dict({"trigger": {"menu": str(menu)}}),
+                           on_plan=lambda p: notes.extend(p.notes))
+        with uproot.open(out) as f:
+            a = f["Events"].arrays(library="ak")
+        pt, eta, nh, z0 = (a[f"pixeltracks_{c}"] for c in ("pt", "eta", "n_hits", "z0"))
+        vz, vn = a["pixelvertices_z"], a["pixelvertices_n_tracks"]
+        pv = ak.fill_none(ak.firsts(vz), np.nan)  # no vertex: NaN fails every dz cut
+        by_hand = {
+            "Trk": ak.sum((pt >= 0.5) & (abs(eta) <= 2.4), axis=1),
+            "TrkQuadDz": ak.sum((pt >= 0.9) & (abs(eta) <= 2.4) & (nh >= 4)
+                                & (abs(z0 - pv) <= 0.25), axis=1),
+            "Vtx": ak.num(vz),
+            "VtxTrk3": ak.sum(vn >= 3, axis=1),
+        }
+        return {k: ak.to_numpy(v) for k, v in by_hand.items()}, a, [notes, report]
+
+    first, _, _ = run({"Trk": 0, "TrkQuadDz": 0, "Vtx": 0, "VtxTrk3": 0}, tmp_path / "a.root")
+    medians = {k: int(np.median(v)) for k, v in first.items()}
+    counts, a, (notes, report) = run(medians, tmp_path / "b.root")
+    assert notes == ["trigger: path J50 dropped: needs 'corrected_jets' (made by stage 'jec'), "
+                     "which this chain does not have"]
+    for name, n in counts.items():
+        np.testing.assert_array_equal(n, first[name], err_msg=name)  # the same products
+        want = n >= medians[name]
+        assert 0 < want.sum() < len(a), name  # the path passes some events, fails others
+        np.testing.assert_array_equal(ak.to_numpy(a[f"trigger_{name}"]), want, err_msg=name)
+        np.testing.assert_array_equal(ak.to_numpy(a[f"trigger_pre_{name}"]), want, err_msg=name)
+        assert report.counters["trigger accepts"][name] == int(want.sum())
+    assert "trigger_J50" not in a.fields

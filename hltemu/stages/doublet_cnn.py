@@ -9,12 +9,34 @@ train-doublet-cnn``, :mod:`hltemu.cnn_train`), shipped as ``hltemu/models/double
 ``.json``, inferred here without PyTorch.
 
 Needs ``PixelHit`` (column ``pad``) and ``doublets`` (stage ``doublets``).  Adds
-``filtered_doublets``: the doublets with ``score >= working point``, every column of
+``filtered_doublets``: the doublets with ``score >= threshold``, every column of
 ``doublets`` plus ``score`` (float32 in [0, 1], higher for doublets more likely to have both
 hits from one particle), in the same order (per event, by inner then outer hit).
 ``doublets`` itself is left as it was, so the cut-based set and the CNN-filtered set can be
-compared.  The default working point (the model's) keeps 99% of true doublets on the
-validation sample.
+compared.
+
+Working points
+--------------
+``threshold_mode = "single"`` (the default): one threshold for every doublet,
+``working_point`` or, when negative, the model's own, which keeps 99% of all true doublets on
+its validation sample.  Its efficiency falls with the particle's pT and differs between layer
+pairs (on 100 held-out ttbar PU50 events: 99.0% of prompt particles' doublets at 0.9-2 GeV,
+95.8% above 5 GeV, 96.5% on the worst layer pair, FPix -z disk 1 to 3).
+
+``threshold_mode = "table"``: a threshold per layer pair and bin of the doublet's
+``|curvature|`` (its implied pT, ``0.01 C B / |curvature|``), looked up from observables
+only (``inner_layer``, ``outer_layer``, ``curvature``), never from truth.  The default table
+(:data:`DEFAULT_TABLE_PAIRS`, :data:`DEFAULT_CURVATURE_EDGES`, :data:`DEFAULT_THRESHOLDS`) was
+chosen for the shipped model on 200 ttbar PU50 events (seed 5050) by
+``examples/doublet_cnn_downstream.py choose``: it removes as many fake doublets as it can while
+keeping >= 99.45% of the doublets of prompt particles above 0.9 GeV per layer pair and per pT
+bin (0.9-2, 2-5, > 5 GeV) and >= 99% per pair and pT bin together.  On 100 held-out events
+(seed 6060) it keeps 99.4%, 99.3% and 99.3% in the three pT bins, >= 99.1% on every layer
+pair, and removes 75.8% of the fakes (the single working point: 79.1%); per layer pair and
+pT bin together 9 of 57 cells are under 99% (single working point: 27), the lowest 96.9% (93
+of 96 doublets above 5 GeV on BPix1-FPix -z disk 2).  A doublet on a layer pair the table
+does not list gets the single working point.  The table is tied to the
+model it was chosen for: with other ``weights``, choose it again.
 
 Backends
 --------
@@ -25,12 +47,15 @@ the same scalar functions compiled as device functions (:mod:`hltemu.kernels.dou
 Only hits that belong to a doublet are encoded.  The features are computed with ``xp``
 element-wise operations, bit-identical on every backend.  Everything is float32; scores of
 different backends agree within :data:`hltemu.cnn.SCORE_TOLERANCE` (3e-5), so keep/drop
-decisions can differ only for doublets whose score is that close to the working point.
+decisions can differ only for doublets whose score is that close to the working point.  The
+table's thresholds are looked up with ``xp`` after the scores (:func:`doublet_thresholds`): the
+same threshold for a doublet on every backend.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -50,9 +75,89 @@ from hltemu.cnn import (
     raw_features,
 )
 from hltemu.config import ConfigError, param
+from hltemu.geometry import N_PIXEL_LAYERS
 from hltemu.ops import THREADS_PER_BLOCK, blocks
 from hltemu.pipeline import PipelineError, Stage, check_only, dispatch, register
 from hltemu.xpsafe import any_true, item
+
+#: ``threshold_mode`` choices: one threshold, or the table over observables.
+THRESHOLD_MODES: tuple[str, ...] = ("single", "table")
+
+#: Default |curvature| bin edges [1/cm] of the threshold table: ``0.01 C B / pT`` at the
+#: default field (3.8 T) for implied pT = 12, 6, 3.5, 2.2, 1.6, 1.2, 0.9 GeV, rounded to 4
+#: digits.  Bin 0 is the straightest doublets (implied pT > 12 GeV), bin 7 the most curved
+#: (implied pT < 0.9 GeV, down to the doublets stage's own pT cut).
+DEFAULT_CURVATURE_EDGES: tuple[float, ...] = (
+    0.0009493, 0.001899, 0.003255, 0.005178, 0.00712, 0.009493, 0.01266)
+#: Default (inner, outer) layer ids of the table's rows: the 19 layer pairs of the default
+#: ``[doublets] layer_pairs`` (0-3 BPix1-4, 4-6 FPix +z disks 1-3, 7-9 FPix -z disks 1-3).
+DEFAULT_TABLE_PAIRS: tuple[tuple[int, int], ...] = (
+    (0, 1), (0, 2), (0, 4), (0, 5), (0, 7), (0, 8), (1, 2), (1, 3), (1, 4), (1, 7), (2, 3),
+    (2, 4), (2, 7), (4, 5), (4, 6), (5, 6), (7, 8), (7, 9), (8, 9))
+#: Default score thresholds, one row per pair of :data:`DEFAULT_TABLE_PAIRS`, one column per
+#: |curvature| bin (straightest first); chosen as the module docstring says.
+DEFAULT_THRESHOLDS: tuple[tuple[float, ...], ...] = (
+    (0.1281, 0.1480, 0.1192, 0.1591, 0.2283, 0.2283, 0.3275, 0.8373),  # (0, 1)
+    (0.0719, 0.0434, 0.0375, 0.0773, 0.0669, 0.1032, 0.1109, 0.6742),  # (0, 2)
+    (0.0831, 0.0622, 0.0831, 0.1377, 0.1192, 0.1591, 0.1838, 0.7790),  # (0, 4)
+    (0.0281, 0.0501, 0.1480, 0.1032, 0.1838, 0.1838, 0.1710, 0.7790),  # (0, 5)
+    (0.0960, 0.0669, 0.0375, 0.1109, 0.1591, 0.1591, 0.2124, 0.6273),  # (0, 7)
+    (0.1192, 0.0960, 0.1710, 0.0893, 0.1109, 0.1377, 0.2124, 0.7247),  # (0, 8)
+    (0.1838, 0.1281, 0.1109, 0.2124, 0.2124, 0.3784, 0.3784, 0.9000),  # (1, 2)
+    (0.0539, 0.0719, 0.0579, 0.0960, 0.0773, 0.1032, 0.1032, 0.9000),  # (1, 3)
+    (0.1838, 0.2637, 0.3275, 0.3275, 0.3047, 0.3047, 0.3521, 0.9000),  # (1, 4)
+    (0.1480, 0.0960, 0.1281, 0.2283, 0.3275, 0.2637, 0.3275, 0.9000),  # (1, 7)
+    (0.2124, 0.0893, 0.1032, 0.2835, 0.1976, 0.2454, 0.3275, 0.9000),  # (2, 3)
+    (0.0000, 0.0000, 0.5836, 0.5836, 0.6273, 0.5836, 0.5836, 0.9000),  # (2, 4)
+    (0.0000, 0.0000, 0.0000, 0.5429, 0.5051, 0.3275, 0.2637, 0.9000),  # (2, 7)
+    (0.1591, 0.0000, 0.0000, 0.2283, 0.0893, 0.1480, 0.3275, 0.8373),  # (4, 5)
+    (0.1838, 0.0000, 0.0773, 0.0539, 0.0375, 0.0773, 0.1377, 0.6742),  # (4, 6)
+    (0.5051, 0.0000, 0.0000, 0.1710, 0.1976, 0.4067, 0.2637, 0.9000),  # (5, 6)
+    (0.0000, 0.0000, 0.0000, 0.1281, 0.1281, 0.2637, 0.1838, 0.8373),  # (7, 8)
+    (0.0831, 0.0000, 0.0669, 0.0719, 0.0773, 0.0773, 0.0375, 0.6742),  # (7, 9)
+    (0.0000, 0.0000, 0.0000, 0.2124, 0.1710, 0.3275, 0.4067, 0.9000),  # (8, 9)
+)
+
+
+def table_thresholds(cfg: Any) -> tuple[tuple[float, ...], ...]:
+    """``cfg.thresholds``, or :data:`DEFAULT_THRESHOLDS` when it is empty."""
+    return tuple(cfg.thresholds) or DEFAULT_THRESHOLDS
+
+
+def check_table(curvature_edges: Any, table_pairs: Any, thresholds: Any,
+                n_layers: int = N_PIXEL_LAYERS) -> None:
+    """:class:`ConfigError` naming the key and the value when the threshold table is not
+    ascending finite edges [1/cm], distinct (inner, outer) layer-id pairs in ``[0,
+    n_layers)``, and one row of ``len(curvature_edges) + 1`` thresholds in [0, 1] per pair
+    (the rows not checked when ``thresholds`` is None)."""
+    edges = tuple(curvature_edges)
+    if (not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                and v >= 0 for v in edges)
+            or any(b <= a for a, b in zip(edges[:-1], edges[1:], strict=False))):
+        raise ConfigError(f"[doublet_cnn] curvature_edges must be finite numbers >= 0 [1/cm] in "
+                          f"ascending order, got {curvature_edges!r}")
+    pairs = tuple(table_pairs)
+    for pair in pairs:
+        if (not isinstance(pair, (tuple, list)) or len(pair) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n_layers
+                           for v in pair)):
+            raise ConfigError(f"[doublet_cnn] table_pairs: {pair!r} is not an (inner, outer) pair "
+                              f"of pixel layer ids 0-{n_layers - 1}")
+    if len({tuple(p) for p in pairs}) != len(pairs):
+        raise ConfigError(f"[doublet_cnn] table_pairs lists a layer pair twice: {pairs!r}")
+    if thresholds is None:
+        return
+    rows = tuple(thresholds)
+    if len(rows) != len(pairs):
+        raise ConfigError(f"[doublet_cnn] thresholds has {len(rows)} rows; table_pairs has "
+                          f"{len(pairs)} pairs (one row each)")
+    for pair, row in zip(pairs, rows, strict=True):
+        if (not isinstance(row, (tuple, list)) or len(row) != len(edges) + 1
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                           and 0.0 <= v <= 1.0 for v in row)):
+            raise ConfigError(f"[doublet_cnn] thresholds row of layer pair {tuple(pair)}: "
+                              f"expected {len(edges) + 1} numbers in [0, 1] (one per |curvature| "
+                              f"bin of curvature_edges), got {row!r}")
 
 
 @dataclass(frozen=True)
@@ -70,6 +175,17 @@ class DoubletCnnConfig:
     working_point: float = param(-1.0, "", "keep doublets with score >= this (0-1); negative: "
                                  "the model's own, which keeps 99% of true doublets")
     chunk_size: int = param(262144, "", "hits or doublets per kernel launch (bounds memory)")
+    threshold_mode: str = param("single", "", "'single': one threshold (working_point) for "
+                                "every doublet; 'table': a threshold per layer pair and "
+                                "|curvature| bin (table_pairs, curvature_edges, thresholds)")
+    curvature_edges: tuple = param(
+        DEFAULT_CURVATURE_EDGES, "1/cm", "|curvature| bin edges of the threshold table, "
+        "ascending (implied pT 12, 6, 3.5, 2.2, 1.6, 1.2, 0.9 GeV at 3.8 T)")
+    table_pairs: tuple = param(DEFAULT_TABLE_PAIRS, "", "(inner, outer) pixel layer ids of "
+                               "the rows of thresholds; other pairs get working_point")
+    thresholds: tuple = param((), "", "score threshold (0-1) per row of table_pairs and "
+                              "|curvature| bin (len(curvature_edges) + 1 each); empty: the "
+                              "built-in table chosen for the shipped model")
 
     def __post_init__(self) -> None:
         if not self.working_point <= 1.0:
@@ -77,6 +193,17 @@ class DoubletCnnConfig:
                               f"own), got {self.working_point}")
         if self.chunk_size < 1:
             raise ConfigError(f"[doublet_cnn] chunk_size must be >= 1, got {self.chunk_size}")
+        if self.threshold_mode not in THRESHOLD_MODES:
+            raise ConfigError(f"[doublet_cnn] threshold_mode = {self.threshold_mode!r}; "
+                              f"choices: {', '.join(THRESHOLD_MODES)}")
+        if not self.thresholds and (tuple(self.curvature_edges) != DEFAULT_CURVATURE_EDGES
+                                    or tuple(map(tuple, self.table_pairs))
+                                    != DEFAULT_TABLE_PAIRS):
+            check_table(self.curvature_edges, self.table_pairs, None)
+            raise ConfigError("[doublet_cnn] thresholds is empty (the built-in table, which is "
+                              "for the default curvature_edges and table_pairs); give "
+                              "thresholds for the curvature_edges and table_pairs you set")
+        check_table(self.curvature_edges, self.table_pairs, table_thresholds(self))
 
 
 #: Name of the collection of kept doublets.
@@ -186,6 +313,11 @@ class Prepared(NamedTuple):
     encoder: tuple[Any, ...]
     feature_mean: Any
     feature_std: Any
+    #: the threshold of every (inner layer, outer layer, |curvature| bin), float32
+    #: ``(n_layers, n_layers, n_bins)``, and the bin edges (float64, 1/cm), on the device;
+    #: None in ``threshold_mode = "single"``
+    threshold_lookup: Any = None
+    curvature_edges: Any = None
 
 
 def prepare_model(model: DoubletCnn, backend: Backend) -> Prepared:
@@ -202,12 +334,48 @@ def prepare_model(model: DoubletCnn, backend: Backend) -> Prepared:
 
 def prepare(cfg: DoubletCnnConfig, backend: Backend) -> Prepared:
     """The model of ``cfg.weights`` (read once; a :class:`PipelineError` names a bad file)
-    with its weights on ``backend``."""
+    with its weights on ``backend``, and in ``threshold_mode = "table"`` the threshold lookup
+    (:func:`threshold_lookup`) on ``backend``."""
     try:
         model = get_model(cfg.weights)
     except ModelError as exc:
         raise PipelineError(f"[doublet_cnn] weights: {exc}") from None
-    return prepare_model(model, backend)
+    prep = prepare_model(model, backend)
+    if cfg.threshold_mode == "single":
+        return prep
+    return prep._replace(
+        threshold_lookup=backend.to_device(threshold_lookup(cfg, model)),
+        curvature_edges=backend.to_device(np.asarray(cfg.curvature_edges, dtype=np.float64)))
+
+
+def threshold_lookup(cfg: DoubletCnnConfig, model: DoubletCnn) -> np.ndarray:
+    """The table of ``cfg`` as a lookup, float32 ``(n_layers, n_layers, n_bins)``: the
+    threshold of a doublet from ``inner_layer`` to ``outer_layer`` in |curvature| bin ``b``
+    (``n_bins = len(curvature_edges) + 1``); pairs the table does not list get the single
+    working point (:func:`working_point`).  Layer ids the model does not know are an
+    error naming them."""
+    n = model.n_layers
+    bad = [p for p in cfg.table_pairs if max(p) >= n]
+    if bad:
+        raise PipelineError(f"[doublet_cnn] table_pairs {bad} name layer ids the doublet CNN "
+                            f"{model.source} does not know (0-{n - 1})")
+    lookup = np.full((n, n, len(cfg.curvature_edges) + 1), working_point(cfg, model),
+                     dtype=np.float32)
+    for (inner, outer), row in zip(cfg.table_pairs, table_thresholds(cfg), strict=True):
+        lookup[inner, outer, :] = np.asarray(row, dtype=np.float32)
+    return lookup
+
+
+def doublet_thresholds(doublets: Collection, prep: Prepared, xp: Any) -> Any:
+    """Each doublet's threshold from its observables (``inner_layer``, ``outer_layer``,
+    ``|curvature|`` [1/cm]) through ``prep.threshold_lookup``: float32 ``(doublets.size,)``.
+    The bin is ``searchsorted(curvature_edges, |curvature|, 'right')`` in float64 (an exact
+    comparison: the same bin on every backend); nothing here reads truth."""
+    curvature = xp.abs(xp.asarray(doublets["curvature"]).astype(xp.float64))
+    k = xp.searchsorted(prep.curvature_edges, curvature, side="right")
+    inner = xp.asarray(doublets["inner_layer"], dtype=xp.int64)
+    outer = xp.asarray(doublets["outer_layer"], dtype=xp.int64)
+    return prep.threshold_lookup[inner, outer, k]
 
 
 # -- the three ways to run the encoder and the head on one chunk ---------------------------------
@@ -309,10 +477,14 @@ def score_doublets(hits: Collection, doublets: Collection, model: DoubletCnn, be
     return score_with(hits, doublets, prepare_model(model, be), be, engine, chunk_size)
 
 
-def select_doublets(doublets: Collection, scores: Any, working_point: float, xp: Any
+def select_doublets(doublets: Collection, scores: Any, working_point: float | Any, xp: Any
                     ) -> Collection:
-    """The doublets with ``score >= working_point``: every column plus ``score``, same order."""
-    keep = scores >= np.float32(working_point)
+    """The doublets with ``score >= working_point``: every column plus ``score``, same order.
+    ``working_point`` is one threshold or one per doublet (float32, :func:`doublet_thresholds`).
+    """
+    if np.ndim(working_point) == 0:
+        working_point = np.float32(working_point)
+    keep = scores >= working_point
     kept_before = xp.zeros(doublets.size + 1, dtype=xp.int64)
     if doublets.size:
         xp.cumsum(keep.astype(xp.int64), out=kept_before[1:])
@@ -340,7 +512,9 @@ def _run(engine: tuple[Any, Any]) -> Any:
     def run(batch: EventBatch, cfg: DoubletCnnConfig, prep: Prepared) -> dict[str, Collection]:
         be, doublets = batch.backend, batch["doublets"]
         scores = score_with(batch["PixelHit"], doublets, prep, be, engine, cfg.chunk_size)
-        return {OUTPUT: select_doublets(doublets, scores, working_point(cfg, prep.model), be.xp)}
+        cut = (working_point(cfg, prep.model) if prep.threshold_lookup is None
+               else doublet_thresholds(doublets, prep, be.xp))
+        return {OUTPUT: select_doublets(doublets, scores, cut, be.xp)}
 
     return run
 
@@ -359,5 +533,5 @@ STAGE = register(Stage(
     plan=check_only(check_model),
     implementations={"reference": run_reference, "cpu": run_cpu, "cuda": run_cuda},
     doc="CNN over both hits' charge pads + doublet features; keeps doublets with score >= "
-        "working point (filtered_doublets)",
+        "the working point, one or per layer pair and |curvature| bin (filtered_doublets)",
 ))

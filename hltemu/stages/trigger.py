@@ -5,7 +5,8 @@ the format)::
 
     [[path]]
     name = "HLT_CaloJet80"     # a valid branch name, unique in the menu
-    type = "single_jet"        # single_jet | multi_jet | ht | doublets
+    type = "single_jet"        # single_jet | multi_jet | ht | doublets | pixeltracks |
+                               # pixelvertices
     pt_min = 80.0              # GeV
     eta_max = 3.0
     prescale = 1               # accept every N-th event the path sees; 0 disables the path
@@ -19,9 +20,30 @@ Kinds and their keys (``prescale`` everywhere, default 1):
                 jets passing jet_pt_min and eta_max >= ht_min
 ``doublets``    ``n_min``, ``collection`` (default ``doublets``): at least n_min objects
                 (pixel doublets) in that collection
+``pixeltracks`` ``n_min``, ``pt_min`` [GeV], ``eta_max``, ``min_hits`` (default 3: every
+                pixel track), ``dz_max`` [cm] (default: no cut): at least n_min pixel tracks
+                with pT >= pt_min, |eta| <= eta_max, n_hits >= min_hits and, when dz_max is
+                given, |z0 - z(PV)| <= dz_max, PV the event's primary pixel vertex (row 0 of
+                ``pixelvertices``; an event without one has no such track)
+``pixelvertices`` ``n_min``, ``min_tracks`` (default 0: every vertex): at least n_min pixel
+                vertices of at least min_tracks tracks
+
+For example, a high-multiplicity path (CMS's ``HLT_PixelTracks_Multiplicity`` family cuts
+alike) on a chain that runs ``doublets, pixeltracks, pixelvertices``::
+
+    [[path]]
+    name = "HLT_PixelTracks40"
+    type = "pixeltracks"
+    n_min = 40
+    pt_min = 0.4        # GeV
+    eta_max = 2.4
+    min_hits = 4        # quadruplets and longer
+    dz_max = 0.12       # cm from the primary pixel vertex
 
 Jets are ``corrected_jets`` (stage ``jec``).  The stage's needs come from its menu: the jets
-for jet paths, the counted collection for ``doublets`` paths.  Before any event is read the
+for jet paths, the counted collection for ``doublets`` paths, ``pixeltracks`` for
+``pixeltracks`` paths (and ``pixelvertices`` when they cut on dz), ``pixelvertices`` for
+``pixelvertices`` paths.  Before any event is read the
 planner drops the menu's paths whose collection the chain will not have, with a note (and
 ``dropped_paths`` in the report); ``any_path`` is the OR of the paths that run.  A path named
 in ``[trigger] paths`` that cannot run is an error, as is a chain where no path can run.
@@ -62,7 +84,8 @@ from hltemu.pipeline import CannotRun, PipelineError, Planned, Stage, register
 class TriggerConfig:
     """Stage ``trigger``: per-event decisions of the paths of a trigger menu (TOML).
 
-    The menu lists paths (single jet pT, HT, n jets above pT, pixel-doublet multiplicity) with
+    The menu lists paths (single jet pT, HT, n jets above pT, pixel-doublet, pixel-track and
+    pixel-vertex multiplicities) with
     thresholds and prescales; see ``hltemu/data/menu.toml``.  ``builtin:NAME`` is a menu shipped
     in ``hltemu/data``.
     """
@@ -85,7 +108,11 @@ PATH_KINDS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "multi_jet": (("n_min", "pt_min"), {"eta_max": DEFAULT_ETA_MAX}),
     "ht": (("ht_min", "jet_pt_min"), {"eta_max": DEFAULT_ETA_MAX}),
     "doublets": (("n_min",), {"collection": "doublets"}),
+    "pixeltracks": (("n_min", "pt_min", "eta_max"), {"min_hits": 3, "dz_max": math.inf}),
+    "pixelvertices": (("n_min",), {"min_tracks": 0}),
 }
+#: The collections pixel-track and pixel-vertex paths read (stages pixeltracks, pixelvertices).
+TRACKS, VERTICES = "pixeltracks", "pixelvertices"
 _COMMON_KEYS = {"name": None, "type": None, "prescale": 1}
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -95,8 +122,11 @@ class TriggerPath:
     """One path of a menu.
 
     ``pt_min`` is the jet threshold [GeV] (for ``ht`` paths, the per-jet threshold
-    ``jet_pt_min``); ``ht_min`` [GeV]; ``n_min`` the jet or object multiplicity; ``collection``
-    the collection a ``doublets`` path counts.
+    ``jet_pt_min``; for ``pixeltracks`` paths the track threshold); ``ht_min`` [GeV];
+    ``n_min`` the jet or object multiplicity; ``collection`` the collection a ``doublets``
+    path counts; ``min_hits`` the hits of a counted pixel track; ``dz_max`` [cm] its distance
+    in z from the primary pixel vertex (``inf``: no cut); ``min_tracks`` the tracks of a
+    counted pixel vertex.
     """
 
     name: str
@@ -107,6 +137,9 @@ class TriggerPath:
     n_min: int = 1
     prescale: int = 1
     collection: str = ""
+    min_hits: int = 0
+    dz_max: float = math.inf
+    min_tracks: int = 0
 
 
 def builtin_menu(name: str) -> Path:
@@ -194,6 +227,19 @@ def _make_path(name: str, kind: str, values: Mapping[str, Any], where: str) -> T
             raise ConfigError(f"{where}: 'collection' must be a collection name, got {coll!r}")
         return TriggerPath(name, kind, n_min=_number(values, "n_min", where, True),
                            prescale=prescale, collection=coll)
+    if kind == "pixeltracks":
+        dz_max = _number(values, "dz_max", where)
+        if dz_max == 0.0 or math.isnan(dz_max):
+            raise ConfigError(f"{where}: 'dz_max' must be a positive distance [cm] (leave it "
+                              f"out for no cut), got {values['dz_max']!r}")
+        return TriggerPath(name, kind, pt_min=_number(values, "pt_min", where),
+                           eta_max=_number(values, "eta_max", where),
+                           n_min=_number(values, "n_min", where, True), prescale=prescale,
+                           min_hits=_number(values, "min_hits", where, True), dz_max=dz_max)
+    if kind == "pixelvertices":
+        return TriggerPath(name, kind, n_min=_number(values, "n_min", where, True),
+                           prescale=prescale,
+                           min_tracks=_number(values, "min_tracks", where, True))
     eta_max = _number(values, "eta_max", where)
     if kind == "ht":
         return TriggerPath(name, kind, pt_min=_number(values, "jet_pt_min", where),
@@ -222,17 +268,28 @@ JETS = "corrected_jets"
 
 
 def path_needs(path: TriggerPath) -> tuple[str, ...]:
-    """The collections ``path`` reads: its counted collection, or the jets."""
-    return (path.collection,) if path.kind == "doublets" else (JETS,)
+    """The collections ``path`` reads: its counted collection, the pixel tracks (and vertices
+    when it cuts on dz), the pixel vertices, or the jets."""
+    if path.kind == "doublets":
+        return (path.collection,)
+    if path.kind == "pixeltracks":
+        return (TRACKS, VERTICES) if math.isfinite(path.dz_max) else (TRACKS,)
+    if path.kind == "pixelvertices":
+        return (VERTICES,)
+    return (JETS,)
 
 
 def path_summary(path: TriggerPath) -> dict[str, Any]:
     """A path as its menu table states it (name, type, its kind's keys, prescale), for the run
     report and provenance."""
     keys = {"single_jet": ("pt_min", "eta_max"), "multi_jet": ("n_min", "pt_min", "eta_max"),
-            "ht": ("ht_min", "pt_min", "eta_max"), "doublets": ("n_min", "collection")}
+            "ht": ("ht_min", "pt_min", "eta_max"), "doublets": ("n_min", "collection"),
+            "pixeltracks": ("n_min", "pt_min", "eta_max", "min_hits", "dz_max"),
+            "pixelvertices": ("n_min", "min_tracks")}
     out: dict[str, Any] = {"name": path.name, "type": path.kind}
     for key in keys[path.kind]:
+        if key == "dz_max" and not math.isfinite(path.dz_max):
+            continue  # no cut: the key was left out of the menu
         out["jet_pt_min" if path.kind == "ht" and key == "pt_min" else key] = getattr(path, key)
     out["prescale"] = path.prescale
     return out
@@ -299,20 +356,69 @@ class Decisions(NamedTuple):
     before_prescale: dict[str, Any]
 
 
+class PixelObjects(NamedTuple):
+    """What pixel-track and pixel-vertex paths read, as host or device arrays: tracks ``pt``
+    [GeV], ``eta``, ``n_hits``, ``z0`` [cm] with CSR ``track_offsets``; vertices ``z`` [cm]
+    and ``n_tracks`` with ``vertex_offsets`` (primary vertex first in every event).  A
+    collection the chain does not have is empty in every event."""
+
+    pt: Any
+    eta: Any
+    n_hits: Any
+    z0: Any
+    track_offsets: Any
+    vertex_z: Any
+    vertex_n_tracks: Any
+    vertex_offsets: Any
+
+
+def _pixel_tracks_passing(p: TriggerPath, pix: PixelObjects, n: int) -> np.ndarray:
+    """Pixel tracks per event that pass path ``p``'s cuts (NumPy)."""
+    event = np.repeat(np.arange(n), np.diff(pix.track_offsets))
+    good = ((pix.pt >= p.pt_min) & (np.abs(pix.eta) <= p.eta_max)
+            & (pix.n_hits >= p.min_hits))
+    if math.isfinite(p.dz_max):
+        has_pv = np.diff(pix.vertex_offsets) > 0
+        pv_z = np.zeros(n)
+        pv_z[has_pv] = pix.vertex_z[pix.vertex_offsets[:-1][has_pv]]  # row 0: the PV
+        good &= has_pv[event] & (np.abs(pix.z0 - pv_z[event]) <= p.dz_max)
+    return np.bincount(event[good], minlength=n)
+
+
+def _pixel_vertices_passing(p: TriggerPath, pix: PixelObjects, n: int) -> np.ndarray:
+    """Pixel vertices per event with at least ``p.min_tracks`` tracks (NumPy)."""
+    event = np.repeat(np.arange(n), np.diff(pix.vertex_offsets))
+    return np.bincount(event[pix.vertex_n_tracks >= p.min_tracks], minlength=n)
+
+
+def _no_pixel_objects(n_events: int, xp: Any = np) -> PixelObjects:
+    f, i = xp.zeros(0, dtype=xp.float64), xp.zeros(0, dtype=xp.int64)
+    return PixelObjects(f, f, i, f, xp.zeros(n_events + 1, dtype=xp.int64), f, i,
+                        xp.zeros(n_events + 1, dtype=xp.int64))
+
+
 def decide_reference(pt: np.ndarray, eta: np.ndarray, offsets: np.ndarray,
                      counts: Mapping[str, np.ndarray], first_entry: int,
-                     paths: Sequence[TriggerPath]) -> Decisions:
+                     paths: Sequence[TriggerPath], pixel: PixelObjects | None = None
+                     ) -> Decisions:
     """Decisions per path and event (NumPy, written to be read).
 
-    ``counts`` maps a collection name to its objects per event (for ``doublets`` paths).
+    ``counts`` maps a collection name to its objects per event (for ``doublets`` paths);
+    ``pixel`` holds the pixel tracks and vertices (for ``pixeltracks`` and ``pixelvertices``
+    paths; none in every event when not given).
     """
     n = offsets.shape[0] - 1
+    pix = _no_pixel_objects(n) if pixel is None else pixel
     event = np.repeat(np.arange(n), np.diff(offsets))
     entries = first_entry + np.arange(n, dtype=np.int64)
     out = Decisions({}, {})
     for p in paths:
         if p.kind == "doublets":
             passed = counts[p.collection] >= p.n_min
+        elif p.kind == "pixeltracks":
+            passed = _pixel_tracks_passing(p, pix, n) >= p.n_min
+        elif p.kind == "pixelvertices":
+            passed = _pixel_vertices_passing(p, pix, n) >= p.n_min
         else:
             good = (pt >= p.pt_min) & (np.abs(eta) <= p.eta_max)
             n_good = np.bincount(event[good], minlength=n)
@@ -331,7 +437,8 @@ def decide_reference(pt: np.ndarray, eta: np.ndarray, offsets: np.ndarray,
 class Prepared(NamedTuple):
     """What :func:`prepare` builds once per (config, backend): the selected paths, the
     collections the counting paths read, and the kernels' menu arrays (kind, pt_min, eta_max,
-    ht_min, n_min, prescale, count column; one entry per path) on the backend's device."""
+    ht_min, n_min, prescale, count column, min_hits, dz_max, min_tracks; one entry per path)
+    on the backend's device."""
 
     paths: tuple[TriggerPath, ...]
     count_names: tuple[str, ...]
@@ -343,7 +450,8 @@ def prepare_paths(paths: Sequence[TriggerPath], backend: Any) -> Prepared:
     from hltemu.kernels import trigger as K
 
     kinds = {"single_jet": K.KIND_SINGLE_JET, "multi_jet": K.KIND_MULTI_JET, "ht": K.KIND_HT,
-             "doublets": K.KIND_COUNT}
+             "doublets": K.KIND_COUNT, "pixeltracks": K.KIND_TRACKS,
+             "pixelvertices": K.KIND_VERTICES}
     count_names = tuple(dict.fromkeys(p.collection for p in paths if p.kind == "doublets"))
     arrays = (
         np.array([kinds[p.kind] for p in paths], dtype=np.int64),
@@ -354,6 +462,9 @@ def prepare_paths(paths: Sequence[TriggerPath], backend: Any) -> Prepared:
         np.array([p.prescale for p in paths], dtype=np.int64),
         np.array([count_names.index(p.collection) if p.kind == "doublets" else 0
                   for p in paths], dtype=np.int64),
+        np.array([p.min_hits for p in paths], dtype=np.int64),
+        np.array([p.dz_max for p in paths], dtype=np.float64),
+        np.array([p.min_tracks for p in paths], dtype=np.int64),
     )
     return Prepared(tuple(paths), count_names, tuple(backend.to_device(a) for a in arrays))
 
@@ -364,10 +475,14 @@ def prepare(cfg: TriggerConfig, backend: Any) -> Prepared:
 
 
 def check_counted(batch: EventBatch, prep: Prepared) -> None:
-    """:class:`PipelineError` when a counting path's collection is not in the batch."""
-    for name in prep.count_names:
+    """:class:`PipelineError` when a counting path's collection (doublets, pixel tracks or
+    vertices) is not in the batch."""
+    counted = dict.fromkeys(n for p in prep.paths if p.kind not in ("single_jet", "multi_jet",
+                                                                     "ht")
+                            for n in path_needs(p))
+    for name in counted:
         if name not in batch:
-            users = [p.name for p in prep.paths if p.collection == name]
+            users = [p.name for p in prep.paths if name in path_needs(p)]
             from hltemu.pipeline import registered_stages
 
             makers = [s.name for s in registered_stages().values() if name in s.adds]
@@ -391,15 +506,37 @@ def _jets(batch: EventBatch) -> tuple[Any, Any, Any]:
             jets.offsets)
 
 
+def pixel_objects(batch: EventBatch) -> PixelObjects:
+    """The batch's pixel tracks and vertices as the kernels read them (float64, int64); a
+    collection the batch lacks is empty in every event (only a menu without the paths that
+    read it runs so: :func:`check_counted` comes first)."""
+    xp = batch.backend.xp
+    pix = _no_pixel_objects(batch.n_events, xp)
+    if TRACKS in batch:
+        t = batch[TRACKS]
+        pix = pix._replace(**{k: xp.ascontiguousarray(xp.asarray(t[c], dtype=d)) for k, c, d in (
+            ("pt", "pt", xp.float64), ("eta", "eta", xp.float64),
+            ("n_hits", "n_hits", xp.int64), ("z0", "z0", xp.float64))},
+            track_offsets=xp.asarray(t.offsets, dtype=xp.int64))
+    if VERTICES in batch:
+        v = batch[VERTICES]
+        pix = pix._replace(
+            vertex_z=xp.ascontiguousarray(xp.asarray(v["z"], dtype=xp.float64)),
+            vertex_n_tracks=xp.ascontiguousarray(xp.asarray(v["n_tracks"], dtype=xp.int64)),
+            vertex_offsets=xp.asarray(v.offsets, dtype=xp.int64))
+    return pix
+
+
 def decide_kernel_inputs(batch: EventBatch, prep: Prepared) -> tuple[Any, ...]:
-    """``(pt, eta, offsets, counts, first_entry)`` for the kernels; ``counts`` is
-    ``(n_events, n_counted)`` int64 (objects per event of each counted collection)."""
+    """``(pt, eta, offsets, counts, *pixel objects, first_entry)`` for the kernels;
+    ``counts`` is ``(n_events, n_counted)`` int64 (objects per event of each counted
+    collection), the pixel objects those of :func:`pixel_objects`."""
     xp = batch.backend.xp
     check_counted(batch, prep)
     counts = xp.zeros((batch.n_events, max(len(prep.count_names), 1)), dtype=xp.int64)
     for c, name in enumerate(prep.count_names):
         counts[:, c] = batch[name].counts
-    return (*_jets(batch), counts, batch.first_entry)
+    return (*_jets(batch), counts, *pixel_objects(batch), batch.first_entry)
 
 
 def _columns(out: Any, out_pre: Any, prep: Prepared, xp: Any) -> Decisions:
@@ -438,7 +575,8 @@ def decide_batch_reference(batch: EventBatch, prep: Prepared) -> Decisions:
     check_counted(batch, prep)
     counts = {c: np.asarray(batch[c].counts) for c in prep.count_names}
     pt, eta, offsets = _jets(batch)
-    return decide_reference(pt, eta, offsets, counts, batch.first_entry, prep.paths)
+    pix = PixelObjects(*(np.asarray(a) for a in pixel_objects(batch)))
+    return decide_reference(pt, eta, offsets, counts, batch.first_entry, prep.paths, pix)
 
 
 def _with_any(decisions: Mapping[str, Any], prep: Prepared, xp: Any, n_events: int
@@ -490,5 +628,6 @@ STAGE = register(Stage(
     plan=plan,
     count=accept_counts,
     implementations={"reference": run_reference, "cpu": run_cpu, "cuda": run_cuda},
-    doc="trigger menu: single jet, multi-jet, HT and pixel-doublet paths with prescales",
+    doc="trigger menu: single jet, multi-jet, HT, pixel-doublet, pixel-track and pixel-vertex "
+        "paths with prescales",
 ))
