@@ -355,6 +355,20 @@ def _counts_only_inputs(files: Sequence[str], available: set[str]) -> dict[str, 
     return out
 
 
+def _left_out(files: Sequence[str], need: str, short: bool) -> str:
+    """``; <file>: <why>`` when an input is an ``hltemu run`` output that left ``need`` out
+    (:func:`hltemu.io.left_out_hint`), else ``""``."""
+    if short or not files:
+        return ""
+    from hltemu import io
+
+    for f in files:
+        hint = io.left_out_hint(f, [need])
+        if hint:
+            return f"; {f}: {hint}"
+    return ""
+
+
 def _counts_only_need(st: Stage, need: str, path: str, short: bool = False) -> str:
     if short:
         return (f"needs the columns of {need!r}, of which the input holds only the per-event "
@@ -406,7 +420,8 @@ def plan(requested: Sequence[str] | None, available: Iterable[str], config: Any 
             for need in st.needs_for(cfg):
                 if need not in have:
                     raise CannotRun(_missing_need(st, need, available, stages,
-                                                  short=requested is None))
+                                                  short=requested is None)
+                                    + _left_out(inputs, need, requested is None))
                 if need in counts_in and need not in st.counts_suffice_for(cfg):
                     raise CannotRun(_counts_only_need(st, need, counts_in[need],
                                                       short=requested is None))

@@ -16,7 +16,9 @@ that is *not* an ``ndarray``) and ``xp`` becomes :data:`strict_numpy`, which ref
 
 Intended reads from the device are explicit: :meth:`hltemu.backends.Backend.item`,
 :meth:`~hltemu.backends.Backend.to_host` (``.get()``), ``.item()``, ``.tolist()``.  Each refusal is
-a :class:`StrictXPError` naming the call.  ``HLTEMU_STRICT_XP=0`` turns the shim off.
+a :class:`StrictXPError` naming the call.  :func:`record_reads` records every read (stage, kind,
+bytes), so that a test can hold a chain to a budget of device synchronisations.
+``HLTEMU_STRICT_XP=0`` turns the shim off.
 
 Kernel launches in the simulator receive the wrapped NumPy array itself (the launch is patched
 once to unwrap :class:`DeviceArray` arguments), so kernels run unchanged.
@@ -30,7 +32,7 @@ import functools
 import os
 from collections.abc import Iterator
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
@@ -151,12 +153,15 @@ class DeviceArray(NDArrayOperatorsMixin):
     # -- explicit reads (allowed: a sync the code asks for) -------------------------------------
     def get(self) -> np.ndarray:
         """A NumPy copy in host memory (CuPy's explicit download)."""
+        _note_read("get", self._a)
         return self._a.copy()
 
     def item(self) -> Any:
+        _note_read("item", self._a)
         return self._a.item()
 
     def tolist(self) -> Any:
+        _note_read("tolist", self._a)
         return self._a.tolist()
 
     # -- refused implicit conversions --------------------------------------------------------------
@@ -168,14 +173,17 @@ class DeviceArray(NDArrayOperatorsMixin):
 
     def __int__(self) -> int:
         _sync_refused("int")
+        _note_read("int", self._a)
         return int(self._a)
 
     def __float__(self) -> float:
         _sync_refused("float")
+        _note_read("float", self._a)
         return float(self._a)
 
     def __bool__(self) -> bool:
         _sync_refused("bool")
+        _note_read("bool", self._a)
         return bool(self._a)
 
     def __index__(self) -> int:
@@ -244,6 +252,38 @@ def record_uploads() -> Iterator[list[np.ndarray]]:
         yield _UPLOADS
     finally:
         _UPLOADS = previous
+
+
+class DeviceRead(NamedTuple):
+    """One device-to-host read (a synchronisation on a GPU) seen by :func:`record_reads`."""
+
+    stage: str | None  #: the stage whose code read (``None``: the pipeline, outside stages)
+    kind: str  #: ``get`` (a download), ``item``, ``tolist``, ``int``, ``float``, ``bool``
+    nbytes: int  #: bytes read
+
+
+#: Device reads recorded while :func:`record_reads` is active (``None``: not recording).
+_READS: list[DeviceRead] | None = None
+
+
+@contextlib.contextmanager
+def record_reads() -> Iterator[list[DeviceRead]]:
+    """Record every device-to-host read of simulated device data (:class:`DeviceRead`: which
+    stage, how, how many bytes): the explicit ones (``backend.to_host``, ``backend.item``,
+    ``.get()``, ``.item()``, ``.tolist()``) and ``int()``/``float()``/``bool()`` outside
+    stages (refused inside).  On a GPU each is a synchronisation with the device; a test
+    holds the chain to a budget of them."""
+    global _READS
+    previous, _READS = _READS, []
+    try:
+        yield _READS
+    finally:
+        _READS = previous
+
+
+def _note_read(kind: str, a: np.ndarray) -> None:
+    if _READS is not None:
+        _READS.append(DeviceRead(current_stage(), kind, int(a.nbytes)))
 
 
 def _note_upload(a: Any) -> None:

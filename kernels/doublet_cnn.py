@@ -158,7 +158,7 @@ _sigmoid_cuda = cuda.jit(device=True)(sigmoid)
 
 
 # -- CPU --------------------------------------------------------------------------------------
-@numba.njit(parallel=True, cache=True, fastmath=_FAST)
+@numba.njit(parallel=True, nogil=True, cache=True, fastmath=_FAST)
 def encode_hits_cpu(rows, pads, scale, k1, w1, b1, k2, w2, b2, we, be, emb):  # pragma: no cover
     """``emb[t, :]`` = embedding of the hit ``pads[rows[t]]``, for every ``t`` (prange);
     weights flattened as :func:`encode_hit` takes them."""
@@ -175,7 +175,7 @@ def encode_hits_cpu(rows, pads, scale, k1, w1, b1, k2, w2, b2, we, be, emb):  # 
                     emb)
 
 
-@numba.njit(parallel=True, cache=True, fastmath=_FAST)
+@numba.njit(parallel=True, nogil=True, cache=True, fastmath=_FAST)
 def score_doublets_cpu(inner_row, outer_row, emb, feats, inner_layer, outer_layer, n_layers,
                        wh, bh, wo, bo, out):  # pragma: no cover - compiled
     """``out[d]`` = score of doublet ``d`` (float32, prange over doublets)."""

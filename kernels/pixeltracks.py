@@ -544,7 +544,7 @@ _triplet_cuda, _neighbours_cuda, _walk_cuda, _fit_cuda, _clean_cuda = _make(
 
 
 # -- cpu kernels (prange over cells, candidates or events) -------------------------------------
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, nogil=True, cache=True)
 def neighbours_cpu(cell_inner, cell_outer, hit_cells, x, y, z, r, layer, layer_flags, cuts,
                    nb_offsets, nb, write, counts):
     """Every cell: count its outer neighbours into ``counts``; with ``write`` (``nb_offsets``
@@ -554,7 +554,7 @@ def neighbours_cpu(cell_inner, cell_outer, hit_cells, x, y, z, r, layer, layer_f
                                     layer_flags, cuts, nb, nb_offsets[c], write)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, nogil=True, cache=True)
 def ntuplets_cpu(cell_inner, cell_outer, layer, layer_flags, nb_offsets, nb, min_hits,
                  tup_offsets, tup_hits, tup_n, write, counts):
     """Every start cell: count its n-tuplets into ``counts``; with ``write`` (``tup_offsets``
@@ -568,7 +568,7 @@ def ntuplets_cpu(cell_inner, cell_outer, layer, layer_flags, nb_offsets, nb, min
                                   stack_cell, stack_k, tup_hits, tup_n, tup_offsets[c], write)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, nogil=True, cache=True)
 def fit_cpu(tup_hits, tup_n, x, y, z, layer, layer_flags, err_t, err_l, layer_ms, cuts, par,
             good):
     """Every candidate: its fit into ``par[t]`` and its quality flag ``good[t]``."""
@@ -583,7 +583,7 @@ def fit_cpu(tup_hits, tup_n, x, y, z, layer, layer_flags, err_t, err_l, layer_ms
                            layer_ms, cuts, par[t], v, m, nrm, cov, dp, s)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, nogil=True, cache=True)
 def clean_cpu(order, order_offsets, tup_hits, tup_n, used, keep):
     """Every event ``e``: the shared-hit cleaning of its good candidates, which
     ``order[order_offsets[e]:order_offsets[e + 1]]`` lists best first."""

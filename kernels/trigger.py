@@ -119,7 +119,7 @@ _decide_event_cpu = _make(numba.njit(cache=True, inline="always"))
 _decide_event_cuda = _make(cuda.jit(device=True))
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, nogil=True, cache=True)
 def trigger_cpu(pt, eta, offsets, counts, trk_pt, trk_eta, trk_n_hits, trk_z0, trk_offsets,
                 vtx_z, vtx_n_tracks, vtx_offsets, first_entry, kind, pt_min, eta_max, ht_min,
                 n_min, prescale, count_col, min_hits, dz_max, min_tracks, out, out_pre):

@@ -186,3 +186,34 @@ def test_bad_compression_fails_before_reading(tmp_path, spec, message):
     with pytest.raises(io.OutputError, match=message):
         run_files([tmp_path / "missing.root"], backend="cpu", output=out, compression=spec)
     assert not out.exists()
+
+
+def test_trigger_rerun_on_the_default_output_decides_alike(tmp_path):
+    """The default output holds what a --stages trigger rerun reads (the jets, the doublets'
+    counts): its decisions are the run's own, the doublet-multiplicity path included."""
+    first, rerun = tmp_path / "a.root", tmp_path / "b.root"
+    rep = run_files([builtin_sample()], backend="cpu", max_events=6, batch_size=3,
+                    output=first)
+    assert set(rep.plan["counts_only"]) == {"doublets", "filtered_doublets"}
+    run_files([first], backend="cpu", stages=["trigger"], output=rerun)
+    a, b = _tree(first), _tree(rerun)
+    trig = [k for k in a if k.startswith("trigger")]
+    assert any("PixelDoublets" in k for k in trig)
+    for k in trig:
+        assert ak.all(a[k] == b[k]), k
+
+
+def test_what_a_run_left_out_is_named_with_the_keep_that_restores_it(tmp_path):
+    out = tmp_path / "o.root"
+    run_files([builtin_sample()], backend="cpu", stages=["doublets", "topocluster", "antikt"],
+              max_events=2, output=out, drop=("jets", "cluster_jet"))
+    assert io.left_out_hint(out, ["jets"]) == (
+        "the run that wrote it left out 'jets' (its --drop): rerun it with --keep jets")
+    assert io.left_out_hint(out, ["doublets"]) == (
+        "it wrote only the per-event counts of 'doublets': rerun it with --keep doublets")
+    assert io.left_out_hint(out, ["clusters"]) == ""
+    assert io.left_out_hint(builtin_sample(), ["jets"]) == ""  # not a run's output
+    with pytest.raises(PipelineError, match=(
+            rf"stage 'jec' needs collection 'jets', .*; {out}: the run that wrote it left out "
+            r"'jets' \(its --drop\): rerun it with --keep jets")):
+        run_files([out], backend="cpu", stages=["jec"], output=tmp_path / "x.root")

@@ -588,3 +588,35 @@ if __name__ == "__main__":  # the subprocess of test_no_fma_in_the_cuda_kernels
     import json
 
     print("PTX-COUNTS", json.dumps(_ptx_counts()))
+
+
+def test_tracks_from_the_cnn_filtered_doublets(tmp_path):
+    """``[pixeltracks] doublets = "filtered_doublets"``: the stage needs the CNN's collection
+    and gives the tracks of a run whose ``doublets`` are the kept ones; a bad name is a
+    ConfigError naming the choices."""
+    from hltemu.cli import builtin_sample
+    from hltemu.config import ConfigError
+    from hltemu.pipeline import config_from_dict, get_stage, run_batch
+
+    with pytest.raises(ConfigError, match=r"\[pixeltracks\] doublets must be one of doublets, "
+                       r"filtered_doublets, got 'cnn'"):
+        PixelTracksConfig(doublets="cnn")
+    st = get_stage("pixeltracks")
+    assert st.needs_for(PixelTracksConfig(doublets="filtered_doublets")) == (
+        "PixelHit", "filtered_doublets")
+    from hltemu import io
+
+    batch = next(io.iterate_batches([builtin_sample()], ["PixelHit"], batch_size=2,
+                                    backend="cpu"))
+    cfg = config_from_dict({"pixeltracks": {"doublets": "filtered_doublets"}})
+    chain = [get_stage(n) for n in ("doublets", "doublet_cnn", "pixeltracks")]
+    run_batch(batch, chain, cfg)
+    kept = batch.select_events(0, 2)
+    kept.collections["doublets"] = batch["filtered_doublets"]
+    kept.collections.pop("pixeltracks")
+    run_batch(kept, [get_stage("pixeltracks")], None)
+    a, b = batch["pixeltracks"], kept["pixeltracks"]
+    np.testing.assert_array_equal(a.offsets, b.offsets)
+    for col in a.columns:
+        np.testing.assert_array_equal(a[col], b[col], err_msg=col)
+    assert int(a.offsets[-1]) > 100

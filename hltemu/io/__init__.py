@@ -17,8 +17,8 @@ Modules of this package (every public name is re-exported here): :mod:`~hltemu.i
 :mod:`~hltemu.io.writer` (writing: :class:`OutputWriter`, :func:`parse_compression`) and
 :mod:`~hltemu.io.provenance`
 (the provenance object: :func:`read_provenance`, :func:`provenance_header`,
-:func:`input_provenance`, :func:`event_id_summary`, and the mean pileup a file was made
-with, :func:`input_pileup`).
+:func:`input_provenance`, :func:`event_id_summary`, :func:`left_out_hint`, and the mean
+pileup a file was made with, :func:`input_pileup`).
 
 How branches map to collections
 -------------------------------
@@ -74,6 +74,7 @@ from hltemu.io.provenance import (
     event_id_summary,
     input_pileup,
     input_provenance,
+    left_out_hint,
     package_versions,
     provenance_header,
     provenance_pileup,
@@ -124,6 +125,7 @@ __all__ = [
     "describe_schema",
     "dumps_provenance",
     "event_id_summary",
+    "left_out_hint",
     "input_pileup",
     "input_provenance",
     "iterate_batches",

@@ -142,6 +142,28 @@ def read_provenance(path: str | os.PathLike) -> dict[str, Any] | None:
     return value
 
 
+def left_out_hint(path: str | os.PathLike, names: Sequence[str]) -> str:
+    """Why the ``hltemu run`` output ``path`` lacks (or holds only the counts of) the
+    collections ``names``, from its provenance: ``""`` when the run did not leave them out,
+    else a sentence naming them and the ``--keep`` that restores them."""
+    prov = read_provenance(path) or {}
+    summary = prov.get("plan") if prov.get("kind") == "run" else None
+    if not isinstance(summary, dict):
+        return ""
+    dropped = [n for n in names if n in summary.get("not_written", ())]
+    counted = [n for n in names if n in summary.get("counts_only", ())]
+    parts = []
+    if dropped:
+        parts.append(f"the run that wrote it left out {', '.join(map(repr, dropped))} "
+                     "(its --drop)")
+    if counted:
+        parts.append(f"it wrote only the per-event counts of {', '.join(map(repr, counted))}")
+    if not parts:
+        return ""
+    keep = " ".join(f"--keep {n}" for n in (*dropped, *counted))
+    return f"{'; '.join(parts)}: rerun it with {keep}"
+
+
 def event_id_summary(path: str | os.PathLike, tree: str = TREE_NAME) -> dict[str, Any] | None:
     """What the event identifiers of ``path`` hold (``None``: the file has none of
     ``run``, ``luminosityBlock``, ``event``, nor a legacy ``Event_event``).

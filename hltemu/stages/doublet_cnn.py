@@ -531,6 +531,7 @@ STAGE = register(Stage(
     config_type=DoubletCnnConfig,
     prepare=prepare,
     plan=check_only(check_model),
+    counts_only=(OUTPUT,),
     implementations={"reference": run_reference, "cpu": run_cpu, "cuda": run_cuda},
     doc="CNN over both hits' charge pads + doublet features; keeps doublets with score >= "
         "the working point, one or per layer pair and |curvature| bin (filtered_doublets)",

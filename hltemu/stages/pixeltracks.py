@@ -218,10 +218,11 @@ reads a width 1.14 times the rms.  PU 0, 50 and 200 figures:
 cores at this pileup.
 
 Needs ``PixelHit`` (``x, y, z`` [cm], ``layer``, ``size_x``, ``size_y`` [pixels];
-``sim_index`` if present) and ``doublets``
-(``inner``, ``outer``: PixelHit rows within the event, as stage ``doublets`` gives them, in any
-order).  A missing column, a non-finite coordinate, a layer id or a hit row out of range is an
-error naming the collection, the column and the row.
+``sim_index`` if present) and the doublet collection ``[pixeltracks] doublets`` names:
+``doublets`` (default: every doublet) or ``filtered_doublets`` (those the doublet CNN keeps;
+the same columns and order) (``inner``, ``outer``: PixelHit rows within the event, as stage
+``doublets`` gives them, in any order).  A missing column, a non-finite coordinate, a layer
+id or a hit row out of range is an error naming the collection, the column and the row.
 """
 
 from __future__ import annotations
@@ -279,6 +280,8 @@ class PixelTracksConfig:
     quadruplet_min_pt: float = param(0.3, "GeV", "4-5 hits: pT above this (quadrupletMinPt)")
     quadruplet_max_zip: float = param(12.0, "cm", "4-5 hits: |z0| below this "
                                       "(quadrupletMaxZip)")
+    doublets: str = param("doublets", "", "the doublet collection whose cells are connected: "
+                          "doublets (all), or filtered_doublets (kept by the doublet CNN)")
     max_chi2: float = param(20.0, "", "largest chi2 of the fit (2 n_hits - 5 "
                             "dof; chosen on the built-in sample, not CMSSW's pT-dependent cut)")
     hit_error_barrel_rphi: tuple = param(
@@ -296,6 +299,9 @@ class PixelTracksConfig:
         "for the fit's multiple scattering; 0: none, as in hltemu's simulation")
 
     def __post_init__(self) -> None:
+        if self.doublets not in DOUBLET_COLLECTIONS:
+            raise ConfigError(f"[pixeltracks] doublets must be one of "
+                              f"{', '.join(DOUBLET_COLLECTIONS)}, got {self.doublets!r}")
         for name in ("ptmin", "ca_theta_cut_barrel", "ca_theta_cut_forward",
                      "dca_cut_inner_triplet", "dca_cut_outer_triplet", "hard_curv_cut",
                      "triplet_max_tip", "triplet_min_pt", "triplet_max_zip",
@@ -340,6 +346,8 @@ COV_COLUMNS: dict[str, str] = {
     "cov_cottheta_cottheta": "PAR_COV_COT_COT", "cov_cottheta_z0": "PAR_COV_COT_Z0",
     "cov_z0_z0": "PAR_COV_Z0_Z0",
 }
+#: Doublet collections the stage can read (``[pixeltracks] doublets``).
+DOUBLET_COLLECTIONS: tuple[str, ...] = ("doublets", "filtered_doublets")
 #: doublets columns the stage reads.
 DOUBLET_COLUMNS: tuple[str, ...] = ("inner", "outer")
 
@@ -484,15 +492,16 @@ def _fail_at(xp: Any, bad: Any, name: str, col: str, values: Any, why: str) -> N
                             f"{item(values[row])!r} at row {row}; {why}")
 
 
-def check_inputs(batch: EventBatch) -> Inputs:
-    """The checked inputs of the stage (errors name collection, column and row)."""
+def check_inputs(batch: EventBatch, doublet_collection: str = "doublets") -> Inputs:
+    """The checked inputs of the stage, the doublets from ``doublet_collection`` (errors name
+    collection, column and row)."""
     xp = batch.backend.xp
-    hits, doublets = batch["PixelHit"], batch["doublets"]
+    hits, doublets = batch["PixelHit"], batch[doublet_collection]
     _check_columns(hits, "PixelHit", HIT_COLUMNS, "pixeltracks")
-    _check_columns(doublets, "doublets", DOUBLET_COLUMNS, "pixeltracks")
+    _check_columns(doublets, doublet_collection, DOUBLET_COLUMNS, "pixeltracks")
     if doublets.n_events != hits.n_events:
-        raise PipelineError(f"stage 'pixeltracks': 'doublets' has {doublets.n_events} events, "
-                            f"'PixelHit' {hits.n_events}")
+        raise PipelineError(f"stage 'pixeltracks': {doublet_collection!r} has "
+                            f"{doublets.n_events} events, 'PixelHit' {hits.n_events}")
     coords = []
     for col in ("x", "y", "z"):
         values = xp.ascontiguousarray(xp.asarray(hits[col], dtype=xp.float64))
@@ -1057,12 +1066,12 @@ def track_collection(inp: Inputs, cand: Candidates, xp: Any) -> Collection:
 def run_reference(batch: EventBatch, cfg: PixelTracksConfig, prep: Prepared
                   ) -> dict[str, Collection]:
     """Plain Python per event (:func:`tracks_reference`), independent of the kernels."""
-    return {"pixeltracks": tracks_reference(check_inputs(batch), cfg)}
+    return {"pixeltracks": tracks_reference(check_inputs(batch, cfg.doublets), cfg)}
 
 
 def run_cpu(batch: EventBatch, cfg: PixelTracksConfig, prep: Prepared) -> dict[str, Collection]:
     """The Numba kernels, parallel over cells, candidates and events."""
-    inp = check_inputs(batch)
+    inp = check_inputs(batch, cfg.doublets)
     return {"pixeltracks": track_collection(
         inp, candidates_kernels(inp, cfg, prep, np, _cpu_kernels()), np)}
 
@@ -1070,14 +1079,19 @@ def run_cpu(batch: EventBatch, cfg: PixelTracksConfig, prep: Prepared) -> dict[s
 def run_cuda(batch: EventBatch, cfg: PixelTracksConfig, prep: Prepared) -> dict[str, Collection]:
     """The CUDA kernels, one thread per cell, candidate or event; sorting with ``xp``."""
     xp = batch.backend.xp
-    inp = check_inputs(batch)
+    inp = check_inputs(batch, cfg.doublets)
     return {"pixeltracks": track_collection(
         inp, candidates_kernels(inp, cfg, prep, xp, _cuda_kernels()), xp)}
 
 
+def needs(cfg: PixelTracksConfig) -> tuple[str, ...]:
+    """``PixelHit`` and the doublet collection of ``cfg``."""
+    return ("PixelHit", cfg.doublets)
+
+
 STAGE = register(Stage(
     name="pixeltracks",
-    needs=("PixelHit", "doublets"),
+    needs=needs,
     adds=("pixeltracks",),
     config_type=PixelTracksConfig,
     prepare=prepare,

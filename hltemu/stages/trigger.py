@@ -279,6 +279,16 @@ def path_needs(path: TriggerPath) -> tuple[str, ...]:
     return (JETS,)
 
 
+def counted_only(cfg: TriggerConfig) -> tuple[str, ...]:
+    """The needs of which the selected paths read only the per-event counts: the collections
+    of ``doublets`` paths (so a rerun on ``hltemu run``'s default output, which holds the
+    doublets' counts only, still decides them), unless a path of another kind reads them too."""
+    paths = menu_paths(cfg)
+    counted = {p.collection for p in paths if p.kind == "doublets"}
+    whole = {n for p in paths if p.kind != "doublets" for n in path_needs(p)}
+    return tuple(sorted(counted - whole))
+
+
 def path_summary(path: TriggerPath) -> dict[str, Any]:
     """A path as its menu table states it (name, type, its kind's keys, prescale), for the run
     report and provenance."""
@@ -627,6 +637,7 @@ STAGE = register(Stage(
     prepare=prepare,
     plan=plan,
     count=accept_counts,
+    counts_suffice=counted_only,
     implementations={"reference": run_reference, "cpu": run_cpu, "cuda": run_cuda},
     doc="trigger menu: single jet, multi-jet, HT, pixel-doublet, pixel-track and pixel-vertex "
         "paths with prescales",

@@ -67,10 +67,15 @@ def _missing_error(path: str, missing: Sequence[str]) -> StudyError:
     names = [f"{m!r} (or 'jets')" if m == "corrected_jets" else repr(m) for m in missing]
     what = (f"collection {names[0]}" if len(names) == 1 else
             f"collections {', '.join(names[:-1])} and {names[-1]}")
+    from hltemu.io import left_out_hint
+
+    hint = left_out_hint(path, [*missing, *(["jets"] if "corrected_jets" in missing else [])])
     return StudyError(
-        f"{path} is an hltemu file without the {what}: the study compares HLT "
-        f"calorimeter jets with the offline pfjets; make its input with `hltemu run INPUT "
-        f"--stages {RUN_STAGES}` (the offline chain {OFFLINE_STAGES} beside topocluster)")
+        f"{path} is an hltemu file without the {what}: "
+        + (f"{hint}" if hint else
+           f"the study compares HLT calorimeter jets with the offline pfjets; make its input "
+           f"with `hltemu run INPUT --stages {RUN_STAGES}` (the offline chain "
+           f"{OFFLINE_STAGES} beside topocluster)"))
 
 
 def hlt_level_pts(coll: Any) -> dict[str, np.ndarray]:
