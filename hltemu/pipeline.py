@@ -477,12 +477,12 @@ def run_batch(
 
     ``config`` is an :class:`~hltemu.config.HLTConfig` (``None``: every stage's defaults).
     """
-    for st in chain:
+    for i, st in enumerate(chain):
         cfg = config.get(st.name, st.config_type) if config is not None else st.config_type()
         if timer is None:
             products = st(batch, cfg)
-        else:
-            with timer.stage(st.name, batch.n_events):
+        else:  # one synchronisation between two stages: the end of one is the next's start
+            with timer.stage(st.name, batch.n_events, sync_start=i == 0):
                 products = st(batch, cfg)
         for name, coll in products.items():
             batch.add(name, coll)

@@ -249,16 +249,18 @@ class StageTimer:
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def stage(self, name: str, n_events: int, *, sync: bool = True,
+    def stage(self, name: str, n_events: int, *, sync: bool = True, sync_start: bool = True,
               batch: int | None = None) -> Iterator[list[float]]:
         """Time the block as step ``name`` of ``n_events`` events (of batch ``batch`` in the
         timeline).  ``sync=False`` reads the clock without synchronizing the device (a step
         that only moves data between host and device with synchronous copies, on a thread
-        that must not wait for the kernels another thread queued).  Yields a list that holds
-        the step's seconds once the block is left."""
+        that must not wait for the kernels another thread queued); ``sync_start=False`` skips
+        the synchronisation at the start only (the step follows one that ended with it, as
+        the stages of a batch do).  Yields a list that holds the step's seconds once the
+        block is left."""
         took: list[float] = []
         with nvtx_range(name):
-            if sync:
+            if sync and sync_start:
                 self.backend.synchronize()
             t0 = time.perf_counter()
             try:

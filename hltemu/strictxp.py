@@ -140,6 +140,8 @@ class DeviceArray(NDArrayOperatorsMixin):
     # -- element access -------------------------------------------------------------------------
     def __getitem__(self, key: Any) -> Any:
         _refuse_host_arrays(key, "indexing a device array with")
+        if isinstance(key, DeviceArray) and key.dtype == np.bool_:
+            _note_read("mask", key._a)  # the result's size is on the device
         return _wrap(self._a[_unwrap(key)])
 
     def __setitem__(self, key: Any, value: Any) -> None:
@@ -212,6 +214,8 @@ class DeviceArray(NDArrayOperatorsMixin):
             @functools.wraps(attr)
             def method(*args: Any, **kwargs: Any) -> Any:
                 _refuse_host_arrays(args, f"DeviceArray.{name}")
+                if name in _SIZED_BY_DATA:
+                    _note_read(name, self._a)
                 return _wrap(attr(*_unwrap(args), **_unwrap(kwargs)))
 
             return method
@@ -254,11 +258,19 @@ def record_uploads() -> Iterator[list[np.ndarray]]:
         _UPLOADS = previous
 
 
+#: Calls whose result's size depends on device data: CuPy reads that size back (a
+#: synchronisation), so :func:`record_reads` counts them (boolean-mask indexing too).
+_SIZED_BY_DATA = frozenset({"nonzero", "flatnonzero", "argwhere", "unique", "compress",
+                            "extract"})
+
+
 class DeviceRead(NamedTuple):
     """One device-to-host read (a synchronisation on a GPU) seen by :func:`record_reads`."""
 
     stage: str | None  #: the stage whose code read (``None``: the pipeline, outside stages)
-    kind: str  #: ``get`` (a download), ``item``, ``tolist``, ``int``, ``float``, ``bool``
+    #: ``get`` (a download), ``item``, ``tolist``, ``int``, ``float``, ``bool``, or an
+    #: operation sized by the data (``nonzero``, ``mask`` indexing, ``unique``, ...)
+    kind: str
     nbytes: int  #: bytes read
 
 
@@ -270,9 +282,11 @@ _READS: list[DeviceRead] | None = None
 def record_reads() -> Iterator[list[DeviceRead]]:
     """Record every device-to-host read of simulated device data (:class:`DeviceRead`: which
     stage, how, how many bytes): the explicit ones (``backend.to_host``, ``backend.item``,
-    ``.get()``, ``.item()``, ``.tolist()``) and ``int()``/``float()``/``bool()`` outside
-    stages (refused inside).  On a GPU each is a synchronisation with the device; a test
-    holds the chain to a budget of them."""
+    ``.get()``, ``.item()``, ``.tolist()``), ``int()``/``float()``/``bool()`` outside
+    stages (refused inside), and the operations whose result is sized by the data
+    (``nonzero``, boolean-mask indexing, ``unique``, ...), for which CuPy reads a count.
+    On a GPU each is a synchronisation with the device; a test holds the chain to a budget
+    of them."""
     global _READS
     previous, _READS = _READS, []
     try:
@@ -332,6 +346,8 @@ class _StrictNumPy(ModuleType):
             device = _has_device(args) or _has_device(kwargs.values())
             if device:
                 _refuse_host_arrays(args, f"xp.{name}")
+                if name in _SIZED_BY_DATA or (name == "where" and len(args) == 1):
+                    _note_read(name, np.asarray(_unwrap(args[0])))
             return _wrap(attr(*_unwrap(args), **_unwrap(kwargs)))
 
         return fn

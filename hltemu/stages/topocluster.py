@@ -614,10 +614,18 @@ def labels_cpu(rows: RowArrays, offsets: np.ndarray, graph: CellGraph,
     return label
 
 
+#: Tag-propagation launches between two reads of the ``changed`` flag on cuda (each read
+#: waits for the device).  On the built-in sample's first event (pileup 50) the propagation
+#: converges in 8 launches: 4 cuts those reads from 8 to 2, for at most 3 launches more, each
+#: a few microseconds of a GPU (tests/test_device_syncs.py holds the stage to its budget).
+CONVERGENCE_CHECK_EVERY = 4
+
+
 def labels_cuda(rows: RowArrays, offsets: Any, graph: CellGraph, cfg: TopoclusterConfig,
                 be: Backend) -> tuple[Any, int]:
     """Label seed of every cell by tag propagation: ``(label, launches)``, where ``launches``
-    counts the propagation launches (the last one changes nothing)."""
+    counts the propagation launches (the last :data:`CONVERGENCE_CHECK_EVERY` change
+    nothing)."""
     from hltemu.kernels.topocluster import (
         assign_perimeter_cuda,
         mark_perimeter_cuda,
@@ -637,12 +645,15 @@ def labels_cuda(rows: RowArrays, offsets: Any, graph: CellGraph, cfg: Topocluste
     if n_grow:
         # Every launch but the last improves at least one tag, and a tag can improve at most
         # (seeds in the component) times: the loop ends; the bound only guards against a bug.
-        limit = n_grow + 2
+        # The flag is read once per CONVERGENCE_CHECK_EVERY launches (a synchronisation
+        # each): launches past the fixed point change nothing, so the labels are the same.
+        limit = n_grow + 2 + CONVERGENCE_CHECK_EVERY
         while True:
             changed = xp.zeros(1, dtype=xp.int32)
-            propagate_tags_cuda[blocks(n_grow), THREADS_PER_BLOCK](
-                grow, *common, cfg.grow_threshold, *graph_args, tag, changed)
-            launches += 1
+            for _ in range(CONVERGENCE_CHECK_EVERY):
+                propagate_tags_cuda[blocks(n_grow), THREADS_PER_BLOCK](
+                    grow, *common, cfg.grow_threshold, *graph_args, tag, changed)
+            launches += CONVERGENCE_CHECK_EVERY
             if be.item(changed[0]) == 0:
                 break
             if launches > limit:
