@@ -8,7 +8,7 @@
 #                  device minutes with the machine's start)
 #   here, dry run: OUT=/tmp/dc bash benchmarks/device-check.sh   (every part that needs no GPU)
 #
-# Each part runs under its own `timeout` and writes to $OUT as it finishes (9 files at most):
+# Each part runs under its own `timeout` and writes to $OUT as it finishes (12 files at most):
 #   env.txt      nvidia-smi, versions, `hltemu info`
 #   tests.log    pytest -m "cuda or gpu" on the real device (not the CPU suite)
 #   san-mem.log  compute-sanitizer memcheck of the whole chain on one event ("unavailable" if refused)
@@ -18,8 +18,10 @@
 #   bench.log    pytest-benchmark suites (no reference backend), JSON in bench.json
 #   hbench.json  `hltemu bench` cpu vs cuda, 100 tiled sample events at pileup 50 (its tables
 #                are appended to bench.log); time-boxed to what is left of 400 s, at most 75 s
+#   pixel.log    the pixel chain (doublets, doublet_cnn, pixeltracks, pixelvertices) in events/s,
+#   pixel-cuda.json, pixel-cpu.json  cuda and cpu, against Patatrack's; at most 60 s
 # Inputs are the built-in sample tiled in memory; nothing but the wheels is carried.
-# PARTS="tests san scale bench clibench" (default: all) picks parts for a rerun; SCALE_TILES="1 10 50".
+# PARTS="tests san scale bench pixel clibench" (default: all) picks parts for a rerun; SCALE_TILES="1 10 50".
 # Later issues add their own time-boxed section here (keep the total under 6 minutes).
 set -u
 OUT=${OUT:?set OUT to a folder for the logs}
@@ -38,7 +40,7 @@ export PYTHONUNBUFFERED=1 XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/hltemu-cache}
 GPU=0
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then GPU=1; fi
 [ $GPU = 1 ] && export NUMBA_ENABLE_CUDASIM=0
-PARTS=${PARTS:-tests san scale bench clibench}
+PARTS=${PARTS:-tests san scale bench pixel clibench}
 has() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
 t_start=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - t_start )) s] $*"; }
@@ -86,13 +88,58 @@ if has scale; then
   stamp "scale done"
 fi
 
-# 4. benchmarks (cuda entries skip themselves without a GPU)
+# 4. benchmarks (cuda entries skip themselves without a GPU; the pixel stages are part 4b's)
 if has bench; then
-  $T 35 $P -m pytest benchmarks/bench_*.py -p no:cacheprovider -q -k "not reference" \
+  $T 35 $P -m pytest benchmarks/bench_*.py -p no:cacheprovider -q -k "not reference and not pixel" \
      --benchmark-max-time=0.25 --benchmark-min-rounds=3 \
      --benchmark-json="$OUT/bench.json" --benchmark-columns=min,median,mean,rounds \
      >"$OUT/bench.log" 2>&1 || echo "exit $?" >>"$OUT/bench.log"
   stamp "bench done"
+fi
+
+# 4b. the pixel chain (issue 19): events/s of doublets -> doublet_cnn -> pixeltracks (reading the
+# CNN's filtered_doublets) -> pixelvertices at pileup 50, `hltemu bench` on the sample tiled: cuda
+# on PIXEL_EVENTS (1000) events, cpu on 200 (~100 events/s: more would not fit), each a warm-up
+# and 2 repeats; then one line against Patatrack's ~1,000-1,289 events/s (raw data to pixel
+# vertices, ttbar at pileup 50, one GPU; hltemu starts from hits).  At most 60 s (35 + 25);
+# without a GPU, cpu on 20 events only.
+if has pixel; then
+  printf '[pixeltracks]\ndoublets = "filtered_doublets"\n' >/tmp/hltemu-pixel-chain.toml
+  PX="$P -m hltemu.cli bench --stages doublets,doublet_cnn,pixeltracks,pixelvertices --pileup 50"
+  PX="$PX --no-progress --config /tmp/hltemu-pixel-chain.toml --repeat 2"
+  : >"$OUT/pixel.log"; CPU_EV=20
+  if [ $GPU = 1 ]; then
+    CPU_EV=200
+    { echo "== cuda, ${PIXEL_EVENTS:-1000} events"
+      $T 35 $PX --backends cuda --events "${PIXEL_EVENTS:-1000}" --json "$OUT/pixel-cuda.json" \
+        || echo "exit $?"; } >>"$OUT/pixel.log" 2>&1
+  fi
+  { echo "== cpu, $CPU_EV events"
+    $T 25 $PX --backends cpu --events $CPU_EV --json "$OUT/pixel-cpu.json" || echo "exit $?"
+  } >>"$OUT/pixel.log" 2>&1
+  $P - "$OUT" >>"$OUT/pixel.log" 2>&1 <<'PY'
+import json, sys
+from pathlib import Path
+rates = {}
+for be in ("cuda", "cpu"):
+    f = Path(sys.argv[1]) / f"pixel-{be}.json"
+    if f.is_file():
+        d = json.loads(f.read_text())
+        st = d["backends"][be]["stages"]
+        rates[be] = (st["total"]["events_per_second"], d["batch"]["events"],
+                     d["machine"].get("numba_threads"))
+        print(be, "events/s:", {k: round(v["events_per_second"], 1) for k, v in st.items()})
+done = [f"{be} {r:,.0f} events/s ({n} events" + (f", {t} threads)" if be == "cpu" else ")")
+        for be, (r, n, t) in rates.items()]
+line = "pixel chain PU50: " + (", ".join(done) or "no result")
+if "cuda" in rates:
+    r = rates["cuda"][0]
+    line += f"; Patatrack ~1,000-1,289 events/s: cuda at {r / 1289:.2f}-{r / 1000:.2f} of it"
+else:
+    line += "; Patatrack ~1,000-1,289 events/s on one GPU (no GPU here)"
+print(line)
+PY
+  stamp "$(tail -n 1 "$OUT/pixel.log")"
 fi
 
 # 5. `hltemu bench` (the command): median and spread per stage, machine, tiling, in JSON; in
@@ -113,3 +160,4 @@ fi
 tail -n 3 "$OUT/tests.log" 2>/dev/null
 grep -h "SUMMARY\|unavailable\|^exit" "$OUT"/san-*.log 2>/dev/null
 grep -h "chain\|vs\|exact\|max rel" "$OUT/scale.log" 2>/dev/null | tail -n 12
+tail -n 1 "$OUT/pixel.log" 2>/dev/null

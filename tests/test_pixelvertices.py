@@ -1,8 +1,9 @@
 """Stage ``pixelvertices`` (Patatrack's pixel vertices from pixel-track z0): hand-built events
-with their vertices worked out here (density clustering, minT, outliers, split, pT cap, ties),
-the reference against an independent NumPy oracle on random events, the three backends bit for
-bit on random events and on the pixel tracks of the built-in ttbar sample, bad inputs, empty
-events and configs.
+with their vertices worked out here (density clustering, minT, outliers, split, pT cap, ties,
+sigma_z0 from ``cov_z0_z0`` with the beam-width term or from the |eta| table), the reference
+against an independent NumPy oracle on random events, the three backends bit for bit on random
+events and on the pixel tracks of the built-in ttbar sample (both sigma_z0 modes), bad inputs
+(a missing or bad ``cov_z0_z0`` included), empty events and configs.
 
 Tolerances: given the same tracks every backend gives the same bits (tolerance 0: the same
 comparisons and the same sums in the same order, :mod:`hltemu.stages.pixelvertices`).  The
@@ -28,9 +29,12 @@ from hltemu.pipeline import PipelineError, config_from_dict, get_stage
 from hltemu.stages.pixelvertices import PixelVerticesConfig
 
 BACKENDS = ("reference", "cpu", "cuda")
-TRACK_DEFAULTS = {"pt": 1.0, "eta": 0.0, "z0": 0.0, "n_hits": 4}
-#: One error for every track: sigma_z0 = 0.01 cm (the hand-built events' arithmetic).
-FLAT = {"z0_error_eta_edges": (), "z0_errors": (0.01,)}
+#: cov_z0_z0 1e-4 cm^2 at eta 0 (no beam-width term): sigma_z0 = 0.01 cm for every track, the
+#: hand-built events' arithmetic, in the default mode (z0_error = "covariance").
+TRACK_DEFAULTS = {"pt": 1.0, "eta": 0.0, "z0": 0.0, "n_hits": 4, "cov_z0_z0": 1e-4}
+FLAT: dict = {}
+#: The same errors from the table (z0_error = "table": one |eta| bin of 0.01 cm).
+FLAT_TABLE = {"z0_error": "table", "z0_error_eta_edges": (), "z0_errors": (0.01,)}
 
 
 def track_batch(events: list[dict], backend: str = "reference") -> EventBatch:
@@ -84,6 +88,14 @@ def test_a_hand_built_event():
         for c in ("n_tracks", "ndof"):
             assert v[c].dtype == np.int32
         assert a["vertex"].dtype == np.int32 and v["z"].dtype == np.float64
+    # the same errors from a one-bin table: the same vertices (the table squares 0.01 into
+    # 1.0000000000000002e-4, so the floats agree to rounding)
+    for mode in ("covariance", "table"):
+        got = run(track_batch([ev]), PixelVerticesConfig(**(FLAT_TABLE if mode == "table"
+                                                            else FLAT)))
+        assert got[1]["vertex"].tolist() == [1, 1, 1, 0, 0, 0, -1, -1, -1, -1], mode
+        np.testing.assert_allclose(got[0]["z_error"], [1 / math.sqrt(3e4),
+                                                       1 / math.sqrt(7500)], rtol=1e-12)
     v, a = run(track_batch([ev]), PixelVerticesConfig(min_t=1, **FLAT))
     assert v["sum_pt2"].tolist()[:2] == [5627.0, 101.0] and v["z"][1] == pytest.approx(1.015)
     # pt_max 200 GeV: no cap
@@ -129,8 +141,9 @@ def test_the_split():
     two-means keeps the groups (means -0.020, +0.020 around 0.022; (0.04)^2 / (2 / 1.2e5) =
     96 >= 4): vertices at 0.042 (sum pT^2 12) and 0.002 (3), chi2 2 x 2^2 / 5^2 = 0.32,
     ndof 2, W = 1.2e5 x 2 / 0.32 = 7.5e5.  split_separation 100 refuses it: one vertex."""
-    ev = {"z0": [0.000, 0.002, 0.004, 0.040, 0.042, 0.044], "pt": [1.0] * 3 + [2.0] * 3}
-    table = {"z0_error_eta_edges": (), "z0_errors": (0.005,), "chi2max": 100.0}
+    ev = {"z0": [0.000, 0.002, 0.004, 0.040, 0.042, 0.044], "pt": [1.0] * 3 + [2.0] * 3,
+          "cov_z0_z0": 0.005**2}
+    table = {"chi2max": 100.0}
     for b in BACKENDS:
         if not usable(b):
             continue
@@ -147,9 +160,9 @@ def test_the_split():
 def test_ties_and_the_error_table():
     """Two tracks at the same z0 with the same density do not point to each other (neither has
     a lower z): both are roots, and the third track, as near to both, goes to the first in
-    row order; the second root's cluster has one track (no vertex).  The error table: |eta|
-    on an edge belongs to the bin above it; |eta| 0.7 has 11 um, 2.7 has 128 um (> errmax:
-    density 0, never a seed)."""
+    row order; the second root's cluster has one track (no vertex).  The error table
+    (z0_error = "table"): |eta| on an edge belongs to the bin above it; |eta| 0.7 has 11 um,
+    2.7 has 128 um (> errmax: density 0, never a seed)."""
     ev = {"z0": [0.0, 0.0, 0.01]}
     for b in BACKENDS:
         if usable(b):
@@ -158,11 +171,38 @@ def test_ties_and_the_error_table():
     # default table: at |eta| 0.5 (bin 0.5-1: 11 um) tracks 30 um apart are compatible
     # (9 x 2 x 0.0011^2 = 2.2e-5 cm^2 > 0.003^2), at |eta| 0.49 (24 um) too, at 2.7 they
     # are compatible but have no density
+    table = PixelVerticesConfig(z0_error="table")
     for eta, found in ((0.5, [3]), (-0.49, [3]), (2.7, [])):
-        v, _ = run(track_batch([{"z0": [0.0, 0.003, 0.006], "eta": eta}]))
+        v, _ = run(track_batch([{"z0": [0.0, 0.003, 0.006], "eta": eta}]), table)
         assert v["n_tracks"].tolist() == found, eta
     # at |eta| 0.5, tracks 60 um apart (> sqrt(2.2e-5) cm = 47 um) have no neighbours
-    v, _ = run(track_batch([{"z0": [0.0, 0.006, 0.012], "eta": 0.5}]))
+    v, _ = run(track_batch([{"z0": [0.0, 0.006, 0.012], "eta": 0.5}]), table)
+    assert v.size == 0
+
+
+def test_the_beam_width_term():
+    """z0_error = "covariance": sigma_z0^2 = cov_z0_z0 + (beam_width_xy sinh(eta))^2.  Three
+    tracks at z0 0, 0.006, 0.012 cm with cov_z0_z0 = 1e-6 cm^2 (10 um) at cot(theta) =
+    sinh(eta) = 2: with the default beam width 12 um, sigma^2 = 1e-6 + 0.0024^2 = 6.76e-6, so
+    tracks are compatible up to sqrt(9 x 2 x 6.76e-6) = 0.0110 cm: 0.006 has both others as
+    neighbours (nn 2), the ends one each and point to it: one vertex at 0.006, chi2 = 2 x
+    0.006^2 / 6.76e-6 = 10.65, ndof 2 (no split), W = 3 / 6.76e-6 x 2 / 10.65.  With
+    beam_width_xy 0 (Patatrack's covariance alone) the tracks are compatible up to 0.0042 cm:
+    no neighbours, no vertex.  At eta 0 the term vanishes, whatever the width."""
+    ev = {"z0": [0.0, 0.006, 0.012], "eta": math.asinh(2.0), "cov_z0_z0": 1e-6}
+    e2 = 1e-6 + (0.0012 * math.sinh(math.asinh(2.0))) ** 2
+    chi2 = 2 * 0.006**2 / e2
+    for b in BACKENDS:
+        if not usable(b):
+            continue
+        v, a = run(track_batch([ev], b))
+        np.testing.assert_allclose(v["z"], [0.006], rtol=1e-12, err_msg=b)
+        np.testing.assert_allclose(v["chi2"], [chi2], rtol=1e-9, err_msg=b)
+        np.testing.assert_allclose(v["z_error"], [1 / math.sqrt(3 / e2 * 2 / chi2)], rtol=1e-9)
+        assert a["vertex"].tolist() == [0, 0, 0], b
+        v, _ = run(track_batch([ev], b), PixelVerticesConfig(beam_width_xy=0.0))
+        assert v.size == 0, b
+    v, _ = run(track_batch([{**ev, "eta": 0.0}]), PixelVerticesConfig(beam_width_xy=1.0))
     assert v.size == 0
 
 
@@ -233,13 +273,16 @@ def oracle_event(z: np.ndarray, e2: np.ndarray, pt2: np.ndarray, cfg: PixelVerti
 def oracle(events: list[dict], cfg: PixelVerticesConfig) -> list[tuple[list[tuple], np.ndarray]]:
     out = []
     for ev in events:
-        pt, eta, z0 = (np.asarray(ev[c], dtype=np.float64) for c in ("pt", "eta", "z0"))
+        pt, eta, z0, cov = (np.asarray(ev[c], dtype=np.float64)
+                            for c in ("pt", "eta", "z0", "cov_z0_z0"))
         sel = np.flatnonzero((np.asarray(ev["n_hits"]) >= cfg.min_hits) & (pt >= cfg.pt_min))
         sel = sel[np.lexsort((sel, z0[sel]))]
-        sigma = np.asarray(cfg.z0_errors)[np.digitize(np.abs(eta[sel]),
-                                                      cfg.z0_error_eta_edges)]
-        found, vertex = oracle_event(z0[sel], sigma**2, np.minimum(pt[sel], cfg.pt_max) ** 2,
-                                     cfg)
+        if cfg.z0_error == "covariance":
+            e2 = cov[sel] + (cfg.beam_width_xy * np.sinh(eta[sel])) ** 2
+        else:
+            e2 = np.asarray(cfg.z0_errors)[np.digitize(np.abs(eta[sel]),
+                                                       cfg.z0_error_eta_edges)] ** 2
+        found, vertex = oracle_event(z0[sel], e2, np.minimum(pt[sel], cfg.pt_max) ** 2, cfg)
         full = np.full(z0.size, -1)
         full[sel] = vertex
         out.append((found, full))
@@ -249,10 +292,12 @@ def oracle(events: list[dict], cfg: PixelVerticesConfig) -> list[tuple[list[tupl
 def random_events(seed: int, n_events: int) -> list[dict]:
     """Tracks from a few vertices over a few cm, some in close pairs (merged clusters that the
     split divides), with tails (outliers), soft tracks, triplets, pT above the cap, |eta| over
-    every bin of the error table, and exact ties in z0."""
+    every bin of the error table, ``cov_z0_z0`` from (3 um)^2 to (300 um)^2 (some above
+    errmax), z0 smeared by sigma_z0 of either mode, and exact ties in z0."""
     rng = np.random.default_rng(seed)
     errors = np.asarray(PixelVerticesConfig().z0_errors)
     edges = PixelVerticesConfig().z0_error_eta_edges
+    width = PixelVerticesConfig().beam_width_xy
     events = []
     for _ in range(n_events):
         zv = rng.normal(0.0, 2.0, rng.integers(0, 6))
@@ -262,21 +307,25 @@ def random_events(seed: int, n_events: int) -> list[dict]:
         z_true = np.repeat(zv, per)
         n = z_true.size
         eta = rng.uniform(-3.0, 3.0, n)
-        sigma = errors[np.digitize(np.abs(eta), edges)]
+        cov = np.exp(rng.uniform(np.log(3e-4), np.log(3e-2), n)) ** 2
+        sigma = np.where(rng.random(n) < 0.5, errors[np.digitize(np.abs(eta), edges)],
+                         np.sqrt(cov + (width * np.sinh(eta)) ** 2))
         z0 = rng.normal(z_true, sigma * np.where(rng.random(n) < 0.1, 6.0, 1.0))
         z0 = np.where(rng.random(n) < 0.2, np.round(z0, 3), z0)  # ties
         events.append({"z0": z0, "eta": eta, "pt": rng.exponential(3.0, n) + 0.3
                        + np.where(rng.random(n) < 0.03, 100.0, 0.0),
-                       "n_hits": rng.integers(3, 6, n)})
+                       "n_hits": rng.integers(3, 6, n), "cov_z0_z0": cov})
     return events
 
 
-CONFIGS = (PixelVerticesConfig(), PixelVerticesConfig(min_t=1, chi2max=25.0),
-           PixelVerticesConfig(split=False, errmax=0.003, min_tracks=3),
-           PixelVerticesConfig(min_hits=3, fit_chi2_max=9.0, split_chi2=2.0))
+CONFIGS = (PixelVerticesConfig(), PixelVerticesConfig(min_t=1, chi2max=25.0, beam_width_xy=0.0),
+           PixelVerticesConfig(z0_error="table", split=False, errmax=0.003, min_tracks=3),
+           PixelVerticesConfig(min_hits=3, fit_chi2_max=9.0, split_chi2=2.0, errmax=0.003),
+           PixelVerticesConfig(z0_error="table"),
+           PixelVerticesConfig(beam_width_xy=0.01, split_separation=1.0))
 
 
-@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("seed", range(2 * len(CONFIGS)))
 def test_reference_equals_the_oracle_on_random_events(seed):
     cfg = CONFIGS[seed % len(CONFIGS)]
     events = random_events(seed, 15)
@@ -311,7 +360,7 @@ def assert_identical(got: tuple[Collection, Collection], want: tuple[Collection,
     assert_collections_identical(got, want, ("pixelvertices", "pixeltrack_vertex"), what)
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(len(CONFIGS)))
 def test_backends_agree_bit_for_bit_on_random_events(seed):
     cfg = CONFIGS[seed]
     events = random_events(100 + seed, 20)
@@ -336,20 +385,23 @@ def sample() -> EventBatch:
     return batch
 
 
-def test_backends_agree_on_the_pixel_tracks_of_ttbar_events(sample):
+@pytest.mark.parametrize("mode", ["covariance", "table"])
+def test_backends_agree_on_the_pixel_tracks_of_ttbar_events(sample, mode):
+    cfg = PixelVerticesConfig(z0_error=mode)
     tracks = sample["pixeltracks"].to_host()
     batch = EventBatch(get_backend("reference"), tracks.n_events, {"pixeltracks": tracks})
-    want = run(batch)
+    want = run(batch, cfg)
     assert (want[0].counts >= 15).all()
-    assert_identical(run(batch.to("cpu")), want, "cpu")
+    assert_identical(run(batch.to("cpu"), cfg), want, "cpu")
     if usable("cuda"):  # the simulator: ~0.5 s per pileup-50 event
         two = EventBatch(batch.backend, 2, {"pixeltracks": tracks.select_events(1, 3)})
-        assert_identical(run(two.to("cuda")), run(two), "cuda")
+        assert_identical(run(two.to("cuda"), cfg), run(two, cfg), "cuda")
 
 
 def test_the_primary_vertex_is_the_hard_scatter(sample):
     """At pileup 50 the vertex of largest sum pT^2 lies within 100 um of the true hard-scatter
-    vertex (Event.pv_z) in each of the three events (measured: 39, 3 and 2 um)."""
+    vertex (Event.pv_z) in each of the three events (measured 2026-11-29, default
+    z0_error = "covariance": 30, 5 and 0.4 um; with the table: 37, 2.5 and 2.3 um)."""
     v, _ = run(EventBatch(sample.backend, 3, {"pixeltracks": sample["pixeltracks"]}))
     pv_z = np.asarray(sample["Event"].to_host()["pv_z"], dtype=np.float64)
     assert (np.abs(v["z"][v.offsets[:-1]] - pv_z) < 0.01).all()
@@ -369,6 +421,21 @@ def test_bad_inputs_are_named(b):
     with pytest.raises(PipelineError, match=r"collection 'pixeltracks' column 'z0' has a "
                                             r"non-finite value nan at row 1"):
         run(track_batch([{"z0": [0.0, np.nan]}], b))
+    # z0_error = "covariance" needs cov_z0_z0; the table does not
+    batch = track_batch([{"z0": [0.0, 0.001, 0.002]}])
+    del batch["pixeltracks"].columns["cov_z0_z0"]
+    with pytest.raises(PipelineError, match=r"^stage 'pixelvertices' needs column 'cov_z0_z0' in "
+                                            r"collection 'pixeltracks' \(z0_error = 'covariance'"
+                                            r".*it has \['eta', 'n_hits', 'pt', 'z0'\]\. Set "
+                                            r"\[pixelvertices\] z0_error = 'table'"):
+        run(batch.to(b))
+    v, _ = run(batch.to(b), PixelVerticesConfig(z0_error="table"))
+    assert v["n_tracks"].tolist() == [3]
+    for bad in (0.0, -1e-6, np.nan, np.inf):
+        with pytest.raises(PipelineError, match=r"collection 'pixeltracks' column 'cov_z0_z0' "
+                                                rf"has the value {bad!r} at row 1, expected a "
+                                                r"finite z0 variance > 0 \[cm\^2\]"):
+            run(track_batch([{"z0": [0.0, 0.01, 0.02], "cov_z0_z0": [1e-6, bad, bad]}], b))
 
 
 @pytest.mark.parametrize("b", BACKENDS)
@@ -392,6 +459,9 @@ def test_config_errors():
                        ({"z0_error_eta_edges": [1.0, 0.5]}, "must be finite numbers >= 0 in "
                                                             "ascending order"),
                        ({"z0_errors": [0.001]}, r"z0_errors must be 6 finite numbers > 0 in cm"),
-                       ({"split": 1}, "split")):
+                       ({"split": 1}, "split"),
+                       ({"z0_error": "fit"}, r"z0_error must be one of 'covariance', 'table', "
+                                             r"got 'fit'"),
+                       ({"beam_width_xy": -0.001}, "beam_width_xy must be a finite number >= 0")):
         with pytest.raises(ConfigError, match=r"pixelvertices.*" + msg):
             config_from_dict({"pixelvertices": table})

@@ -14,7 +14,14 @@ The rules
    no triplets) and ``pT >= pt_min`` (0.5 GeV, CMSSW ``ptMin``).  Its pT enters the sums of
    rule 5 capped at ``pt_max`` (75 GeV, CMSSW ``ptMax``: a track above it still enters, with
    pT = 75 GeV; CMSSW clamps, it does not cut).  ``z = z0`` [cm]; its error ``sigma_z0``
-   [cm] see *Approximations*.
+   [cm] by ``z0_error``:
+
+   * ``"covariance"`` (default): ``sigma_z0^2 = cov_z0_z0 + (beam_width_xy sinh(eta))^2``,
+     the variance of z0 from the ``pixeltracks`` fit [cm^2] (Patatrack's ``ezt2``, the fit's
+     covariance) plus the beam-line term below; ``beam_width_xy`` 0.0012 cm, ``hltemu
+     generate``'s luminous region (``beamspot_sigma_xy``); 0 gives Patatrack's rule exactly.
+   * ``"table"``: ``sigma_z0 = z0_errors[i]`` [cm] for ``z0_error_eta_edges[i-1] <= |eta| <
+     z0_error_eta_edges[i]`` (see *Approximations*).
 2. **Density clustering** (``clusterTracksByDensity``, after Rodriguez and Laio, Science 344
    (2014) 1492).  Two tracks are *compatible* when ``|z_i - z_j| <= eps`` (0.07 cm) and
    ``(z_i - z_j)^2 <= chi2max (sigma_i^2 + sigma_j^2)`` (chi2max 9).  A track's density
@@ -68,52 +75,95 @@ none (not selected, noise, an outlier, or a cluster under ``min_tracks``): Patat
 
 Approximations
 --------------
-* **sigma_z0.**  Patatrack takes each track's z0 variance from its broken-line fit's
-  covariance.  ``pixeltracks`` gives one now (``cov_z0_z0``), but this stage still uses the
-  table below, measured with its earlier fit (Karimaki circle and an unweighted line, z0
-  resolution 2-3x worse than the present fit's ~10 um).  We parameterise ``sigma_z0`` by ``|eta|``: ``z0_errors[i]``
-  for ``z0_error_eta_edges[i-1] <= |eta| < z0_error_eta_edges[i]``.  The defaults are the
-  central-68% half widths of ``z0 - vz`` of pixel tracks of >= 4 hits matched to a prompt
-  particle (``sim_index``, production within 100 um of the beam line) on the built-in sample
-  (10 ttbar events at pileup 50, default doublets and pixeltracks; 3,528 tracks): 24, 11, 18,
-  33, 66, 128 um for |eta| 0-0.5, 0.5-1, 1-1.5, 1.5-2, 2-2.5, > 2.5, with no dependence on pT
-  (23-28 um from 0.5 to > 5 GeV; no material).  Real CMS pixel tracks have 50-500 um,
-  growing as 1/pT: ``errmax`` (100 um) then selects the better tracks as seeds, here all but
-  |eta| > 2.5.  Triplets (``min_hits = 3``) get the same errors, 4x too small (their width is
-  99 um overall).
+* **The beam-line term.**  z0 is the track's z at its closest approach to the beam line
+  (the z axis), but an interaction happens at (x_v, y_v), ``~N(0, 12 um)`` off it: a track of
+  direction phi from there has ``z0 = z_v - (x_v cos phi + y_v sin phi) cot(theta)``, an offset
+  of variance ``beam_width_xy^2 cot^2(theta)`` that differs from track to track of one vertex
+  (by phi) and that the fit's covariance does not know.  In CMS it hides under 50-500 um of
+  multiple scattering; here (no material) the fit gives 4-8 um at 0.5 < |eta| < 2 while the
+  offset is 19 um at |eta| 1.25 and 56 um at 2.25.  Measured on ttbar at pileup 50 (seed 5050,
+  50 events, 18,196 selected tracks matched to a particle produced at its interaction's
+  vertex; ``z0 - z`` of that vertex): central-68% half widths 25, 12, 18, 33, 62, 117 um for
+  |eta| 0-0.5, 0.5-1, 1-1.5, 1.5-2, 2-2.5, > 2.5, where ``sqrt(cov_z0_z0)`` has medians 22, 8,
+  5, 6, 28, 63 um (pulls 1.2, 1.5, 4.0, 5.4, 2.7, 1.8) and ``sigma_z0`` with the term 22, 14,
+  19, 34, 61, 101 um (pulls 1.15, 0.81, 0.95, 0.93, 1.00, 1.14; beyond 3 sigma: 2.8% at
+  |eta| < 0.5, at most 0.5% elsewhere).  Without the term (``beam_width_xy = 0``) 27% of
+  these tracks lie beyond 3 sigma of their vertex, the fit's outlier cut and the split act on
+  them, and at pileup 0 the hard-scatter vertex is split: 1.36 vertices per event and a PV
+  10.7 um from the truth (median), against 1.04 and 3.7 um with it (table below).
+* **The table** (``z0_error = "table"``, the stage's rule before the fit had a covariance):
+  ``z0_errors`` are the central-68% half widths of ``z0 - vz`` of pixel tracks of >= 4 hits
+  matched to a prompt particle on the built-in sample, measured with the earlier fit (Karimaki
+  circle and an unweighted line): 24, 11, 18, 33, 66, 128 um for |eta| 0-0.5, ..., > 2.5.
+  They are mostly the beam-line term above, hence close to the covariance mode's errors, but
+  one per |eta| bin (the fit's errors vary 6-41 um within 2 < |eta| < 2.5) and the same for
+  triplets (``min_hits = 3``), whose fitted z0 errors are larger (medians of
+  ``sqrt(cov_z0_z0)`` 22, 14 and 6 um for 3, 4 and 5 hits at pileup 50).
+* **Patatrack's cuts, kept.**  ``eps`` (0.07 cm), ``errmax`` (0.01 cm) and ``chi2max`` (9)
+  are CMSSW's, set for errors of 50-500 um: there ``errmax`` gives a density only to the
+  better-measured tracks and ``eps`` bounds the clusters of the worse ones.  With this
+  detector's 10-100 um, ``chi2max`` alone sets the clustering scale (``3 sqrt(2) sigma_z0``,
+  60-400 um) and ``errmax`` only takes tracks of sigma_z0 > 100 um out of the seeding (about
+  half of those beyond |eta| 2.5; the table: all of them).  We keep the defaults rather than
+  tune them to a detector without material.
 * float64 throughout (Patatrack: float32); no beam-spot tilt (the beam line is the z axis).
 * The HLT's ``PixelVertexCollectionTrimmer`` (keep vertices with sum pT^2 >= 0.3 of the
   PV's) is not applied.
 
 Backends
 --------
-The selection, the ``(event, z0, row)`` sort, the error table, and at the end the ordering
-of the vertices run with NumPy (reference, cpu) or ``xp`` (cuda).  ``reference`` clusters,
-fits and splits in plain Python (all pairs of tracks, lists of members);
+The selection, the ``(event, z0, row)`` sort and at the end the ordering of the vertices run
+with NumPy (reference, cpu) or ``xp`` (cuda); so does ``sigma_z0^2`` for cpu and cuda, while
+``reference`` computes it track by track (``bisect`` in the table; ``cov_z0_z0`` plus the
+beam-line term with NumPy's ``sinh``, the function cpu uses).  ``reference`` clusters, fits and
+splits in plain Python (all pairs of tracks, lists of members);
 ``cpu`` and ``cuda`` run :mod:`hltemu.kernels.pixelvertices`, one event per ``prange``
 iteration or CUDA thread.  Comparisons are exact, the sums run in the same order and every
 operation is one IEEE operation (the kernels through :mod:`hltemu.kernels.ieee`), so the three
 backends give the same vertices and the same bits, given the same tracks.  On a real GPU the
-tracks' ``eta`` may differ in the last bit (``pixeltracks``), which could move a track's
-error across a table edge only if its |eta| lay within ~1e-16 of it.
+tracks' ``eta`` may differ in the last bit (``pixeltracks``), and CuPy's ``sinh`` from NumPy's,
+which changes the beam-line term in its last bit (a comparison could differ only at a tie
+within ~1e-16 relative) or moves a track's error across a table edge (only if its |eta| lay
+within ~1e-16 of it).
 
-Needs ``pixeltracks`` (``pt`` [GeV], ``eta``, ``z0`` [cm], ``n_hits``); a missing column or a
-non-finite value is an error naming the column and the row.
+Needs ``pixeltracks`` (``pt`` [GeV], ``eta``, ``z0`` [cm], ``n_hits``, and with ``z0_error =
+"covariance"`` ``cov_z0_z0`` [cm^2]); a missing column or a non-finite value is an error naming
+the column and the row; without ``cov_z0_z0`` the error also names ``z0_error = 'table'``; a
+``cov_z0_z0`` that is not > 0 is an error naming its value and row.
 
-Measured (2026-11-29, cpu, default doublets, pixeltracks and config; PV: row 0 against
-``Event.pv_z``, the true hard-scatter vertex; ``hltemu run FILE --stages
-doublets,pixeltracks,pixelvertices -n 100`` on ``hltemu generate`` ttbar seeds 5000 and 5050)::
+Measured (2026-11-29, cpu, default doublets, pixeltracks and config; ``python
+examples/pixel_tracking_performance.py FILE --events N`` on ``hltemu generate`` ttbar files,
+definitions in :mod:`hltemu.pixelmetrics`: a vertex is efficient for an interaction with >= 2
+charged prompt particles of pT > 0.9 GeV, |eta| < 2.5 when a vertex is within 0.1 cm of it,
+each vertex used once; PV: row 0 against ``Event.pv_z``; ``unassigned``: vertices near no
+interaction, e.g. a vertex split in two); the table mode's figures are the stage's before the
+covariance became the default::
 
-    sample                      events  vertices/event  PV < 1 mm  PV < 100 um  median |dz|
-    built-in (pileup 50)            10            26.0      1.000        1.000       3.8 um
-    seed 5000, pileup 0            100             1.1      1.000        1.000       3.3 um
-    seed 5050, pileup 50           100            26.0      0.980        0.970       3.6 um
+    pileup (seed, events)  z0_error    vtx eff (pileup)  PV<0.1cm  median|dz|  vtx/ev  unassigned
+    0 (5000, 50)           covariance    1.000               1.000      3.7 um    1.04      2 / 52
+                           table         1.000               1.000      3.3 um    1.12      6 / 56
+    50 (5050, 50)          covariance    0.873 (0.869)       0.980      4.8 um   25.76   7 / 1,288
+                           table         0.877 (0.872)       0.980      4.0 um   25.84   5 / 1,292
+    200 (7200, 24)         covariance    0.760 (0.758)       0.958      3.9 um   90.29   2 / 2,167
+                           table         0.778 (0.776)       0.958      3.8 um   92.00   3 / 2,208
+    50 (built-in, 10)      covariance        -               1.000      3.9 um   25.9        -
+                           table             -               1.000      3.1 um   26.0        -
 
-At pileup 50 (51 interactions) 26 vertices of >= 2 quadruplets per event, 13 tracks each;
-93% of the >= 4-hit tracks are in a vertex; in 2 of the 100 events a pileup vertex has the
-larger sum pT^2.  The median chi2 / ndof is 0.9 (2.1 at pileup 0, where the hard scatter's
-vertex includes b and c hadron daughters): the table's widths are those of the cores.  The
-stage runs at ~5,000 events/s (cpu, 2 shared cores) at pileup 50.
+The hard-scatter interaction has a vertex in every event.  The PV's distance to the truth: in
+the 49 (pileup 50) and 50 (pileup 0) events where both modes are within 0.1 cm, the table is
+nearer in 31 and 29 of them, by 0.5 um on average (6.8 against 6.3 um; 4.7 against 4.4), a
+difference within the statistics (sign test p = 0.09 and 0.3).  At pileup 200 (203
+interactions, 113 eligible per event) the vertex efficiency is limited by merging (mean
+spacing ~0.5 mm at z = 0): the covariance mode's errors are larger than the table's at 0.5 <
+|eta| < 1.5 and merge more (1.8 points of efficiency); a smaller width trades this
+against split vertices (``beam_width_xy = 0.0009``: 0.775 at pileup 200, 0.874 at pileup 50,
+PV median |dz| 3.9 and 4.2 um at pileup 0 and 50).  Patatrack's plain covariance
+(``beam_width_xy = 0``) gives 0.812 with 127 unassigned vertices at pileup 200, and 0.870,
+PV < 0.1 cm 0.94 and 143 unassigned at pileup 50: its errors are too small for these tracks.
+At pileup 50, 93% of the selected tracks are in a vertex, 13.7 per vertex, median chi2 / ndof
+0.89 (1.84 at pileup 0, where the hard scatter's vertex includes b and c hadron daughters).
+The stage runs at ~13,000 events/s (cpu, 2 shared cores, the built-in sample's 10 events:
+``benchmarks/bench_pixeltracks.py``, ``benchmarks/RESULTS.md``) at pileup 50.
 """
 
 from __future__ import annotations
@@ -130,16 +180,19 @@ from hltemu.backends import Backend
 from hltemu.batch import Collection, EventBatch
 from hltemu.config import ConfigError, param
 from hltemu.ops import THREADS_PER_BLOCK, blocks
-from hltemu.pipeline import Stage, register
+from hltemu.pipeline import PipelineError, Stage, register
 from hltemu.stages.antikt import _check_columns, _check_finite
-from hltemu.xpsafe import bincount, event_index
+from hltemu.xpsafe import any_true, bincount, event_index, item
+
+#: Where a track's sigma_z0 comes from (config ``z0_error``): the fit's covariance, or the table.
+Z0_ERROR_MODES: tuple[str, ...] = ("covariance", "table")
 
 
 @dataclass(frozen=True)
 class PixelVerticesConfig:
     """Stage ``pixelvertices``: Patatrack's density clustering of pixel-track z0, vertex fit,
     split and sum-pT^2 ordering (rules and sources in :mod:`hltemu.stages.pixelvertices`).
-    Defaults are CMSSW's (``PixelVertexProducerCUDA``), the z0 errors our parameterisation."""
+    Defaults are CMSSW's (``PixelVertexProducerCUDA``); sigma_z0 from the fit's covariance."""
 
     pt_min: float = param(0.5, "GeV", "tracks with pT >= pt_min enter (ptMin)")
     pt_max: float = param(75.0, "GeV", "track pT is capped at pt_max in sum pT^2 (ptMax)")
@@ -163,14 +216,23 @@ class PixelVerticesConfig:
                                       "leaves its vertex")
     min_tracks: int = param(2, "", "vertices keep at least this many tracks "
                             "(PixelVertexProducerFromSoA: 2)")
+    z0_error: str = param("covariance", "",
+                          'sigma_z0 of a track: "covariance" (sqrt(cov_z0_z0) of the '
+                          'pixeltracks fit [cm], Patatrack\'s way) or "table" (z0_errors by '
+                          '|eta|)')
+    beam_width_xy: float = param(0.0012, "cm", 'z0_error = "covariance": the luminous '
+                                 "region's transverse width (sigma in x and y); adds "
+                                 "(beam_width_xy sinh(eta))^2 to cov_z0_z0 (0: the covariance "
+                                 "alone, as Patatrack)")
     z0_error_eta_edges: tuple = param((0.5, 1.0, 1.5, 2.0, 2.5), "",
-                                      "|eta| edges of the sigma_z0 table")
+                                      'z0_error = "table": |eta| edges of the sigma_z0 table')
     z0_errors: tuple = param((0.0024, 0.0011, 0.0018, 0.0033, 0.0066, 0.0128), "cm",
-                             "sigma_z0 of a pixel track per |eta| bin (one more than edges)")
+                             'z0_error = "table": sigma_z0 of a pixel track per |eta| bin (one '
+                             'more than edges)')
 
     def __post_init__(self) -> None:
         for name in ("pt_min", "pt_max", "eps", "errmax", "chi2max", "fit_chi2_max",
-                     "split_chi2", "split_separation", "final_fit_chi2_max"):
+                     "split_chi2", "split_separation", "final_fit_chi2_max", "beam_width_xy"):
             value = getattr(self, name)
             if isinstance(value, bool) or not (isinstance(value, (int, float))
                                                and math.isfinite(value) and value >= 0):
@@ -185,6 +247,9 @@ class PixelVerticesConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ConfigError(f"[pixelvertices] {name} must be an integer >= {least}, got "
                                   f"{value!r}")
+        if self.z0_error not in Z0_ERROR_MODES:
+            raise ConfigError(f"[pixelvertices] z0_error must be one of "
+                              f"{', '.join(map(repr, Z0_ERROR_MODES))}, got {self.z0_error!r}")
         edges, errors = self.z0_error_eta_edges, self.z0_errors
         if (not all(isinstance(v, (int, float)) and math.isfinite(v) for v in edges)
                 or any(b <= a for a, b in zip(edges[:-1], edges[1:], strict=True))
@@ -198,8 +263,9 @@ class PixelVerticesConfig:
                               f"got {errors!r}")
 
 
-#: pixeltracks columns the stage reads.
+#: pixeltracks columns the stage reads in every mode, and with ``z0_error = "covariance"``.
 TRACK_COLUMNS: tuple[str, ...] = ("pt", "eta", "z0", "n_hits")
+COVARIANCE_COLUMN = "cov_z0_z0"
 #: Columns of the ``pixelvertices`` collection.
 VERTEX_COLUMNS: tuple[str, ...] = ("z", "z_error", "n_tracks", "sum_pt2", "chi2", "ndof")
 
@@ -252,16 +318,41 @@ class Tracks(NamedTuple):
     track_offsets: Any
 
 
+def _check_track_columns(tracks: Collection, cfg: PixelVerticesConfig) -> None:
+    """Every column the config needs is there; a missing ``cov_z0_z0`` says how to do without."""
+    _check_columns(tracks, "pixeltracks", TRACK_COLUMNS, "pixelvertices")
+    if cfg.z0_error == "covariance" and COVARIANCE_COLUMN not in tracks:
+        raise PipelineError(f"stage 'pixelvertices' needs column {COVARIANCE_COLUMN!r} in "
+                            f"collection 'pixeltracks' (z0_error = 'covariance': each track's z0 "
+                            f"variance [cm^2] from the fit of stage 'pixeltracks'); it has "
+                            f"{sorted(tracks.columns)}. Set [pixelvertices] z0_error = 'table' "
+                            f"to take sigma_z0 from the |eta| table instead")
+
+
+def _check_variance(xp: Any, cov: Any) -> None:
+    """``cov_z0_z0`` is a finite variance > 0 on every row (one read-back)."""
+    bad = ~(xp.isfinite(cov) & (cov > 0))
+    if any_true(bad):
+        row = item(xp.flatnonzero(bad)[0])
+        raise PipelineError(f"stage 'pixelvertices': collection 'pixeltracks' column "
+                            f"{COVARIANCE_COLUMN!r} has the value {item(cov[row])!r} at row "
+                            f"{row}, expected a finite z0 variance > 0 [cm^2]")
+
+
 def selected_tracks(batch: EventBatch, cfg: PixelVerticesConfig, edges: Any, errors: Any
                     ) -> Tracks:
-    """The stage's input, checked (errors name the column and the row), selected and sorted."""
+    """The stage's input, checked (errors name the column and the row), selected and sorted;
+    ``e2`` from ``cov_z0_z0`` or from the table (``edges``, ``errors`` [cm]) by ``z0_error``."""
     xp = batch.backend.xp
     tracks = batch["pixeltracks"]
-    _check_columns(tracks, "pixeltracks", TRACK_COLUMNS, "pixelvertices")
+    _check_track_columns(tracks, cfg)
     cols = {}
     for col in ("pt", "eta", "z0"):
         cols[col] = xp.asarray(tracks[col], dtype=xp.float64)
         _check_finite(xp, cols[col], "pixeltracks", col, "pixelvertices")
+    if cfg.z0_error == "covariance":
+        cov = xp.asarray(tracks[COVARIANCE_COLUMN], dtype=xp.float64)
+        _check_variance(xp, cov)
     n_hits = xp.asarray(tracks["n_hits"])
     n = int(n_hits.shape[0])
     track_offsets = xp.asarray(tracks.offsets, dtype=xp.int64)
@@ -274,11 +365,16 @@ def selected_tracks(batch: EventBatch, cfg: PixelVerticesConfig, edges: Any, err
         rows, event = rows[order], event[order]
     offsets = xp.zeros(n_events + 1, dtype=xp.int64)
     xp.cumsum(bincount(event, n_events, xp), out=offsets[1:])
-    sigma = errors[xp.searchsorted(edges, xp.abs(cols["eta"][rows]), side="right")]
+    eta = cols["eta"][rows]
+    if cfg.z0_error == "covariance":  # the beam-line offset of z0: width x cot(theta)
+        t = cfg.beam_width_xy * xp.sinh(eta)
+        e2 = cov[rows] + t * t
+    else:
+        sigma = errors[xp.searchsorted(edges, xp.abs(eta), side="right")]
+        e2 = sigma * sigma
     pt = xp.minimum(cols["pt"][rows], cfg.pt_max)
     return Tracks(rows, offsets, xp.ascontiguousarray(cols["z0"][rows]),
-                  xp.ascontiguousarray(sigma * sigma), xp.ascontiguousarray(pt * pt), n,
-                  track_offsets)
+                  xp.ascontiguousarray(e2), xp.ascontiguousarray(pt * pt), n, track_offsets)
 
 
 # -- reference ------------------------------------------------------------------------------------
@@ -388,15 +484,22 @@ def _event_reference(z: list[float], e2: list[float], pt2: list[float],
 
 def run_reference(batch: EventBatch, cfg: PixelVerticesConfig, prep: Prepared
                   ) -> dict[str, Collection]:
-    """:func:`_event_reference` for every event; the error table with :mod:`bisect`."""
+    """:func:`_event_reference` for every event; each track's sigma_z0^2 read here, row by row:
+    ``cov_z0_z0``, or the error table with :mod:`bisect`."""
     trk = batch["pixeltracks"]
     sel = selected_tracks(batch, cfg, prep.edges, prep.errors)  # checks, selection, order
-    eta = np.asarray(trk["eta"], dtype=np.float64)
     rows, offsets, z = sel.rows.tolist(), sel.offsets.tolist(), sel.z.tolist()
+    eta = np.asarray(trk["eta"], dtype=np.float64)
+    cov = np.asarray(trk[COVARIANCE_COLUMN], dtype=np.float64) if cfg.z0_error == "covariance" \
+        else None
     e2 = []
     for r in rows:
-        s = cfg.z0_errors[bisect.bisect_right(cfg.z0_error_eta_edges, abs(float(eta[r])))]
-        e2.append(s * s)
+        if cov is not None:  # NumPy's sinh (not math's) for the same bits as cpu and cuda
+            t = cfg.beam_width_xy * float(np.sinh(eta[r]))
+            e2.append(float(cov[r]) + t * t)
+        else:
+            s = cfg.z0_errors[bisect.bisect_right(cfg.z0_error_eta_edges, abs(float(eta[r])))]
+            e2.append(s * s)
     pt = [min(float(trk["pt"][r]), cfg.pt_max) for r in rows]
     pt2 = [p * p for p in pt]
     cols: dict[str, list] = {c: [] for c in VERTEX_COLUMNS}
