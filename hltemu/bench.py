@@ -419,12 +419,14 @@ class BenchResult:
 
     def tables(self) -> list[Any]:
         """The best-of table (:func:`hltemu.ui.bench_table`: events/s and speed-ups of the
-        fastest repeat) and :func:`spread_table` (median and spread per stage and backend)."""
+        fastest repeat) and :func:`hltemu.ui.spread_table` (median and spread per stage and
+        backend)."""
         from hltemu import ui
 
         return [ui.bench_table(self.times, self.backends, self.rows, self.n_events,
                                self.repeat),
-                spread_table(self)]
+                ui.spread_table(self.to_dict(), self.backends, self.rows, self.n_events,
+                                self.repeat)]
 
     def summary_lines(self) -> list[str]:
         """The batch (tiled or not) and the pileup, one line each."""
@@ -440,39 +442,6 @@ class BenchResult:
         if self.pileup is not None:
             lines.append(f"pileup {self.pileup:g} (checked against the inputs)")
         return lines
-
-
-def _ms(seconds: float) -> str:
-    """Seconds as milliseconds with 4 significant digits (``470.9``, ``0.02431``)."""
-    return f"{1e3 * seconds:#.4g}".rstrip(".")
-
-
-def spread_table(result: BenchResult) -> Any:
-    """Per stage (then ``total``) and backend: milliseconds per event (median, min, max,
-    interquartile range over the repeats), events/s of the median and the speed-up of the
-    median over the baseline (the first backend)."""
-    from rich import box
-    from rich.table import Table
-
-    d = result.to_dict()
-    base = result.backends[0]
-    t = Table(title=f"ms per event: {result.n_events} events, {result.repeat} repeat(s); "
-                    f"speed-up over {base}",
-              box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    for col in ("stage", "backend", "median", "min", "max", "IQR", "events/s", "speed-up"):
-        t.add_column(col, justify="left" if col in ("stage", "backend") else "right",
-                     no_wrap=True)
-    for row in result.rows:
-        for i, b in enumerate(result.backends):
-            r = d["backends"][b]["stages"][row]
-            s = r["seconds_per_event"]
-            eps, sp = r["events_per_second"], r.get("speedup")
-            t.add_row(row if i == 0 else "", b, _ms(s["median"]), _ms(s["min"]), _ms(s["max"]),
-                      _ms(s["iqr"]), f"{eps:,.1f}" if eps is not None else "inf",
-                      f"{sp:.2f}x" if sp is not None else "n/a",
-                      end_section=len(result.backends) > 1 and i == len(result.backends) - 1,
-                      style="bold" if row == "total" else None)
-    return t
 
 
 def parse_backends(backends: Sequence[str] | str) -> list[str]:

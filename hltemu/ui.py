@@ -188,6 +188,39 @@ def bench_table(times: Mapping[str, Mapping[str, float]], backends: Sequence[str
 
 
 # -- hltemu generate --------------------------------------------------------------------------
+def _ms(seconds: float) -> str:
+    """Seconds as milliseconds with 4 significant digits (``470.9``, ``0.02431``)."""
+    return f"{1e3 * seconds:#.4g}".rstrip(".")
+
+
+def spread_table(figures: Mapping[str, Any], backends: Sequence[str], rows: Sequence[str],
+                 n_events: int, repeat: int) -> Any:
+    """``hltemu bench``'s second table, from :meth:`hltemu.bench.BenchResult.to_dict`
+    (``figures``): per stage (then ``total``) and backend, milliseconds per event (median,
+    min, max, interquartile range over the repeats), events/s of the median and the speed-up
+    of the median over the baseline (the first backend)."""
+    from rich import box
+    from rich.table import Table
+
+    base = backends[0]
+    t = Table(title=f"ms per event: {n_events} events, {repeat} repeat(s); speed-up over {base}",
+              box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for col in ("stage", "backend", "median", "min", "max", "IQR", "events/s", "speed-up"):
+        t.add_column(col, justify="left" if col in ("stage", "backend") else "right",
+                     no_wrap=True)
+    for row in rows:
+        for i, b in enumerate(backends):
+            r = figures["backends"][b]["stages"][row]
+            s = r["seconds_per_event"]
+            eps, sp = r["events_per_second"], r.get("speedup")
+            t.add_row(row if i == 0 else "", b, _ms(s["median"]), _ms(s["min"]), _ms(s["max"]),
+                      _ms(s["iqr"]), f"{eps:,.1f}" if eps is not None else "inf",
+                      f"{sp:.2f}x" if sp is not None else "n/a",
+                      end_section=len(backends) > 1 and i == len(backends) - 1,
+                      style="bold" if row == "total" else None)
+    return t
+
+
 def generation_table(stats: Any) -> Any:
     """The per-event means of a generation run
     (:class:`~hltemu.simulate.generate.GenerationStats`)."""
