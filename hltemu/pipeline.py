@@ -718,7 +718,7 @@ class _BatchSteps:
             batch, seconds = self._read()
         if batch is not None:
             self.current += 1
-            self.report.stages["read"].events += batch.n_events
+            self.timer.add_events("read", batch.n_events)
             self._source = batch.source
             self.report.files.setdefault(batch.source, {"events": 0, "seconds": 0.0})
             self.report.files[batch.source]["events"] += batch.n_events

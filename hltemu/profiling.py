@@ -248,6 +248,12 @@ class StageTimer:
         self.timeline = timeline
         self._lock = threading.Lock()
 
+    def add_events(self, name: str, n_events: int) -> None:
+        """Count ``n_events`` more events for step ``name`` (the reading thread of a pipelined
+        run times a read before it knows the batch's size)."""
+        with self._lock:
+            self.report.stages.setdefault(name, StageStats()).events += n_events
+
     @contextlib.contextmanager
     def stage(self, name: str, n_events: int, *, sync: bool = True, sync_start: bool = True,
               batch: int | None = None) -> Iterator[list[float]]:
