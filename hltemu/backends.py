@@ -134,6 +134,32 @@ class Backend:
             self._sync()
 
 
+def one_stream_launches() -> bool:
+    """Stop numba-cuda from synchronizing CuPy's stream before every kernel launch, where that
+    is safe; returns whether it did.
+
+    For each array argument that comes through ``__cuda_array_interface__`` (every CuPy array)
+    numba-cuda waits for the stream the array names (``NUMBA_CUDA_ARRAY_INTERFACE_SYNC``,
+    default on): 27 waits per anti-kT launch.  hltemu creates no stream: CuPy's work and every
+    kernel go to the legacy default stream, which orders them, so the waits only stall the
+    host.  They stay on when the user chose (``NUMBA_CUDA_ARRAY_INTERFACE_SYNC`` set) or when
+    CuPy runs on per-thread default streams (``CUPY_CUDA_PER_THREAD_DEFAULT_STREAM``), where
+    the ordering would not hold.
+    """
+    import os
+
+    if "NUMBA_CUDA_ARRAY_INTERFACE_SYNC" in os.environ:
+        return False
+    if os.environ.get("CUPY_CUDA_PER_THREAD_DEFAULT_STREAM", "0") not in ("", "0"):
+        return False
+    try:
+        from numba.cuda.core import config
+    except ImportError:  # numba-cuda before the config moved into it
+        from numba.core import config
+    config.CUDA_ARRAY_INTERFACE_SYNC = False
+    return True
+
+
 def _make_cuda() -> Backend:
     ok, why = cuda_status()
     if not ok:
@@ -151,6 +177,8 @@ def _make_cuda() -> Backend:
                        simulated=True)
     import cupy
     from numba import cuda
+
+    one_stream_launches()
 
     def sync() -> None:
         cupy.cuda.get_current_stream().synchronize()

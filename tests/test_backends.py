@@ -154,3 +154,24 @@ def test_segment_sum_kernel_agrees_on_every_backend(counts, seed):
         be = get_backend(name)
         got = be.to_host(segment_sum(be.to_device(values), be.to_device(offsets), be))
         np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_one_stream_launches_turns_off_the_array_interface_sync(monkeypatch):
+    """numba-cuda's wait for CuPy's stream before each launch is turned off unless the user set
+    NUMBA_CUDA_ARRAY_INTERFACE_SYNC or CuPy uses per-thread default streams."""
+    pytest.importorskip("numba.cuda")
+    from hltemu.backends import one_stream_launches
+
+    try:
+        from numba.cuda.core import config
+    except ImportError:
+        from numba.core import config
+    monkeypatch.setattr(config, "CUDA_ARRAY_INTERFACE_SYNC", True, raising=False)
+    monkeypatch.delenv("NUMBA_CUDA_ARRAY_INTERFACE_SYNC", raising=False)
+    monkeypatch.setenv("CUPY_CUDA_PER_THREAD_DEFAULT_STREAM", "1")
+    assert not one_stream_launches() and config.CUDA_ARRAY_INTERFACE_SYNC
+    monkeypatch.delenv("CUPY_CUDA_PER_THREAD_DEFAULT_STREAM")
+    monkeypatch.setenv("NUMBA_CUDA_ARRAY_INTERFACE_SYNC", "1")
+    assert not one_stream_launches() and config.CUDA_ARRAY_INTERFACE_SYNC
+    monkeypatch.delenv("NUMBA_CUDA_ARRAY_INTERFACE_SYNC")
+    assert one_stream_launches() and config.CUDA_ARRAY_INTERFACE_SYNC is False
