@@ -354,6 +354,35 @@ def test_cuda_capacity_large_enough_runs_once():
     assert launches == 1
 
 
+def test_first_capacity_follows_the_last_batch():
+    from hltemu.stages.doublets import CAPACITY_MARGIN, first_capacity
+
+    assert first_capacity(500, 100, 30.0) == 500  # the config's size wins
+    assert first_capacity(0, 100, None) == 4 * 100 + 1024
+    assert first_capacity(0, 1000, 11.3) == int(CAPACITY_MARGIN * 11.3 * 1000) + 1024
+
+
+@pytest.mark.skipif(not cuda_usable(), reason="cuda backend not usable here")
+def test_cuda_buffer_sized_from_the_previous_batch():
+    """Dense events (more than 4 doublets per hit): the first batch runs the search twice, the
+    next one, sized from the first's doublets per hit, once; the doublets are the cpu's."""
+    from hltemu.pipeline import get_stage, prepared
+
+    be = get_backend("cuda")
+    st = get_stage("doublets")
+    prep = prepared(st, CFG, be)
+    prep.sizing.clear()
+    # ~1,900 hits in a 0.3 rad wedge: ~5.6 doublets per hit
+    batches = [synthetic_batch(seed, 1, 100, 1500, (0.0, 0.3)) for seed in (21, 22)]
+    launches = []
+    for batch in batches:
+        got = st(batch.to(be), CFG)["doublets"]
+        assert_same(run_backend(batch["PixelHit"], CFG, "cpu"), got.to_host())
+        launches.append(prep.sizing["launches"])
+        assert got.size > 4 * batch["PixelHit"].size + 1024
+    assert launches == [2, 1]
+
+
 # -- the cuts do what the config says ---------------------------------------------------------
 def test_every_doublet_passes_the_configured_cuts(ttbar_pu50):
     cfg = CFG

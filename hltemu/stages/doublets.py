@@ -159,8 +159,9 @@ class DoubletsConfig:
                               "thickness and pitch_y of the detector geometry")
     size_above: float = param(2.5, "pixels", "size_y may be this much above the prediction")
     n_phi_bins: int = param(128, "", "phi bins of the search structure (per event and layer)")
-    capacity: int = param(0, "doublets", "first size of the cuda output buffer (0: 4 per hit "
-                          "+ 1024); grown and rerun when too small, never truncated")
+    capacity: int = param(0, "doublets", "first size of the cuda output buffer (0: 1.25 times "
+                          "the last batch's doublets per hit, 4 per hit at first, + 1024); "
+                          "grown and rerun when too small, never truncated")
 
     def __post_init__(self) -> None:
         n = len(self.layer_pairs)
@@ -544,17 +545,35 @@ def doublet_collection(hits: Collection, table: HitTable, pairs: PairTable, inne
 
 
 class Prepared(NamedTuple):
-    """What :func:`prepare` builds once per (config, backend): the cut tables, and those the
-    CUDA kernel reads on the backend's device."""
+    """What :func:`prepare` builds once per (config, backend): the cut tables, those the CUDA
+    kernel reads on the backend's device, and ``sizing``: what the last cuda batch found
+    (``per_hit``: its doublets per hit; ``launches``: how often its kernel ran), from which
+    the next batch's buffer is sized (:func:`first_capacity`)."""
 
     pairs: PairTable
     device_pairs: dict[str, Any]
+    sizing: dict[str, float]
 
 
 def prepare(cfg: DoubletsConfig, backend: Backend) -> Prepared:
     """The cut tables of ``cfg``, uploaded once to ``backend``."""
     pairs = pair_table(cfg)
-    return Prepared(pairs, _kernel_args(pairs, backend))
+    return Prepared(pairs, _kernel_args(pairs, backend), {})
+
+
+#: The cuda buffer of a batch holds this many times the last batch's doublets per hit (its
+#: spread between batches of 100 ttbar events is a few percent), so that the kernel runs once.
+CAPACITY_MARGIN = 1.25
+
+
+def first_capacity(capacity: int, n_hits: int, last_per_hit: float | None) -> int:
+    """The first size of a batch's cuda doublet buffer: ``capacity`` when the config sets it
+    (> 0), else :data:`CAPACITY_MARGIN` times the last batch's doublets per hit (4 per hit for
+    the first batch: 11 are found at pileup 200, where that meant a second search), plus 1024."""
+    if capacity > 0:
+        return capacity
+    per_hit = 4.0 if last_per_hit is None else CAPACITY_MARGIN * last_per_hit
+    return int(per_hit * n_hits) + 1024
 
 
 def run_reference(batch: EventBatch, cfg: DoubletsConfig, prep: Prepared
@@ -578,7 +597,11 @@ def run_cuda(batch: EventBatch, cfg: DoubletsConfig, prep: Prepared) -> dict[str
     """The CUDA kernel, one thread per (hit, layer pair) (:func:`find_cuda`)."""
     hits, be = batch["PixelHit"], batch.backend
     table = build_hit_table(hits, cfg.n_phi_bins, be)
-    inner, outer, pair, _ = find_cuda(table, prep.pairs, be, cfg.capacity, prep.device_pairs)
+    capacity = first_capacity(cfg.capacity, table.n_hits, prep.sizing.get("per_hit"))
+    inner, outer, pair, launches = find_cuda(table, prep.pairs, be, capacity, prep.device_pairs)
+    if table.n_hits:
+        prep.sizing["per_hit"] = int(inner.shape[0]) / table.n_hits
+    prep.sizing["launches"] = launches
     return {"doublets": doublet_collection(hits, table, prep.pairs, inner, outer, pair, be)}
 
 
