@@ -26,6 +26,7 @@ from antikt_inputs import (
     concat,
     fastjet_jets,
     lattice_event,
+    massless,
     pythia_events,
     random_event,
     special_event,
@@ -250,6 +251,103 @@ def test_fastjet_strategies_themselves_disagree_on_exact_ties():
     flat, offsets = concat([collinear_event(rng, int(n)) for n in rng.integers(100, 400, 30)])
     ours, _, _ = our_jets(flat, offsets, 0.4)
     assert_same_jets(ours, fastjet_jets(flat, offsets, 0.4, strategy="Best"))
+
+
+# ------------------------------------------------------------------------------------------
+# The cpu kernel's tiles (lazy NN searches, skipped tiles): with and without them, every
+# output bit is the same
+# ------------------------------------------------------------------------------------------
+def cpu_event(event, radius: float, tiled: bool):
+    """``cluster_event_cpu`` on one event: jet of each input, jet px, py, pz, E, jet first."""
+    from hltemu.kernels.antikt_cpu import cluster_event_cpu
+
+    px, py, pz, e = (np.ascontiguousarray(a, dtype=np.float64) for a in event)
+    n = px.shape[0]
+    jet_of = np.full(n, -1, dtype=np.int64)
+    out = [np.zeros(n) for _ in range(4)]
+    first = np.zeros(n, dtype=np.int64)
+    k = cluster_event_cpu(px, py, pz, e, float(radius), tiled, jet_of, *out, first)
+    return jet_of, [o[:k].view(np.int64) for o in out], first[:k]  # floats as their bits
+
+
+def assert_tiles_change_nothing(events, radii, what=""):
+    for radius in radii:
+        for ev, event in enumerate(events):
+            plain = cpu_event(event, radius, False)
+            tiled = cpu_event(event, radius, True)
+            tag = f"{what} event {ev} R={radius}"
+            np.testing.assert_array_equal(tiled[0], plain[0], err_msg=tag)
+            np.testing.assert_array_equal(tiled[2], plain[2], err_msg=tag)
+            for a, b in zip(tiled[1], plain[1], strict=True):
+                np.testing.assert_array_equal(a, b, err_msg=tag)
+
+
+def edge_event(rng: np.random.Generator, n: int, radius: float):
+    """``n`` random particles plus particles on the cpu kernel's tile edges in rapidity and
+    azimuth (on an edge, 1e-12 either side of it, and mirrored pairs across it: equal
+    distances to the particle on the edge), at the azimuth wrap (phi = 0 and 2 pi - 1e-12),
+    and exact duplicates of some of them."""
+    from hltemu.kernels.antikt_cpu import tiling
+
+    px, py, pz, e = random_event(rng, n, eta_max=4.0)
+    raps = [rap_phi(*map(float, v))[0] for v in zip(px, py, pz, e, strict=True)]
+    rap_min, rap_w, n_rap, phi_w, n_phi = tiling(min(raps), max(raps), radius, True)
+    etas, phis = [], []
+    for k in rng.choice(np.arange(1, n_rap), size=min(n_rap - 1, 6), replace=False):
+        edge = rap_min + k * rap_w
+        for col in rng.choice(n_phi, size=min(n_phi, 4), replace=False):
+            p0 = col * phi_w
+            for d_eta, d_phi in ((0.0, 0.0), (1e-12, 0.0), (-1e-12, 0.0), (0.05, 1e-12),
+                                 (-0.05, 1e-12), (0.0, -1e-12), (0.1, 0.1), (-0.1, 0.1)):
+                etas.append(edge + d_eta)
+                phis.append(p0 + d_phi)
+    for p0 in (0.0, 1e-12, 2 * np.pi - 1e-12, 2 * np.pi - 0.03, 0.03):
+        etas.append(float(rng.uniform(-2, 2)))
+        phis.append(p0)
+    etas, phis = np.array(etas), np.array(phis)
+    pt = rng.choice([1.0, 2.0, 5.0], etas.shape[0])
+    extra = massless(pt, etas, phis)
+    cols = [np.concatenate([a, b]) for a, b in zip((px, py, pz, e), extra, strict=True)]
+    dup = rng.choice(cols[0].shape[0], 10, replace=False)
+    cols = [np.concatenate([c, c[dup]]) for c in cols]
+    perm = rng.permutation(cols[0].shape[0])
+    return tuple(c[perm] for c in cols)
+
+
+@pytest.mark.parametrize("radius", [0.1, 0.4, 0.7, 1.5])
+def test_cpu_tiles_give_the_same_bits_on_random_and_edge_events(radius):
+    """The tiled search (tiles skipped by their distance bounds) against one tile holding
+    everything (the plain N^2 search), on random events of 2-3000 particles and on events
+    with particles on tile edges, at the azimuth wrap, mirrored across edges and duplicated."""
+    rng = np.random.default_rng(21)
+    events = [random_event(rng, int(n)) for n in rng.integers(2, 3000, 12)]
+    events += [edge_event(rng, int(n), radius) for n in (60, 400, 1500)]
+    assert_tiles_change_nothing(events, [radius], "random/edges")
+
+
+@pytest.mark.parametrize("make", [lattice_event, collinear_event, special_event],
+                         ids=["lattice-ties", "collinear", "special"])
+def test_cpu_tiles_give_the_same_bits_on_exact_ties(make):
+    """Exact ties everywhere (equal distances and equal d_ij, duplicates): the tie rule
+    (smallest slot) is the same with and without tiles."""
+    rng = np.random.default_rng(22)
+    events = [make(rng, int(n)) for n in rng.integers(2, 1200, 10)]
+    assert_tiles_change_nothing(events, [0.25, 0.4, 1.0], make.__name__)
+
+
+def test_cpu_tiles_give_the_same_bits_on_edge_momenta():
+    """NaN and infinite rapidities (0 and infinite tile bounds) with and without tiles."""
+    events = [ev for name in EDGE_EVENTS for ev in _edge_events(name)]
+    assert_tiles_change_nothing(events, [0.4, 1.0, 3.5], "edge momenta")
+
+
+def test_cpu_tiles_on_edge_events_equal_fastjet_n2plain():
+    rng = np.random.default_rng(23)
+    for radius in (0.4, 1.0):
+        flat, offsets = concat([edge_event(rng, n, radius) for n in (80, 700)])
+        ours, _, _ = our_jets(flat, offsets, radius)
+        assert_same_jets(ours, fastjet_jets(flat, offsets, radius, strategy="N2Plain"),
+                         f"edges R={radius}")
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -25,8 +25,10 @@ Backends
 --------
 ``reference`` (:func:`cluster_reference`) is FastJet's ``N2Plain`` written out with NumPy: an
 array of slots, each jet's nearest neighbour, one step at a time.  ``cpu`` is a Numba kernel
-with tiles and a tournament tree (fast at N = 100-2000), parallel over events.  ``cuda`` runs
-one event per block with parallel minimum reductions.  The merge sequence is identical on all
+with lazy tiles, reverse nearest-neighbour lists and a tournament tree, parallel over events
+(on one core 0.37-0.67 of the time of FastJet's C++ at N = 100-5000 particles,
+``benchmarks/RESULTS.md``).  ``cuda`` runs one event per block with parallel minimum
+reductions.  The merge sequence is identical on all
 three: the arithmetic that decides it is exactly rounded on the GPU too (libdevice ``dmul_rn``
 etc., :mod:`hltemu.kernels.ieee`; no FMA, ``tests/test_ptx.py``); CUDA's ``log``/``atan2`` may
 still differ from the C library's in the last bit, which can only matter for two distances
