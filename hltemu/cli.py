@@ -40,6 +40,9 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
                    "run."),
     "train-doublet-cnn": ("hltemu.cnn_train", "train_doublet_cnn",
                           "Train the doublet CNN on generated FILES; write STEM.json + STEM.npz."),
+    "train-jet-regression": ("hltemu.jet_regression_train", "train_jet_regression",
+                             "Train the HLT jet-energy regression on FILES written by hltemu "
+                             "run; write an .npz."),
     "study": ("hltemu.study.command", "study",
               "Studies of HLT (online) jets against offline jets: response and trigger "
               "turn-ons."),

@@ -137,9 +137,10 @@ class Stage:
         mode than this run's), printed with the plan's notes.
     in_default_chain:
         False for a stage that runs only when asked for by name (``--stages``): the offline
-        reconstruction (``tracks``, ``vertices``, ``pfcandidates``, ``pfjets``) is not part of
-        the HLT that ``hltemu run`` emulates by default; the default chain lists it among the
-        stages left out, with that reason.
+        reconstruction (``tracks``, ``vertices``, ``pfcandidates``, ``pfjets``, ``pfrho``), the
+        pixel tracking (``pixeltracks``, ``pixelvertices``) and the jet regression are not
+        part of the HLT that ``hltemu run`` emulates by default; the default chain lists them
+        among the stages left out, with that reason.
     counts_only:
         Products that ``hltemu run`` writes as their per-event counts only (the counter
         ``nC``, no column) unless a ``--keep`` pattern names them: collections too large to
@@ -402,8 +403,8 @@ def plan(requested: Sequence[str] | None, available: Iterable[str], config: Any 
     counts_in = _counts_only_inputs(inputs, available)
     for st in chain:
         if requested is None and not st.in_default_chain:
-            result.skipped[st.name] = ("not in the default chain (offline reconstruction "
-                                       "and pixel tracking): name it in --stages")
+            result.skipped[st.name] = ("not in the default chain (it runs when named): "
+                                       "name it in --stages")
             continue
         cfg = config.get(st.name, st.config_type)
         try:

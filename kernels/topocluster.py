@@ -33,7 +33,8 @@ store the same 1 concurrently: benign) and :func:`assign_perimeter_cuda` gives e
 cell the best tag among its cluster-cell neighbours (reads only the final tags of growing
 cells, writes only its own).
 
-Cluster kinematics (:func:`cluster_kinematics_cpu` / :func:`cluster_kinematics_cuda`): one
+Cluster kinematics (:func:`cluster_kinematics_cpu` / :func:`cluster_kinematics_cuda`: energy,
+energy of the ECAL rows ``row_em``, eta, phi, cell count): one
 cluster per iteration / thread over its member rows in ascending row order, so the sums run in
 the same order on both, and every operation is exactly rounded on both (libdevice's
 ``dmul_rn``/``dadd_rn``/... on CUDA, which NVVM never fuses into an FMA), so they agree bit for
@@ -89,17 +90,20 @@ def _make(jit, mul, add, sub, div):
 
     wrap = jit(wrap)
 
-    def cluster_sums(k, members, member_offsets, energy, row_eta, row_phi, seed_row,
-                     out_energy, out_eta, out_phi, out_n):
+    def cluster_sums(k, members, member_offsets, energy, row_em, row_eta, row_phi, seed_row,
+                     out_energy, out_energy_em, out_eta, out_phi, out_n):
         """Kinematics of cluster ``k`` from its member rows ``members[member_offsets[k]:
         member_offsets[k + 1]]`` (ascending rows).
 
-        energy [GeV] = sum E; eta = sum |E| eta / sum |E|; phi [rad] = seed phi + sum |E| dphi
-        / sum |E|, with dphi a member's phi minus the seed's wrapped into [-pi, pi), then
-        wrapped into [-pi, pi).  ``sum |E| > 0`` always: the seed has ``|E| > 0``.
+        energy [GeV] = sum E; energy_em [GeV] = sum E over the rows with ``row_em != 0`` (the
+        cells of ECAL layers), in the same order; eta = sum |E| eta / sum |E|; phi [rad] =
+        seed phi + sum |E| dphi / sum |E|, with dphi a member's phi minus the seed's wrapped
+        into [-pi, pi), then wrapped into [-pi, pi).  ``sum |E| > 0`` always: the seed has
+        ``|E| > 0``.
         """
         phi0 = row_phi[seed_row[k]]
         s_e = 0.0
+        s_em = 0.0
         s_w = 0.0
         s_eta = 0.0
         s_dphi = 0.0
@@ -110,10 +114,13 @@ def _make(jit, mul, add, sub, div):
             en = energy[r]
             w = abs(en)
             s_e = add(s_e, en)
+            if row_em[r] != 0:
+                s_em = add(s_em, en)
             s_w = add(s_w, w)
             s_eta = add(s_eta, mul(w, row_eta[r]))
             s_dphi = add(s_dphi, mul(w, wrap(sub(row_phi[r], phi0))))
         out_energy[k] = s_e
+        out_energy_em[k] = s_em
         out_eta[k] = div(s_eta, s_w)
         out_phi[k] = wrap(add(phi0, div(s_dphi, s_w)))
         out_n[k] = hi - lo
@@ -193,12 +200,13 @@ def label_cells_cpu(cell_id, sig, offsets, slot, nbr_offsets, nbr_index, t_seed,
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
-def cluster_kinematics_cpu(members, member_offsets, energy, row_eta, row_phi, seed_row,
-                           out_energy, out_eta, out_phi, out_n):
-    """Energy [GeV], eta, phi [rad] and cell count of every cluster (see :func:`_cluster_sums`)."""
+def cluster_kinematics_cpu(members, member_offsets, energy, row_em, row_eta, row_phi,
+                           seed_row, out_energy, out_energy_em, out_eta, out_phi, out_n):
+    """Energy and ECAL energy [GeV], eta, phi [rad] and cell count of every cluster (see
+    :func:`_cluster_sums`; ``row_em`` (uint8): 1 for the rows of ECAL cells)."""
     for k in numba.prange(seed_row.shape[0]):
-        _cluster_sums_cpu(k, members, member_offsets, energy, row_eta, row_phi, seed_row,
-                          out_energy, out_eta, out_phi, out_n)
+        _cluster_sums_cpu(k, members, member_offsets, energy, row_em, row_eta, row_phi,
+                          seed_row, out_energy, out_energy_em, out_eta, out_phi, out_n)
 
 
 # -- CUDA ---------------------------------------------------------------------------------------
@@ -269,10 +277,10 @@ def assign_perimeter_cuda(work, row_event, offsets, cell_id, sig, t_grow, slot, 
 
 
 @cuda.jit(cache=True)
-def cluster_kinematics_cuda(members, member_offsets, energy, row_eta, row_phi, seed_row,
-                            out_energy, out_eta, out_phi, out_n):
+def cluster_kinematics_cuda(members, member_offsets, energy, row_em, row_eta, row_phi,
+                            seed_row, out_energy, out_energy_em, out_eta, out_phi, out_n):
     """One thread per cluster: same arguments and result as :func:`cluster_kinematics_cpu`."""
     k = cuda.grid(1)
     if k < seed_row.shape[0]:
-        _cluster_sums_cuda(k, members, member_offsets, energy, row_eta, row_phi, seed_row,
-                           out_energy, out_eta, out_phi, out_n)
+        _cluster_sums_cuda(k, members, member_offsets, energy, row_em, row_eta, row_phi,
+                           seed_row, out_energy, out_energy_em, out_eta, out_phi, out_n)

@@ -52,10 +52,11 @@ def test_calorimeter_only_file_runs_the_calo_chain(tmp_path):
     result, _, report = _run(tmp_path, str(calo_only), "--backend", "cpu", name="auto")
     assert result.exit_code == 0, result.output
     skipped = json.loads(report.read_text())["plan"]["skipped"]
-    assert sorted(skipped) == ["doublet_cnn", "doublets", "genjets", "pfcandidates", "pfjets",
-                               "pfrho", "pixeltracks", "pixelvertices", "tracks", "vertices"]
-    assert skipped["tracks"] == ("not in the default chain (offline reconstruction and pixel "
-                                 "tracking): name it in --stages")
+    assert sorted(skipped) == ["doublet_cnn", "doublets", "genjets", "jet_regression",
+                               "pfcandidates", "pfjets", "pfrho", "pixeltracks",
+                               "pixelvertices", "tracks", "vertices"]
+    assert skipped["tracks"] == skipped["jet_regression"] == (
+        "not in the default chain (it runs when named): name it in --stages")
     assert skipped["doublets"] == ("needs 'PixelHit', which neither the input nor an earlier "
                                    "stage provides")
     assert "skipped doublets: needs 'PixelHit'" in _flat(result.output)

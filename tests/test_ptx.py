@@ -102,7 +102,8 @@ def _compile_all() -> dict[str, dict[str, int]]:
                                       rows + (f8, f8) + graph + (ai8, ai4)),
         "assign_perimeter_cuda": kernel(C.assign_perimeter_cuda, rows + (f8,) + graph + (ai8,)),
         "cluster_kinematics_cuda": kernel(C.cluster_kinematics_cuda,
-                                          (ai8, ai8, a8, a8, a8, ai8, a8, a8, a8, ai4)),
+                                          (ai8, ai8, a8, nt.uint8[::1], a8, a8, ai8, a8, a8, a8,
+                                           a8, ai4)),
     }
 
 

@@ -101,7 +101,8 @@ def test_the_planner_places_it_by_needs_and_adds(weight_stage):
     # the package's own order is unchanged by it
     assert [n for n in pipeline.registered_stages() if n != "cluster_weight"] == [
         "doublets", "doublet_cnn", "topocluster", "antikt", "genjets", "rho", "jec", "trigger",
-        "pixeltracks", "pixelvertices", "tracks", "vertices", "pfcandidates", "pfjets", "pfrho"]
+        "jet_regression", "pixeltracks", "pixelvertices", "tracks", "vertices", "pfcandidates",
+        "pfjets", "pfrho"]
 
 
 def test_a_toml_table_configures_it_and_prepare_runs_once_per_config_and_backend(

@@ -94,10 +94,29 @@ def cells_from(events, true=None) -> Collection:
     return Collection.from_counts(counts, cols)
 
 
+def geometry_ecal() -> np.ndarray:
+    """The default geometry's ECAL cells (bool per cell id), from its layer table."""
+    from hltemu.geometry import default_geometry
+
+    calo = default_geometry().calo
+    ecal = [lay.index for lay in calo.layers if lay.section == "ECAL"]
+    return np.isin(calo.cell_layer, ecal)
+
+
+def em_of(graph: CellGraph | None) -> np.ndarray:
+    """The ECAL cells the tests use with ``graph``: the geometry's for a graph of its size,
+    else every third cell id (a made-up mask for small test graphs)."""
+    ecal = geometry_ecal()
+    if graph is None or graph.n_cells == ecal.shape[0]:
+        return ecal
+    return np.arange(graph.n_cells) % 3 == 0
+
+
 def run(cells: Collection, backend: str, cfg: TopoclusterConfig | None = None,
         graph: CellGraph | None = None) -> tuple[Collection, Collection]:
     be = get_backend(backend)
-    out = topocluster(cells.to(be), cfg or PU50, be, graph)
+    em = None if graph is None or graph.n_cells == geometry_ecal().shape[0] else em_of(graph)
+    out = topocluster(cells.to(be), cfg or PU50, be, graph, em)
     assert set(out) == {"clusters", LABEL_COLLECTION}
     clusters, labels = out["clusters"].to_host(), out[LABEL_COLLECTION].to_host()
     assert np.array_equal(labels.offsets, cells.offsets)
@@ -122,6 +141,7 @@ def assert_same(a: tuple[Collection, Collection], b: tuple[Collection, Collectio
     np.testing.assert_allclose(ca["eta"], cb["eta"], rtol=RTOL, atol=RTOL)
     np.testing.assert_allclose(ca["phi"], cb["phi"], rtol=RTOL, atol=RTOL)
     np.testing.assert_allclose(ca["energy"], cb["energy"], rtol=RTOL, atol=1e-9)
+    np.testing.assert_allclose(ca["energy_em"], cb["energy_em"], rtol=RTOL, atol=1e-9)
 
 
 def all_backends(cells: Collection, cfg=None, graph=None) -> tuple[Collection, Collection]:
@@ -210,6 +230,7 @@ def check_kinematics(cells: Collection, graph: CellGraph,
     graph's offset."""
     clusters, labels = result
     rng = np.random.default_rng(0)
+    em = em_of(graph)
     for i in range(cells.n_events):
         ev, cl = dict(cells.event(i)), clusters.event(i)
         ev["energy"] = corrected(ev["id"], ev["energy"], graph)
@@ -228,6 +249,7 @@ def check_kinematics(cells: Collection, graph: CellGraph,
                 graph.noise[cl["seed"][k]]
             assert cl["seed_significance"][k] == s_seed
             assert cl["energy"][k] == pytest.approx(e.sum(), rel=1e-12, abs=1e-9)
+            assert cl["energy_em"][k] == pytest.approx(e[em[ids]].sum(), rel=1e-12, abs=1e-9)
             w = np.abs(e)
             assert cl["eta"][k] == pytest.approx((w * graph.eta[ids]).sum() / w.sum(), abs=1e-12)
             phi0 = graph.phi[cl["seed"][k]]
@@ -265,6 +287,8 @@ def test_hand_made_chain(backend_name):
     # touches cell 6 (S=3, cluster 0's core): joins cluster 0.  Cell 9 (E=0) joins nothing.
     assert clusters["n_cells"].tolist() == [4, 5, 2]
     np.testing.assert_allclose(clusters["energy"], [0.25 + 1.5 + 5.0 - 1.5, 8.5, 3.0])
+    # ECAL cells in run(): ids 0, 3, 6, 9 (every third): cluster 0 holds 6, cluster 1 0 and 3
+    np.testing.assert_allclose(clusters["energy_em"], [1.5, 0.5 + 1.5, 0.0])
     w = np.array([0.25, 1.5, 5.0, 1.5])
     assert clusters["eta"][0] == pytest.approx((w * [5, 6, 7, 8]).sum() / w.sum(), abs=1e-14)
     np.testing.assert_allclose(clusters["phi"], 0.0, atol=0)
@@ -574,6 +598,41 @@ def test_bad_inputs_are_named(backend_name):
     cells = Collection.from_counts([1], {"id": np.zeros(1, np.int32)})
     with pytest.raises(PipelineError, match=r"needs CaloCell column\(s\) \['energy'\]"):
         run(cells, backend_name, graph=g)
+
+
+def test_energy_em_is_the_ecal_layers_part():
+    """Default geometry: ECAL cells are those of layers EM1 and EM2; a cluster's energy_em sums
+    its ECAL cells' corrected energies (negative ones too), energy - energy_em its HCAL ones."""
+    from hltemu.geometry import default_geometry
+
+    calo = default_geometry().calo
+    em2, had1 = calo.layer_index("EM2"), calo.layer_index("HAD1")
+    assert [lay.name for lay in calo.layers if lay.section == "ECAL"] == ["EM1", "EM2"]
+    # a 3 x 3 EM2 patch and the HAD1 cells behind it (neighbours across the ECAL/HCAL
+    # boundary), no pileup: one cluster
+    ie, ip = np.meshgrid(np.arange(59, 62), np.arange(9, 12), indexing="ij")
+    em_ids = calo.cell_id(em2, ie.ravel(), ip.ravel())
+    had_ids = np.unique(calo.find_cells(had1, calo.cell_eta[em_ids], calo.cell_phi[em_ids]))
+    e_em = np.full(em_ids.shape[0], 0.5)
+    e_em[4] = 20.0
+    e_em[0] = -0.4  # a negative cell, above the grow threshold: in the cluster
+    e_had = np.full(had_ids.shape[0], 3.0)
+    cells = cells_from([(np.concatenate([em_ids, had_ids]), np.concatenate([e_em, e_had]))])
+    cfg = TopoclusterConfig(pileup_mu=0.0)
+    results = [run(cells, b, cfg) for b in available_backends()]
+    for clusters, labels in results:
+        assert clusters.size == 1 and (labels[LABEL_COLUMN] == 0).all()
+        e32 = lambda x: np.asarray(x, dtype=np.float32).astype(np.float64)  # noqa: E731
+        assert clusters["energy_em"][0] == pytest.approx(e32(e_em).sum(), rel=1e-12)
+        assert clusters["energy"][0] - clusters["energy_em"][0] == pytest.approx(
+            e32(e_had).sum(), rel=1e-12)
+    # a graph of another calorimeter needs its own mask
+    g = chain(4)
+    with pytest.raises(PipelineError, match="ECAL mask has 88320 cells, the cell graph 4"):
+        topocluster(cells_from([([0, 1], [5.0, 1.0])]), PU50, get_backend("cpu"), g)
+    with pytest.raises(PipelineError, match="1-D boolean array"):
+        topocluster(cells_from([([0, 1], [5.0, 1.0])]), PU50, get_backend("cpu"), g,
+                    np.zeros((2, 2), dtype=bool))
 
 
 def test_bad_graphs_are_rejected():

@@ -32,6 +32,11 @@ Kinematics of a cluster (cells at their centres, :mod:`hltemu.geometry`):
 
 * ``energy`` = sum of the member cells' ``E`` (GeV, negative cells included; ``E`` is the
   corrected energy, see "Noise and pileup");
+* ``energy_em`` = the same sum over the member cells of the ECAL layers only (GeV; the layers
+  whose section is ``"ECAL"`` in :mod:`hltemu.geometry`, default ``EM1`` and ``EM2``): the same
+  corrected ``E`` (the pileup offset subtracted as for ``energy``), negative cells included,
+  so ``energy_em`` may be negative or exceed ``energy``; ``energy - energy_em`` is the HCAL
+  part.  The EM fraction of a jet is built from it (:mod:`hltemu.stages.jet_regression`);
 * ``eta`` = ``sum |E| eta / sum |E|``: weights ``|E|``, so that every weight is positive;
 * ``phi`` = ``phi_seed + sum |E| dphi / sum |E|`` wrapped into ``[-pi, pi)``, with ``dphi`` each
   cell's ``phi - phi_seed`` wrapped into ``[-pi, pi)``: the ``|E|``-weighted mean measured from
@@ -153,18 +158,21 @@ best one), then perimeter cells handed out cluster by cluster in rank order.  ``
 same algorithm in Numba, in parallel over events.  ``cuda``: parallel tag propagation to a
 fixed point, then a perimeter pass (see :mod:`hltemu.kernels.topocluster`).  Cluster membership
 (``cell_cluster``, ``n_cells``, ``seed``, ``seed_significance``) is identical on all three;
-``energy``, ``eta`` and ``phi`` agree within 1e-12 (relative; absolute 1e-12 GeV times the
-cluster's ``sum |E|`` for the energy, which may cancel to about zero): the same terms, summed
-in ascending row order by ``cpu`` and ``cuda`` and by NumPy's pairwise sum in ``reference``.
-``cpu`` and ``cuda`` give bit-identical clusters (their sums use exactly rounded operations,
-:mod:`hltemu.kernels.ieee`; measured on an NVIDIA H200, 2026-11-28, the sample tiled to 100
-events).
+``energy``, ``energy_em``, ``eta`` and ``phi`` agree within 1e-12 (relative; absolute 1e-12
+GeV times the cluster's ``sum |E|`` for the energies, which may cancel to about zero): the
+same terms, summed in ascending row order by ``cpu`` and ``cuda`` and by NumPy's pairwise
+sum in ``reference``.  ``cpu`` and ``cuda`` give bit-identical clusters (their sums use
+exactly rounded operations, :mod:`hltemu.kernels.ieee`; measured on an NVIDIA H200,
+2026-11-28, the sample tiled to 100 events; ``energy_em``, added later by the same kernel
+with the same operations, was checked in the CUDA simulator only).
 
 The neighbour graph, noise table and cell centres are built once per calorimeter
 (:func:`calorimeter_graph`) and kept on each backend's device (:meth:`CellGraph.on`).
 Any graph can be used (:meth:`CellGraph.from_arrays`), which the tests do with small random
-ones.  Work memory on ``cpu``/``cuda``: a dense ``(n_events, n_cells)`` int32 map from cell id
-to row (35 MB for 100 events of the default 88,320 cells).
+ones; which cells are ECAL cells (for ``energy_em``) is a mask per cell id (:func:`ecal_mask`:
+the default geometry's, or given with such a graph).  Work memory on ``cpu``/``cuda``: a
+dense ``(n_events, n_cells)`` int32 map from cell id to row (35 MB for 100 events of the
+default 88,320 cells).
 """
 
 from __future__ import annotations
@@ -172,7 +180,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -283,6 +291,7 @@ class TopoclusterConfig:
 #: ``clusters`` columns: name -> (dtype, unit, meaning).
 CLUSTER_COLUMNS: dict[str, tuple[str, str, str]] = {
     "energy": ("float64", "GeV", "sum of the member cells' energies (negative ones included)"),
+    "energy_em": ("float64", "GeV", "the same sum over the member cells of ECAL layers only"),
     "eta": ("float64", "", "|E|-weighted mean eta of the member cells' centres"),
     "phi": ("float64", "rad", "|E|-weighted mean phi, measured from the seed, in [-pi, pi)"),
     "n_cells": ("int32", "", "member cells (core and perimeter)"),
@@ -346,6 +355,60 @@ def noise_graph(cfg: TopoclusterConfig, calo: Any = None) -> CellGraph:
     if mu == 0.0:
         return graph_of(calo)
     return _noise_graph_of(calo, mu, cfg.pileup_noise, bool(cfg.subtract_pileup_mean))
+
+
+# -- which cells are ECAL cells (energy_em) -----------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class EcalMask:
+    """Which cell ids are ECAL cells: ``em`` (uint8, one per cell id, 1 = a cell of an ECAL
+    layer), copied once to each backend's device (:meth:`on`)."""
+
+    em: np.ndarray
+    _device: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def n_cells(self) -> int:
+        return int(self.em.shape[0])
+
+    def on(self, be: Backend) -> Any:
+        """``em`` on ``be``, copied there once and cached."""
+        key = (be.name, be.simulated)
+        if key not in self._device:
+            self._device[key] = be.to_device(np.array(self.em, copy=True))
+        return self._device[key]
+
+
+@functools.lru_cache(maxsize=4)
+def _ecal_mask_of(calo: Any) -> EcalMask:
+    ecal = calo.section_layers("ECAL")
+    return EcalMask(np.isin(calo.cell_layer, ecal).astype(np.uint8))
+
+
+def ecal_mask(em: Any = None, graph: CellGraph | None = None) -> EcalMask:
+    """The ECAL cells of a graph as an :class:`EcalMask`.  ``em``: an :class:`EcalMask` or a
+    boolean array per cell id (True = ECAL); ``None``: the default geometry's calorimeter (the
+    cells of its layers whose section is ``"ECAL"``), built once.  :class:`PipelineError` when the
+    mask's length is not the graph's cell count (a graph of another calorimeter needs its own
+    ``em``)."""
+    if em is None:
+        from hltemu.geometry import default_geometry
+
+        mask = _ecal_mask_of(default_geometry().calo)
+    elif isinstance(em, EcalMask):
+        mask = em
+    else:
+        arr = np.asarray(em)
+        if arr.ndim != 1 or arr.dtype.kind not in "bui":
+            raise PipelineError(f"stage 'topocluster': the ECAL mask must be a 1-D boolean array "
+                                f"(one entry per cell id), got shape {arr.shape} and dtype "
+                                f"{arr.dtype}")
+        mask = EcalMask((arr != 0).astype(np.uint8))
+    if graph is not None and mask.n_cells != graph.n_cells:
+        raise PipelineError(
+            f"stage 'topocluster': the ECAL mask has {mask.n_cells} cells, the cell graph "
+            f"{graph.n_cells}: a graph that is not the default geometry's needs its own mask "
+            f"(topocluster(..., em=<bool per cell id>))")
+    return mask
 
 
 # -- pileup_mu = "auto": the input's mean pileup, resolved by the planner -----------------------
@@ -506,12 +569,13 @@ def wrap_phi(x: Any) -> Any:
 
 
 def cluster_event_reference(ids: np.ndarray, energy: np.ndarray, graph: CellGraph,
-                            cfg: TopoclusterConfig, scale: float | None = None
-                            ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                            cfg: TopoclusterConfig, scale: float | None = None, *,
+                            em: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """4-2-0 clustering of one event, written to be read.
 
     ``ids`` (int) and ``energy`` (GeV, measured) are the event's cells; the graph's offset
-    (mean pileup energy) is subtracted first (:func:`cell_energies`).  Returns the cluster
+    (mean pileup energy) is subtracted first (:func:`cell_energies`); ``em`` (per cell id,
+    nonzero = ECAL) selects the cells of ``energy_em``.  Returns the cluster
     index of each cell (int32, -1 for none) and the clusters' columns
     (:data:`CLUSTER_COLUMNS`), clusters in seed-rank order.
     """
@@ -565,6 +629,7 @@ def cluster_event_reference(ids: np.ndarray, energy: np.ndarray, graph: CellGrap
         phi0 = graph.phi[ids[seed]]
         dphi = wrap_phi(graph.phi[ids[rows]] - phi0)
         cols["energy"].append(e.sum())
+        cols["energy_em"].append(e[em[ids[rows]] != 0].sum())
         cols["eta"].append((w * graph.eta[ids[rows]]).sum() / w.sum())
         cols["phi"].append(wrap_phi(phi0 + (w * dphi).sum() / w.sum()))
         cols["n_cells"].append(rows.shape[0])
@@ -575,9 +640,12 @@ def cluster_event_reference(ids: np.ndarray, energy: np.ndarray, graph: CellGrap
 
 
 def cluster_reference(cells: Collection, graph: CellGraph, cfg: TopoclusterConfig,
-                      scale: np.ndarray | None = None) -> tuple[Collection, Collection]:
+                      scale: np.ndarray | None = None, em: EcalMask | None = None
+                      ) -> tuple[Collection, Collection]:
     """``(clusters, cell_cluster)`` by :func:`cluster_event_reference`, event by event
-    (``scale``: each event's factor of the offset, :func:`event_scale`)."""
+    (``scale``: each event's factor of the offset, :func:`event_scale`; ``em``: the ECAL
+    cells, :func:`ecal_mask`, default the default geometry's)."""
+    em_ids = ecal_mask(em, graph).em
     labels, per_event, counts = [], [], []
     ids_all = np.asarray(cells["id"])
     energy_all = np.asarray(cells["energy"])
@@ -588,7 +656,7 @@ def cluster_reference(cells: Collection, graph: CellGraph, cfg: TopoclusterConfi
         if np.any(n_seen > 1):
             raise repeated_id_error(int(unique[np.argmax(n_seen > 1)]), i, "topocluster")
         label, cols = cluster_event_reference(ids, energy_all[sl], graph, cfg,
-                                              None if scale is None else scale[i])
+                                              None if scale is None else scale[i], em=em_ids)
         labels.append(label)
         per_event.append(cols)
         counts.append(cols["seed"].shape[0])
@@ -684,9 +752,9 @@ def kinematics_cuda(n_clusters: int, args: tuple[Any, ...]) -> None:
 
 
 def assemble(label: Any, rows: RowArrays, offsets: Any, n_events: int, graph: CellGraph,
-             be: Backend, kinematics: Any) -> tuple[Collection, Collection]:
+             be: Backend, kinematics: Any, em: EcalMask) -> tuple[Collection, Collection]:
     """``(clusters, cell_cluster)`` from label seeds (global rows), on ``be``; ``kinematics``
-    is :func:`kinematics_cpu` or :func:`kinematics_cuda`."""
+    is :func:`kinematics_cpu` or :func:`kinematics_cuda`; ``em`` the ECAL cells."""
     xp = be.xp
     dev = graph.on(be)
     n = int(label.shape[0])
@@ -715,8 +783,10 @@ def assemble(label: Any, rows: RowArrays, offsets: Any, n_events: int, graph: Ce
     row_eta, row_phi = dev.eta[rows.ids], dev.phi[rows.ids]
     out = {name: xp.zeros(n_cl, dtype=dtype) for name, (dtype, _, _) in CLUSTER_COLUMNS.items()}
     if n_cl:
-        args = (members, member_offsets.astype(xp.int64), rows.energy, row_eta, row_phi, heads,
-                out["energy"], out["eta"], out["phi"], out["n_cells"])
+        row_em = em.on(be)[rows.ids]
+        args = (members, member_offsets.astype(xp.int64), rows.energy, row_em, row_eta,
+                row_phi, heads, out["energy"], out["energy_em"], out["eta"], out["phi"],
+                out["n_cells"])
         kinematics(n_cl, args)
     out["seed"] = rows.ids[heads].astype(xp.int32)
     out["seed_significance"] = rows.sig[heads]
@@ -725,30 +795,31 @@ def assemble(label: Any, rows: RowArrays, offsets: Any, n_events: int, graph: Ce
 
 # -- the stage ----------------------------------------------------------------------------------
 def clusters_reference(cells: Collection, cfg: TopoclusterConfig, be: Backend,
-                       graph: CellGraph) -> tuple[Collection, Collection]:
+                       graph: CellGraph, em: EcalMask) -> tuple[Collection, Collection]:
     """The seed-queue algorithm per event in plain Python (:func:`cluster_reference`)."""
     check_cells(cells, graph.n_cells, be, "topocluster")
     scale = event_scale(cells, cfg, graph, be)
     return cluster_reference(cells.to_host(), graph, cfg,
-                             None if scale is None else be.to_host(scale))
+                             None if scale is None else be.to_host(scale), em)
 
 
 def clusters_cpu(cells: Collection, cfg: TopoclusterConfig, be: Backend,
-                 graph: CellGraph) -> tuple[Collection, Collection]:
+                 graph: CellGraph, em: EcalMask) -> tuple[Collection, Collection]:
     """The same algorithm in Numba, parallel over events, then the common assembly."""
     check_cells(cells, graph.n_cells, be, "topocluster")
     rows = row_arrays(cells, graph, be, event_scale(cells, cfg, graph, be))
     label = labels_cpu(rows, cells.offsets, graph, cfg)
-    return assemble(label, rows, cells.offsets, cells.n_events, graph, be, kinematics_cpu)
+    return assemble(label, rows, cells.offsets, cells.n_events, graph, be, kinematics_cpu, em)
 
 
 def clusters_cuda(cells: Collection, cfg: TopoclusterConfig, be: Backend,
-                  graph: CellGraph) -> tuple[Collection, Collection]:
+                  graph: CellGraph, em: EcalMask) -> tuple[Collection, Collection]:
     """Tag propagation to a fixed point and a perimeter pass on CUDA, then the assembly."""
     check_cells(cells, graph.n_cells, be, "topocluster")
     rows = row_arrays(cells, graph, be, event_scale(cells, cfg, graph, be))
     label, _ = labels_cuda(rows, cells.offsets, graph, cfg, be)
-    return assemble(label, rows, cells.offsets, cells.n_events, graph, be, kinematics_cuda)
+    return assemble(label, rows, cells.offsets, cells.n_events, graph, be, kinematics_cuda,
+                    em)
 
 
 #: The clustering of each backend.
@@ -757,41 +828,53 @@ ALGORITHMS: dict[str, Any] = {"reference": clusters_reference, "cpu": clusters_c
 
 
 def topocluster(cells: Collection, cfg: TopoclusterConfig, be: Backend,
-                graph: CellGraph | None = None) -> dict[str, Collection]:
+                graph: CellGraph | None = None, em: Any = None) -> dict[str, Collection]:
     """``{"clusters": ..., "cell_cluster": ...}`` of a CaloCell collection on ``be``.
 
     ``graph`` defaults to the default geometry's calorimeter with the total noise of ``cfg``
     (:func:`noise_graph`).  A ``graph`` given is used as it is: its ``noise`` is the sigma of
-    the significance, and ``cfg.pileup_mu`` / ``cfg.pileup_noise`` play no part.
+    the significance, and ``cfg.pileup_mu`` / ``cfg.pileup_noise`` play no part.  ``em``: the
+    ECAL cells of ``energy_em`` (:func:`ecal_mask`: a boolean per cell id, default the default
+    geometry's, which only fits a graph of its calorimeter).
     """
     graph = graph if graph is not None else noise_graph(cfg)
-    clusters, labels = dispatch(ALGORITHMS, be, "topoclustering")(cells, cfg, be, graph)
+    mask = ecal_mask(em, graph)
+    clusters, labels = dispatch(ALGORITHMS, be, "topoclustering")(cells, cfg, be, graph, mask)
     return {"clusters": clusters, LABEL_COLLECTION: labels}
 
 
-def prepare(cfg: TopoclusterConfig, backend: Backend) -> CellGraph:
-    """The calorimeter's cell graph with the total noise of ``cfg`` (:func:`noise_graph`),
-    copied once to ``backend``'s device."""
+class Tables(NamedTuple):
+    """What :func:`prepare` gives the stage: the cell graph and the ECAL cells."""
+
+    graph: CellGraph
+    em: EcalMask
+
+
+def prepare(cfg: TopoclusterConfig, backend: Backend) -> Tables:
+    """The calorimeter's cell graph with the total noise of ``cfg`` (:func:`noise_graph`) and
+    its ECAL cells (:func:`ecal_mask`), copied once to ``backend``'s device."""
     graph = noise_graph(cfg)
     graph.on(backend)
-    return graph
+    em = ecal_mask(None, graph)
+    em.on(backend)
+    return Tables(graph, em)
 
 
-def run_reference(batch: EventBatch, cfg: TopoclusterConfig, graph: CellGraph
+def run_reference(batch: EventBatch, cfg: TopoclusterConfig, tables: Tables
                   ) -> dict[str, Collection]:
-    clusters, labels = clusters_reference(batch["CaloCell"], cfg, batch.backend, graph)
+    clusters, labels = clusters_reference(batch["CaloCell"], cfg, batch.backend, *tables)
     return {"clusters": clusters, LABEL_COLLECTION: labels}
 
 
-def run_cpu(batch: EventBatch, cfg: TopoclusterConfig, graph: CellGraph
+def run_cpu(batch: EventBatch, cfg: TopoclusterConfig, tables: Tables
             ) -> dict[str, Collection]:
-    clusters, labels = clusters_cpu(batch["CaloCell"], cfg, batch.backend, graph)
+    clusters, labels = clusters_cpu(batch["CaloCell"], cfg, batch.backend, *tables)
     return {"clusters": clusters, LABEL_COLLECTION: labels}
 
 
-def run_cuda(batch: EventBatch, cfg: TopoclusterConfig, graph: CellGraph
+def run_cuda(batch: EventBatch, cfg: TopoclusterConfig, tables: Tables
              ) -> dict[str, Collection]:
-    clusters, labels = clusters_cuda(batch["CaloCell"], cfg, batch.backend, graph)
+    clusters, labels = clusters_cuda(batch["CaloCell"], cfg, batch.backend, *tables)
     return {"clusters": clusters, LABEL_COLLECTION: labels}
 
 
