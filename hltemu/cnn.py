@@ -39,7 +39,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +50,7 @@ from hltemu.config import BUILTIN_PREFIX, ConfigError, shipped_dir, spec_path
 from hltemu.geometry import N_PIXEL_LAYERS, default_geometry, is_barrel_layer
 from hltemu.io import PIXEL_PAD_SHAPE
 from hltemu.kernels.doublet_cnn_limits import MAX_ACTIVATIONS, MAX_PATCH
+from hltemu.npz import read_arrays
 
 #: ``format`` entry of the JSON description.
 FORMAT = "hltemu-doublet-cnn"
@@ -405,12 +405,7 @@ def load_model(spec: str | Path) -> DoubletCnn:
     if desc.get("version") != FORMAT_VERSION:
         raise ModelError(f"{json_path}: version {desc.get('version')!r}; this hltemu reads "
                          f"version {FORMAT_VERSION}")
-    try:
-        with np.load(npz_path, allow_pickle=False) as z:
-            arrays = {k: np.asarray(z[k]) for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
-        raise ModelError(f"{npz_path}: cannot read the weights ({type(exc).__name__}: {exc})"
-                         ) from None
+    arrays = read_arrays(npz_path, ModelError)
     declared = _json_shapes(desc, json_path)
     for name, shape in declared.items():
         if name not in arrays:

@@ -49,7 +49,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from hltemu.config import BUILTIN_PREFIX, ConfigError, shipped_dir, spec_path
+from hltemu.npz import read_arrays
 
 #: ``format`` entry of the file's ``meta``.
 FORMAT = "hltemu-jet-regression"
@@ -343,12 +343,7 @@ def load_model(spec: str | Path) -> JetRegression:
             shipped = sorted(p.stem for p in shipped_dir().glob("jet_regression*.npz"))
             hint = f"; shipped: {', '.join('builtin:' + s for s in shipped) or 'none'}"
         raise ModelError(f"jet-regression weights file {path} does not exist{hint}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: np.asarray(z[k]) for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
-        raise ModelError(f"{path}: cannot read the weights ({type(exc).__name__}: {exc})"
-                         ) from None
+    arrays = read_arrays(path, ModelError)
     required = ("meta", "features", "outputs", "feature_mean", "feature_std", "layer0.weight",
                 "layer0.bias")
     missing = [k for k in required if k not in arrays]
