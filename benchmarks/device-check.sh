@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One-shot check of hltemu on a lent GPU: one call of at most ~6 minutes on a bare machine.
 #
-#   here, once:    ../shared/tools/gpu-wheels.sh          (fills .whl/ with the packages the GPU
-#                                                          machine lacks; never CuPy: its own is used)
+#   here, once:    ../shared/tools/gpu-wheels.sh zstandard  (fills .whl/ with the packages the
+#                                                          GPU machine lacks, and zstandard for
+#                                                          hltemu run's ZSTD output; never CuPy:
+#                                                          its own is used)
 #   on the device: bash benchmarks/device-check.sh        (carry [".whl"], timeout_s 420;
 #                  the parts' timeouts add up to under 6 minutes, two runs fit a task's 15
 #                  device minutes with the machine's start)
