@@ -505,8 +505,10 @@ def _generate_parallel(cfg: GenerateConfig, detector: DetectorConfig | None, job
             while waiting:
                 finished, waiting = wait(waiting, return_when=FIRST_COMPLETED)
                 for fut in finished:
+                    # popped: a finished future holds its events until it is dropped
+                    start = futures.pop(fut)
                     try:
-                        done[futures[fut]] = fut.result()
+                        done[start] = fut.result()
                     except SimulationError:
                         raise
                     except Exception as exc:
