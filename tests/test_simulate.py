@@ -566,28 +566,32 @@ def test_plots_explain_a_missing_file(tmp_path):
         make_plots(tmp_path / "missing.root", tmp_path / "plots")
 
 
-def test_parallel_generation_keeps_no_finished_chunk():
+def test_parallel_generation_keeps_no_finished_chunk(monkeypatch):
     """``generate --jobs``: a chunk's events are dropped once written (a finished future kept
-    them all: 24 GB after 6,000 events at pileup 50)."""
+    them all: 24 GB after 6,000 events at pileup 50).  The chunks' futures are watched through
+    weak references: one still alive and done holds its events."""
     import concurrent.futures
     import gc
+    import weakref
 
     from hltemu.simulate.generate import _generate_parallel
 
-    held = []
+    chunks: list[weakref.ref] = []
+    submit = concurrent.futures.ProcessPoolExecutor.submit
 
-    def holds_events(o) -> bool:
-        try:
-            return (isinstance(o, concurrent.futures.Future) and o.done()
-                    and getattr(o, "_result", None) is not None)
-        except ReferenceError:  # a dead weak proxy among the objects
-            return False
+    def watched(self, *args, **kwargs):
+        fut = submit(self, *args, **kwargs)
+        chunks.append(weakref.ref(fut))
+        return fut
+
+    monkeypatch.setattr(concurrent.futures.ProcessPoolExecutor, "submit", watched)
+    held = []
 
     def write(batch):
         gc.collect()
-        held.append(sum(1 for o in gc.get_objects() if holds_events(o)))
+        held.append(sum(1 for ref in chunks if (f := ref()) is not None and f.done()))
 
     cfg = GenerateConfig(events=8, process="minbias", pileup=0.0, seed=5)
     _generate_parallel(cfg, None, 2, 1, lambda ev, sec: None, write)
-    assert len(held) == 8
+    assert len(chunks) == 8 and len(held) == 8
     assert max(held) <= 3, held  # at most the chunks finished out of order, not all 8
