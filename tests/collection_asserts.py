@@ -1,5 +1,5 @@
 """Collections shared by the stage tests: a one-collection batch built from per-event
-columns, and a bit-for-bit comparison."""
+columns, the rows of a collection that a mask keeps, and a bit-for-bit comparison."""
 
 from __future__ import annotations
 
@@ -10,6 +10,13 @@ import numpy as np
 
 from hltemu.backends import get_backend
 from hltemu.batch import Collection, EventBatch
+
+
+def rows_where(coll: Collection, keep: np.ndarray) -> Collection:
+    """The rows of ``coll`` (host arrays) where ``keep`` is true, each still in its event
+    (small inputs for the CUDA simulator: a wedge in phi of real events)."""
+    counts = np.bincount(coll.event_index()[keep], minlength=coll.n_events)
+    return Collection.from_counts(counts, {k: v[keep] for k, v in coll.columns.items()})
 
 
 def one_collection_batch(name: str, events: Sequence[dict], defaults: dict[str, float],

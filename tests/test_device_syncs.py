@@ -40,10 +40,11 @@ import collections
 
 import numpy as np
 import pytest
+from collection_asserts import rows_where
 
 from hltemu import io, strictxp
 from hltemu.backends import Backend, cuda_status, get_backend
-from hltemu.batch import Collection, EventBatch
+from hltemu.batch import EventBatch
 from hltemu.cli import builtin_sample
 from hltemu.geometry import default_geometry
 from hltemu.pipeline import count_products, plan, run_batch
@@ -60,12 +61,6 @@ READ_BUDGET = {"doublets": 6, "doublet_cnn": 7, "topocluster": 13, "antikt": 6, 
 SYNC_BUDGET = len(READ_BUDGET) - 1 + 1
 
 
-def _wedge(coll: Collection, keep: np.ndarray) -> Collection:
-    event = np.repeat(np.arange(coll.n_events), np.diff(coll.offsets))
-    counts = np.bincount(event[keep], minlength=coll.n_events)
-    return Collection.from_counts(counts, {k: v[keep] for k, v in coll.columns.items()})
-
-
 def _small_batch(be: Backend, chain_inputs: list[str]) -> EventBatch:  # host arrays
     """The first event of the sample, cut to 0 <= phi < 0.7 rad (hits, cells, particles)."""
     host = next(io.iterate_batches([builtin_sample()], {n: None for n in chain_inputs},
@@ -74,9 +69,9 @@ def _small_batch(be: Backend, chain_inputs: list[str]) -> EventBatch:  # host ar
     cell_phi = default_geometry().calo.cell_phi
     cols = dict(host.collections)
     hits, cells, gen = cols["PixelHit"], cols["CaloCell"], cols["GenPart"]
-    cols["PixelHit"] = _wedge(hits, np.arctan2(hits["y"], hits["x"]) % two_pi < 0.7)
-    cols["CaloCell"] = _wedge(cells, cell_phi[cells["id"]] % two_pi < 0.7)
-    cols["GenPart"] = _wedge(gen, gen["phi"] % two_pi < 0.7)
+    cols["PixelHit"] = rows_where(hits, np.arctan2(hits["y"], hits["x"]) % two_pi < 0.7)
+    cols["CaloCell"] = rows_where(cells, cell_phi[cells["id"]] % two_pi < 0.7)
+    cols["GenPart"] = rows_where(gen, gen["phi"] % two_pi < 0.7)
     return EventBatch(host.backend, 1, cols)
 
 

@@ -9,6 +9,7 @@ import math
 import numba
 import numpy as np
 import pytest
+from collection_asserts import rows_where
 from hltemu.kernels import doublets as K
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -135,9 +136,7 @@ def synthetic_batch(seed: int, n_events: int, n_tracks: int, n_noise: int,
 def phi_wedge(hits: Collection, lo: float, hi: float) -> Collection:
     """The hits with lo <= phi < hi (small inputs for the CUDA simulator)."""
     phi = np.arctan2(hits["y"], hits["x"])
-    keep = (phi >= lo) & (phi < hi)
-    counts = np.bincount(hits.event_index()[keep], minlength=hits.n_events)
-    return Collection.from_counts(counts, {k: v[keep] for k, v in hits.columns.items()})
+    return rows_where(hits, (phi >= lo) & (phi < hi))
 
 
 # -- helpers ------------------------------------------------------------------------------------

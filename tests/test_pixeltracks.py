@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 import pytest
+from collection_asserts import rows_where
 from hltemu.kernels import pixeltracks as K
 from ptx_runner import ptx_counts
 from pythia_inputs import SAMPLE
@@ -330,9 +331,7 @@ def test_cuda_identical_on_pileup_events(sample):
     if not cuda_usable():
         pytest.skip(cuda_status()[1])
     hits = sample["PixelHit"].to_host().select_events(3, 5)
-    keep = np.arctan2(hits["y"], hits["x"]) >= math.pi / 2
-    counts = np.bincount(hits.event_index()[keep], minlength=2)
-    hits = Collection.from_counts(counts, {k: v[keep] for k, v in hits.columns.items()})
+    hits = rows_where(hits, np.arctan2(hits["y"], hits["x"]) >= math.pi / 2)
     batch = EventBatch(get_backend("reference"), 2, {"PixelHit": hits})
     want = run_tracks(batch, doublets=DoubletsConfig())
     assert (want.counts > 30).all()
