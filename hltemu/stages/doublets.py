@@ -477,8 +477,7 @@ def find_cuda(table: HitTable, pairs: PairTable, be: Backend, capacity: int = 0,
     dev = device_pairs if device_pairs is not None else _kernel_args(pairs, be)
     item_hit, item_pair = work_items(table, dev, xp)
     n_items = int(item_hit.shape[0])
-    if capacity <= 0:
-        capacity = 4 * table.n_hits + 1024
+    capacity = first_capacity(capacity, table.n_hits, None)
     launches = 0
     while True:
         counter = xp.zeros(1, dtype=xp.int64)
