@@ -699,9 +699,12 @@ class _BatchSteps:
         self._write_pool = (ThreadPoolExecutor(1, thread_name_prefix="hltemu-write")
                             if pipelined and writer is not None else None)
 
+    def _file(self, source: str) -> dict[str, float]:
+        """The report's figures of input ``source``."""
+        return self.report.files.setdefault(source, {"events": 0, "seconds": 0.0})
+
     def add_seconds(self, source: str, seconds: float) -> None:
-        per_file = self.report.files.setdefault(source, {"events": 0, "seconds": 0.0})
-        per_file["seconds"] += seconds
+        self._file(source)["seconds"] += seconds
 
     def _read(self) -> tuple[EventBatch | None, float]:
         with self.timer.stage("read", 0, sync=not self.pipelined, batch=self.n_read) as took:
@@ -721,8 +724,7 @@ class _BatchSteps:
             self.current += 1
             self.timer.add_events("read", batch.n_events)
             self._source = batch.source
-            self.report.files.setdefault(batch.source, {"events": 0, "seconds": 0.0})
-            self.report.files[batch.source]["events"] += batch.n_events
+            self._file(batch.source)["events"] += batch.n_events
         if self._source is not None:  # the read that found the end: the last file's
             self.add_seconds(self._source, seconds)
         return batch
