@@ -13,6 +13,12 @@ acceptances.  Per jet, with ``s`` a Gaussian smearing of mean 1 and sigma :data:
 * ``trigger_pre``: HLT_CaloJet40 and HLT_CaloJet80 of the shipped menu (full pT >= 40, 80 GeV,
   |eta| <= 3), which the provenance lists as the run's paths, as ``hltemu run`` records them.
 
+Optionally (:func:`write_study_output`): ``regressed_jets`` (stage ``jet_regression``'s
+collection, one row per HLT jet) with pT ``regressed_scale`` times the full pT; per-event
+generator weights ``Event_weight``; a cross-section of the hard process in the generation
+provenance (``sigma_gen_mb``, with ``weight_sum`` the weights' sum, as ``hltemu generate``
+records them).
+
 So, against offline jets corrected by :data:`OFFLINE_JEC_TEXT`, the median responses are
 ``RAW_RESPONSE`` (raw), ``L1_FACTOR * RAW_RESPONSE`` (L1FastJet) and 1 (full); with raw
 offline jets each is ``OFFLINE_SCALE`` times larger.  An 80 GeV cut on the full pT has its
@@ -21,6 +27,7 @@ p50 at an offline pT of 80 GeV; a cut on raw pT mixes two responses, so its turn
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -58,15 +65,23 @@ def make_events(n_events: int, seed: int) -> dict[str, np.ndarray]:
 
 
 def write_study_output(path: Path, n_events: int = 3000, seed: int = 5,
-                       with_pfjets: bool = True, with_jec: bool = True) -> dict[str, np.ndarray]:
+                       with_pfjets: bool = True, with_jec: bool = True,
+                       regressed_scale: float | None = None,
+                       weight: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None,
+                       sigma_gen_mb: float | None = None) -> dict[str, np.ndarray]:
     """Write :func:`make_events` as an ``hltemu run`` output; ``with_pfjets=False`` leaves out
     the offline jets, ``with_jec=False`` writes ``jets`` (raw) instead of ``corrected_jets``
-    and no ``trigger_pre``.  Returns the columns."""
+    and no ``trigger_pre``; ``regressed_scale`` adds ``regressed_jets`` with pT that many times
+    the full pT; ``weight`` gives ``Event_weight`` from the columns (default 1);
+    ``sigma_gen_mb`` records a hard-process cross-section (mb) and the weights' sum in the
+    generation provenance.  Returns the columns, with ``"weight"`` per event."""
     from hltemu.backends import get_backend
     from hltemu.batch import Collection, EventBatch
     from hltemu.io.writer import OutputWriter
 
     e = make_events(n_events, seed)
+    e["weight"] = (np.ones(n_events) if weight is None
+                   else np.asarray(weight(e), dtype=np.float64))
     counts = np.bincount(e["ev"], minlength=n_events)
     n_jets = e["t"].size
     area = np.full(n_jets, np.pi * 0.4 ** 2)
@@ -75,7 +90,7 @@ def write_study_output(path: Path, n_events: int = 3000, seed: int = 5,
             "run": np.full(n_events, 1, dtype=np.uint32),
             "luminosityBlock": np.ones(n_events, dtype=np.uint32),
             "event": np.arange(1, n_events + 1, dtype=np.uint64),
-            "weight": np.ones(n_events, dtype=np.float32),
+            "weight": e["weight"].astype(np.float32),
             "n_pileup": np.zeros(n_events, dtype=np.int32)}),
         "rho": Collection.event_level({"rho": np.full(n_events, 2.0)}),
     }
@@ -87,6 +102,11 @@ def write_study_output(path: Path, n_events: int = 3000, seed: int = 5,
         lead_full = e["full"].reshape(-1, 2).max(axis=1)
         collections["trigger_pre"] = Collection.event_level(
             {name: lead_full >= cut for name, cut in PATHS.items()})
+        if regressed_scale is not None:
+            collections["regressed_jets"] = Collection.from_counts(counts, {
+                "pt": regressed_scale * e["full"], "eta": e["eta"], "phi": e["phi"],
+                "area": area, "pt_raw": e["raw"],
+                "factor": regressed_scale * e["full"] / e["raw"]})
     else:
         collections["jets"] = Collection.from_counts(counts, {
             "pt": e["raw"], "eta": e["eta"], "phi": e["phi"], "area": area})
@@ -104,7 +124,11 @@ def write_study_output(path: Path, n_events: int = 3000, seed: int = 5,
             for name, cut in PATHS.items()]}}} if with_jec else {},
         "inputs": [{"file": f"gen{seed}.root", "provenance": {
             "kind": "generate", "settings": {"seed": seed, "pileup": 0.0, "process": "qcd",
-                                             "pthat_min": 15.0, "pthat_bias": 4.0}}}],
+                                             "pthat_min": 15.0, "pthat_bias": 4.0},
+            **({"pythia": {"hard_process": {
+                "process": "qcd", "sigma_gen_mb": sigma_gen_mb,
+                "weight_sum": float(e["weight"].astype(np.float32).sum())}}}
+               if sigma_gen_mb is not None else {})}}],
     })
     with w:
         w.write(batch)

@@ -61,7 +61,12 @@ def _edges(text: str, what: str) -> tuple[float, ...]:
                    "[default: the --width-path's own eta cut]")
 @click.option("--bootstrap", type=click.IntRange(min=0), default=0, show_default=True,
               help="hltemu output: event resamples for the error of the width difference "
-                   "(each costs one fit per HLT level).")
+                   "(each costs two fits per HLT level).")
+@click.option("--efficiency-at", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="GEV",
+              help="hltemu output: offline pT where each selection of the width comparison "
+                   "reports its fitted efficiency.  [default: the --width-path's threshold "
+                   "+ 10 GeV]")
 @click.option("--turn-on-eta", type=click.FloatRange(min=0, min_open=True), default=2.5,
               show_default=True,
               help="|eta| of the leading offline jet (reference method) and of the two "
@@ -75,7 +80,7 @@ def _edges(text: str, what: str) -> tuple[float, ...]:
 def online_offline(files: tuple[str, ...], output_dir: str, max_dr: float, eta_bins: str,
                    pt_bins: str, reference: str | None, hlt_jets: str, offline_pt: str,
                    offline_jec: str | None, width_path: str, width_eta: float | None,
-                   bootstrap: int,
+                   bootstrap: int, efficiency_at: float | None,
                    turn_on_eta: float, min_rising: int, plots: bool, progress: bool) -> None:
     """Compare HLT jets with offline jets in FILES (CMS NanoAOD, or hltemu run outputs with
     pfjets); measure single-jet turn-ons.
@@ -94,9 +99,12 @@ def online_offline(files: tuple[str, ...], output_dir: str, max_dr: float, eta_b
     compared with "an HLT jet passing its cut", and its turn-on measured by the reference
     method (against the leading offline jet, in events passing --reference) and by dijet tag
     and probe, with erf fits giving the pT of 50, 95 and 99 % efficiency.  On hltemu output
-    the --width-path cut is also emulated on corrected and on raw HLT jets, the raw threshold
-    set to give the same offline p50, and the turn-on widths (p95 - p50) compared.  Events
-    count equally (no generator weights).
+    the --width-path cut is also emulated on every HLT jet flavour (raw, each JEC level and,
+    where the files have regressed_jets of stage jet_regression, the regressed jets), each
+    other flavour's threshold set once to give the same offline p50 and once to give the same
+    accept rate (Event_weight normalised to each file's cross-section), and the turn-ons
+    compared (p50, p95, width p95 - p50, efficiency at --efficiency-at).  Turn-ons and
+    responses count events equally (no generator weights); only the rates use them.
 
     Writes OUTPUT_DIR/summary.json (every number, the number of events in each fit) and, with
     the plots extra, PNG figures; prints the tables on stderr.
@@ -124,6 +132,7 @@ def online_offline(files: tuple[str, ...], output_dir: str, max_dr: float, eta_b
                                  offline_pt=offline_pt, reference=reference,
                                  offline_jec=_jec_entries(offline_jec), width_path=width_path,
                                  width_eta=width_eta, bootstrap=bootstrap,
+                                 efficiency_at=efficiency_at,
                                  turn_on_eta=turn_on_eta,
                                  min_rising=min_rising)
         check_outputs([("summary", summary_path)], files)
@@ -234,37 +243,60 @@ def _print_summary(console: Any, summary: dict[str, Any]) -> None:
 
 
 def _print_threshold_width(console: Any, w: dict[str, Any]) -> None:
-    """The corrected and lower-level selections' turn-ons, one row each."""
-    from rich.table import Table
-
+    """The full selection and each other flavour's at equal p50, then at equal rate: a table
+    each, one row per selection."""
     if w["status"] == "not done":
         console.print(f"threshold width of {w['path']}: not done: {w['reason']}")
         return
-    t = Table(title=f"turn-on width of {w['path']}'s cut (|eta| <= {w['eta_max']:g}) on HLT "
-                    f"jets at each level, raw thresholds matched in p50 (GeV of {w['x']}; "
-                    f"{w['n_events']} events)")
-    for c in ("level", "threshold", "p50", "p95", "width", "width / full", "Δp50"):
-        t.add_column(c, justify="right")
     boot = w.get("bootstrap") or {}
-    for name, r in w["selections"].items():
-        if r.get("threshold") is None or r["status"] != "ok":
-            t.add_row(name, _num(r.get("threshold"), "g"), r["status"],
-                      r.get("reason") or "", "", "", "")
-            continue
-        diff = r.get("p50_difference")
-        ratio = r.get("width_ratio")
-        sd = (boot.get("difference_sd") or {}).get(name)
-        t.add_row(name, f"{r['threshold']:g}", _pm(r["p50"], r["p50_error"], ".1f"),
-                  _pm(r["p95"], r["p95_error"], ".1f"), _pm(r["width"], r["width_error"], ".1f"),
-                  "-" if ratio is None else f"{ratio:.3f}"
-                  + ("" if sd is None else f" (Δw ± {sd:.1f} boot.)"),
-                  "-" if diff is None else f"{diff:+.2f}"
-                  + ("" if r.get("matched", True) else " not matched"))
-    console.print(t)
+    where = (f"{w['path']}'s cut (|eta| <= {w['eta_max']:g}) per HLT jet flavour (GeV of "
+             f"{w['x']}; {w['n_events']} events)")
+    _width_table(console, f"turn-ons at equal p50: {where}", w["selections"],
+                 boot.get("difference_sd") or {}, w["efficiency_at"])
+    if w.get("rate_matched"):
+        r, full = w["rate"], w["selections"]["full"]
+        to = "its cross-section" if r["normalisation"] == "cross-section" else "its sum"
+        error = (f", full's ± {100 * full['rate_error'] / full['rate']:.1f} %"
+                 if full.get("rate") else "")
+        _width_table(console, f"turn-ons at equal accept rate: {where}; rates: Event_weight "
+                              f"normalised per file to {to}, {r['events']} events "
+                              f"({r['effective_events']:.0f} effective){error}",
+                     {"full": w["selections"]["full"], **w["rate_matched"]},
+                     boot.get("rate_difference_sd") or {}, w["efficiency_at"])
     if "bit_check" in w:
         b = w["bit_check"]
         console.print(f"{w['path']}: emulated full-JEC cut agrees with its trigger_pre bit in "
                       f"{b['agree']} of {b['events']} events")
+
+
+def _width_table(console: Any, title: str, selections: dict[str, dict[str, Any]],
+                 difference_sd: dict[str, float | None], pt_eff: float) -> None:
+    """One row per selection: threshold, rate relative to the full selection's, the fit's
+    p50, p95, width, efficiency at ``pt_eff`` (GeV) and p50 shift."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    for c in ("level", "threshold", "rate / full", "p50", "p95", "width", "width / full",
+              f"eff. at {pt_eff:g}", "Δp50"):
+        t.add_column(c, justify="right")
+    for name, r in selections.items():
+        if r.get("threshold") is None or r["status"] != "ok":
+            t.add_row(name, _num(r.get("threshold"), "g"), r["status"],
+                      r.get("reason") or "", "", "", "", "", "")
+            continue
+        diff = r.get("p50_difference")
+        ratio = r.get("width_ratio")
+        sd = difference_sd.get(name)
+        rate = r.get("rate_ratio")
+        t.add_row(name, f"{r['threshold']:g}", _num(rate),
+                  _pm(r["p50"], r["p50_error"], ".1f"), _pm(r["p95"], r["p95_error"], ".1f"),
+                  _pm(r["width"], r["width_error"], ".1f"),
+                  "-" if ratio is None else f"{ratio:.3f}"
+                  + ("" if sd is None else f" (Δw ± {sd:.1f} boot.)"),
+                  _pm(r.get("efficiency"), r.get("efficiency_error")),
+                  "-" if diff is None or name == "full" else f"{diff:+.2f}"
+                  + ("" if r.get("matched", True) else " not matched"))
+    console.print(t)
 
 
 def _print_turn_ons(console: Any, turn_on: dict[str, dict[str, Any]]) -> None:

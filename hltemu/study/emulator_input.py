@@ -8,7 +8,11 @@ An ``hltemu run`` output with the HLT chain and the offline one,
   ``raw`` (``pt_raw``, the ``jets`` of stage ``antikt``), the product of the levels up to each
   intermediate one (``L1FastJet``: ``pt_raw * factor_L1FastJet``, from the ``factor_<level>``
   columns in chain order) and ``full`` (``pt``).  A file with ``jets`` and no
-  ``corrected_jets`` gives ``raw`` alone.  Every level has the same jets (rows, eta, phi);
+  ``corrected_jets`` gives ``raw`` alone.  Where the files have ``regressed_jets`` (stage
+  ``jet_regression``: a network calibrating each raw jet to the offline pT, an alternative to
+  the factorized JEC), one more flavour, :data:`REGRESSED` (its ``pt``), after ``full``; every
+  file must have it then, or none (:func:`read_emulator` names the one that lacks it).  Every
+  level has the same jets (rows, eta, phi), checked for ``regressed_jets``;
 * offline jets: ``pfjets`` (stage ``pfjets``: anti-kT R = 0.4 on particle-flow candidates with
   charged-hadron subtraction, CMS's AK4 PF CHS), corrected with ``StudySettings.offline_jec``
   (default :data:`DEFAULT_OFFLINE_JEC`, hltemu's own corrections for them; an empty tuple:
@@ -22,9 +26,16 @@ An ``hltemu run`` output with the HLT chain and the offline one,
   records (``plan.facts.trigger.paths``), else its ``[trigger] menu`` file, else hltemu's
   shipped menu (with a note).
 
-Events count equally: ``Event_weight`` is not used (a sample generated with a pT-hat bias
-has a flatter spectrum than nature's, which changes how many events each offline pT bin
-holds, not the efficiency or the response in it; the summary records the bias).
+Events count equally in the responses and turn-ons: ``Event_weight`` is not used there (a
+sample generated with a pT-hat bias has a flatter spectrum than nature's, which changes how many
+events each offline pT bin holds, not the efficiency or the response in it; the summary records
+the bias).  It is used for accept rates (the threshold comparison at equal rate,
+:mod:`hltemu.study.threshold_width`), which depend on the spectrum: :func:`rate_weights`
+normalises each file's weights to its cross-section as ``hltemu derive-jec --weighted`` does
+(:func:`hltemu.jec.derive._generation_provenance`: ``Event_weight * sigma_gen / weight_sum``
+of the hard process), or, when some file's provenance has no cross-section, every file's to its
+summed weights (a note says so).  For an output of a run over a run output (stages rerun on
+it), the generation is looked up through the chain of runs (:func:`generation_run`).
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from hltemu.batch import counts_to_offsets
-from hltemu.jec.derive import OFFLINE_LEVELS, RHO_COLLECTIONS
+from hltemu.jec.derive import OFFLINE_LEVELS, RHO_COLLECTIONS, _generation_provenance
 from hltemu.study.online_offline import Jets, PathCut, StudyError, StudySample, StudySettings
 
 #: The ``hltemu run --stages`` that make a study input: the HLT calorimeter chain with its
@@ -57,6 +68,9 @@ OFFLINE_ALGORITHM = "AK4 PF CHS (hltemu pfjets)"
 
 #: Names of the first and last HLT levels.
 RAW, FULL = "raw", "full"
+
+#: The HLT level of stage ``jet_regression``'s ``regressed_jets``, and that collection.
+REGRESSED, REGRESSED_COLLECTION = "regressed", "regressed_jets"
 
 #: Collections read when present: the HLT jets (``corrected_jets``, else ``jets``), then the
 #: rest.
@@ -125,16 +139,73 @@ def _offline_chain(entries: tuple[str, ...]) -> Any:
         raise StudyError(f"offline JEC {', '.join(entries)}: {exc}") from None
 
 
+def generation_run(prov: dict[str, Any]) -> dict[str, Any]:
+    """The provenance of the run that read the generated file: ``prov`` itself, or, for a run
+    over a run output (stages rerun on it, one input each), the innermost such run."""
+    for _ in range(100):  # a chain of runs, not a loop
+        inputs = prov.get("inputs") or []
+        inner = inputs[0].get("provenance") if len(inputs) == 1 else None
+        if not (isinstance(inner, dict) and inner.get("kind") == "run"):
+            break
+        prov = inner
+    return prov
+
+
 def _generation(prov: dict[str, Any]) -> dict[str, Any]:
-    """How the run's input was generated (pileup, pT-hat bias), where its provenance says."""
+    """How the run's input was generated (pileup, pT-hat bias, cross-section and weight sum of
+    the hard process), where its provenance says."""
     from hltemu.io.provenance import provenance_pileup
 
-    inputs = prov.get("inputs") or []
+    run = generation_run(prov)
+    hard = _generation_provenance(run)  # derive-jec's reading of the same provenance
+    inputs = run.get("inputs") or []
     gen = inputs[0].get("provenance") if len(inputs) == 1 else None
     settings = (gen or {}).get("settings") or {}
     return {"pileup": provenance_pileup(prov), "process": settings.get("process"),
             "seed": settings.get("seed"), "pthat_min": settings.get("pthat_min"),
-            "pthat_bias": settings.get("pthat_bias")}
+            "pthat_bias": settings.get("pthat_bias"), "sigma_gen_mb": hard.get("sigma_gen_mb"),
+            "weight_sum": hard.get("weight_sum")}
+
+
+def rate_weights(parts: Sequence[dict[str, Any]], notes: list[str]
+                 ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Per-event weights of the accept rates, concatenated over ``parts`` (:func:`_read_one`),
+    and what they are.
+
+    With a cross-section and weight sum of the hard process in every file's generation
+    provenance, each event weighs ``Event_weight * sigma_gen / weight_sum`` (mb; the
+    normalisation of ``hltemu derive-jec --weighted``, which reads the same provenance), so
+    files of one process or of several pT-hat ranges combine into one spectrum.  Otherwise every
+    file's weights are divided by their sum (each file then weighs 1; a note names the first
+    file without a cross-section), never the two mixed.  A file without ``Event_weight`` has
+    weights 1 (a note)."""
+    raw = []
+    for q in parts:
+        if q["weight"] is None:
+            notes.append(f"{q['path']} has no Event_weight: its events weigh 1 in the rates")
+            raw.append(np.ones(q["events"]))
+        else:
+            raw.append(q["weight"])
+    gens = [q["generation"] for q in parts]
+    lacking = next((q["path"] for q, g in zip(parts, gens, strict=True)
+                    if not (g.get("sigma_gen_mb") and g.get("weight_sum"))), None)
+    if lacking is None:
+        w = [r * (float(g["sigma_gen_mb"]) / float(g["weight_sum"]))
+             for r, g in zip(raw, gens, strict=True)]
+        info = {"normalisation": "cross-section",
+                "rule": "Event_weight * sigma_gen / weight_sum per file (as derive-jec "
+                        "--weighted)", "unit": "mb"}
+    else:
+        w = [r / r.sum() if r.sum() > 0 else r for r in raw]
+        info = {"normalisation": "weight sum", "rule": "Event_weight / its sum per file",
+                "unit": "fraction of the events' weight"}
+        notes.append(f"{lacking}: no cross-section of the hard process in its provenance: the "
+                     "rates' weights are each file's Event_weight normalised to its sum")
+    out = np.concatenate(w) if w else np.zeros(0)
+    info["sum"] = float(out.sum())
+    info["effective_events"] = (float(out.sum() ** 2 / np.sum(out ** 2))
+                                if np.any(out > 0) else 0.0)
+    return out, info
 
 
 def _read_one(path: str, chain: Any) -> dict[str, Any]:
@@ -152,8 +223,8 @@ def _read_one(path: str, chain: Any) -> dict[str, Any]:
         missing.append(OFFLINE_RHO)
     if missing:
         raise _missing_error(path, missing)
-    wanted = [hlt_name, "pfjets", *(c for c in ("rho", OFFLINE_RHO, "Event", "trigger_pre")
-                                    if c in have)]
+    wanted = [hlt_name, "pfjets", *(c for c in ("rho", OFFLINE_RHO, "Event", "trigger_pre",
+                                                REGRESSED_COLLECTION) if c in have)]
     c = read_collections(path, wanted)
     prov = read_provenance(path) or {}
     hlt, pf = c[hlt_name], c["pfjets"]
@@ -162,10 +233,17 @@ def _read_one(path: str, chain: Any) -> dict[str, Any]:
     values = jet_values(pf, c.get(OFFLINE_RHO))
     pf_pt, _, _ = chain.correct_reference(values)
     notes: list[str] = []
+    levels = hlt_level_pts(hlt)
+    if REGRESSED_COLLECTION in c:
+        levels[REGRESSED] = _regressed_pt(path, c[REGRESSED_COLLECTION], hlt, hlt_name)
+    ev = c.get("Event")
     return {
         "path": path, "events": n, "prov": prov, "hlt_name": hlt_name,
         "hlt_counts": np.asarray(hlt.counts), "hlt_eta": np.asarray(hlt["eta"], np.float64),
-        "hlt_phi": np.asarray(hlt["phi"], np.float64), "levels": hlt_level_pts(hlt),
+        "hlt_phi": np.asarray(hlt["phi"], np.float64), "levels": levels,
+        "weight": (np.asarray(ev["weight"], dtype=np.float64)
+                   if ev is not None and "weight" in ev else None),
+        "generation": _generation(prov),
         "pf_counts": np.asarray(pf.counts), "pf_pt": pf_pt, "pf_raw": values["JetPt"],
         "pf_eta": values["JetEta"], "pf_phi": values["JetPhi"], "pf_area": values["JetA"],
         "rho": rho, "n_pileup": (np.asarray(c["Event"]["n_pileup"], dtype=np.float64)
@@ -176,13 +254,28 @@ def _read_one(path: str, chain: Any) -> dict[str, Any]:
     }
 
 
+def _regressed_pt(path: str, reg: Any, hlt: Any, hlt_name: str) -> np.ndarray:
+    """pT (GeV) of ``regressed_jets``, after checking that its rows are those of the HLT jets
+    ``hlt`` (same counts per event, same eta)."""
+    if not np.array_equal(np.asarray(reg.counts), np.asarray(hlt.counts)) or not np.allclose(
+            np.asarray(reg["eta"], np.float64), np.asarray(hlt["eta"], np.float64),
+            rtol=0, atol=1e-5):
+        raise StudyError(f"{path}: {REGRESSED_COLLECTION} ({reg.n_events} events, "
+                         f"{len(reg['pt'])} jets) does not have the rows of {hlt_name} "
+                         f"({hlt.n_events} events, {len(hlt['pt'])} jets); stage jet_regression "
+                         "writes one row per jet in the same order: rerun it on this file")
+    return np.asarray(reg["pt"], dtype=np.float64)
+
+
 def read_emulator(paths: Sequence[str], settings: StudySettings | None = None,
                   progress: Callable[[int], None] | None = None) -> StudySample:
     """Read hltemu run outputs (module docstring) into a :class:`StudySample`.
 
     Raises :class:`StudyError` for a file without ``pfjets`` or HLT jets (naming the stages
-    that make them), files whose HLT JEC levels or menus differ, or settings that apply to
-    NanoAOD only (``offline_pt="raw"``: use ``offline_jec=()``)."""
+    that make them), a file without ``regressed_jets`` among files with them (naming it), a
+    ``regressed_jets`` whose rows are not the HLT jets', files whose HLT JEC levels or menus
+    differ, or settings that apply to NanoAOD only (``offline_pt="raw"``: use
+    ``offline_jec=()``)."""
     settings = settings or StudySettings()
     if not paths:
         raise StudyError("no input files")
@@ -197,6 +290,14 @@ def read_emulator(paths: Sequence[str], settings: StudySettings | None = None,
         if progress is not None:
             progress(1)
     first = parts[0]
+    with_reg = [q["path"] for q in parts if REGRESSED in q["levels"]]
+    if with_reg and len(with_reg) < len(parts):
+        lacking = next(q["path"] for q in parts if REGRESSED not in q["levels"])
+        raise StudyError(f"{lacking} has no {REGRESSED_COLLECTION} (stage jet_regression) but "
+                         f"{with_reg[0]} has: the {REGRESSED} HLT jets would come from some "
+                         f"files only; add them with `hltemu run {lacking} --stages "
+                         "jet_regression` (the study needs every collection in one file), or "
+                         "study the files apart")
     for q in parts[1:]:
         if list(q["levels"]) != list(first["levels"]):
             raise StudyError(f"{q['path']} has the HLT levels {list(q['levels'])}, "
@@ -231,16 +332,18 @@ def read_emulator(paths: Sequence[str], settings: StudySettings | None = None,
     elif any(q["trigger_pre"] is not None for q in parts):
         notes.append("trigger_pre is not in every file: no path decisions used")
     rho = cat("rho") if all(q["rho"] is not None for q in parts) else None
-    generation = [{"file": q["path"], **_generation(q["prov"])} for q in parts]
+    generation = [{"file": q["path"], **q["generation"]} for q in parts]
     pileups = sorted({g["pileup"] for g in generation}, key=lambda v: (v is None, v))
     if len(pileups) > 1:
         notes.append(f"files of different pileup ({', '.join(map(str, pileups))}) studied "
                      "together")
     biases = sorted({g["pthat_bias"] for g in generation if g["pthat_bias"]})
-    notes.append("events count equally (Event_weight unused)"
+    notes.append("events count equally in the responses and turn-ons (Event_weight used for "
+                 "the accept rates only)"
                  + (f"; the samples were generated with a pT-hat bias {biases}, so the offline "
                     "pT spectrum is flatter than nature's (the efficiency and response at a "
                     "given offline pT are not weighted)" if biases else ""))
+    weight, weight_info = rate_weights(parts, notes)
     jec = [((q["prov"].get("config") or {}).get("jec") or {}).get("levels") for q in parts]
     hlt_name = first["hlt_name"]
     if hlt_name == "jets":
@@ -258,15 +361,16 @@ def read_emulator(paths: Sequence[str], settings: StudySettings | None = None,
             "jec": jec[0] if all(j == jec[0] for j in jec) else jec,
             "level_definitions": _level_definitions(list(first["levels"])),
         },
+        "weights": weight_info,
     }
     return StudySample(
         files=[{"path": q["path"], "events": q["events"],
-                "pileup": _generation(q["prov"])["pileup"],
+                "pileup": q["generation"]["pileup"],
                 "mean_n_pileup": (None if q["n_pileup"] is None
                                   else float(np.mean(q["n_pileup"])))} for q in parts],
         offline=offline, hlt=levels[FULL if FULL in levels else RAW], paths=paths_out, rho=rho,
         rho_branch="rho_rho" if rho is not None else None, offline_algorithm=OFFLINE_ALGORITHM,
-        notes=notes, kind="hltemu", levels=levels, cuts=cuts, info=info)
+        notes=notes, kind="hltemu", levels=levels, cuts=cuts, info=info, weight=weight)
 
 
 def _level_definitions(names: list[str]) -> dict[str, str]:
@@ -277,6 +381,9 @@ def _level_definitions(names: list[str]) -> dict[str, str]:
             out[name] = "pt_raw (stage antikt's jets)"
         elif name == FULL:
             out[name] = "pt (corrected_jets, every level of the run's JEC)"
+        elif name == REGRESSED:
+            out[name] = ("pt (regressed_jets of stage jet_regression: the raw jets calibrated to "
+                         "the offline pT by a network)")
         else:
             done.append(name)
             out[name] = "pt_raw * " + " * ".join(f"factor_{d}" for d in done)

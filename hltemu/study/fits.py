@@ -8,6 +8,8 @@ inverse Hessian of the negative log-likelihood, computed numerically at the mini
 * :func:`fit_turn_on`: ``eps(pT) = plateau * 1/2 (1 + erf((pT - mu) / (sqrt(2) sigma)))`` fitted
   to per-event pass/fail decisions (unbinned binomial likelihood), with the pT where the
   efficiency reaches 50, 95 and 99 % (of 1, not of the plateau) and their errors;
+* :func:`efficiency_at`: a fitted turn-on's efficiency at a given pT with its error, from the
+  fit's covariance;
 * :func:`clopper_pearson`: exact binomial intervals of binned efficiencies (for the figures).
 
 A fit is reported with a ``status``: ``"ok"`` or why there are no numbers (``"too few
@@ -214,8 +216,10 @@ def fit_turn_on(pt: Sequence[float] | np.ndarray, passed: Sequence[bool] | np.nd
     mu, sigma and the plateau (bounded to (0, 1]) are fitted with L-BFGS-B from the best point
     of a coarse grid; a plateau within :data:`PLATEAU_AT_ONE` of 1 is fixed at 1 and the fit
     repeated with mu and sigma.  The covariance is the inverse numerical Hessian of the negative
-    log-likelihood over the free parameters; the errors of p50, p95, p99 (:func:`turn_on_point`)
-    and of the width p95 - p50 are propagated through it with numerical gradients.
+    log-likelihood over the free parameters (``covariance``: over (mu, sigma) or (mu, sigma,
+    plateau), GeV and dimensionless, as nested lists; :func:`efficiency_at` reads it); the
+    errors of p50, p95, p99 (:func:`turn_on_point`) and of the width p95 - p50 are propagated
+    through it with numerical gradients.
 
     ``n_rising`` counts the events within mu +- 2 sigma (where the efficiency rises from 2 % to
     98 % of its plateau: the events that measure mu and sigma).  Status: ``"no events"``,
@@ -235,6 +239,7 @@ def fit_turn_on(pt: Sequence[float] | np.ndarray, passed: Sequence[bool] | np.nd
         out[key] = None
         out[f"{key}_error"] = None
     out["plateau_fixed"] = False
+    out["covariance"] = None
     if x.size == 0:
         out.update(status="no events", reason="no events")
         return out
@@ -283,7 +288,7 @@ def fit_turn_on(pt: Sequence[float] | np.ndarray, passed: Sequence[bool] | np.nd
     err = np.sqrt(np.diag(cov))
     out.update(mu=mu, mu_error=float(err[0]), sigma=sigma, sigma_error=float(err[1]),
                plateau=plateau, plateau_error=None if fixed else float(err[2]),
-               plateau_fixed=bool(fixed))
+               plateau_fixed=bool(fixed), covariance=cov.tolist())
 
     def full(t: np.ndarray) -> tuple[float, float, float]:
         return (float(t[0]), float(t[1]), 1.0 if fixed else float(t[2]))
@@ -308,6 +313,29 @@ def fit_turn_on(pt: Sequence[float] | np.ndarray, passed: Sequence[bool] | np.nd
         out["width_error"] = propagated(
             lambda t: (turn_on_point(0.95, *full(t)) or math.nan)
             - (turn_on_point(0.50, *full(t)) or math.nan))
+    return out
+
+
+def efficiency_at(fit: dict[str, Any], pt: float) -> dict[str, Any]:
+    """The efficiency of a :func:`fit_turn_on` result at ``pt`` (GeV) with its error,
+    propagated linearly through the fit's covariance with the analytic gradient of
+    :func:`erf_turn_on`, ``z = (pt - mu) / sigma``: ``d/dmu = -plateau phi(z) / sigma``,
+    ``d/dsigma = -plateau z phi(z) / sigma``, ``d/dplateau = Phi(z)`` (no plateau term when the
+    fit fixed it at 1).
+
+    Returns ``{"pt", "efficiency", "efficiency_error"}``, the numbers ``None`` unless the fit's
+    status is ``"ok"``."""
+    out: dict[str, Any] = {"pt": float(pt), "efficiency": None, "efficiency_error": None}
+    if fit.get("status") != "ok" or fit.get("covariance") is None:
+        return out
+    mu, sigma, plateau = fit["mu"], fit["sigma"], fit["plateau"]
+    z = (pt - mu) / sigma
+    phi = math.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+    cdf = 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
+    cov = np.asarray(fit["covariance"], dtype=np.float64)
+    grad = np.array([-plateau * phi / sigma, -plateau * z * phi / sigma, cdf])[:cov.shape[0]]
+    out.update(efficiency=plateau * cdf,
+               efficiency_error=float(math.sqrt(max(grad @ cov @ grad, 0.0))))
     return out
 
 

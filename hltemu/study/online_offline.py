@@ -38,7 +38,8 @@ What is computed (:func:`run_study`)
 * one-to-one Delta R matching of offline and HLT jets, closest pairs first
   (:func:`hltemu.jetmatch.match_jets`);
 * the response HLT pT / offline pT per HLT level (NanoAOD: one, ``"as stored"``; hltemu:
-  ``raw``, each intermediate JEC level, ``full``), offline |eta| and pT bin: entries, median
+  ``raw``, each intermediate JEC level, ``full`` and, where the files have them,
+  ``regressed``), offline |eta| and pT bin: entries, median
   with error, mean, Gaussian core (:func:`hltemu.study.fits.gaussian_core_fit`), matching
   efficiency (the fraction of offline jets with an HLT partner);
 * per single-jet path (``HLT_PFJet<N>``; hltemu: the menu's ``single_jet`` paths, from the
@@ -48,8 +49,10 @@ What is computed (:func:`run_study`)
   (:func:`hltemu.study.fits.fit_turn_on`): the reference method against the leading offline
   jet's pT, and object-level tag and probe against the probe jet's pT;
 * hltemu only: the turn-on width of a single-jet selection on corrected HLT jets against the
-  same selection on raw HLT jets at the threshold that gives the same offline p50
-  (:mod:`hltemu.study.threshold_width`).
+  same selection on every other HLT jet flavour (raw, each intermediate JEC level, and the
+  ``regressed`` jets of stage ``jet_regression`` where the files have them) at the threshold
+  that gives the same offline p50, and at the one that gives the same (generator-weighted)
+  accept rate (:mod:`hltemu.study.threshold_width`).
 """
 
 from __future__ import annotations
@@ -139,6 +142,9 @@ class StudySettings:
     p50_tolerance: float = 1.0
     #: ... resamples of the events for the error of the width difference (0: none)
     bootstrap: int = 0
+    #: ... the offline pT (GeV) where each selection's fitted efficiency is reported (None:
+    #: the path's threshold + threshold_width.EFFICIENCY_OFFSET, 90 GeV for HLT_CaloJet80)
+    efficiency_at: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("eta_edges", "pt_edges"):
@@ -158,6 +164,9 @@ class StudySettings:
                              f"{self.p50_tolerance}: must be positive")
         if self.bootstrap < 0:
             raise StudyError(f"bootstrap {self.bootstrap}: must not be negative")
+        if self.efficiency_at is not None and not self.efficiency_at > 0:
+            raise StudyError(f"efficiency_at {self.efficiency_at}: give a positive offline pT "
+                             "(GeV)")
 
 
 class PathCut(NamedTuple):
@@ -209,7 +218,9 @@ class StudySample:
     hltemu's HLT jets at the full JEC level; ``levels``: hltemu's HLT jets per JEC level
     (empty for NanoAOD); ``cuts``: each path's :class:`PathCut` (empty: from the path's name,
     :func:`path_threshold`); ``info``: what the summary reports about an hltemu input (its
-    JEC, the offline corrections, the generation)."""
+    JEC, the offline corrections, the generation, how the weights were normalised);
+    ``weight``: hltemu's per-event generator weights normalised per file (``None``: events
+    count equally), used for accept rates only."""
 
     files: list[dict[str, Any]]
     offline: Jets
@@ -223,6 +234,7 @@ class StudySample:
     levels: dict[str, Jets] = field(default_factory=dict)
     cuts: dict[str, PathCut] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    weight: np.ndarray | None = None
 
     @property
     def n_events(self) -> int:

@@ -11,8 +11,9 @@ Every figure is drawn from the study's summary (:func:`hltemu.study.online_offli
   the HLT levels overlaid;
 * ``turn_on_<path>.png``: per path with any passing event, the efficiency points of each
   method with the erf fit, p50 and p95;
-* ``threshold_width.png`` (hltemu input): the turn-ons of the corrected and lower-level
-  selections of the width comparison, overlaid (:mod:`hltemu.study.threshold_width`).
+* ``threshold_width.png`` (hltemu input): the turn-ons of the width comparison's selections,
+  every HLT jet flavour overlaid (raw, JEC levels, full, regressed), at equal p50 (left) and at
+  equal accept rate (right) (:mod:`hltemu.study.threshold_width`).
 
 The style helpers mirror those of :mod:`hltemu.jec.derive_plots` (CMS style, Agg backend)
 rather than import them: they are private there, and that module loads the JEC derivation.
@@ -32,7 +33,7 @@ from hltemu.plotting import grid, log_x, pyplot, save
 from hltemu.study.fits import erf_turn_on
 
 #: Colours of the HLT levels (the levels in the order the summary lists them).
-LEVEL_COLOURS = ("C0", "C1", "C3", "C2", "C4")
+LEVEL_COLOURS = ("C0", "C1", "C3", "C2", "C4", "C5", "C6")
 
 
 def _label(ax: Any, summary: dict[str, Any], text: str, size: int = 12) -> None:
@@ -245,31 +246,43 @@ def plot_turn_on(summary: dict[str, Any], name: str, path: Path) -> Path:
 
 
 def plot_threshold_width(summary: dict[str, Any], path: Path) -> Path:
-    """The width comparison's selections: efficiency points, erf fits, p50 and p95."""
+    """The width comparison's selections, every HLT jet flavour: efficiency points, erf fits,
+    p50 and p95; a panel for the thresholds at equal p50 and one for those at equal rate."""
     plt, _ = pyplot()
     w = summary["threshold_width"]
-    fig, ax = plt.subplots(figsize=(9, 7))
+    panels = {"p50 matched": w["selections"]}
+    if w.get("rate_matched"):
+        panels["rate matched"] = {"full": w["selections"]["full"], **w["rate_matched"]}
+    fig, axes = grid(plt, len(panels), ncols=len(panels), size=8)
+    levels = summary["hlt_jets"].get("levels") or list(w["selections"])
     top = 3.0 * w["threshold"]
-    lines = []
-    for k, (name, r) in enumerate(w["selections"].items()):
-        if r.get("threshold") is None:
-            lines.append(f"{name}: {r['status']}")
-            continue
-        colour = LEVEL_COLOURS[k % len(LEVEL_COLOURS)]
-        pts = [p for p in r["points"] if p["pt_max"] <= top]
-        _draw_efficiency(ax, pts, r, top, colour, colour, f"{name}: pT > {r['threshold']:g} GeV")
-        if r["status"] == "ok":
-            lines.append(f"{name}: p50 {r['p50']:.1f}, width {r['width']:.1f} ± "
-                         f"{r['width_error']:.1f} GeV" if r["width"] is not None
-                         else f"{name}: p50 {r['p50']:.1f}, p95 n/a")
-        else:
-            lines.append(f"{name}: {r['status']}")
-    ax.text(0.96, 0.05, "\n".join(lines), transform=ax.transAxes, fontsize=11, va="bottom",
-            ha="right")
-    _label(ax, summary, f"{w['path']}'s cut (|η| ≤ {w['eta_max']:g}) per HLT level\n"
-                        f"{w['n_events']} events, p50 matched", size=11)
-    _efficiency_frame(ax, top, w["x"])
-    ax.legend(fontsize=10, loc="upper right")
+    pt_eff = w.get("efficiency_at")
+    for ax, (how, selections) in zip(axes, panels.items(), strict=True):
+        lines = []
+        for name, r in selections.items():
+            if r.get("threshold") is None:
+                lines.append(f"{name}: {r['status']}")
+                continue
+            k = levels.index(name) if name in levels else len(levels)
+            colour = LEVEL_COLOURS[k % len(LEVEL_COLOURS)]
+            pts = [p for p in r["points"] if p["pt_max"] <= top]
+            _draw_efficiency(ax, pts, r, top, colour, colour,
+                             f"{name}: pT > {r['threshold']:g} GeV")
+            if r["status"] != "ok":
+                lines.append(f"{name}: {r['status']}")
+                continue
+            text = (f"{name}: p50 {r['p50']:.1f}, " + (
+                f"width {r['width']:.1f} ± {r['width_error']:.1f}" if r["width"] is not None
+                else "p95 n/a"))
+            if r.get("efficiency") is not None:
+                text += f", ε({pt_eff:g}) {r['efficiency']:.3f}"
+            lines.append(text)
+        ax.text(0.96, 0.05, "\n".join(lines), transform=ax.transAxes, fontsize=10,
+                va="bottom", ha="right")
+        _label(ax, summary, f"{w['path']}'s cut (|η| ≤ {w['eta_max']:g}) per HLT jet flavour\n"
+                            f"{w['n_events']} events, {how}", size=11)
+        _efficiency_frame(ax, top, w["x"])
+        ax.legend(fontsize=10, loc="upper right")
     return save(plt, fig, path)
 
 
