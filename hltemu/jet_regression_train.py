@@ -27,7 +27,19 @@ and trains the network of :mod:`hltemu.jet_regression`:
   every epoch the weights are exported and the validation loss is computed with the NumPy
   forward pass the stage's reference runs; the epoch with the lowest is kept;
 * **standardisation**: the training jets' feature mean and standard deviation (1 for a constant
-  feature, e.g. the nominal area), stored with the weights.
+  feature, e.g. the nominal area), stored with the weights;
+* **residual** (:func:`derive_residual`, unless ``--no-residual``): on every matched jet of the
+  files (training and validation events), the median of ``pT_net / pT_offline`` per |eta| bin
+  (:data:`RESIDUAL_ETA_EDGES`) and offline-pT bin (:data:`PT_EDGES` from
+  ``--residual-pt-min``, 30 GeV, merged upward to at least ``--residual-min-jets``,
+  :data:`RESIDUAL_MIN_JETS`), placed at the bin's median ``pT_net`` and inverted (three
+  passes, each correcting what the last left); every jet counts once, as in ``derive-jec``'s
+  default.  The network reads low in offline-pT bins where its resolution is wide (see
+  :mod:`hltemu.jet_regression`); this takes it to the offline scale there, as L2Relative does
+  for the factorized chain.  Below 30 GeV the inversion is ill-conditioned (the median
+  ``pT_net`` hardly rises with the offline pT near the training's ``--pt-min``; from 20 GeV the
+  resolution at 20-30 GeV doubled on the training seeds' validation events), so the residual
+  is held at its first knot there.
 
 Adam with a cosine-decayed learning rate; PyTorch in deterministic mode on the CPU, so the same
 files, options, seed and threads give the same weights.  The file records the inputs (names,
@@ -53,6 +65,8 @@ from hltemu.jet_regression import (
     FEATURE_NAMES,
     OUTPUTS,
     JetRegression,
+    Residual,
+    calibrated_log_factor,
     constituent_rows,
     forward_reference,
     jet_features_reference,
@@ -68,6 +82,12 @@ PT_EDGES: tuple[float, ...] = (20, 25, 30, 40, 50, 65, 80, 100, 130, 170, 220, 3
 ETA_EDGES: tuple[float, ...] = (0.0, 0.5, 1.0, 1.3, 1.7, 2.0, 2.5, 3.0)
 #: A bin with fewer jets weighs its jets as if it had this many (no single jet dominates).
 MIN_BIN_JETS = 20
+#: |eta| edges of the residual calibration.
+RESIDUAL_ETA_EDGES: tuple[float, ...] = (0.0, 1.3, 2.0, 2.5, 3.0)
+#: Fewest jets of an (offline pT, |eta|) bin of the residual (bins are merged upward to it).
+RESIDUAL_MIN_JETS = 100
+#: Passes of the residual's numerical inversion.
+RESIDUAL_PASSES = 3
 #: Collections read from every file (``genjets`` and ``pixelvertices`` when present).
 NEEDED: tuple[str, ...] = ("jets", "clusters", "cluster_jet", "rho", "pfjets", "pfrho")
 
@@ -200,6 +220,107 @@ def flat_weights(pt: np.ndarray, eta: np.ndarray) -> np.ndarray:
     count = np.bincount(cell, minlength=(len(PT_EDGES) - 1) * (len(ETA_EDGES) - 1))
     w = 1.0 / np.maximum(count[cell], MIN_BIN_JETS)
     return w / w.mean() if w.size else w
+
+
+def residual_bins(pt: np.ndarray, pt_min: float, min_jets: int = RESIDUAL_MIN_JETS
+                  ) -> list[tuple[float, float]]:
+    """Offline-pT bins [GeV] of one |eta| bin of the residual: :data:`PT_EDGES` from
+    ``pt_min`` (itself the first edge), each merged with the next until it holds ``min_jets``
+    of ``pt``; a short last bin joins the one before."""
+    edges = [pt_min, *(e for e in PT_EDGES if e > pt_min)]
+    bins: list[list[float]] = []
+    lo = edges[0]
+    for hi in edges[1:]:
+        if np.count_nonzero((pt >= lo) & (pt < hi)) >= min_jets:
+            bins.append([lo, hi])
+            lo = hi
+    if bins and lo < edges[-1] and np.any(pt >= lo):
+        bins[-1][1] = edges[-1]
+    return [(a, b) for a, b in bins]
+
+
+def derive_residual(log_net: np.ndarray, target: np.ndarray, pt_raw: np.ndarray,
+                    eta: np.ndarray, pt_offline: np.ndarray, eta_offline: np.ndarray,
+                    pt_min: float, min_jets: int = RESIDUAL_MIN_JETS
+                    ) -> tuple[Residual, list[dict[str, Any]]]:
+    """The residual calibration (module docstring) of a network whose first output on the
+    matched jets is ``log_net``: ``target`` = ``ln(pT_offline / pT_raw)``, ``pt_raw`` [GeV]
+    and ``eta`` of the HLT jets (what the stage looks the residual up with), ``pt_offline``
+    [GeV] and ``eta_offline`` of their offline jets (what the bins group by); bins of offline
+    pT from ``pt_min`` [GeV], each with at least ``min_jets``.
+
+    Returns the :class:`~hltemu.jet_regression.Residual` and a record per bin (|eta| and pT
+    edges, jets, the knot ``pT_net`` [GeV], the median response before and after).  A bin
+    whose median ``pT_net`` does not exceed the previous bin's is left out (noted in its
+    record); an |eta| bin without a single pT bin of ``min_jets`` gets no residual (factor 1;
+    a record says so)."""
+    log_net = np.asarray(log_net, dtype=np.float64)
+    pt_net = np.asarray(pt_raw, dtype=np.float64) * np.exp(log_net)
+    pt_off = np.asarray(pt_offline, dtype=np.float64)
+    aeta = np.abs(np.asarray(eta_offline, dtype=np.float64))
+    r_net = np.exp(log_net - np.asarray(target, dtype=np.float64))  # pT_net / pT_offline
+    edges = np.asarray(RESIDUAL_ETA_EDGES, dtype=np.float64)
+    rows: list[tuple[np.ndarray, list[np.ndarray]]] = []
+    records: list[dict[str, Any]] = []
+    for e in range(edges.size - 1):
+        in_eta = (aeta >= edges[e]) & (aeta < edges[e + 1])
+        knots, members = [], []
+        for lo, hi in residual_bins(pt_off[in_eta], pt_min, min_jets):
+            sel = in_eta & (pt_off >= lo) & (pt_off < hi)
+            knot = float(np.log(np.median(pt_net[sel])))
+            rec = {"eta": [float(edges[e]), float(edges[e + 1])], "pt": [lo, hi],
+                   "jets": int(sel.sum()), "pt_net": round(math.exp(knot), 3),
+                   "response_net": round(float(np.median(r_net[sel])), 4)}
+            records.append(rec)
+            if knots and knot <= knots[-1]:
+                rec["left_out"] = "median pT_net not above the previous bin's"
+                continue
+            knots.append(knot)
+            members.append(sel)
+        if not knots:  # too few jets: no residual in this |eta| bin, and the record says so
+            records.append({"eta": [float(edges[e]), float(edges[e + 1])], "pt": [pt_min, None],
+                            "jets": int(np.count_nonzero(in_eta & (pt_off >= pt_min))),
+                            "left_out": f"fewer than {min_jets} jets above {pt_min} GeV: "
+                                        "no residual in this |eta| bin"})
+            knots, members = [math.log(max(pt_min, 1.0))], [np.zeros(pt_off.size, bool)]
+        rows.append((np.asarray(knots), members))
+    width = max(k.size for k, _ in rows)
+    log_pt = np.empty((len(rows), width))
+    values = np.zeros((len(rows), width))
+    for i, (k, _) in enumerate(rows):
+        # pad short rows beyond their last knot (one e-fold apart): constant there anyway
+        log_pt[i] = np.r_[k, k[-1] + np.arange(1, width - k.size + 1)]
+    for _ in range(RESIDUAL_PASSES):
+        res = Residual(edges, log_pt, values)
+        log_total = calibrated_log_factor(log_net, pt_raw, eta, res)[0]
+        r = np.exp(log_total - np.asarray(target, dtype=np.float64))
+        values = values.copy()
+        for i, (k, members) in enumerate(rows):
+            for j, sel in enumerate(members):
+                if sel.any():
+                    values[i, j] -= math.log(float(np.median(r[sel])))
+            values[i, k.size:] = values[i, k.size - 1]
+    res = Residual(edges, log_pt, values)
+    r = np.exp(calibrated_log_factor(log_net, pt_raw, eta, res)[0]
+               - np.asarray(target, dtype=np.float64))
+    kept = iter(sel for _, members in rows for sel in members if sel.any())
+    for rec in records:
+        if "left_out" not in rec:
+            rec["response_after"] = round(float(np.median(r[next(kept)])), 4)
+    return res, records
+
+
+def residual_for(model: JetRegression, data: JetSet, pt_min: float,
+                 min_jets: int = RESIDUAL_MIN_JETS) -> tuple[Residual, list[dict[str, Any]]]:
+    """:func:`derive_residual` of ``model`` on the jets of ``data``."""
+    idx = model.feature_index()
+    x = ((data.features[:, idx].astype(np.float32) - model.feature_mean) / model.feature_std)
+    log_net = forward_reference(x.astype(np.float32), model)[:, 0]
+    f = data.features
+    pt_raw = np.exp(f[:, FEATURE_NAMES.index("log_pt_raw")])
+    eta = f[:, FEATURE_NAMES.index("abs_eta")]
+    return derive_residual(log_net, data.target[:, 0], pt_raw, eta, data.pt_offline,
+                           data.eta_offline, pt_min, min_jets)
 
 
 def split_events(data: JetSet, val_fraction: float, seed: int) -> tuple[JetSet, JetSet]:
@@ -355,13 +476,22 @@ def train(train_set: JetSet, val_set: JetSet, *, features: tuple[str, ...] = DEF
               help="Train the second output log(pT_truth / pT_raw) (needs genjets).")
 @click.option("--vertices/--no-vertices", default=False, show_default=True,
               help="Use the pixel-vertex count as a feature (needs pixelvertices).")
+@click.option("--residual/--no-residual", default=True, show_default=True,
+              help="Derive the residual calibration (numerical inversion of the network's "
+                   "median response vs offline pT) and store it with the weights.")
+@click.option("--residual-pt-min", type=click.FloatRange(min=0), default=30.0,
+              show_default=True, help="Lowest offline pT [GeV] of the residual's bins (below, "
+                                      "the residual stays at its first knot's value).")
+@click.option("--residual-min-jets", type=click.IntRange(min=1), default=RESIDUAL_MIN_JETS,
+              show_default=True, help="Fewest jets of a residual bin (bins merge upward).")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--max-jets", type=click.IntRange(min=1), default=None,
               help="Use at most this many matched jets (the first ones).")
 def train_jet_regression(files: tuple[str, ...], output: str, epochs: int, seed: int,
                          hidden: str, lr: float, batch_size: int, huber_delta: float,
                          val_fraction: float, max_dr: float, pt_min: float, truth: bool,
-                         vertices: bool, threads: int, max_jets: int | None) -> None:
+                         vertices: bool, residual: bool, residual_pt_min: float,
+                         residual_min_jets: int, threads: int, max_jets: int | None) -> None:
     """Train the HLT jet-energy regression on FILES written by hltemu run; write an .npz.
 
     FILES hold jets, clusters (with energy_em), cluster_jet, rho, pfjets and pfrho (and
@@ -398,6 +528,13 @@ def train_jet_regression(files: tuple[str, ...], output: str, epochs: int, seed:
                    huber_delta=huber_delta, threads=threads, progress=report)
     import torch
 
+    res, res_records = (residual_for(result.model, data, residual_pt_min, residual_min_jets)
+                        if residual else (None, []))
+    for rec in res_records:
+        if "left_out" in rec:
+            click.echo(f"residual, |eta| {rec['eta'][0]}-{rec['eta'][1]}, offline pT "
+                       f"{rec['pt'][0]}-{rec['pt'][1]} GeV ({rec['jets']} jets): "
+                       f"{rec['left_out']}", err=True)
     meta = {"training": {
         "command": "hltemu train-jet-regression", "files": data.files,
         "jets": {"matched": data.n, "training": train_set.n, "validation": val_set.n,
@@ -406,18 +543,23 @@ def train_jet_regression(files: tuple[str, ...], output: str, epochs: int, seed:
                     "batch_size": batch_size, "huber_delta": huber_delta,
                     "val_fraction": val_fraction, "max_dr": max_dr, "pt_min": pt_min,
                     "truth": truth, "vertices": vertices, "threads": threads,
-                    "max_jets": max_jets},
+                    "max_jets": max_jets, "residual": residual,
+                    "residual_pt_min": residual_pt_min,
+                    "residual_min_jets": residual_min_jets},
         "weighting": {"pt_edges": list(PT_EDGES), "eta_edges": list(ETA_EDGES),
                       "min_bin_jets": MIN_BIN_JETS},
         "target": "log(pT_offline / pT_raw), pT_offline = pfjets corrected by the shipped "
                   "offline JEC (hltemu_PF_V2_MC) with pfrho",
+        "residual": {"eta_edges": list(RESIDUAL_ETA_EDGES), "passes": RESIDUAL_PASSES,
+                     "jets": "all matched jets (training and validation events)",
+                     "bins": res_records} if residual else None,
         "best_epoch": result.best_epoch, "history": result.history,
         "seconds": round(result.seconds, 1), "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
     }}
     model = JetRegression(result.model.weights, result.model.biases, result.model.features,
                           result.model.feature_mean, result.model.feature_std,
-                          result.model.outputs, meta)
+                          result.model.outputs, meta, residual=res)
     path = save_model(model, output)
     click.echo(f"best epoch {result.best_epoch} (validation loss "
                f"{result.history[result.best_epoch - 1]['val_loss']:.5f}); {model.n_parameters} "

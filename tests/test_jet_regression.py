@@ -22,8 +22,11 @@ from hltemu.jet_regression import (
     MAX_FILE_BYTES,
     OUTPUT_RTOL,
     OUTPUT_TOLERANCE,
+    RESIDUAL_ARRAYS,
     JetRegression,
     ModelError,
+    Residual,
+    calibrated_log_factor,
     constituent_rows,
     forward_reference,
     jet_features_reference,
@@ -106,12 +109,25 @@ def random_batch(seed: int, n_events: int = 40, extra: bool = False) -> dict[str
     return out
 
 
-def model_file(tmp_path: Path, seed: int = 0, **kw) -> str:
-    """A random model with a realistic standardisation, saved; its path."""
+def random_residual(seed: int) -> Residual:
+    """A residual of three |eta| bins with random knots between 10 and 500 GeV and factors
+    within +-20%."""
+    rng = np.random.default_rng(seed)
+    knots = np.sort(rng.uniform(np.log(10), np.log(500), (3, 6)), axis=1)
+    return Residual(np.array([0.0, 1.3, 2.5, 3.0]), knots, rng.uniform(-0.2, 0.2, (3, 6)))
+
+
+def model_file(tmp_path: Path, seed: int = 0, residual: bool = False, **kw) -> str:
+    """A random model with a realistic standardisation (and a random residual), saved; its
+    path."""
+    from dataclasses import replace
+
     mean = np.array([3.5, 1.3, 0.5, 30, 0.4, 5, 0.8, 0.8, 0.5, 0.05])
     std = np.array([1.0, 0.8, 1.0, 10, 0.4, 3, 0.15, 0.15, 0.3, 0.05])
     m = random_model(seed, hidden=kw.pop("hidden", (48, 32)), mean=mean, std=std, **kw)
-    return str(save_model(m, tmp_path / f"model{seed}.npz"))
+    if residual:
+        m = replace(m, residual=random_residual(seed))
+    return str(save_model(m, tmp_path / f"model{seed}{'r' if residual else ''}.npz"))
 
 
 def run_stage(colls: dict[str, Collection], backend: str, weights: str) -> Collection:
@@ -221,22 +237,36 @@ def assert_close(a: Collection, b: Collection) -> None:
     for name in ("log_offline_over_raw", "log_truth_over_raw"):
         np.testing.assert_allclose(a[name], b[name], rtol=OUTPUT_RTOL, atol=OUTPUT_TOLERANCE,
                                    err_msg=name)
-    for name in ("pt", "E", "px", "py", "pz", "mass", "factor"):
+    for name in ("pt", "E", "px", "py", "pz", "mass", "factor", "residual"):
+        if name not in a.columns:
+            continue
         diff = np.abs(a[name] - b[name])
         assert np.all(diff <= 1.01 * bound * np.abs(a[name]) + 1e-300), name
     for name in ("eta", "phi", "area", "n_constituents", "pt_raw"):
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
-@pytest.mark.parametrize("seed", [4, 5, 6])
-def test_backends_agree_on_random_jets(tmp_path, seed):
+@pytest.mark.parametrize("seed,residual", [(4, False), (5, True), (6, False), (7, True)])
+def test_backends_agree_on_random_jets(tmp_path, seed, residual):
     colls = random_batch(seed, n_events=150)
-    weights = model_file(tmp_path, seed)
+    weights = model_file(tmp_path, seed, residual=residual)
     ref = run_stage(colls, "reference", weights)
     assert ref.size == colls["jets"].size > 200
-    # the regressed jets: the raw ones scaled by exp(first output)
+    # the regressed jets: the raw ones scaled by exp(first output) (times the residual)
     jets = colls["jets"]
-    np.testing.assert_allclose(ref["factor"], np.exp(ref["log_offline_over_raw"]), rtol=1e-15)
+    res = ref["residual"] if residual else 1.0
+    assert ("residual" in ref.columns) == residual
+    if residual:  # the residual at the network's pT, by its definition
+        net_pt = jets["pt"] * np.exp(ref["log_offline_over_raw"])
+        r = random_residual(seed)
+        row = np.clip(np.searchsorted(r.eta_edges, np.abs(jets["eta"]), side="right") - 1, 0,
+                      2)
+        want = [np.interp(np.log(max(p, 1e-300)), r.log_pt[i], r.log_factor[i])
+                for p, i in zip(net_pt, row, strict=True)]
+        np.testing.assert_allclose(np.log(res), want, rtol=1e-12, atol=1e-14)
+        assert np.ptp(res) > 0.1
+    np.testing.assert_allclose(ref["factor"], np.exp(ref["log_offline_over_raw"]) * res,
+                               rtol=1e-14)
     np.testing.assert_allclose(ref["pt"], jets["pt"] * ref["factor"], rtol=1e-15)
     np.testing.assert_array_equal(ref["pt_raw"], jets["pt"])
     for b in backends()[1:]:
@@ -377,6 +407,89 @@ def test_weights_file_round_trip_and_errors(tmp_path):
         plan(["jet_regression"], ["jets", "clusters", "cluster_jet", "rho"], cfg)
 
 
+def test_residual_round_trip_and_errors(tmp_path):
+    from dataclasses import replace
+
+    m = replace(random_model(17), residual=random_residual(17))
+    back = load_model(save_model(m, tmp_path / "r.npz"))
+    for a, b in zip(back.residual.arrays().values(), m.residual.arrays().values(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert load_model(save_model(random_model(17), tmp_path / "n.npz")).residual is None
+    arrays = m.arrays()
+    np.savez(tmp_path / "part.npz", **{k: v for k, v in arrays.items()
+                                       if k != "residual.log_factor"})
+    with pytest.raises(ModelError, match=r"part.npz: a residual needs all of"):
+        load_model(tmp_path / "part.npz")
+    knots = arrays["residual.log_pt"].copy()
+    knots[1, 3] = knots[1, 2]
+    np.savez(tmp_path / "knots.npz", **dict(arrays, **{"residual.log_pt": knots}))
+    with pytest.raises(ModelError, match=r"knots.npz: array 'residual.log_pt': knots must "
+                                         "ascend strictly"):
+        load_model(tmp_path / "knots.npz")
+    np.savez(tmp_path / "rows.npz", **dict(arrays, **{"residual.log_factor": np.zeros((2, 6))}))
+    with pytest.raises(ModelError, match=r"rows.npz: array 'residual.log_factor' has shape "
+                                         r"\(2, 6\), expected \(3, K\)"):
+        load_model(tmp_path / "rows.npz")
+    np.savez(tmp_path / "edges.npz", **dict(arrays, **{"residual.eta_edges": np.array(
+        [0.5, 1.3, 2.5, 3.0])}))
+    with pytest.raises(ModelError, match="must ascend strictly from 0"):
+        load_model(tmp_path / "edges.npz")
+    assert set(RESIDUAL_ARRAYS) <= set(arrays)
+
+
+def test_residual_interpolates_and_holds_beyond_its_knots():
+    r = Residual(np.array([0.0, 1.0, 2.0]), np.log([[20.0, 40.0, 80.0], [30.0, 60.0, 120.0]]),
+                 np.array([[0.1, 0.0, -0.1], [0.2, 0.2, 0.0]]))
+    pt = np.array([10.0, 20.0, 40.0, np.sqrt(40 * 80.0), 500.0, 60.0, 60.0, 60.0])
+    eta = np.array([0.5, -0.5, 0.2, 0.9, 0.1, 1.5, -2.7, 1.0])
+    total, res = calibrated_log_factor(np.zeros(pt.size), pt, eta, r)
+    np.testing.assert_allclose(res, [0.1, 0.1, 0.0, -0.05, -0.1, 0.2, 0.2, 0.2], atol=1e-15)
+    np.testing.assert_array_equal(total, res)
+    # the residual is looked up at the network's pT, pT_raw exp(log_net)
+    _, res2 = calibrated_log_factor(np.full(1, np.log(2.0)), np.array([20.0]), np.array([0.0]),
+                                    r)
+    np.testing.assert_allclose(res2, [0.0], atol=1e-15)
+    assert calibrated_log_factor(np.ones(3), np.ones(3), np.zeros(3), None)[1].tolist() == [0] * 3
+
+
+def test_derive_residual_removes_a_known_bias():
+    """Toy jets whose network reads low by a known pT-dependent amount, with a 15% spread:
+    after the residual the median response per offline-pT bin is 1 within its error, and the
+    knots and records are as documented."""
+    from hltemu.jet_regression_train import derive_residual
+
+    rng = np.random.default_rng(3)
+    n = 60_000
+    pt_off = np.exp(rng.uniform(np.log(20), np.log(600), n))
+    eta = rng.uniform(-2.9, 2.9, n)
+    bias = -0.08 * np.exp(-(pt_off - 30) / 40) - 0.02 * (np.abs(eta) > 1.3)
+    pt_raw = pt_off * rng.uniform(0.4, 0.7, n)
+    target = np.log(pt_off / pt_raw)
+    log_net = target + bias + rng.normal(0, 0.15, n)
+    res, records = derive_residual(log_net, target, pt_raw, eta, pt_off, eta, 30.0, 400)
+    assert res.log_pt.shape[0] == 4 and all(r["pt"][0] >= 30 for r in records)
+    assert min(r["jets"] for r in records) >= 400
+    log_total = calibrated_log_factor(log_net, pt_raw, eta, res)[0]
+    resp = np.exp(log_total - target)
+    for lo, hi in ((30, 40), (40, 65), (65, 130), (130, 400)):
+        for elo, ehi in ((0, 1.3), (1.3, 2.5)):
+            sel = (pt_off >= lo) & (pt_off < hi) & (np.abs(eta) >= elo) & (np.abs(eta) < ehi)
+            before = np.median(np.exp(log_net[sel] - target[sel]))
+            err = 1.25 * 0.15 / np.sqrt(sel.sum())
+            assert abs(np.median(resp[sel]) - 1) < max(4 * err, 0.004), (lo, elo)
+            if lo == 30 and elo == 1.3:
+                assert before < 0.92  # the bias was there to remove
+    assert all(abs(r["response_after"] - 1) < 0.01 for r in records if "left_out" not in r)
+    # an |eta| bin with too few jets gets no residual, and its record says so
+    few = np.abs(eta) < 2.0
+    res, records = derive_residual(log_net[few], target[few], pt_raw[few], eta[few],
+                                   pt_off[few], eta[few], 30.0, 400)
+    assert [r["eta"] for r in records if "left_out" in r] == [[2.0, 2.5], [2.5, 3.0]]
+    edge = calibrated_log_factor(np.zeros(2), np.array([50.0, 50.0]), np.array([2.2, 2.7]),
+                                 res)[1]
+    assert edge.tolist() == [0.0, 0.0]
+
+
 def test_shipped_model_is_small_and_documented():
     m = load_model("builtin:jet_regression_v1.npz")
     from hltemu.config import spec_path
@@ -426,18 +539,21 @@ def test_training_smoke_one_epoch(training_file, tmp_path):
     assert data.n >= 100  # about 200 matched jets
     out = tmp_path / "m.npz"
     res = CliRunner().invoke(cli, ["train-jet-regression", str(training_file), "-o", str(out),
-                                   "--epochs", "1", "--pt-min", "5", "--hidden", "16,8"])
+                                   "--epochs", "1", "--pt-min", "5", "--hidden", "16,8",
+                                   "--residual-pt-min", "10", "--residual-min-jets", "15"])
     assert res.exit_code == 0, res.output
     m = load_model(out)
     assert m.outputs == ("log_offline_over_raw", "log_truth_over_raw")
     t = m.meta["training"]
     assert t["options"]["epochs"] == 1 and t["options"]["seed"] == 1
+    assert m.residual is not None and t["residual"]["bins"]
     assert t["jets"]["matched"] == data.n and t["files"][0]["file"] == "train.root"
     # the model runs in the stage
     from hltemu.io import read_collections
 
     colls = read_collections(str(training_file), ["jets", "clusters", "cluster_jet", "rho"])
-    assert run_stage(colls, "cpu", str(out)).size == colls["jets"].size
+    out_jets = run_stage(colls, "cpu", str(out))
+    assert out_jets.size == colls["jets"].size and "residual" in out_jets.columns
 
 
 def test_training_inputs_are_checked(training_file, tmp_path):

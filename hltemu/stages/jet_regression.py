@@ -59,6 +59,8 @@ from hltemu.jet_regression import (
     FEATURES,
     JET_INPUTS,
     JetRegression,
+    Residual,
+    calibrated_log_factor,
     flat_params,
     forward_reference,
     get_model,
@@ -113,6 +115,7 @@ class Prepared(NamedTuple):
     std: Any
     params: Any
     layout: Any
+    residual: Residual | None
 
 
 def prepare(cfg: JetRegressionConfig, backend: Backend) -> Prepared:
@@ -123,8 +126,12 @@ def prepare(cfg: JetRegressionConfig, backend: Backend) -> Prepared:
     model = model_for(cfg)
     params, layout = flat_params(model)
     up = backend.to_device
+    res = model.residual
+    residual = None if res is None else Residual(
+        *(up(np.ascontiguousarray(a, dtype=np.float64))
+          for a in (res.eta_edges, res.log_pt, res.log_factor)))
     return Prepared(model, up(model.feature_index()), up(np.asarray(model.feature_mean)),
-                    up(np.asarray(model.feature_std)), up(params), up(layout))
+                    up(np.asarray(model.feature_std)), up(params), up(layout), residual)
 
 
 class Inputs(NamedTuple):
@@ -193,19 +200,27 @@ def constituents(inp: Inputs, n_clusters: int, xp: Any) -> tuple[Any, Any]:
     return member_offsets.astype(xp.int64), members.astype(xp.int64)
 
 
-def regressed_jets(batch: EventBatch, model: JetRegression, outputs: Any
-                   ) -> dict[str, Collection]:
-    """``regressed_jets`` from the network's outputs ``(n_jets, n_out)`` (any backend)."""
+def regressed_jets(batch: EventBatch, prep: Prepared, outputs: Any) -> dict[str, Collection]:
+    """``regressed_jets`` from the network's outputs ``(n_jets, n_out)``, with the model's
+    residual calibration (any backend: one array code)."""
     xp = batch.backend.xp
     jets = batch["jets"]
+    model = prep.model
     out = xp.asarray(outputs, dtype=xp.float64)
-    factor = xp.exp(out[:, 0]) if jets.size else xp.ones(0, dtype=xp.float64)
+    if jets.size:
+        log_factor, log_res = calibrated_log_factor(out[:, 0], jets["pt"], jets["eta"],
+                                                    prep.residual, xp)
+    else:
+        log_factor = log_res = xp.zeros(0, dtype=xp.float64)
+    factor = xp.exp(log_factor)
     cols = dict(jets.columns)
     for name in SCALED_COLUMNS:
         if name in cols:
             cols[name] = xp.asarray(cols[name], dtype=xp.float64) * factor
     cols["pt_raw"] = xp.asarray(jets["pt"], dtype=xp.float64)
     cols["factor"] = factor
+    if model.residual is not None:
+        cols["residual"] = xp.exp(log_res)
     for i, name in enumerate(model.outputs):
         cols[name] = xp.ascontiguousarray(out[:, i])
     return {"regressed_jets": Collection(jets.offsets, cols)}
@@ -256,17 +271,17 @@ def outputs_cuda(batch: EventBatch, prep: Prepared) -> Any:
 
 def run_reference(batch: EventBatch, cfg: JetRegressionConfig, prep: Prepared
                   ) -> dict[str, Collection]:
-    return regressed_jets(batch, prep.model, outputs_reference(batch, prep))
+    return regressed_jets(batch, prep, outputs_reference(batch, prep))
 
 
 def run_cpu(batch: EventBatch, cfg: JetRegressionConfig, prep: Prepared
             ) -> dict[str, Collection]:
-    return regressed_jets(batch, prep.model, outputs_cpu(batch, prep))
+    return regressed_jets(batch, prep, outputs_cpu(batch, prep))
 
 
 def run_cuda(batch: EventBatch, cfg: JetRegressionConfig, prep: Prepared
              ) -> dict[str, Collection]:
-    return regressed_jets(batch, prep.model, outputs_cuda(batch, prep))
+    return regressed_jets(batch, prep, outputs_cuda(batch, prep))
 
 
 STAGE = register(Stage(
