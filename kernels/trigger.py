@@ -3,8 +3,10 @@
 Path kinds (``path_kind``): single jet, multi-jet, HT, object multiplicity (pixel doublets),
 pixel-track multiplicity and pixel-vertex multiplicity.  Cuts per path come as parallel
 arrays (``pt_min`` [GeV], ``eta_max``, ``ht_min`` [GeV], ``n_min``, ``prescale``,
-``count_col``, ``min_hits``, ``dz_max`` [cm], ``min_tracks``).  Jets are the flat columns
-``pt`` [GeV], ``eta`` with CSR ``offsets``; ``counts`` (n_events, n_count_columns) int64 holds
+``count_col``, ``min_hits``, ``dz_max`` [cm], ``min_tracks``, ``jet_set``).  Jets are the flat
+columns ``pt`` [GeV], ``eta`` of one or more jet collections one after the other, with CSR
+``offsets`` per collection (``(n_collections, n_events + 1)``); a jet path reads the
+collection ``jet_set[p]``; ``counts`` (n_events, n_count_columns) int64 holds
 object multiplicities (e.g. doublets per event) that multiplicity paths read through
 ``count_col``.  Pixel tracks are ``trk_pt`` [GeV], ``trk_eta``, ``trk_n_hits``, ``trk_z0``
 [cm] with ``trk_offsets``; pixel vertices ``vtx_z`` [cm], ``vtx_n_tracks`` with
@@ -65,12 +67,14 @@ def _count_vertices(i, p, vtx_n_tracks, vtx_offsets, min_tracks):
     return n
 
 
-def _jet_filter(i, p, pt, eta, offsets, kind, pt_min, eta_max, ht_min, n_min):
-    """Whether event ``i`` passes the jet path ``p`` (single jet, multi-jet or HT)."""
+def _jet_filter(i, p, pt, eta, offsets, jet_set, kind, pt_min, eta_max, ht_min, n_min):
+    """Whether event ``i`` passes the jet path ``p`` (single jet, multi-jet or HT) on its jet
+    collection ``jet_set[p]`` (row of ``offsets``)."""
     k = kind[p]
+    s = jet_set[p]
     n = 0
     ht = 0.0
-    for j in range(offsets[i], offsets[i + 1]):
+    for j in range(offsets[s, i], offsets[s, i + 1]):
         if pt[j] >= pt_min[p] and abs(eta[j]) <= eta_max[p]:
             n += 1
             ht += pt[j]
@@ -97,7 +101,7 @@ def _make(jit):
     def decide_event(i, pt, eta, offsets, counts, trk_pt, trk_eta, trk_n_hits, trk_z0,
                      trk_offsets, vtx_z, vtx_n_tracks, vtx_offsets, first_entry, kind, pt_min,
                      eta_max, ht_min, n_min, prescale, count_col, min_hits, dz_max, min_tracks,
-                     out, out_pre):
+                     jet_set, out, out_pre):
         for p in range(kind.shape[0]):
             k = kind[p]
             if k == KIND_COUNT:
@@ -108,7 +112,8 @@ def _make(jit):
             elif k == KIND_VERTICES:
                 ok = count_vertices(i, p, vtx_n_tracks, vtx_offsets, min_tracks) >= n_min[p]
             else:
-                ok = jet_filter(i, p, pt, eta, offsets, kind, pt_min, eta_max, ht_min, n_min)
+                ok = jet_filter(i, p, pt, eta, offsets, jet_set, kind, pt_min, eta_max, ht_min,
+                                n_min)
             out_pre[i, p] = ok
             out[i, p] = ok and prescaler(first_entry + i, prescale[p])
 
@@ -122,27 +127,31 @@ _decide_event_cuda = _make(cuda.jit(device=True))
 @numba.njit(parallel=True, nogil=True, cache=True)
 def trigger_cpu(pt, eta, offsets, counts, trk_pt, trk_eta, trk_n_hits, trk_z0, trk_offsets,
                 vtx_z, vtx_n_tracks, vtx_offsets, first_entry, kind, pt_min, eta_max, ht_min,
-                n_min, prescale, count_col, min_hits, dz_max, min_tracks, out, out_pre):
+                n_min, prescale, count_col, min_hits, dz_max, min_tracks, jet_set, out, out_pre):
     """``out[i, p]`` = decision of path ``p`` for event ``i`` (bool), in parallel over events;
     ``out_pre[i, p]`` the decision before the prescaler (the filter alone).
 
-    ``first_entry`` is the entry number of event 0 in its file (drives the prescalers).
+    ``pt``, ``eta``: the jets of every jet collection the paths read, one after the other;
+    ``offsets`` int64 ``(n_collections, n_events + 1)``: each collection's CSR offsets into
+    them; ``jet_set[p]``: the row of path ``p``'s collection.  ``first_entry`` is the entry
+    number of event 0 in its file (drives the prescalers).
     """
     for i in numba.prange(out.shape[0]):
         _decide_event_cpu(i, pt, eta, offsets, counts, trk_pt, trk_eta, trk_n_hits, trk_z0,
                           trk_offsets, vtx_z, vtx_n_tracks, vtx_offsets, first_entry, kind,
                           pt_min, eta_max, ht_min, n_min, prescale, count_col, min_hits, dz_max,
-                          min_tracks, out, out_pre)
+                          min_tracks, jet_set, out, out_pre)
 
 
 @cuda.jit(cache=True)
 def trigger_cuda(pt, eta, offsets, counts, trk_pt, trk_eta, trk_n_hits, trk_z0, trk_offsets,
                  vtx_z, vtx_n_tracks, vtx_offsets, first_entry, kind, pt_min, eta_max, ht_min,
-                 n_min, prescale, count_col, min_hits, dz_max, min_tracks, out, out_pre):
+                 n_min, prescale, count_col, min_hits, dz_max, min_tracks, jet_set, out,
+                 out_pre):
     """One thread per event: same arguments and result as :func:`trigger_cpu`."""
     i = cuda.grid(1)
     if i < out.shape[0]:
         _decide_event_cuda(i, pt, eta, offsets, counts, trk_pt, trk_eta, trk_n_hits, trk_z0,
                            trk_offsets, vtx_z, vtx_n_tracks, vtx_offsets, first_entry, kind,
                            pt_min, eta_max, ht_min, n_min, prescale, count_col, min_hits,
-                           dz_max, min_tracks, out, out_pre)
+                           dz_max, min_tracks, jet_set, out, out_pre)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
@@ -245,7 +246,7 @@ def test_broken_menu_fails_at_planning(tmp_path):
     ("[[path]]\ntype = 'ht'\n", "path #1: 'name'"),
     ("[[path]]\nname = 'A'\ntype = 'ht'\nht_min = 1.0\n", "missing key.*jet_pt_min"),
     ("[[path]]\nname = 'A'\ntype = 'single_jet'\npt_min = 1.0\nn_min = 2\n",
-     "unknown key.*n_min.*valid keys: eta_max, name, prescale, pt_min, type"),
+     "unknown key.*n_min.*valid keys: eta_max, jets, name, prescale, pt_min, type"),
     ("[[path]]\nname = 'A'\ntype = 'single_jet'\npt_min = -1.0\n", "'pt_min' must be a non-neg"),
     ("[[path]]\nname = 'A'\ntype = 'single_jet'\npt_min = true\n", "'pt_min' must be"),
     ("[[path]]\nname = 'A'\ntype = 'multi_jet'\npt_min = 1.0\nn_min = 2.5\n", "'n_min' must be"),
@@ -750,3 +751,69 @@ min_tracks = 3
         np.testing.assert_array_equal(ak.to_numpy(a[f"trigger_pre_{name}"]), want, err_msg=name)
         assert report.counters["trigger accepts"][name] == int(want.sum())
     assert "trigger_J50" not in a.fields
+
+
+# -- jet paths on other jet collections (issue 20: regressed_jets) -----------------------------
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(menus_and_events(), st.integers(0, 2**32 - 1))
+def test_paths_on_two_jet_collections_agree_on_every_backend(case, seed):
+    """Each jet path cuts on its own collection (``jets``): the decisions of a menu mixing
+    corrected_jets and regressed_jets paths equal, path by path, those of the same path run on
+    that collection alone, on the reference, cpu and cuda (the simulator without a GPU)."""
+    from hltemu.stages import trigger as T
+
+    paths, jets, doublets, first_entry = case
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(0, 6, jets.n_events)
+    m = int(counts.sum())
+    other = Collection.from_counts(counts, {"pt": rng.exponential(50.0, m),
+                                            "eta": rng.uniform(-4, 4, m), "phi": np.zeros(m)})
+    paths = tuple(replace(p, jets="regressed_jets") if p.kind in T.JET_KINDS and i % 2 else p
+                  for i, p in enumerate(paths))
+    colls = {"corrected_jets": jets, "regressed_jets": other}
+    want = {}
+    for p in paths:
+        j = colls[T.jet_collection(p)] if p.kind in T.JET_KINDS else jets
+        want[p.name] = decide_reference(j["pt"], j["eta"], j.offsets,
+                                        {"doublets": doublets.counts}, first_entry, (p,))
+    for b in ("reference", "cpu", "cuda"):
+        be = get_backend(b)
+        batch = EventBatch(be, jets.n_events, {**{k: v.to(be) for k, v in colls.items()},
+                                               "doublets": doublets.to(be)},
+                           first_entry=first_entry)
+        prep = T.prepare_paths(paths, be)
+        got = {"reference": T.decide_batch_reference, "cpu": T.decide_cpu,
+               "cuda": T.decide_cuda}[b](batch, prep)
+        for p in paths:
+            np.testing.assert_array_equal(be.to_host(got.accept[p.name]),
+                                          want[p.name].accept[p.name], err_msg=f"{b} {p}")
+            np.testing.assert_array_equal(be.to_host(got.before_prescale[p.name]),
+                                          want[p.name].before_prescale[p.name],
+                                          err_msg=f"{b} {p}")
+
+
+def test_jets_key_of_a_menu(tmp_path):
+    """``jets`` names the collection a jet path needs; the default is corrected_jets and is
+    not repeated in the path's summary; a bad value names the path; a chain without the
+    collection drops the path with a note naming the stage that makes it."""
+    from hltemu.stages import trigger as T
+
+    menu = tmp_path / "menu.toml"
+    menu.write_text('[[path]]\nname = "A"\ntype = "single_jet"\npt_min = 80.0\n\n'
+                    '[[path]]\nname = "B"\ntype = "ht"\nht_min = 300.0\njet_pt_min = 30.0\n'
+                    'jets = "regressed_jets"\n')
+    a, b = load_menu(str(menu))
+    assert T.path_needs(a) == ("corrected_jets",) and T.path_needs(b) == ("regressed_jets",)
+    assert "jets" not in T.path_summary(a) and T.path_summary(b)["jets"] == "regressed_jets"
+    cfg = TriggerConfig(menu=str(menu))
+    planned = T.plan(cfg, frozenset({"corrected_jets"}))
+    assert planned.config.paths == ("A",)
+    assert any("path B dropped" in n and "jet_regression" in n for n in planned.notes)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[path]]\nname = "C"\ntype = "single_jet"\npt_min = 80.0\njets = 3\n')
+    with pytest.raises(ConfigError, match=r"path 'C': 'jets' must be a jet collection's name"):
+        load_menu(str(bad))
+    pix = tmp_path / "pix.toml"
+    pix.write_text('[[path]]\nname = "D"\ntype = "doublets"\nn_min = 1\njets = "x"\n')
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['jets'\] for type 'doublets'"):
+        load_menu(str(pix))

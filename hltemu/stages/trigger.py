@@ -14,7 +14,9 @@ the format)::
 Kinds and their keys (``prescale`` everywhere, default 1):
 
 ``single_jet``  ``pt_min`` [GeV], ``eta_max`` (default 3.0, the calorimeter's acceptance): a
-                jet with pT >= pt_min and |eta| <= eta_max
+                jet with pT >= pt_min and |eta| <= eta_max; ``jets`` (every jet kind; default
+                ``corrected_jets``): the jet collection cut on, e.g. ``regressed_jets``
+                (stage ``jet_regression``)
 ``multi_jet``   ``n_min``, ``pt_min``, ``eta_max``: at least n_min such jets
 ``ht``          ``ht_min`` [GeV], ``jet_pt_min`` [GeV], ``eta_max``: scalar sum of the pT of
                 jets passing jet_pt_min and eta_max >= ht_min
@@ -40,10 +42,10 @@ alike) on a chain that runs ``doublets, pixeltracks, pixelvertices``::
     min_hits = 4        # quadruplets and longer
     dz_max = 0.12       # cm from the primary pixel vertex
 
-Jets are ``corrected_jets`` (stage ``jec``).  The stage's needs come from its menu: the jets
-for jet paths, the counted collection for ``doublets`` paths, ``pixeltracks`` for
-``pixeltracks`` paths (and ``pixelvertices`` when they cut on dz), ``pixelvertices`` for
-``pixelvertices`` paths.  Before any event is read the
+Jets are ``corrected_jets`` (stage ``jec``) unless a path names others with ``jets``.  The
+stage's needs come from its menu: each jet path's jets, the counted collection for
+``doublets`` paths, ``pixeltracks`` for ``pixeltracks`` paths (and ``pixelvertices`` when
+they cut on dz), ``pixelvertices`` for ``pixelvertices`` paths.  Before any event is read the
 planner drops the menu's paths whose collection the chain will not have, with a note (and
 ``dropped_paths`` in the report); ``any_path`` is the OR of the paths that run.  A path named
 in ``[trigger] paths`` that cannot run is an error, as is a chain where no path can run.
@@ -99,14 +101,18 @@ ANY_PATH = "any_path"
 #: The decisions after the prescalers (what the HLT keeps) and before them (the filters alone).
 OUTPUT, OUTPUT_PRE = "trigger", "trigger_pre"
 
+#: The jets a jet path cuts on unless its ``jets`` key names others.
+JETS = "corrected_jets"
+#: The path kinds that cut on jets.
+JET_KINDS: tuple[str, ...] = ("single_jet", "multi_jet", "ht")
 #: Default ``eta_max`` of jet paths: the calorimeter's acceptance (|eta| < 3 in every layer of
 #: the default geometry, ``DetectorConfig.calo_eta_max``); no jet is found beyond it.
 DEFAULT_ETA_MAX = 3.0
 #: Path kind -> (required keys, optional keys with defaults).
 PATH_KINDS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
-    "single_jet": (("pt_min",), {"eta_max": DEFAULT_ETA_MAX}),
-    "multi_jet": (("n_min", "pt_min"), {"eta_max": DEFAULT_ETA_MAX}),
-    "ht": (("ht_min", "jet_pt_min"), {"eta_max": DEFAULT_ETA_MAX}),
+    "single_jet": (("pt_min",), {"eta_max": DEFAULT_ETA_MAX, "jets": JETS}),
+    "multi_jet": (("n_min", "pt_min"), {"eta_max": DEFAULT_ETA_MAX, "jets": JETS}),
+    "ht": (("ht_min", "jet_pt_min"), {"eta_max": DEFAULT_ETA_MAX, "jets": JETS}),
     "doublets": (("n_min",), {"collection": "doublets"}),
     "pixeltracks": (("n_min", "pt_min", "eta_max"), {"min_hits": 3, "dz_max": math.inf}),
     "pixelvertices": (("n_min",), {"min_tracks": 0}),
@@ -126,7 +132,7 @@ class TriggerPath:
     ``n_min`` the jet or object multiplicity; ``collection`` the collection a ``doublets``
     path counts; ``min_hits`` the hits of a counted pixel track; ``dz_max`` [cm] its distance
     in z from the primary pixel vertex (``inf``: no cut); ``min_tracks`` the tracks of a
-    counted pixel vertex.
+    counted pixel vertex; ``jets`` the collection a jet path cuts on.
     """
 
     name: str
@@ -140,6 +146,7 @@ class TriggerPath:
     min_hits: int = 0
     dz_max: float = math.inf
     min_tracks: int = 0
+    jets: str = ""
 
 
 def builtin_menu(name: str) -> Path:
@@ -241,13 +248,17 @@ def _make_path(name: str, kind: str, values: Mapping[str, Any], where: str) -> T
                            prescale=prescale,
                            min_tracks=_number(values, "min_tracks", where, True))
     eta_max = _number(values, "eta_max", where)
+    jets = values["jets"]
+    if not isinstance(jets, str) or not _NAME_RE.match(jets):
+        raise ConfigError(f"{where}: 'jets' must be a jet collection's name (e.g. "
+                          f"{JETS!r}, 'regressed_jets'), got {jets!r}")
     if kind == "ht":
         return TriggerPath(name, kind, pt_min=_number(values, "jet_pt_min", where),
                            eta_max=eta_max, ht_min=_number(values, "ht_min", where),
-                           prescale=prescale)
+                           prescale=prescale, jets=jets)
     n_min = _number(values, "n_min", where, True) if kind == "multi_jet" else 1
     return TriggerPath(name, kind, pt_min=_number(values, "pt_min", where), eta_max=eta_max,
-                       n_min=n_min, prescale=prescale)
+                       n_min=n_min, prescale=prescale, jets=jets)
 
 
 def menu_paths(cfg: TriggerConfig) -> tuple[TriggerPath, ...]:
@@ -263,8 +274,9 @@ def menu_paths(cfg: TriggerConfig) -> tuple[TriggerPath, ...]:
     return tuple(p for p in paths if p.name in cfg.paths)
 
 
-#: The jets the jet paths cut on.
-JETS = "corrected_jets"
+def jet_collection(path: TriggerPath) -> str:
+    """The jet collection a jet path cuts on (:data:`JETS` unless its ``jets`` key says)."""
+    return path.jets or JETS
 
 
 def path_needs(path: TriggerPath) -> tuple[str, ...]:
@@ -276,7 +288,7 @@ def path_needs(path: TriggerPath) -> tuple[str, ...]:
         return (TRACKS, VERTICES) if math.isfinite(path.dz_max) else (TRACKS,)
     if path.kind == "pixelvertices":
         return (VERTICES,)
-    return (JETS,)
+    return (jet_collection(path),)
 
 
 def counted_only(cfg: TriggerConfig) -> tuple[str, ...]:
@@ -301,6 +313,8 @@ def path_summary(path: TriggerPath) -> dict[str, Any]:
         if key == "dz_max" and not math.isfinite(path.dz_max):
             continue  # no cut: the key was left out of the menu
         out["jet_pt_min" if path.kind == "ht" and key == "pt_min" else key] = getattr(path, key)
+    if path.kind in JET_KINDS and jet_collection(path) != JETS:
+        out["jets"] = path.jets
     out["prescale"] = path.prescale
     return out
 
@@ -409,17 +423,19 @@ def _no_pixel_objects(n_events: int, xp: Any = np) -> PixelObjects:
 
 def decide_reference(pt: np.ndarray, eta: np.ndarray, offsets: np.ndarray,
                      counts: Mapping[str, np.ndarray], first_entry: int,
-                     paths: Sequence[TriggerPath], pixel: PixelObjects | None = None
-                     ) -> Decisions:
+                     paths: Sequence[TriggerPath], pixel: PixelObjects | None = None,
+                     jet_sets: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+                     | None = None) -> Decisions:
     """Decisions per path and event (NumPy, written to be read).
 
+    ``pt`` [GeV], ``eta``, ``offsets``: the jets; with ``jet_sets`` (collection name ->
+    ``(pt, eta, offsets)``) each jet path reads its own collection from it instead.
     ``counts`` maps a collection name to its objects per event (for ``doublets`` paths);
     ``pixel`` holds the pixel tracks and vertices (for ``pixeltracks`` and ``pixelvertices``
     paths; none in every event when not given).
     """
     n = offsets.shape[0] - 1
     pix = _no_pixel_objects(n) if pixel is None else pixel
-    event = np.repeat(np.arange(n), np.diff(offsets))
     entries = first_entry + np.arange(n, dtype=np.int64)
     out = Decisions({}, {})
     for p in paths:
@@ -430,9 +446,12 @@ def decide_reference(pt: np.ndarray, eta: np.ndarray, offsets: np.ndarray,
         elif p.kind == "pixelvertices":
             passed = _pixel_vertices_passing(p, pix, n) >= p.n_min
         else:
-            good = (pt >= p.pt_min) & (np.abs(eta) <= p.eta_max)
+            jpt, jeta, joff = (pt, eta, offsets) if jet_sets is None else \
+                jet_sets[jet_collection(p)]
+            event = np.repeat(np.arange(n), np.diff(joff))
+            good = (jpt >= p.pt_min) & (np.abs(jeta) <= p.eta_max)
             n_good = np.bincount(event[good], minlength=n)
-            ht = np.bincount(event[good], weights=pt[good], minlength=n)
+            ht = np.bincount(event[good], weights=jpt[good], minlength=n)
             if p.kind == "single_jet":
                 passed = n_good >= 1
             elif p.kind == "multi_jet":
@@ -446,13 +465,15 @@ def decide_reference(pt: np.ndarray, eta: np.ndarray, offsets: np.ndarray,
 
 class Prepared(NamedTuple):
     """What :func:`prepare` builds once per (config, backend): the selected paths, the
-    collections the counting paths read, and the kernels' menu arrays (kind, pt_min, eta_max,
-    ht_min, n_min, prescale, count column, min_hits, dz_max, min_tracks; one entry per path)
-    on the backend's device."""
+    collections the counting paths read, the jet collections the jet paths read
+    (``jet_names``; :data:`JETS` when none does), and the kernels' menu arrays (kind, pt_min,
+    eta_max, ht_min, n_min, prescale, count column, min_hits, dz_max, min_tracks, jet set; one
+    entry per path) on the backend's device."""
 
     paths: tuple[TriggerPath, ...]
     count_names: tuple[str, ...]
     arrays: tuple[Any, ...]
+    jet_names: tuple[str, ...] = (JETS,)
 
 
 def prepare_paths(paths: Sequence[TriggerPath], backend: Any) -> Prepared:
@@ -463,6 +484,8 @@ def prepare_paths(paths: Sequence[TriggerPath], backend: Any) -> Prepared:
              "doublets": K.KIND_COUNT, "pixeltracks": K.KIND_TRACKS,
              "pixelvertices": K.KIND_VERTICES}
     count_names = tuple(dict.fromkeys(p.collection for p in paths if p.kind == "doublets"))
+    jet_names = tuple(dict.fromkeys(jet_collection(p) for p in paths if p.kind in JET_KINDS)
+                      ) or (JETS,)
     arrays = (
         np.array([kinds[p.kind] for p in paths], dtype=np.int64),
         np.array([p.pt_min for p in paths], dtype=np.float64),
@@ -475,8 +498,11 @@ def prepare_paths(paths: Sequence[TriggerPath], backend: Any) -> Prepared:
         np.array([p.min_hits for p in paths], dtype=np.int64),
         np.array([p.dz_max for p in paths], dtype=np.float64),
         np.array([p.min_tracks for p in paths], dtype=np.int64),
+        np.array([jet_names.index(jet_collection(p)) if p.kind in JET_KINDS else 0
+                  for p in paths], dtype=np.int64),
     )
-    return Prepared(tuple(paths), count_names, tuple(backend.to_device(a) for a in arrays))
+    return Prepared(tuple(paths), count_names, tuple(backend.to_device(a) for a in arrays),
+                    jet_names)
 
 
 def prepare(cfg: TriggerConfig, backend: Any) -> Prepared:
@@ -504,16 +530,29 @@ def check_counted(batch: EventBatch, prep: Prepared) -> None:
             )
 
 
-def _jets(batch: EventBatch) -> tuple[Any, Any, Any]:
-    """``(pt, eta, offsets)`` of the jets; none in every event when the batch has no jets,
-    which only a menu without jet paths runs on (the stage checks its needs first)."""
+def _jets(batch: EventBatch, prep: Prepared) -> tuple[Any, Any, Any]:
+    """``(pt, eta, offsets)``: the jets of every collection in ``prep.jet_names`` one after the
+    other, ``offsets`` int64 ``(n_collections, n_events + 1)`` into them.  A collection the
+    batch lacks has no jets in any event (only a menu without paths on it runs so: the stage
+    checks its needs first)."""
     xp = batch.backend.xp
-    if JETS not in batch:
-        empty = xp.zeros(0, dtype=xp.float64)
-        return empty, empty, xp.zeros(batch.n_events + 1, dtype=xp.int64)
-    jets = batch[JETS]
-    return (xp.asarray(jets["pt"], dtype=xp.float64), xp.asarray(jets["eta"], dtype=xp.float64),
-            jets.offsets)
+    pts, etas, offs, start = [], [], [], 0
+    for name in prep.jet_names:
+        if name not in batch:
+            offs.append(xp.full(batch.n_events + 1, start, dtype=xp.int64))
+            continue
+        jets = batch[name]
+        pts.append(xp.asarray(jets["pt"], dtype=xp.float64))
+        etas.append(xp.asarray(jets["eta"], dtype=xp.float64))
+        offs.append(xp.asarray(jets.offsets, dtype=xp.int64) + start)
+        start += jets.size
+    if len(pts) == 1:
+        pt, eta = pts[0], etas[0]
+    elif pts:
+        pt, eta = xp.concatenate(pts), xp.concatenate(etas)
+    else:
+        pt = eta = xp.zeros(0, dtype=xp.float64)
+    return pt, eta, xp.stack(offs)
 
 
 def pixel_objects(batch: EventBatch) -> PixelObjects:
@@ -546,7 +585,7 @@ def decide_kernel_inputs(batch: EventBatch, prep: Prepared) -> tuple[Any, ...]:
     counts = xp.zeros((batch.n_events, max(len(prep.count_names), 1)), dtype=xp.int64)
     for c, name in enumerate(prep.count_names):
         counts[:, c] = batch[name].counts
-    return (*_jets(batch), counts, *pixel_objects(batch), batch.first_entry)
+    return (*_jets(batch, prep), counts, *pixel_objects(batch), batch.first_entry)
 
 
 def _columns(out: Any, out_pre: Any, prep: Prepared, xp: Any) -> Decisions:
@@ -584,9 +623,15 @@ def decide_batch_reference(batch: EventBatch, prep: Prepared) -> Decisions:
     """Decisions per path with :func:`decide_reference` (NumPy)."""
     check_counted(batch, prep)
     counts = {c: np.asarray(batch[c].counts) for c in prep.count_names}
-    pt, eta, offsets = _jets(batch)
+    n = batch.n_events
+    none = (np.zeros(0), np.zeros(0), np.zeros(n + 1, dtype=np.int64))
+    jet_sets = {name: (np.asarray(batch[name]["pt"], dtype=np.float64),
+                       np.asarray(batch[name]["eta"], dtype=np.float64),
+                       np.asarray(batch[name].offsets)) if name in batch else none
+                for name in prep.jet_names}
     pix = PixelObjects(*(np.asarray(a) for a in pixel_objects(batch)))
-    return decide_reference(pt, eta, offsets, counts, batch.first_entry, prep.paths, pix)
+    return decide_reference(*none, counts, batch.first_entry, prep.paths, pix,
+                            jet_sets=jet_sets)
 
 
 def _with_any(decisions: Mapping[str, Any], prep: Prepared, xp: Any, n_events: int
