@@ -1,4 +1,4 @@
-"""Inference speed of stage ``jet_regression`` (the shipped ``jet_regression_v1`` network on
+"""Inference speed of stage ``jet_regression`` (the shipped ``jet_regression_v2`` network on
 every HLT jet): reference (NumPy: features by array code, the network as matrix products),
 cpu (Numba, ``prange`` over jets) and cuda (one thread per jet, on a GPU) on the same jets::
 

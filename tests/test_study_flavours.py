@@ -241,3 +241,35 @@ def test_efficiency_at_error_covers_toys():
         pulls.append((e["efficiency"] - truth) / e["efficiency_error"])
     pulls = np.asarray(pulls)
     assert 0.8 < pulls.std() < 1.25 and abs(pulls.mean()) < 0.3
+
+
+def test_turn_on_fit_survives_an_abnormal_line_search(monkeypatch):
+    """When L-BFGS-B's line search ends abnormally, the fit restarts and then polishes with
+    Nelder-Mead: the same turn-on as an undisturbed fit, status ok."""
+    import scipy.optimize
+
+    from hltemu.study.fits import fit_turn_on
+
+    rng = np.random.default_rng(5)
+    x = rng.uniform(40, 140, 3000)
+    k = rng.random(3000) < 0.5 * (1 + np.vectorize(math.erf)((x - 80) / (math.sqrt(2) * 7)))
+    want = fit_turn_on(x, k)
+    real = scipy.optimize.minimize
+    calls = {"lbfgsb": 0, "nm": 0}
+
+    def flaky(f, x0, method=None, **kw):
+        res = real(f, x0, method=method, **kw)
+        if method == "L-BFGS-B":
+            calls["lbfgsb"] += 1
+            res.success = False
+            res.message = "ABNORMAL_TERMINATION_IN_LNSRCH"
+        else:
+            calls["nm"] += 1
+        return res
+
+    monkeypatch.setattr(scipy.optimize, "minimize", flaky)
+    got = fit_turn_on(x, k)
+    assert calls["nm"] >= 1 and calls["lbfgsb"] >= 2
+    assert want["status"] == got["status"] == "ok"
+    assert got["p50"] == pytest.approx(want["p50"], abs=0.05 * want["p50_error"])
+    assert got["p95"] == pytest.approx(want["p95"], abs=0.05 * want["p95_error"])

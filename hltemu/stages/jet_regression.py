@@ -7,32 +7,45 @@ area, the event's rho, the number and energy sharing of the constituent clusters
 fraction (``clusters.energy_em``), the jet width and, for a model that uses it, the event's
 pixel-vertex count (the features are listed in the weights file; a model using
 ``n_pixel_vertices`` makes the stage need ``pixelvertices``).  Trained by ``hltemu
-train-jet-regression`` (:mod:`hltemu.jet_regression_train`); not in the default chain until
-shipped weights are validated on held-out samples: name it in ``--stages``.
+train-jet-regression`` (:mod:`hltemu.jet_regression_train`); not in the default chain: name it
+in ``--stages``.
 
 Needs ``jets`` (``pt`` [GeV], ``eta``, ``phi`` [rad], ``area``), ``clusters`` (``energy``,
 ``energy_em`` [GeV], ``eta``, ``phi``), ``cluster_jet`` (``jet``) and ``rho`` (``rho``).  Adds
 ``regressed_jets``, one row per row of ``jets`` in the same order: every column of ``jets`` with
-``pt``, ``E``, ``mass``, ``px``, ``py``, ``pz`` scaled by ``factor = exp(log_offline_over_raw)``,
-plus ``pt_raw`` [GeV], ``factor`` and the model's outputs (``log_offline_over_raw``, and
-``log_truth_over_raw`` when the model has it), float64.
+``pt``, ``E``, ``mass``, ``px``, ``py``, ``pz`` scaled by ``factor`` = ``exp(log_offline_over_raw)``
+times the model's residual calibration (:func:`hltemu.jet_regression.calibrated_log_factor`,
+looked up at the network's pT), plus ``pt_raw`` [GeV], ``factor``, ``residual`` (that
+residual factor, for a model with one) and the model's outputs (``log_offline_over_raw``, and
+``log_truth_over_raw`` when the model has it), float64.  Trigger paths cut on these jets with
+``jets = "regressed_jets"`` in their menu table.
 
-The shipped first version
---------------------------
-``builtin:jet_regression_v1.npz`` (32 kB; 10 features, dense 64-64-32 with ReLU, 2 outputs;
-7,010 parameters), trained at pileup 50 only on 27,896 HLT jets matched to offline jets (seeds
-2001 and 2007, ``benchmarks/SAMPLES.md``; offline pT >= 20 GeV, |eta| < 3; 40 epochs, the best
-validation epoch 33). On the held-out seeds 2005 and 2006 at pileup 50
-(``examples/jet_regression_response.py``; 375 to 1,150 jets per bin), against the default
-factorized ``corrected_jets``: the half 16-84% width over the median of HLT/offline narrows in
-13 of 16 bins (|eta| < 1.3: 100-200 GeV 0.110 -> 0.094 and 0.109 -> 0.102, 200-500 GeV 0.088 ->
-0.077 and 0.088 -> 0.079, bootstrap errors 0.003-0.005 each; equal at |eta| < 1.3, 50-100 GeV on
-2005; wider within the errors at 1.3-2.5, 30-50 GeV on both), but the median response at offline
-30-50 GeV is 0.947 and 0.956 (|eta| < 1.3; 0.973 and 0.966 at 1.3-2.5) where the factorized
-chain gives 1.009 to 1.017: a regression gives the typical offline pT of an HLT jet like this
-one, which, binned in offline pT, falls short near the low end of the spectrum it was trained
-on. Its response at other pileups is not measured. Hence the stage stays out of the default
-chain. Below 20 GeV of offline pT the factor is an extrapolation.
+The shipped model
+-----------------
+``builtin:jet_regression_v2.npz`` (34 kB; 10 features, dense 64-64-32 with ReLU, 2 outputs;
+7,010 parameters; residual in 4 |eta| bins, 34 knots from offline 30 GeV), trained at pileup
+50 only on 32,342 HLT jets matched to offline jets (seeds 2001, 2007 and 2008,
+``benchmarks/SAMPLES.md``; offline pT >= 20 GeV, |eta| < 3; 40 epochs, the best validation epoch
+33).  Measured on the held-out seeds 2005 and 2006 (``examples/jet_regression_response.py``,
+``benchmarks/jetreg/``) against a factorized L1FastJet + L2Relative derived on the same
+training events against the same offline reference (``derive-jec --reference pfjets``):
+
+* pileup 50, |eta| < 1.3, offline 30-50 / 50-100 / 100-200 / 200-500 GeV: resolution (half
+  16-84% width over the median) 0.184 / 0.128 / 0.099 / 0.078 against 0.213 / 0.133 / 0.110 /
+  0.087 (bootstrap errors 0.002-0.006), median response 0.998-1.000 against 0.998-1.020; at
+  1.3 < |eta| < 2.5, 0.174 / 0.109 / 0.080 / 0.070 against 0.185 / 0.116 / 0.088 / 0.079;
+* 2.5 < |eta| < 3, beyond the tracker, the offline jets are made of the same clusters and
+  the factorized chain reproduces them within 2-4%; the network is wider there (0.03-0.05);
+* other pileups, same seed 2005 (the network has seen pileup 50 only): at pileup 0 it reads
+  high, 1.017-1.031 (|eta| < 1.3), 1.027-1.040 (1.3-2.5) and 1.08-1.10 beyond, with a
+  resolution at |eta| < 1.3 of 0.176 / 0.121 / 0.100 / 0.075 against 0.201 / 0.122 / 0.110 /
+  0.082; at pileup 100, 1.027 at 30-50 GeV (the factorized chain 1.061) and 0.996-1.025
+  above.
+
+The response of the network alone (without the residual) read 0.94-0.98 at offline 30-50
+GeV: see :mod:`hltemu.jet_regression` on why.  Below offline 30 GeV the regressed pT is not
+calibrated (the residual is held at its first knot).  The stage stays out of the default
+chain: it is an alternative to ``jec``, chosen per path.
 
 Backends: ``reference`` computes the features with NumPy array code
 (:func:`hltemu.jet_regression.jet_features_reference`) and the network as matrix products
@@ -84,7 +97,7 @@ class JetRegressionConfig:
     or a path), e.g. one written by ``hltemu train-jet-regression``.
     """
 
-    weights: str = param("builtin:jet_regression_v1.npz", "", "jet-regression weights file "
+    weights: str = param("builtin:jet_regression_v2.npz", "", "jet-regression weights file "
                          "(.npz: layers, feature standardisation, feature list)", path=True)
 
 
