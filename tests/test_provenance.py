@@ -435,3 +435,25 @@ def test_a_run_provenance_from_its_parts(tmp_path):
     assert inp["event_ids"]["runs"] == [2026] and inp["event_ids"]["duplicates"] == 0
     assert inp["provenance"] == io.read_provenance(sample)
     assert back["config"]["antikt"]["R"] == planned.config["antikt"].R
+
+
+def test_generation_is_found_through_a_chain_of_runs():
+    """A run over a run output (stages rerun on it) still finds how its events were generated:
+    derive-jec --weighted and the study's rates normalise such outputs too."""
+    from hltemu.io.provenance import generation_run
+    from hltemu.jec.derive import generation_provenance
+
+    gen = {"kind": "generate", "settings": {"seed": 7, "pileup": 50.0, "process": "qcd",
+                                            "pthat_bias": 4.0},
+           "pythia": {"hard_process": {"sigma_gen_mb": 2.1, "weight_sum": 12.5}}}
+    first = {"kind": "run", "inputs": [{"file": "raw.root", "provenance": gen}]}
+    second = {"kind": "run", "inputs": [{"file": "run1.root", "provenance": first}]}
+    third = {"kind": "run", "inputs": [{"file": "run2.root", "provenance": second}]}
+    for prov in (first, second, third):
+        assert generation_run(prov) is first
+        g = generation_provenance(prov)
+        assert (g["seed"], g["sigma_gen_mb"], g["weight_sum"], g["file"]) == (7, 2.1, 12.5,
+                                                                              "raw.root")
+    two = {"kind": "run", "inputs": [{"file": "a", "provenance": first},
+                                     {"file": "b", "provenance": first}]}
+    assert generation_run(two) is two and generation_provenance(two) == {}

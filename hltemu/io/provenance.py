@@ -279,3 +279,15 @@ def input_pileup(path: str | os.PathLike, tree: str = TREE_NAME) -> dict[str, An
                          "per event")
     out.update(mu=float(n_pu.mean()), source="Event_n_pileup")
     return out
+
+
+def generation_run(prov: dict[str, Any]) -> dict[str, Any]:
+    """The provenance of the run that read the generated file: ``prov`` itself, or, for a run
+    over a run output (stages rerun on it, one input each), the innermost such run."""
+    for _ in range(100):  # a chain of runs, not a loop
+        inputs = prov.get("inputs") or []
+        inner = inputs[0].get("provenance") if len(inputs) == 1 else None
+        if not (isinstance(inner, dict) and inner.get("kind") == "run"):
+            break
+        prov = inner
+    return prov

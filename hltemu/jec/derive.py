@@ -217,11 +217,16 @@ class JetSample:
             self.generation, self.noise_mode, self.jets, self.reference)
 
 
-def _generation_provenance(prov: dict[str, Any] | None) -> dict[str, Any]:
+def generation_provenance(prov: dict[str, Any] | None) -> dict[str, Any]:
     """The generation settings of a run output's input (seed, pileup, process, cross-section
-    and weight sum of the hard process), or {} when it does not say."""
+    and weight sum of the hard process), or {} when it does not say; for the output of a run
+    over a run output, those of the generated file the first run read
+    (:func:`hltemu.io.provenance.generation_run`)."""
+    from hltemu.io.provenance import generation_run
+
     if not prov:
         return {}
+    prov = generation_run(prov)
     inputs = prov.get("inputs") or []
     if len(inputs) != 1 or not isinstance(inputs[0].get("provenance"), dict):
         return {}
@@ -307,7 +312,7 @@ def load_sample(paths: Sequence[str | Path], progress: Callable[[int], None] | N
                     raise DeriveError(
                         f"{path}: [{k}] {config[k]} differs from {files[0]}'s {first_config[k]}; "
                         "derive corrections from files run with the same settings")
-        gen = _generation_provenance(prov)
+        gen = generation_provenance(prov)
         generation.append(gen)
         topo = config["topocluster"] or {}
         if float(topo.get("pileup_mu") or 0.0) > 0:  # at pileup 0 no offset is subtracted

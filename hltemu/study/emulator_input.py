@@ -32,10 +32,11 @@ events each offline pT bin holds, not the efficiency or the response in it; the 
 the bias).  It is used for accept rates (the threshold comparison at equal rate,
 :mod:`hltemu.study.threshold_width`), which depend on the spectrum: :func:`rate_weights`
 normalises each file's weights to its cross-section as ``hltemu derive-jec --weighted`` does
-(:func:`hltemu.jec.derive._generation_provenance`: ``Event_weight * sigma_gen / weight_sum``
+(:func:`hltemu.jec.derive.generation_provenance`: ``Event_weight * sigma_gen / weight_sum``
 of the hard process), or, when some file's provenance has no cross-section, every file's to its
 summed weights (a note says so).  For an output of a run over a run output (stages rerun on
-it), the generation is looked up through the chain of runs (:func:`generation_run`).
+it), the generation is looked up through the chain of runs
+(:func:`hltemu.io.provenance.generation_run`).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ from typing import Any
 import numpy as np
 
 from hltemu.batch import counts_to_offsets
-from hltemu.jec.derive import OFFLINE_LEVELS, RHO_COLLECTIONS, _generation_provenance
+from hltemu.io.provenance import generation_run
+from hltemu.jec.derive import OFFLINE_LEVELS, RHO_COLLECTIONS, generation_provenance
 from hltemu.study.online_offline import Jets, PathCut, StudyError, StudySample, StudySettings
 
 #: The ``hltemu run --stages`` that make a study input: the HLT calorimeter chain with its
@@ -139,25 +141,13 @@ def _offline_chain(entries: tuple[str, ...]) -> Any:
         raise StudyError(f"offline JEC {', '.join(entries)}: {exc}") from None
 
 
-def generation_run(prov: dict[str, Any]) -> dict[str, Any]:
-    """The provenance of the run that read the generated file: ``prov`` itself, or, for a run
-    over a run output (stages rerun on it, one input each), the innermost such run."""
-    for _ in range(100):  # a chain of runs, not a loop
-        inputs = prov.get("inputs") or []
-        inner = inputs[0].get("provenance") if len(inputs) == 1 else None
-        if not (isinstance(inner, dict) and inner.get("kind") == "run"):
-            break
-        prov = inner
-    return prov
-
-
 def _generation(prov: dict[str, Any]) -> dict[str, Any]:
     """How the run's input was generated (pileup, pT-hat bias, cross-section and weight sum of
     the hard process), where its provenance says."""
     from hltemu.io.provenance import provenance_pileup
 
     run = generation_run(prov)
-    hard = _generation_provenance(run)  # derive-jec's reading of the same provenance
+    hard = generation_provenance(run)  # derive-jec's reading of the same provenance
     inputs = run.get("inputs") or []
     gen = inputs[0].get("provenance") if len(inputs) == 1 else None
     settings = (gen or {}).get("settings") or {}
