@@ -8,15 +8,16 @@ Usage::
 
 Each ``OUTPUT.root`` is an ``hltemu run`` output with ``jets``, ``clusters`` (with
 ``energy_em``), ``cluster_jet``, ``rho``, ``corrected_jets`` (stage ``jec``), ``pfjets`` and
-``pfrho``.  Each HLT jet is matched to an offline jet (pfjets corrected by the shipped offline
-JEC with pfrho, as ``derive-jec --reference pfjets`` and ``train-jet-regression`` define
-offline pT) by Delta R < 0.2, closest pairs first.  Per offline |eta| and pT bin (of the
-offline jet) it gives the median of ``pT_HLT / pT_offline`` with its error (``1.2533 x half
-width / sqrt(n)``) and the resolution, the half 16-84% width over the median (with a seeded
-bootstrap error), for the raw jets, ``corrected_jets`` (the shipped factorized JEC), the raw
-jets corrected by other levels (``--jec``: ``other_jec``, e.g. a ``derive-jec --reference
-pfjets`` derivation on the regression's own training events) and ``regressed_jets``
-(computed here with the NumPy reference of stage ``jet_regression``, residual included).
+``pfrho`` (and ``pixelvertices`` for a model that uses the pixel-vertex count).  Each HLT jet is
+matched to an offline jet (pfjets corrected by the shipped offline JEC with pfrho, as
+``derive-jec --reference pfjets`` and ``train-jet-regression`` define offline pT) by Delta R <
+0.2, closest pairs first.  Per offline |eta| and pT bin (of the offline jet) it gives the median
+of ``pT_HLT / pT_offline`` with its error (``1.2533 x half width / sqrt(n)``) and the
+resolution, the half 16-84% width over the median (with a seeded bootstrap error), for the raw
+jets, ``corrected_jets`` (the shipped factorized JEC), the raw jets corrected by other levels
+(``--jec``: ``other_jec``, e.g. a ``derive-jec --reference pfjets`` derivation on the
+regression's own training events) and ``regressed_jets`` (computed here with the NumPy reference
+of stage ``jet_regression``, residual included).
 
 The files are pooled, or with ``--by-file`` measured one by one (e.g. one seed at pileup 0, 50
 and 100).  Unweighted: within a narrow offline-pT bin the response is a property of the
@@ -55,18 +56,19 @@ def responses(path: str, weights: str, max_dr: float = 0.2,
     """Matched jets of ``path``: offline pT [GeV] and eta, the event's mean pileup
     (``Event_n_pileup``) and pT_HLT / pT_offline per flavour (with ``jec``, also the raw jets
     corrected by those levels, as ``other_jec``)."""
-    c = read_collections(path, ["jets", "clusters", "cluster_jet", "rho", "corrected_jets",
-                                "pfjets", "pfrho"])
-    jets, clusters, pf = c["jets"], c["clusters"], c["pfjets"]
     model = load_model(weights)
-    if "n_pixel_vertices" in model.features:
-        raise SystemExit(f"{weights} uses n_pixel_vertices; this script reads no pixelvertices")
+    vertices = "n_pixel_vertices" in model.features
+    c = read_collections(path, ["jets", "clusters", "cluster_jet", "rho", "corrected_jets",
+                                "pfjets", "pfrho", *(["pixelvertices"] if vertices else [])])
+    jets, clusters, pf = c["jets"], c["clusters"], c["pfjets"]
     jev = np.asarray(jets.event_index())
+    nvtx = (np.asarray(c["pixelvertices"].counts, dtype=np.float64)[jev] if vertices
+            else np.zeros(jets.size))
     cl_jet = constituent_rows(np.asarray(jets.offsets), np.asarray(clusters.offsets),
                               np.asarray(c["cluster_jet"]["jet"]))
     feats = jet_features_reference(
         {k: np.asarray(jets[k]) for k in ("pt", "eta", "phi", "area")},
-        np.asarray(c["rho"]["rho"], dtype=np.float64)[jev], np.zeros(jets.size),
+        np.asarray(c["rho"]["rho"], dtype=np.float64)[jev], nvtx,
         {k: np.asarray(clusters[k]) for k in ("energy", "energy_em", "eta", "phi")}, cl_jet)
     out = forward_reference(standardise(feats, model), model)
     raw = np.asarray(jets["pt"], dtype=np.float64)
@@ -106,9 +108,9 @@ def resolution_error(r: np.ndarray, n_boot: int, seed: int = 0) -> float:
     return float(np.std(0.5 * (q84 - q16) / q50))
 
 
-def measure(res: dict[str, np.ndarray], n_boot: int = 0) -> list[dict]:
-    """Per (|eta|, pT) bin: jets, and per flavour the median with its error and the
-    resolution with its bootstrap error."""
+def measure(res: dict[str, np.ndarray], n_boot: int = 0, min_jets: int = 20) -> list[dict]:
+    """Per (|eta|, pT) bin: jets, and per flavour (in bins of at least ``min_jets``) the
+    median with its error and the resolution with its bootstrap error."""
     names = [n for n in FLAVOURS if n in res]
     rows = []
     for elo, ehi in ETA_BINS:
@@ -116,7 +118,7 @@ def measure(res: dict[str, np.ndarray], n_boot: int = 0) -> list[dict]:
             sel = ((np.abs(res["eta_offline"]) >= elo) & (np.abs(res["eta_offline"]) < ehi)
                    & (res["pt_offline"] >= plo) & (res["pt_offline"] < phi))
             row = {"eta": [elo, ehi], "pt": [plo, phi], "jets": int(sel.sum())}
-            if sel.sum() < 20:
+            if sel.sum() < max(min_jets, 2):
                 rows.append(row)
                 continue
             for n in names:

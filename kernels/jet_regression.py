@@ -1,23 +1,20 @@
 """HLT jet-energy regression: features and the dense network per jet, Numba CPU and CUDA.
 
 The features and the network are stated in :mod:`hltemu.jet_regression`; these kernels compute
-them on flat arrays, one jet per ``prange`` iteration (cpu) or per thread (cuda), with the same
-two scalar functions compiled for both targets (fbpic style):
+them on flat arrays with the same two functions compiled for both targets (fbpic style):
 
 * :func:`jet_features` — every feature of ``hltemu.jet_regression.FEATURES`` of jet ``j``
   (float64), from its constituent clusters ``members[member_offsets[j]:member_offsets[j + 1]]``
-  (cluster rows, ascending) into ``f``;
+  (cluster rows, ascending) into row ``row`` of ``f``;
 * :func:`forward` — standardise the model's features (float32) and run the dense layers
-  (``params``/``layout`` of ``hltemu.jet_regression.flat_params``, weights transposed),
-  ReLU between layers,
-  ping-ponging between two scratch vectors of ``MAX_WIDTH`` float32; the last layer's outputs go
-  to ``out[j, :]``.
+  (``params``/``layout`` of ``hltemu.jet_regression.flat_params``, weights transposed), ReLU
+  between layers, ping-ponging between two float32 scratch arrays, on a run of ``nt`` jets;
+  the last layer's outputs go to their rows of ``out``.
 
-On the CPU the network runs on tiles of :data:`TILE` jets (:func:`forward_tile`, one tile per
-``prange`` iteration): the innermost loop runs over the tile's jets, which the compiler
-vectorises, while each jet's sums still add the same float32 products in the same order as
-:func:`forward` does for one jet (so cpu equals :func:`forward` bit for bit; 5x faster than a
-jet per iteration, measured on one core, 2026-11-29).
+The CPU gives each ``prange`` iteration a tile of :data:`TILE` jets: the innermost loop runs
+over the tile's jets, which the compiler vectorises (5x faster than a jet per iteration,
+measured on one core, 2026-11-29); CUDA gives each thread one jet (``nt`` = 1, local arrays).
+Either way each jet's float32 sums add the same products in the same order.
 
 Each jet is computed by one iteration/thread (a tile by one iteration) that writes only its
 own rows of ``out``: no concurrency question.  The float64 feature sums run in ascending
@@ -47,8 +44,8 @@ EM_HI = 2.0
 
 
 def jet_features(j, member_offsets, members, cl_e, cl_eem, cl_eta, cl_phi, jet_pt, jet_eta,
-                 jet_phi, jet_area, jet_rho, jet_nvtx, f):
-    """Every feature of jet ``j`` into ``f[0:N_FEATURES]`` (float64), in the order of
+                 jet_phi, jet_area, jet_rho, jet_nvtx, f, row):
+    """Every feature of jet ``j`` into ``f[row, 0:N_FEATURES]`` (float64), in the order of
     ``hltemu.jet_regression.FEATURES``; cluster pT = energy / cosh(eta) [GeV]."""
     pt = jet_pt[j]
     eta = jet_eta[j]
@@ -76,60 +73,32 @@ def jet_features(j, member_offsets, members, cl_e, cl_eem, cl_eta, cl_phi, jet_p
         if cpt > lead:
             lead = cpt
     n = hi - lo
-    f[0] = math.log(pt)
-    f[1] = abs(eta)
-    f[2] = jet_area[j]
-    f[3] = jet_rho[j]
-    f[4] = jet_rho[j] * jet_area[j] / pt
-    f[5] = n
+    f[row, 0] = math.log(pt)
+    f[row, 1] = abs(eta)
+    f[row, 2] = jet_area[j]
+    f[row, 3] = jet_rho[j]
+    f[row, 4] = jet_rho[j] * jet_area[j] / pt
+    f[row, 5] = n
     if n > 0:
-        f[6] = lead / s_pt
-        f[7] = math.sqrt(s_pt2) / s_pt
+        f[row, 6] = lead / s_pt
+        f[row, 7] = math.sqrt(s_pt2) / s_pt
         em = s_em / s_e
-        f[8] = min(max(em, EM_LO), EM_HI)
-        f[9] = s_w / s_pt
+        f[row, 8] = min(max(em, EM_LO), EM_HI)
+        f[row, 9] = s_w / s_pt
     else:
-        f[6] = 0.0
-        f[7] = 0.0
-        f[8] = 0.0
-        f[9] = 0.0
-    f[10] = jet_nvtx[j]
+        f[row, 6] = 0.0
+        f[row, 7] = 0.0
+        f[row, 8] = 0.0
+        f[row, 9] = 0.0
+    f[row, 10] = jet_nvtx[j]
 
 
-def forward(j, f, feature_index, mean, std, params, layout, a, b, out):
-    """The network on jet ``j``'s features ``f``: ``out[j, :]`` (float32).  ``a``/``b``:
-    float32 scratch of at least the widest layer.  Weights come transposed, ``(in, out)``, so
-    the inner loop runs over a layer's outputs (independent sums, contiguous weights: the CPU
-    compiler vectorises it) while each output still adds its products in input order."""
-    n_in = feature_index.shape[0]
-    for k in range(n_in):
-        a[k] = (np.float32(f[feature_index[k]]) - mean[k]) / std[k]
-    n_layers = layout.shape[0]
-    for layer in range(n_layers):
-        n_out = layout[layer, 0]
-        width = layout[layer, 1]
-        w0 = layout[layer, 2]
-        b0 = w0 + n_out * width
-        for o in range(n_out):
-            b[o] = params[b0 + o]
-        for k in range(width):
-            ak = a[k]
-            row = w0 + k * n_out
-            for o in range(n_out):
-                b[o] += params[row + o] * ak
-        if layer < n_layers - 1:
-            for o in range(n_out):
-                a[o] = b[o] if b[o] > np.float32(0.0) else np.float32(0.0)
-        else:
-            for o in range(n_out):
-                out[j, o] = b[o]
-
-
-@numba.njit(inline="always", cache=True)
-def forward_tile(lo, nt, f, feature_index, mean, std, params, layout, a, b, out):
-    """:func:`forward` for the ``nt`` jets ``lo ... lo + nt - 1`` at once: ``f`` their
-    features (float64 ``(TILE, N_FEATURES)``), ``a``/``b`` float32 ``(MAX_WIDTH, TILE)``
-    scratch; the jets run innermost (vectorised), each with :func:`forward`'s sums."""
+def forward(lo, nt, f, feature_index, mean, std, params, layout, a, b, out):
+    """The network on the ``nt`` jets ``lo ... lo + nt - 1``: ``out[lo + t, :]`` (float32).
+    ``f``: their features (float64 ``(>= nt, N_FEATURES)``); ``a``/``b``: float32 scratch
+    ``(>= widest layer, >= nt)``.  Weights come transposed, ``(in, out)``: each output adds
+    its products in input order; the jets run innermost, independent sums that the CPU compiler
+    vectorises (the CPU passes a tile of :data:`TILE` jets, CUDA one jet per thread)."""
     n_in = feature_index.shape[0]
     for k in range(n_in):
         for t in range(nt):
@@ -162,6 +131,7 @@ def forward_tile(lo, nt, f, feature_index, mean, std, params, layout, a, b, out)
 
 
 _features_cpu = numba.njit(inline="always", cache=True)(jet_features)
+_forward_cpu = numba.njit(inline="always", cache=True)(forward)
 _features_cuda = cuda.jit(device=True)(jet_features)
 _forward_cuda = cuda.jit(device=True)(forward)
 
@@ -181,8 +151,8 @@ def regress_jets_cpu(member_offsets, members, cl_e, cl_eem, cl_eta, cl_phi, jet_
         b = np.empty((MAX_WIDTH, TILE), dtype=np.float32)
         for t in range(nt):
             _features_cpu(lo + t, member_offsets, members, cl_e, cl_eem, cl_eta, cl_phi,
-                          jet_pt, jet_eta, jet_phi, jet_area, jet_rho, jet_nvtx, f[t])
-        forward_tile(lo, nt, f, feature_index, mean, std, params, layout, a, b, out)
+                          jet_pt, jet_eta, jet_phi, jet_area, jet_rho, jet_nvtx, f, t)
+        _forward_cpu(lo, nt, f, feature_index, mean, std, params, layout, a, b, out)
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
@@ -191,7 +161,7 @@ def features_cpu(member_offsets, members, cl_e, cl_eem, cl_eta, cl_phi, jet_pt, 
     """``out[j, :]``: every feature of every jet (float64 ``(n_jets, N_FEATURES)``)."""
     for j in numba.prange(jet_pt.shape[0]):
         _features_cpu(j, member_offsets, members, cl_e, cl_eem, cl_eta, cl_phi, jet_pt,
-                      jet_eta, jet_phi, jet_area, jet_rho, jet_nvtx, out[j])
+                      jet_eta, jet_phi, jet_area, jet_rho, jet_nvtx, out, j)
 
 
 @cuda.jit(cache=True)
@@ -202,9 +172,9 @@ def regress_jets_cuda(member_offsets, members, cl_e, cl_eem, cl_eta, cl_phi, jet
     j = cuda.grid(1)
     if j >= jet_pt.shape[0]:
         return
-    f = cuda.local.array(N_FEATURES, numba.float64)
-    a = cuda.local.array(MAX_WIDTH, numba.float32)
-    b = cuda.local.array(MAX_WIDTH, numba.float32)
+    f = cuda.local.array((1, N_FEATURES), numba.float64)
+    a = cuda.local.array((MAX_WIDTH, 1), numba.float32)
+    b = cuda.local.array((MAX_WIDTH, 1), numba.float32)
     _features_cuda(j, member_offsets, members, cl_e, cl_eem, cl_eta, cl_phi, jet_pt, jet_eta,
-                   jet_phi, jet_area, jet_rho, jet_nvtx, f)
-    _forward_cuda(j, f, feature_index, mean, std, params, layout, a, b, out)
+                   jet_phi, jet_area, jet_rho, jet_nvtx, f, 0)
+    _forward_cuda(j, 1, f, feature_index, mean, std, params, layout, a, b, out)

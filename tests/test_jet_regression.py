@@ -198,7 +198,8 @@ def test_cpu_features_kernel_equals_the_reference():
 
 def test_cpu_tiles_equal_the_per_jet_network_bit_for_bit():
     """The cpu kernel's tiled network (jets innermost, vectorised) gives exactly what the
-    per-jet ``forward`` (the CUDA kernel's) gives, for jet counts around the tile size."""
+    network run one jet at a time (as the CUDA kernel does) gives, for jet counts around the
+    tile size."""
     import numba
     from hltemu.kernels.jet_regression import (
         MAX_WIDTH,
@@ -215,10 +216,10 @@ def test_cpu_tiles_equal_the_per_jet_network_bit_for_bit():
 
     @numba.njit
     def loop(f, fi, mean, std, params, layout, out):
-        a = np.empty(MAX_WIDTH, dtype=np.float32)
-        b = np.empty(MAX_WIDTH, dtype=np.float32)
-        for j in range(f.shape[0]):
-            per_jet(j, f[j], fi, mean, std, params, layout, a, b, out)
+        a = np.empty((MAX_WIDTH, 1), dtype=np.float32)
+        b = np.empty((MAX_WIDTH, 1), dtype=np.float32)
+        for j in range(f.shape[0]):  # one jet at a time, as a CUDA thread runs it
+            per_jet(j, 1, f[j:j + 1], fi, mean, std, params, layout, a, b, out)
 
     m = random_model(21, hidden=(64, 64, 32), mean=np.full(10, 0.5), std=np.full(10, 2.0))
     params, layout = flat_params(m)
@@ -576,8 +577,8 @@ def training_file(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("jetreg") / "train.root"
     run_files([SAMPLE], backend="cpu", output=out,
-              stages=["topocluster", "antikt", "rho", "tracks", "vertices", "pfcandidates",
-                      "pfjets", "pfrho", "genjets"],
+              stages=["topocluster", "antikt", "rho", "jec", "tracks", "vertices",
+                      "pfcandidates", "pfjets", "pfrho", "genjets"],
               drop=("pfcandidates", "pfcandidate_jet", "tracks", "track_pv", "cell_cluster"))
     return out
 
@@ -638,3 +639,28 @@ def test_training_without_torch_says_how_to_install(monkeypatch, tmp_path):
     f.write_bytes(b"")
     res = CliRunner().invoke(cli, ["train-jet-regression", str(f)])
     assert res.exit_code != 0 and "pip install 'hltemu[train]'" in res.output
+
+
+def test_response_example_applies_the_stage(training_file):
+    """``examples/jet_regression_response.py`` computes the regressed pT as the stage does
+    (network and residual), matches each HLT jet to one offline jet, and tabulates."""
+    from examples_loader import load_example
+
+    from hltemu.io import read_collections
+
+    ex = load_example("jet_regression_response")
+    res = ex.responses(str(training_file), "builtin:jet_regression_v2.npz")
+    colls = read_collections(str(training_file), ["jets", "clusters", "cluster_jet", "rho"])
+    stage = run_stage(colls, "reference", "builtin:jet_regression_v2.npz")
+    raw = np.asarray(colls["jets"]["pt"])
+    # each matched jet's regressed/raw ratio is one of the stage's factors, in matching order
+    ratio = res["regressed_jets"] / res["raw"]
+    assert ratio.size >= 50
+    assert np.all(np.min(np.abs(ratio[:, None] - stage["pt"][None, :] / raw[None, :]), axis=1)
+                  < 1e-12)
+    rows = ex.measure(res, n_boot=20, min_jets=2)
+    assert sum(r["jets"] for r in rows) == np.count_nonzero(
+        (res["pt_offline"] >= 30) & (res["pt_offline"] < 500) & (np.abs(res["eta_offline"]) < 3))
+    lines = ex.table(rows, "sample")
+    assert lines[0] == "**sample**" and "regressed_jets resolution" in lines[2]
+

@@ -8,25 +8,14 @@ closed-form asymptotics of Gaussian quantiles.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
+from examples_loader import load_example
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "nanoaod_regression_yardstick.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("nanoaod_regression_yardstick", EXAMPLE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-Y = _module()
+Y = load_example("nanoaod_regression_yardstick")
 #: Issue 20's resolutions (half 16-84% width over the median), factorized -> regression.
 ISSUE = {(50.0, 100.0): (0.142, 0.108), (100.0, 300.0): (0.117, 0.087)}
 #: Band around them for the script's default choices (Jet_genJetIdx + Delta R < 0.2, hazen

@@ -4,14 +4,13 @@ examples/pixel_tracking_performance.py on 2 events of the built-in sample."""
 
 from __future__ import annotations
 
-import importlib.util
 import io as pyio
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
+from examples_loader import load_example
 
 from hltemu.backends import get_backend
 from hltemu.batch import Collection, EventBatch
@@ -30,7 +29,6 @@ from hltemu.pixelmetrics import (
 )
 from tests.pythia_inputs import SAMPLE
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "pixel_tracking_performance.py"
 B = 3.8
 
 
@@ -343,9 +341,7 @@ def test_example_on_two_sample_events(tmp_path):
     unmatched) or a broken fit selection, with room for the sample's spread."""
     if not SAMPLE.is_file():
         pytest.skip(f"built-in sample {SAMPLE} missing")
-    spec = importlib.util.spec_from_file_location("pixel_tracking_performance", EXAMPLE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_example("pixel_tracking_performance")
     out = tmp_path / "perf.json"
     assert mod.main([str(SAMPLE), "--events", "2", "--backend", "cpu", "-o", str(out),
                      "--plain"]) == 0

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+from examples_loader import load_example
 
 from hltemu.backends import get_backend
 from hltemu.batch import Collection, EventBatch
 from hltemu.io.writer import OutputWriter
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "trigger_pileup_stability.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("trigger_pileup_stability", EXAMPLE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _write(path, events, accept, weight):
@@ -34,7 +23,7 @@ def _write(path, events, accept, weight):
 
 
 def test_paired_fractions(tmp_path):
-    mod = _module()
+    mod = load_example("trigger_pileup_stability")
     # PU0: events 1..4 accept 1,2; PU N (events in another order, one unpaired): accepts 1,2,3
     _write(tmp_path / "a.root", [1, 2, 3, 4], [1, 1, 0, 0], [1.0, 1.0, 2.0, 4.0])
     _write(tmp_path / "b.root", [4, 3, 2, 1, 9], [0, 1, 1, 1, 1], [4.0, 2.0, 1.0, 1.0, 8.0])
