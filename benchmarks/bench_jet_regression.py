@@ -1,6 +1,7 @@
 """Inference speed of stage ``jet_regression`` (the shipped ``jet_regression_v2`` network on
 every HLT jet): reference (NumPy: features by array code, the network as matrix products),
-cpu (Numba, ``prange`` over tiles of 32 jets) and cuda (one thread per jet, on a GPU) on the same jets::
+cpu (Numba, ``prange`` over tiles of 32 jets) and cuda (one thread per jet, on a GPU) on the
+same jets::
 
     python -m pytest benchmarks/bench_jet_regression.py --benchmark-group-by=group
 
