@@ -44,6 +44,8 @@ OFFLINE_JEC_TEXT = (f"{{1 JetEta 1 JetPt max(0.0001,[0]+0*x) Correction L2Relati
 
 #: The run's single-jet paths (as ``hltemu run`` records its menu in the provenance).
 PATHS = {"HLT_CaloJet40": 40.0, "HLT_CaloJet80": 80.0}
+#: A path on the regressed jets (``write_study_output(regressed_path=True)``) and its cut.
+REGRESSED_PATH = ("HLT_RegJet80", 80.0)
 
 
 def raw_response(eta: np.ndarray) -> np.ndarray:
@@ -68,13 +70,16 @@ def write_study_output(path: Path, n_events: int = 3000, seed: int = 5,
                        with_pfjets: bool = True, with_jec: bool = True,
                        regressed_scale: float | None = None,
                        weight: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None,
-                       sigma_gen_mb: float | None = None) -> dict[str, np.ndarray]:
+                       sigma_gen_mb: float | None = None, regressed_path: bool = False
+                       ) -> dict[str, np.ndarray]:
     """Write :func:`make_events` as an ``hltemu run`` output; ``with_pfjets=False`` leaves out
     the offline jets, ``with_jec=False`` writes ``jets`` (raw) instead of ``corrected_jets``
     and no ``trigger_pre``; ``regressed_scale`` adds ``regressed_jets`` with pT that many times
     the full pT; ``weight`` gives ``Event_weight`` from the columns (default 1);
     ``sigma_gen_mb`` records a hard-process cross-section (mb) and the weights' sum in the
-    generation provenance.  Returns the columns, with ``"weight"`` per event."""
+    generation provenance; ``regressed_path`` (with ``regressed_scale``) adds a menu path
+    :data:`REGRESSED_PATH` on ``regressed_jets`` (``jets = "regressed_jets"``), with its bit.
+    Returns the columns, with ``"weight"`` per event."""
     from hltemu.backends import get_backend
     from hltemu.batch import Collection, EventBatch
     from hltemu.io.writer import OutputWriter
@@ -100,8 +105,10 @@ def write_study_output(path: Path, n_events: int = 3000, seed: int = 5,
             "pt_raw": e["raw"], "factor": e["full"] / e["raw"],
             "factor_L1FastJet": np.full(n_jets, L1_FACTOR), "factor_L2Relative": e["l2"]})
         lead_full = e["full"].reshape(-1, 2).max(axis=1)
-        collections["trigger_pre"] = Collection.event_level(
-            {name: lead_full >= cut for name, cut in PATHS.items()})
+        bits = {name: lead_full >= cut for name, cut in PATHS.items()}
+        if regressed_path and regressed_scale is not None:
+            bits[REGRESSED_PATH[0]] = regressed_scale * lead_full >= REGRESSED_PATH[1]
+        collections["trigger_pre"] = Collection.event_level(bits)
         if regressed_scale is not None:
             collections["regressed_jets"] = Collection.from_counts(counts, {
                 "pt": regressed_scale * e["full"], "eta": e["eta"], "phi": e["phi"],
@@ -121,7 +128,11 @@ def write_study_output(path: Path, n_events: int = 3000, seed: int = 5,
         "config": {"jec": {"levels": ["synthetic_L1FastJet.txt", "synthetic_L2Relative.txt"]}},
         "plan": {"facts": {"trigger": {"paths": [
             {"name": name, "type": "single_jet", "pt_min": cut, "eta_max": 3.0, "prescale": 1}
-            for name, cut in PATHS.items()]}}} if with_jec else {},
+            for name, cut in PATHS.items()] + ([
+                {"name": REGRESSED_PATH[0], "type": "single_jet", "pt_min": REGRESSED_PATH[1],
+                 "eta_max": 3.0, "jets": "regressed_jets", "prescale": 1}]
+                if regressed_path and regressed_scale is not None else [])}}}
+        if with_jec else {},
         "inputs": [{"file": f"gen{seed}.root", "provenance": {
             "kind": "generate", "settings": {"seed": seed, "pileup": 0.0, "process": "qcd",
                                              "pthat_min": 15.0, "pthat_bias": 4.0},

@@ -273,3 +273,32 @@ def test_turn_on_fit_survives_an_abnormal_line_search(monkeypatch):
     assert want["status"] == got["status"] == "ok"
     assert got["p50"] == pytest.approx(want["p50"], abs=0.05 * want["p50_error"])
     assert got["p95"] == pytest.approx(want["p95"], abs=0.05 * want["p95_error"])
+
+
+def test_a_path_on_regressed_jets_is_checked_against_them(tmp_path, jec):
+    """A menu path with ``jets = "regressed_jets"``: its bit agrees with "a regressed jet
+    above the threshold" in every event (against the corrected jets it would not: they are
+    1.1 times lower)."""
+    from study_synthetic import REGRESSED_PATH
+
+    from hltemu.study.online_offline import run_study
+
+    path = tmp_path / "run.root"
+    write_study_output(path, n_events=2000, regressed_scale=1.1, regressed_path=True)
+    settings = StudySettings(offline_jec=(str(jec),), pt_edges=(30.0, 60.0, 120.0),
+                             eta_edges=(0.0, 1.3, 2.5))
+    sample = read_inputs([str(path)], settings)
+    name = REGRESSED_PATH[0]
+    assert sample.cuts[name].level == "regressed" and sample.cuts["HLT_CaloJet80"].level is None
+    s = run_study(sample, settings)
+    table = s["paths"][name]
+    assert table["level"] == "regressed" and table["agreement"] == 1.0
+    assert table["bit_only"] == table["object_only"] == 0 and table["both"] > 100
+    assert s["paths"]["HLT_CaloJet80"]["agreement"] == 1.0
+    # its reference-method turn-on (from the bit) sits lower: 80 GeV of regressed pT is
+    # 80 / 1.1 of corrected pT
+    ref, full_ref = (s["turn_on"][n]["reference"] for n in (name, "HLT_CaloJet80"))
+    assert ref["status"] == full_ref["status"] == "ok"
+    assert abs(ref["p50"] - full_ref["p50"] / 1.1) < 3 * (ref["p50_error"] + full_ref["p50_error"])
+    assert s["turn_on"][name]["tag_and_probe"]["cut_flow"]["path_fired"] == table["both"]
+

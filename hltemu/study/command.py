@@ -233,7 +233,11 @@ def _print_summary(console: Any, summary: dict[str, Any]) -> None:
         for c in ("path", "both", "bit only", "object only", "neither", "agreement"):
             t.add_column(c, justify="right")
         for name, p in summary["paths"].items():
-            t.add_row(name, str(p["both"]), str(p["bit_only"]), str(p["object_only"]),
+            label = name + (f" ({p['level']})" if p.get("level") else "")
+            if p["agreement"] is None and "note" in p:
+                t.add_row(label, "-", "-", "-", "-", p["note"])
+                continue
+            t.add_row(label, str(p["both"]), str(p["bit_only"]), str(p["object_only"]),
                       str(p["neither"]), _num(p["agreement"]))
         console.print(t)
     if summary["turn_on"]:

@@ -111,7 +111,8 @@ def hlt_level_pts(coll: Any) -> dict[str, np.ndarray]:
 
 
 def _menu_cuts(path: str, prov: dict[str, Any], notes: list[str]) -> dict[str, PathCut]:
-    """The ``single_jet`` paths of the menu the run used, as cuts."""
+    """The ``single_jet`` paths of the menu the run used, as cuts (on the HLT jet level of
+    their ``jets``: :func:`_path_level`)."""
     from hltemu.config import ConfigError
     from hltemu.stages.trigger import load_menu, path_summary
 
@@ -128,8 +129,18 @@ def _menu_cuts(path: str, prov: dict[str, Any], notes: list[str]) -> dict[str, P
         if not menu:
             notes.append(f"{path}: no menu in its provenance; path cuts from hltemu's "
                          "shipped menu")
-    return {t["name"]: PathCut(float(t["pt_min"]), float(t.get("eta_max", np.inf)), True)
+    return {t["name"]: PathCut(float(t["pt_min"]), float(t.get("eta_max", np.inf)), True,
+                               _path_level(t.get("jets")))
             for t in tables if t.get("type") == "single_jet"}
+
+
+def _path_level(jets: str | None) -> str | None:
+    """The study's HLT level of a menu path's ``jets``: None for the corrected jets (the
+    default), :data:`REGRESSED` for ``regressed_jets``, else the collection's name (a level
+    the study does not have: its path tables say so)."""
+    if not jets or jets == "corrected_jets":
+        return None
+    return REGRESSED if jets == REGRESSED_COLLECTION else jets
 
 
 def _offline_chain(entries: tuple[str, ...]) -> Any:

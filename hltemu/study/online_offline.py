@@ -172,11 +172,14 @@ class StudySettings:
 class PathCut(NamedTuple):
     """What "an HLT jet passing a single-jet path" means: pT above ``pt_min`` (GeV) and |eta|
     within ``eta_max``; ``inclusive``: pT >= pt_min and |eta| <= eta_max (hltemu's stage
-    ``trigger``), else pT > pt_min (NanoAOD's ``HLT_PFJet<N>`` against HLT objects)."""
+    ``trigger``), else pT > pt_min (NanoAOD's ``HLT_PFJet<N>`` against HLT objects);
+    ``level``: the HLT jet level the path cuts on when not the study's HLT jets (hltemu: a
+    path with ``jets = "regressed_jets"`` cuts on level ``regressed``)."""
 
     pt_min: float
     eta_max: float = math.inf
     inclusive: bool = False
+    level: str | None = None
 
     def passes(self, pt: np.ndarray, eta: np.ndarray) -> np.ndarray:
         if self.inclusive:
@@ -500,6 +503,14 @@ def path_cut(sample: StudySample, name: str) -> PathCut:
     return sample.cuts[name] if name in sample.cuts else PathCut(path_threshold(name))
 
 
+def cut_jets(cut: PathCut, hlt: Jets, levels: dict[str, Jets] | None = None) -> Jets | None:
+    """The HLT jets ``cut`` applies to: ``hlt``, or its ``level`` among ``levels`` (the same
+    rows as ``hlt``, other pT); None when that level is not there."""
+    if cut.level is None:
+        return hlt
+    return (levels or {}).get(cut.level)
+
+
 # -- matching and response ---------------------------------------------------------------------
 def match(offline: Jets, hlt: Jets, max_dr: float) -> np.ndarray:
     """For every offline jet, the index of its HLT partner (one to one, Delta R < ``max_dr``,
@@ -583,18 +594,27 @@ def leading_pt(jets: Jets, eta_max: float = math.inf) -> np.ndarray:
 
 
 def path_agreement(paths: dict[str, np.ndarray], hlt: Jets,
-                   cuts: dict[str, PathCut] | None = None) -> dict[str, dict[str, Any]]:
+                   cuts: dict[str, PathCut] | None = None,
+                   levels: dict[str, Jets] | None = None) -> dict[str, dict[str, Any]]:
     """Per single-jet path: events where the bit and "an HLT jet passing the path's cut"
-    (``cuts``, else ``HLT_PFJet<N>``: pT > N) agree or not: ``both``, ``bit_only``,
-    ``object_only``, ``neither`` and the agreeing fraction."""
+    (``cuts``, else ``HLT_PFJet<N>``: pT > N; on the path's own HLT jet level,
+    :func:`cut_jets`) agree or not: ``both``, ``bit_only``, ``object_only``, ``neither`` and
+    the agreeing fraction (None, with a ``note``, when the path's level is not in the files)."""
     cuts = cuts or {}
     out = {}
     for name, bit in paths.items():
         cut = cuts[name] if name in cuts else PathCut(path_threshold(name))
-        obj = np.bincount(hlt.event[cut.passes(hlt.pt, hlt.eta)],
-                          minlength=hlt.n_events) > 0
-        table = {"threshold": cut.pt_min, **({"eta_max": cut.eta_max}
-                                             if math.isfinite(cut.eta_max) else {}),
+        jets = cut_jets(cut, hlt, levels)
+        level = {} if cut.level is None else {"level": cut.level}
+        if jets is None:
+            out[name] = {"threshold": cut.pt_min, **level, "events": int(bit.size),
+                         "agreement": None,
+                         "note": f"the path cuts on HLT jets {cut.level!r}, not in the files"}
+            continue
+        obj = np.bincount(jets.event[cut.passes(jets.pt, jets.eta)],
+                          minlength=jets.n_events) > 0
+        table = {"threshold": cut.pt_min, **level, **({"eta_max": cut.eta_max}
+                                                      if math.isfinite(cut.eta_max) else {}),
                  "events": int(bit.size), "both": int(np.sum(bit & obj)),
                  "bit_only": int(np.sum(bit & ~obj)), "object_only": int(np.sum(~bit & obj)),
                  "neither": int(np.sum(~bit & ~obj))}
@@ -665,8 +685,15 @@ def tag_and_probe(sample: StudySample, hlt: Jets, partner: np.ndarray, path: str
     pT.  Each of the two serves as tag in turn: a tag has |eta| < ``settings.tag_eta`` and an
     HLT partner (:func:`match`) above the path's threshold; the other jet is then a probe,
     passing when its own HLT partner is above the threshold (passes the path's cut,
-    :func:`path_cut`)."""
+    :func:`path_cut`, on the path's HLT jet level: :func:`cut_jets`, the same rows as
+    ``hlt``, so ``partner`` holds for it)."""
     cut = path_cut(sample, path)
+    hlt = cut_jets(cut, hlt, sample.levels)
+    if hlt is None:
+        fit = fit_turn_on(np.zeros(0), np.zeros(0, dtype=bool))
+        fit["reason"] = f"the path cuts on HLT jets {cut.level!r}, not in the files"
+        return {"method": "tag_and_probe", "path": path, "reference": None,
+                "x": "probe offline jet pT", "cut_flow": {}, **fit, "points": []}
     off = sample.offline
     top = ranked(off, None, 3)
     j1, j2, j3 = top[:, 0], top[:, 1], top[:, 2]
@@ -781,7 +808,7 @@ def run_study(sample: StudySample, settings: StudySettings) -> dict[str, Any]:
         for row in response_bins(sample.offline, jets, partner, settings,
                                  storage_threshold(jets) or 0.0)]
     summary["hlt_vs_offline"] = pt_histogram(sample.offline, hlt, partner)
-    summary["paths"] = path_agreement(sample.paths, hlt, sample.cuts)
+    summary["paths"] = path_agreement(sample.paths, hlt, sample.cuts, sample.levels)
     summary["turn_on"] = _turn_ons(sample, hlt, partner, reference, settings, summary["notes"])
     if sample.kind == "hltemu":
         # imported here: threshold_width builds on this module's helpers
