@@ -16,8 +16,8 @@ of ``pT_HLT / pT_offline`` with its error (``1.2533 x half width / sqrt(n)``) an
 resolution, the half 16-84% width over the median (with a seeded bootstrap error), for the raw
 jets, ``corrected_jets`` (the shipped factorized JEC), the raw jets corrected by other levels
 (``--jec``: ``other_jec``, e.g. a ``derive-jec --reference pfjets`` derivation on the
-regression's own training events) and ``regressed_jets`` (computed here with the NumPy reference
-of stage ``jet_regression``, residual included).
+regression's own training events) and ``regressed_jets`` (stage ``jet_regression`` itself,
+run here on the reference backend, residual included).
 
 The files are pooled, or with ``--by-file`` measured one by one (e.g. one seed at pileup 0, 50
 and 100).  Unweighted: within a narrow offline-pT bin the response is a property of the
@@ -32,19 +32,16 @@ from pathlib import Path
 
 import numpy as np
 
+from hltemu.backends import get_backend
+from hltemu.batch import EventBatch
 from hltemu.io import read_collections
 from hltemu.jec import load_chain
 from hltemu.jec.chain import jet_values
 from hltemu.jec.derive import OFFLINE_LEVELS
-from hltemu.jet_regression import (
-    calibrated_log_factor,
-    constituent_rows,
-    forward_reference,
-    jet_features_reference,
-    load_model,
-    standardise,
-)
+from hltemu.jet_regression import load_model
 from hltemu.jetmatch import match_jets, median_with_error
+from hltemu.pipeline import get_stage
+from hltemu.stages.jet_regression import JetRegressionConfig
 
 PT_BINS = ((30, 50), (50, 100), (100, 200), (200, 500))
 ETA_BINS = ((0.0, 1.3), (1.3, 2.5), (2.5, 3.0))
@@ -56,36 +53,26 @@ def responses(path: str, weights: str, max_dr: float = 0.2,
     """Matched jets of ``path``: offline pT [GeV] and eta, the event's mean pileup
     (``Event_n_pileup``) and pT_HLT / pT_offline per flavour (with ``jec``, also the raw jets
     corrected by those levels, as ``other_jec``)."""
-    model = load_model(weights)
-    vertices = "n_pixel_vertices" in model.features
+    vertices = "n_pixel_vertices" in load_model(weights).features
     c = read_collections(path, ["jets", "clusters", "cluster_jet", "rho", "corrected_jets",
-                                "pfjets", "pfrho", *(["pixelvertices"] if vertices else [])])
-    jets, clusters, pf = c["jets"], c["clusters"], c["pfjets"]
+                                "pfjets", "pfrho", "Event",
+                                *(["pixelvertices"] if vertices else [])])
+    jets, pf = c["jets"], c["pfjets"]
     jev = np.asarray(jets.event_index())
-    nvtx = (np.asarray(c["pixelvertices"].counts, dtype=np.float64)[jev] if vertices
-            else np.zeros(jets.size))
-    cl_jet = constituent_rows(np.asarray(jets.offsets), np.asarray(clusters.offsets),
-                              np.asarray(c["cluster_jet"]["jet"]))
-    feats = jet_features_reference(
-        {k: np.asarray(jets[k]) for k in ("pt", "eta", "phi", "area")},
-        np.asarray(c["rho"]["rho"], dtype=np.float64)[jev], nvtx,
-        {k: np.asarray(clusters[k]) for k in ("energy", "energy_em", "eta", "phi")}, cl_jet)
-    out = forward_reference(standardise(feats, model), model)
+    # the stage itself, on the reference backend: network and residual as a run applies them
+    batch = EventBatch(get_backend("reference"), jets.n_events,
+                       {k: v for k, v in c.items() if k != "Event"})
+    regressed = get_stage("jet_regression")(batch, JetRegressionConfig(weights=weights))
     raw = np.asarray(jets["pt"], dtype=np.float64)
-    log_factor = calibrated_log_factor(out[:, 0], raw, np.asarray(jets["eta"]),
-                                       model.residual)[0]
     flavours = {"raw": raw, "corrected_jets": np.asarray(c["corrected_jets"]["pt"]),
-                "regressed_jets": raw * np.exp(log_factor)}
+                "regressed_jets": np.asarray(regressed["regressed_jets"]["pt"])}
     if jec:
         flavours["other_jec"] = load_chain(jec).correct_reference(jet_values(jets,
                                                                              c["rho"]))[0]
     pt_off = load_chain(OFFLINE_LEVELS).correct_reference(jet_values(pf, c["pfrho"]))[0]
     ia, ib = match_jets(jev, jets["eta"], jets["phi"], np.asarray(pf.event_index()), pf["eta"],
                         pf["phi"], max_dr, jets.n_events)
-    import uproot
-
-    with uproot.open(path) as f:
-        pileup = float(np.mean(f["Events"]["Event_n_pileup"].array(library="np")))
+    pileup = float(np.mean(c["Event"]["n_pileup"]))
     res = {"pt_offline": pt_off[ib], "eta_offline": np.asarray(pf["eta"])[ib],
            "pileup": np.full(ia.size, pileup)}
     res.update({k: v[ia] / pt_off[ib] for k, v in flavours.items()})
