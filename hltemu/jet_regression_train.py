@@ -71,6 +71,7 @@ from hltemu.jet_regression import (
     forward_reference,
     jet_features_reference,
     save_model,
+    standardise,
 )
 
 TORCH_MISSING = ("training the jet regression needs PyTorch, which is not installed: "
@@ -315,9 +316,7 @@ def derive_residual(log_net: np.ndarray, target: np.ndarray, pt_raw: np.ndarray,
 def residual_for(model: JetRegression, data: JetSet, pt_min: float,
                  min_jets: int = RESIDUAL_MIN_JETS) -> tuple[Residual, list[dict[str, Any]]]:
     """:func:`derive_residual` of ``model`` on the jets of ``data``."""
-    idx = model.feature_index()
-    x = ((data.features[:, idx].astype(np.float32) - model.feature_mean) / model.feature_std)
-    log_net = forward_reference(x.astype(np.float32), model)[:, 0]
+    log_net = forward_reference(standardise(data.features, model), model)[:, 0]
     f = data.features
     pt_raw = np.exp(f[:, FEATURE_NAMES.index("log_pt_raw")])
     eta = f[:, FEATURE_NAMES.index("abs_eta")]
