@@ -221,11 +221,8 @@ def regressed_jets(batch: EventBatch, prep: Prepared, outputs: Any) -> dict[str,
     jets = batch["jets"]
     model = prep.model
     out = xp.asarray(outputs, dtype=xp.float64)
-    if jets.size:
-        log_factor, log_res = calibrated_log_factor(out[:, 0], jets["pt"], jets["eta"],
-                                                    prep.residual, xp)
-    else:
-        log_factor = log_res = xp.zeros(0, dtype=xp.float64)
+    log_factor, log_res = calibrated_log_factor(out[:, 0], jets["pt"], jets["eta"],
+                                                prep.residual, xp)
     factor = xp.exp(log_factor)
     cols = dict(jets.columns)
     for name in SCALED_COLUMNS:
