@@ -176,14 +176,22 @@ def test_features_equal_the_definition():
             assert f[j, i] == pytest.approx(want[name], rel=1e-12, abs=1e-12), (j, name)
 
 
+def member_rows(colls: dict[str, Collection]) -> tuple[np.ndarray, np.ndarray]:
+    """Each cluster's global jet row (-1: none) and the constituent clusters grouped by jet,
+    ascending within a jet (int64): the kernels' ``members``."""
+    jets = colls["jets"]
+    rows = constituent_rows(jets.offsets, colls["clusters"].offsets,
+                            colls["cluster_jet"]["jet"])
+    members = np.argsort(np.where(rows >= 0, rows, jets.size), kind="stable")
+    return rows, members[rows[members] >= 0].astype(np.int64)
+
+
 def test_cpu_features_kernel_equals_the_reference():
     from hltemu.kernels.jet_regression import features_cpu
 
     colls = random_batch(2, n_events=200)
-    jets, cl, cj = colls["jets"], colls["clusters"], colls["cluster_jet"]
-    rows = constituent_rows(jets.offsets, cl.offsets, cj["jet"])
-    members = np.argsort(np.where(rows >= 0, rows, jets.size), kind="stable")
-    members = members[rows[members] >= 0]
+    jets, cl = colls["jets"], colls["clusters"]
+    rows, members = member_rows(colls)
     offsets = np.searchsorted(rows[members], np.arange(jets.size + 1))
     jet_rho = colls["rho"]["rho"][jets.event_index()]
     got = np.empty((jets.size, len(FEATURE_NAMES)))
@@ -226,10 +234,8 @@ def test_cpu_tiles_equal_the_per_jet_network_bit_for_bit():
     model = (m.feature_index(), m.feature_mean, m.feature_std, params, layout)
     rng = np.random.default_rng(21)
     colls = random_batch(21, n_events=120)
-    jets, cl, cj = colls["jets"], colls["clusters"], colls["cluster_jet"]
-    rows = constituent_rows(jets.offsets, cl.offsets, cj["jet"])
-    members = np.argsort(np.where(rows >= 0, rows, jets.size), kind="stable")
-    members = members[rows[members] >= 0].astype(np.int64)
+    jets, cl = colls["jets"], colls["clusters"]
+    rows, members = member_rows(colls)
     jet_rho = colls["rho"]["rho"][jets.event_index()] * rng.uniform(0.5, 2.0, jets.size)
     for n in (1, TILE - 1, TILE, TILE + 1, 5 * TILE + 3, jets.size):
         offsets = np.searchsorted(rows[members], np.arange(n + 1)).astype(np.int64)
