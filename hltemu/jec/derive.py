@@ -247,6 +247,16 @@ def generation_provenance(prov: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
+def cross_section_scale(gen: dict[str, Any]) -> float | None:
+    """``sigma_gen / weight_sum`` (mb per unit of ``Event_weight``) of a
+    :func:`generation_provenance` record: the factor that turns a file's event weights into
+    cross-sections, so that files of one process or several pT-hat ranges add up; None when
+    the record lacks either."""
+    if gen.get("sigma_gen_mb") and gen.get("weight_sum"):
+        return float(gen["sigma_gen_mb"]) / float(gen["weight_sum"])
+    return None
+
+
 def load_sample(paths: Sequence[str | Path], progress: Callable[[int], None] | None = None,
                 jets: str = "jets", reference: str = "genjets",
                 reference_levels: Sequence[str] = OFFLINE_LEVELS) -> JetSample:
@@ -329,8 +339,9 @@ def load_sample(paths: Sequence[str | Path], progress: Callable[[int], None] | N
         if n == 0:
             raise DeriveError(f"{path}: no events")
         w = np.asarray(ev["weight"], dtype=np.float64) if "weight" in ev else np.ones(n)
-        if gen.get("sigma_gen_mb") and gen.get("weight_sum"):
-            w = w * (float(gen["sigma_gen_mb"]) / float(gen["weight_sum"]))
+        scale = cross_section_scale(gen)
+        if scale is not None:
+            w = w * scale
         n_pu = (np.asarray(ev["n_pileup"], dtype=np.float64) if "n_pileup" in ev
                 else np.zeros(n))
         nominal = provenance_pileup(prov)  # the generated mean, as topocluster's "auto" reads it

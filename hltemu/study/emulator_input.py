@@ -48,7 +48,12 @@ import numpy as np
 
 from hltemu.batch import counts_to_offsets
 from hltemu.io.provenance import generation_run
-from hltemu.jec.derive import OFFLINE_LEVELS, RHO_COLLECTIONS, generation_provenance
+from hltemu.jec.derive import (
+    OFFLINE_LEVELS,
+    RHO_COLLECTIONS,
+    cross_section_scale,
+    generation_provenance,
+)
 from hltemu.study.online_offline import Jets, PathCut, StudyError, StudySample, StudySettings
 
 #: The ``hltemu run --stages`` that make a study input: the HLT calorimeter chain with its
@@ -188,11 +193,10 @@ def rate_weights(parts: Sequence[dict[str, Any]], notes: list[str]
         else:
             raw.append(q["weight"])
     gens = [q["generation"] for q in parts]
-    lacking = next((q["path"] for q, g in zip(parts, gens, strict=True)
-                    if not (g.get("sigma_gen_mb") and g.get("weight_sum"))), None)
+    scales = [cross_section_scale(g) for g in gens]
+    lacking = next((q["path"] for q, k in zip(parts, scales, strict=True) if k is None), None)
     if lacking is None:
-        w = [r * (float(g["sigma_gen_mb"]) / float(g["weight_sum"]))
-             for r, g in zip(raw, gens, strict=True)]
+        w = [r * k for r, k in zip(raw, scales, strict=True)]
         info = {"normalisation": "cross-section",
                 "rule": "Event_weight * sigma_gen / weight_sum per file (as derive-jec "
                         "--weighted)", "unit": "mb"}
